@@ -1,0 +1,63 @@
+"""Which implementation runs an op: the Triton kernels on CUDA, the PyTorch reference elsewhere.
+
+``HSA_BACKEND`` forces a choice: ``torch`` (reference everywhere), ``triton`` (kernels everywhere;
+on CPU that needs ``TRITON_INTERPRET=1``), ``auto`` (default).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+BACKENDS = ("auto", "torch", "triton")
+
+# op name -> "module:function" of its Triton entry point in hsa_kernels.
+TRITON_ENTRY_POINTS: dict[str, str] = {
+    "hsa_attention": "hsa_kernels.hsa_attention:hsa_attention_triton",
+    "hsa_select": "hsa_kernels.hsa_select:hsa_select_triton",
+}
+
+
+def requested_backend() -> str:
+    value = os.environ.get("HSA_BACKEND", "auto").strip().lower() or "auto"
+    if value not in BACKENDS:
+        raise ValueError(f"environment variable HSA_BACKEND={value!r} is not one of {', '.join(BACKENDS)}")
+    return value
+
+
+@functools.cache
+def _load_triton(op: str) -> Callable[..., Any] | None:
+    target = TRITON_ENTRY_POINTS.get(op)
+    if target is None:
+        return None
+    module_name, fn = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    return getattr(module, fn, None)
+
+
+def backend_for(op: str, device: torch.device | str) -> str:
+    """``"triton"`` or ``"torch"``: what :func:`hsa_core.ops` would run for ``op`` on ``device``."""
+    choice = requested_backend()
+    if choice == "torch":
+        return "torch"
+    available = _load_triton(op) is not None
+    if choice == "triton":
+        if not available:
+            raise RuntimeError(f"HSA_BACKEND=triton but no Triton kernel for '{op}' could be imported "
+                               "(install the 'triton' extra)")
+        return "triton"
+    return "triton" if available and torch.device(device).type == "cuda" else "torch"
+
+
+def triton_impl(op: str) -> Callable[..., Any]:
+    fn = _load_triton(op)
+    assert fn is not None
+    return fn

@@ -1,0 +1,191 @@
+"""Plugin manager and the typed registries it fills.
+
+Registries record which plugin registered each kind (provenance, shown by ``hsa list``), refuse
+duplicates, and answer an unknown name with the closest known ones.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import pluggy
+
+from . import hookspecs
+from .errors import RegistryError
+from .interfaces import BackboneInfo
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetrievalLayerInfo:
+    """A registered retrieval-layer kind (``hsa`` is the built-in one)."""
+
+    name: str
+    factory: Any
+    description: str = ""
+    defaults: dict[str, Any] = field(default_factory=dict)
+    requires: tuple[str, ...] = ()
+    extra: str | None = None
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    """A registry entry and the plugin it came from."""
+
+    info: T
+    plugin: str
+
+
+class Registry(Generic[T]):
+    """Name -> info, with provenance, duplicate rejection and did-you-mean errors."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._entries: dict[str, Entry[T]] = {}
+
+    def add(self, name: str, info: T, plugin: str) -> None:
+        if not name or not name.replace("_", "").replace("-", "").isalnum():
+            raise RegistryError(f"{self.what} name {name!r} from plugin '{plugin}' is not a valid identifier")
+        if name in self._entries:
+            other = self._entries[name].plugin
+            raise RegistryError(
+                f"{self.what} '{name}' is registered twice: by plugin '{other}' and by plugin '{plugin}'"
+            )
+        self._entries[name] = Entry(info, plugin)
+
+    def get(self, name: str) -> T:
+        return self.entry(name).info
+
+    def entry(self, name: str) -> Entry[T]:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise RegistryError(self.unknown_message(name)) from None
+
+    def unknown_message(self, name: str) -> str:
+        known = sorted(self._entries)
+        close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        return f"unknown {self.what} {name!r}{hint} (known: {', '.join(known) or 'none'})"
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._entries))
+
+    def items(self) -> list[tuple[str, Entry[T]]]:
+        return sorted(self._entries.items())
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+
+class PluginHost:
+    """One pluggy manager plus the registries the hooks fill."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.backbones: Registry[BackboneInfo] = Registry("backbone")
+        self.retrieval_layers: Registry[RetrievalLayerInfo] = Registry("retrieval layer")
+        self._filled = False
+
+    # -- loading -------------------------------------------------------------------------------
+    def load_entry_points(self) -> None:
+        """Load every plugin of the entry-point group ``hsa`` from installed distributions."""
+        self.pm.load_setuptools_entrypoints(hookspecs.PROJECT)
+
+    def register_plugin(self, plugin: object, name: str | None = None) -> str:
+        """Register a plugin object or module (tests and library users)."""
+        registered = self.pm.register(plugin, name=name)
+        self._filled = False
+        assert registered is not None, f"plugin {name!r} was blocked or registered twice"
+        return registered
+
+    def load_path(self, path: str | Path) -> str:
+        """Load a plugin from a Python file the user names explicitly (``--plugin path.py``)."""
+        path = Path(path)
+        if not path.is_file():
+            raise RegistryError(f"plugin file '{path}' does not exist")
+        spec = importlib.util.spec_from_file_location(f"hsa_plugin_{path.stem}", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return self.register_plugin(module, name=f"path:{path}")
+
+    # -- filling the registries ----------------------------------------------------------------
+    def _fill(self) -> None:
+        if self._filled:
+            return
+        self.backbones = Registry("backbone")
+        self.retrieval_layers = Registry("retrieval layer")
+        for impl in self.pm.hook.hsa_register_backbones.get_hookimpls():
+            impl.function(register=self._backbone_registrar(impl.plugin_name))
+        for impl in self.pm.hook.hsa_register_retrieval_layers.get_hookimpls():
+            impl.function(register=self._layer_registrar(impl.plugin_name))
+        self._filled = True
+
+    def _backbone_registrar(self, plugin: str) -> Callable[..., None]:
+        def register(name: str, factory: Any, *, description: str = "", requires: tuple[str, ...] = (),
+                     extra: str | None = None, defaults: dict[str, Any] | None = None) -> None:
+            info = BackboneInfo(name, factory, description, tuple(requires), extra, dict(defaults or {}))
+            self.backbones.add(name, info, plugin)
+
+        return register
+
+    def _layer_registrar(self, plugin: str) -> Callable[..., None]:
+        def register(name: str, factory: Any, *, description: str = "", defaults: dict[str, Any] | None = None,
+                     requires: tuple[str, ...] = (), extra: str | None = None) -> None:
+            info = RetrievalLayerInfo(name, factory, description, dict(defaults or {}), tuple(requires), extra)
+            self.retrieval_layers.add(name, info, plugin)
+
+        return register
+
+    def backbone_registry(self) -> Registry[BackboneInfo]:
+        self._fill()
+        return self.backbones
+
+    def retrieval_registry(self) -> Registry[RetrievalLayerInfo]:
+        self._fill()
+        return self.retrieval_layers
+
+
+def is_available(requires: tuple[str, ...]) -> bool:
+    """Whether every module in ``requires`` can be found (without importing it)."""
+    return all(importlib.util.find_spec(m) is not None for m in requires)
+
+
+_HOST: PluginHost | None = None
+
+
+def get_host() -> PluginHost:
+    """The process-wide plugin host, with installed entry points loaded on first use."""
+    global _HOST
+    if _HOST is None:
+        host = PluginHost()
+        host.load_entry_points()
+        _HOST = host
+    return _HOST
+
+
+def reset_host() -> None:
+    """Forget the process-wide host (tests)."""
+    global _HOST
+    _HOST = None
+
+
+def backbones() -> Registry[BackboneInfo]:
+    """Registry of backbone kinds from all plugins."""
+    return get_host().backbone_registry()
+
+
+def retrieval_layers() -> Registry[RetrievalLayerInfo]:
+    """Registry of retrieval-layer kinds from all plugins."""
+    return get_host().retrieval_registry()
