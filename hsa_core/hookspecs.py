@@ -49,7 +49,8 @@ def hsa_register_backbones(register: Callable[..., Any]) -> None:
 def hsa_register_retrieval_layers(register: Callable[..., Any]) -> None:
     """Register retrieval-layer kinds (layers that read a chunk memory through a selection).
 
-    Call ``register(name, factory, *, description="", defaults=None)``. ``factory(d_model, memory,
-    **options)`` returns an ``nn.Module`` following :class:`hsa_core.modules.hsa_layer.HSALayer`'s
-    interface: ``forward(x, memory_state, selection) -> y``.
+    Call ``register(name, factory, *, description="", defaults=None)``.
+    ``factory(d_model, *, kv_heads, head_dim, chunk_size, **options)`` (the memory's geometry plus the
+    layout's options, exactly the keys of ``defaults``) returns an ``nn.Module`` with
+    :class:`hsa_core.modules.hsa_layer.HSALayer`'s interface: ``forward(x, memory_state, selection) -> y``.
     """

@@ -1,0 +1,135 @@
+"""Chunk memory (spec section 3): chunk keys/values and one landmark per chunk.
+
+Built once from the residual stream at the memory's source layer and shared by every HSA layer that
+reads it. It is incremental: :meth:`ChunkMemory.forward` takes the previous :class:`MemoryState` and
+appends the chunks that the new tokens complete, so a full pass, a segment-wise prefill and
+token-by-token decoding all build the same memory (a chunk is encoded once, when its last token
+arrives).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor, nn
+
+from .common import RMSNorm
+from .encoder import ChunkEncoder
+
+LANDMARKS = ("cls", "mean")
+
+
+@dataclass(frozen=True)
+class MemoryState:
+    """What a chunk memory holds after ``num_tokens`` tokens.
+
+    Attributes:
+        k, v: ``(B, C*S, H, D)`` keys and values of the ``C`` complete chunks.
+        landmarks: ``(B, C, H_r, d_rh)`` one summary per complete chunk.
+        pending: ``(B, P, d)`` source hidden states of the incomplete last chunk, ``P < S``.
+        num_tokens: ``C*S + P``.
+    """
+
+    k: Tensor
+    v: Tensor
+    landmarks: Tensor
+    pending: Tensor
+    num_tokens: int
+
+    @property
+    def num_chunks(self) -> int:
+        return self.landmarks.shape[1]
+
+    def to(self, *args, **kwargs) -> MemoryState:
+        return replace(self, k=self.k.to(*args, **kwargs), v=self.v.to(*args, **kwargs),
+                       landmarks=self.landmarks.to(*args, **kwargs), pending=self.pending.to(*args, **kwargs))
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.k, self.v, self.landmarks, self.pending))
+
+
+class ChunkMemory(nn.Module):
+    """Chunking, optional bidirectional encoder, K/V projections and landmarks.
+
+    Args:
+        d_model: width of the source hidden states.
+        chunk_size: S, tokens per chunk.
+        kv_heads, head_dim: H and D of the keys and values.
+        landmark_dim: d_r, width of the landmarks (default ``d_model``).
+        retrieval_heads: H_r; landmarks are split into H_r heads of ``d_r / H_r``.
+        landmark: ``"cls"`` (W_lmk on the encoder's CLS output; needs an encoder) or ``"mean"``
+            (W_lmk on the mean of the chunk's encoded tokens).
+        encoder_layers: 0 (no encoder) to a few; RAMba uses 1.
+        encoder_heads, encoder_mlp_hidden: encoder geometry (defaults: d/64 heads, 8/3 d SwiGLU).
+        chunk_norm: RMSNorm the source states before encoding.
+        k_norm: per-head RMSNorm on the keys (paired with an HSA layer's ``qk_norm``).
+    """
+
+    def __init__(self, d_model: int, *, chunk_size: int = 64, kv_heads: int = 1, head_dim: int = 64,
+                 landmark_dim: int | None = None, retrieval_heads: int = 1, landmark: str = "cls",
+                 encoder_layers: int = 1, encoder_heads: int | None = None,
+                 encoder_mlp_hidden: int | None = None, chunk_norm: bool = True, k_norm: bool = False,
+                 norm_eps: float = 1e-5) -> None:
+        super().__init__()
+        landmark_dim = landmark_dim or d_model
+        if landmark not in LANDMARKS:
+            raise ValueError(f"landmark must be one of {LANDMARKS}, got {landmark!r}")
+        if landmark == "cls" and encoder_layers < 1:
+            raise ValueError("landmark='cls' needs an encoder (encoder_layers >= 1); use landmark='mean'")
+        if landmark_dim % retrieval_heads:
+            raise ValueError(f"retrieval_heads={retrieval_heads} must divide landmark_dim={landmark_dim}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.d_model, self.chunk_size = d_model, chunk_size
+        self.kv_heads, self.head_dim = kv_heads, head_dim
+        self.retrieval_heads, self.landmark_dim, self.landmark = retrieval_heads, landmark_dim, landmark
+        self.chunk_norm = RMSNorm(d_model, eps=norm_eps) if chunk_norm else nn.Identity()
+        self.encoder = (ChunkEncoder(d_model, layers=encoder_layers, heads=encoder_heads,
+                                     mlp_hidden=encoder_mlp_hidden, eps=norm_eps)
+                        if encoder_layers > 0 else None)
+        self.k_proj = nn.Linear(d_model, kv_heads * head_dim, bias=False)
+        self.v_proj = nn.Linear(d_model, kv_heads * head_dim, bias=False)
+        self.k_norm = RMSNorm(head_dim, eps=norm_eps) if k_norm else nn.Identity()
+        self.landmark_proj = nn.Linear(d_model, landmark_dim, bias=False)
+
+    def empty_state(self, batch_size: int, *, device: torch.device | str | None = None,
+                    dtype: torch.dtype | None = None) -> MemoryState:
+        """The memory before any token: zero chunks, nothing pending."""
+        dtype = dtype or self.k_proj.weight.dtype
+        kv = torch.zeros(batch_size, 0, self.kv_heads, self.head_dim, device=device, dtype=dtype)
+        lmk = torch.zeros(batch_size, 0, self.retrieval_heads, self.landmark_dim // self.retrieval_heads,
+                          device=device, dtype=dtype)
+        pending = torch.zeros(batch_size, 0, self.d_model, device=device, dtype=dtype)
+        return MemoryState(kv, kv.clone(), lmk, pending, 0)
+
+    def encode(self, chunks: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Complete chunks ``(B, n, S, d)`` -> k, v ``(B, n*S, H, D)``, landmarks ``(B, n, H_r, d_rh)``."""
+        B, n, S, d = chunks.shape
+        x = self.chunk_norm(chunks.reshape(B * n, S, d))
+        if self.encoder is not None:
+            tokens, cls = self.encoder(x)
+        else:
+            tokens, cls = x, None
+        summary = cls if self.landmark == "cls" else tokens.mean(dim=1)
+        k = self.k_norm(self.k_proj(tokens).view(B, n * S, self.kv_heads, self.head_dim))
+        v = self.v_proj(tokens).view(B, n * S, self.kv_heads, self.head_dim)
+        lmk = self.landmark_proj(summary).view(B, n, self.retrieval_heads, -1)
+        return k, v, lmk
+
+    def forward(self, h: Tensor, state: MemoryState | None = None) -> MemoryState:
+        """Append the chunks completed by ``h`` ``(B, T, d)`` to ``state`` (returns a new state)."""
+        if state is None:
+            state = self.empty_state(h.shape[0], device=h.device, dtype=h.dtype)
+        x = torch.cat([state.pending.to(h.dtype), h], dim=1) if state.pending.shape[1] else h
+        S = self.chunk_size
+        n = x.shape[1] // S
+        pending = x[:, n * S:]
+        if n == 0:
+            return replace(state, pending=pending, num_tokens=state.num_tokens + h.shape[1])
+        k, v, lmk = self.encode(x[:, : n * S].reshape(x.shape[0], n, S, x.shape[2]))
+        if state.num_chunks:
+            k = torch.cat([state.k.to(k.dtype), k], 1)
+            v = torch.cat([state.v.to(v.dtype), v], 1)
+            lmk = torch.cat([state.landmarks.to(lmk.dtype), lmk], 1)
+        return MemoryState(k, v, lmk, pending, state.num_tokens + h.shape[1])

@@ -1,0 +1,29 @@
+"""Small building blocks shared by the HSA modules and the model."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# torch's own RMSNorm (fused where available); re-exported so that every module uses the same one.
+RMSNorm = nn.RMSNorm
+
+
+def swiglu_hidden(d_model: int, multiple_of: int = 64) -> int:
+    """Default SwiGLU width: 8/3 * d (same parameters as a 4*d GELU MLP), rounded up."""
+    hidden = int(8 * d_model / 3)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+class SwiGLU(nn.Module):
+    """``W_down(silu(W_gate x) * W_up x)`` without biases. x ``(..., d)`` -> ``(..., d)``."""
+
+    def __init__(self, d_model: int, hidden: int | None = None) -> None:
+        super().__init__()
+        hidden = hidden or swiglu_hidden(d_model)
+        self.gate_up = nn.Linear(d_model, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)

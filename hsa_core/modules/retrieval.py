@@ -1,0 +1,62 @@
+"""Retrieval (spec sections 4-5): retrieval queries, causal top-k over landmarks, fusion weights."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from torch import Tensor, nn
+
+from ..ops import WEIGHTINGS, hsa_select
+from .chunk_memory import MemoryState
+from .common import RMSNorm
+
+
+class Selection(NamedTuple):
+    """Chosen chunks per token and KV head (or one retrieval head shared by all KV heads).
+
+    Attributes:
+        indices: ``(B, T, H_r, topk)`` int32 chunk ids, most recent first, -1 = empty slot.
+        weights: ``(B, T, H_r, topk)`` fp32 fusion weights, 0 on empty slots.
+    """
+
+    indices: Tensor
+    weights: Tensor
+
+
+class Retrieval(nn.Module):
+    """``q_r = W_r RMSNorm(x)`` split into ``H_r`` heads, then :func:`hsa_core.ops.hsa_select`.
+
+    Args:
+        d_model: width of the input stream.
+        retrieval_dim: d_r (must equal the memory's ``landmark_dim``).
+        retrieval_heads: H_r (must equal the memory's ``retrieval_heads``).
+        topk: chunks kept per token.
+        chunk_size: S of the memory read.
+        weighting: ``"stick_breaking"`` or ``"softmax"``.
+        gumbel: Gumbel noise on the selection scores while training.
+        window: hide chunks that a sliding window of this many tokens already covers.
+    """
+
+    def __init__(self, d_model: int, *, retrieval_dim: int, retrieval_heads: int = 1, topk: int = 8,
+                 chunk_size: int = 64, weighting: str = "stick_breaking", gumbel: bool = False,
+                 window: int | None = None, norm_eps: float = 1e-5) -> None:
+        super().__init__()
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        if retrieval_dim % retrieval_heads:
+            raise ValueError(f"retrieval_heads={retrieval_heads} must divide retrieval_dim={retrieval_dim}")
+        self.retrieval_heads, self.topk, self.chunk_size = retrieval_heads, topk, chunk_size
+        self.weighting, self.gumbel, self.window = weighting, gumbel, window
+        self.norm = RMSNorm(d_model, eps=norm_eps)
+        self.query = nn.Linear(d_model, retrieval_dim, bias=False)
+
+    def forward(self, x: Tensor, memory: MemoryState, q_offset: int = 0) -> Selection:
+        """x ``(B, T, d)`` at absolute positions ``q_offset..q_offset+T-1`` -> :class:`Selection`."""
+        B, T, _ = x.shape
+        q_r = self.query(self.norm(x)).view(B, T, self.retrieval_heads, -1)
+        indices, weights = hsa_select(
+            q_r, memory.landmarks.to(q_r.dtype), topk=self.topk, chunk_size=self.chunk_size,
+            q_offset=q_offset, weighting=self.weighting, window=self.window,
+            gumbel=self.gumbel and self.training,
+        )
+        return Selection(indices, weights)
