@@ -1,0 +1,378 @@
+"""Contract checks for backbones (mixers): run them on your own backbone factory.
+
+Every backbone registered with ``hsa_register_backbones`` must follow the
+:class:`hsa_core.interfaces.Mixer` contract. The checks here test that contract on a small random
+input, so a plugin author can put one line in their test suite::
+
+    from hsa_core.testing import check_mixer
+    from my_rnn import MyRNNMixer
+
+    def test_my_rnn_follows_the_mixer_contract():
+        check_mixer(MyRNNMixer, d_model=32, options={"expand": 2}, batch=2, seq_len=12)
+
+``check_mixer`` builds the mixer with ``factory(d_model, **options)`` and runs, in order:
+
+=========================  ============================================================================
+check                      what must hold
+=========================  ============================================================================
+``check_forward_shape``    ``mixer(x)`` returns ``(y, None)`` with ``y`` of shape ``(B, T, d_model)`` in
+                           ``x``'s dtype; ``return_state=True`` returns a state dict
+``check_state_layout``     ``init_state(B)`` is a flat ``dict[str, Tensor]``, every tensor batch-first;
+                           states returned by ``forward`` have the same keys and batch-first tensors
+``check_gradients``        a backward pass gives finite gradients to the input and to every parameter
+                           that requires one
+``check_segments``         processing ``x`` in segments (several random splits, carrying the state)
+                           gives the full pass's outputs and final state
+``check_step``             ``step`` token by token from ``init_state`` gives the full pass's outputs
+``check_causality``        changing the input at positions ``>= t`` leaves outputs ``< t`` unchanged
+``check_save_load``        ``state_dict`` loaded into a freshly built mixer gives identical outputs
+=========================  ============================================================================
+
+Each check is also a public function taking a built mixer (``check_save_load`` takes the factory
+too) and raises ``AssertionError`` with a message that says what differed and by how much.
+Mixers run in ``eval()`` mode during the checks (dropout off) and in fp32 by default; pass ``atol``
+and ``rtol`` to loosen the comparisons for mixers whose chunked and recurrent paths round
+differently (fp32 chunked scans typically agree to ``1e-5``–``1e-4``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..interfaces import Mixer, MixerState
+
+__all__ = [
+    "assert_states_close",
+    "check_causality",
+    "check_forward_shape",
+    "check_gradients",
+    "check_mixer",
+    "check_save_load",
+    "check_segments",
+    "check_state_layout",
+    "check_step",
+    "random_splits",
+]
+
+Factory = Callable[..., Mixer]
+
+
+# -- helpers -------------------------------------------------------------------------------------
+def _name(mixer: torch.nn.Module) -> str:
+    return type(mixer).__name__
+
+
+def _assert_close(actual: Tensor, expected: Tensor, what: str, *, atol: float, rtol: float) -> None:
+    """``allclose`` with a message naming the largest difference and where it is."""
+    if actual.shape != expected.shape:
+        raise AssertionError(f"{what}: shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")
+    a, e = actual.detach().double(), expected.detach().double()
+    if not torch.isfinite(a).all():
+        raise AssertionError(f"{what}: non-finite values in the result")
+    diff = (a - e).abs()
+    bound = atol + rtol * e.abs()
+    if bool((diff > bound).any()):
+        worst = int(torch.argmax(diff - bound))
+        index = tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), diff.shape))
+        raise AssertionError(
+            f"{what}: max |diff| = {diff.max().item():.3e} (atol={atol:g}, rtol={rtol:g}); "
+            f"worst at index {index}: got {a[index].item():.6g}, expected {e[index].item():.6g}"
+        )
+
+
+def assert_states_close(actual: MixerState, expected: MixerState, what: str, *, atol: float = 1e-5,
+                        rtol: float = 1e-4) -> None:
+    """Two state dicts have the same keys and close tensors (floating) or equal tensors (integer)."""
+    if set(actual) != set(expected):
+        raise AssertionError(f"{what}: state keys {sorted(actual)} != expected {sorted(expected)}")
+    for key in sorted(expected):
+        a, e = actual[key], expected[key]
+        if a.is_floating_point() or e.is_floating_point():
+            _assert_close(a, e, f"{what}: state[{key!r}]", atol=atol, rtol=rtol)
+        elif not torch.equal(a, e):
+            raise AssertionError(f"{what}: state[{key!r}] differs: {a.tolist()} != {e.tolist()}")
+
+
+def random_splits(seq_len: int, n_segments: int, generator: random.Random) -> list[int]:
+    """Segment lengths (each ``>= 1``) summing to ``seq_len``; ``n_segments`` is capped at ``seq_len``."""
+    n_segments = max(1, min(n_segments, seq_len))
+    cuts = sorted(generator.sample(range(1, seq_len), n_segments - 1))
+    bounds = [0, *cuts, seq_len]
+    return [b - a for a, b in itertools.pairwise(bounds)]
+
+
+def _device_dtype(mixer: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    for p in mixer.parameters():
+        return p.device, p.dtype
+    return torch.device("cpu"), torch.float32
+
+
+def _input(mixer: Mixer, batch: int, seq_len: int, seed: int) -> Tensor:
+    device, dtype = _device_dtype(mixer)
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, seq_len, mixer.d_model, generator=g).to(device=device, dtype=dtype)
+
+
+def _run_segments(mixer: Mixer, x: Tensor, lengths: Sequence[int],
+                  state: MixerState | None) -> tuple[Tensor, MixerState]:
+    """Run ``x`` segment by segment, carrying the state; returns the concatenated outputs."""
+    outputs, start = [], 0
+    for n in lengths:
+        y, state = mixer(x[:, start:start + n], state, return_state=True)
+        assert state is not None
+        outputs.append(y)
+        start += n
+    assert state is not None
+    return torch.cat(outputs, dim=1), state
+
+
+# -- the checks ----------------------------------------------------------------------------------
+def check_forward_shape(mixer: Mixer, x: Tensor) -> None:
+    """``mixer(x)`` gives ``(y (B, T, d_model), None)`` in ``x``'s dtype; ``return_state`` gives a dict.
+
+    Args:
+        x: ``(B, T, d_model)`` input.
+    """
+    name = _name(mixer)
+    if not isinstance(mixer, Mixer):
+        raise AssertionError(f"{name} is not a hsa_core.interfaces.Mixer subclass")
+    if getattr(mixer, "d_model", None) != x.shape[-1]:
+        raise AssertionError(f"{name}.d_model = {getattr(mixer, 'd_model', None)!r}, expected {x.shape[-1]}")
+    with torch.no_grad():
+        out = mixer(x)
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise AssertionError(f"{name}.forward must return a (y, state) tuple, got {type(out).__name__}")
+        y, state = out
+        if state is not None:
+            raise AssertionError(f"{name}.forward(x) without state or return_state must return state None")
+        if tuple(y.shape) != tuple(x.shape):
+            raise AssertionError(f"{name}: output shape {tuple(y.shape)} != input shape {tuple(x.shape)}")
+        if y.dtype != x.dtype:
+            raise AssertionError(f"{name}: output dtype {y.dtype} != input dtype {x.dtype}")
+        if not torch.isfinite(y).all():
+            raise AssertionError(f"{name}: non-finite values in the output")
+        _, state = mixer(x, return_state=True)
+        if not isinstance(state, dict):
+            raise AssertionError(
+                f"{name}.forward(x, return_state=True) must return a state dict, got {state!r}")
+
+
+def _check_layout(state: Any, batch: int, what: str) -> None:
+    if not isinstance(state, dict) or not state:
+        raise AssertionError(
+            f"{what}: the state must be a non-empty dict[str, Tensor], got {type(state).__name__}")
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, Tensor):
+            raise AssertionError(
+                f"{what}: state entry {key!r} is not a str -> Tensor pair (flat dict required)")
+        if value.dim() == 0 or value.shape[0] != batch:
+            raise AssertionError(
+                f"{what}: state[{key!r}] has shape {tuple(value.shape)}; every state tensor must have the "
+                f"batch ({batch}) as its first dimension"
+            )
+
+
+def check_state_layout(mixer: Mixer, x: Tensor) -> None:
+    """``init_state`` and the states ``forward`` returns are flat dicts of batch-first tensors.
+
+    Checked at the batch size of ``x`` and at a different one (so that a dimension equal to the batch
+    by accident is not taken for the batch), and on the ``meta`` device (used for memory estimates).
+    """
+    name = _name(mixer)
+    batch = x.shape[0]
+    device, dtype = _device_dtype(mixer)
+    init = mixer.init_state(batch, device=device, dtype=dtype)
+    _check_layout(init, batch, f"{name}.init_state({batch})")
+    other = mixer.init_state(batch + 3, device=device, dtype=dtype)
+    _check_layout(other, batch + 3, f"{name}.init_state({batch + 3})")
+    for key in init:
+        if tuple(other[key].shape[1:]) != tuple(init[key].shape[1:]):
+            raise AssertionError(
+                f"{name}.init_state: state[{key!r}] changes beyond the batch dimension with the batch "
+                f"size: {tuple(init[key].shape)} vs {tuple(other[key].shape)}")
+    meta = mixer.init_state(batch, device="meta")
+    if set(meta) != set(init):
+        raise AssertionError(
+            f"{name}.init_state on the meta device gives keys {sorted(meta)} != {sorted(init)}")
+    with torch.no_grad():
+        _, state = mixer(x, return_state=True)
+        _check_layout(state, batch, f"{name}.forward(return_state=True)")
+        if set(state) != set(init):
+            raise AssertionError(f"{name}: forward returns state keys {sorted(state)} but init_state gives "
+                                 f"{sorted(init)}")
+        _, state2 = mixer(x[:, :1], init)
+        _check_layout(state2, batch, f"{name}.forward(x, init_state)")
+    if mixer.state_size(batch, x.shape[1]) < 0:
+        raise AssertionError(f"{name}.state_size must be >= 0")
+
+
+def check_gradients(mixer: Mixer, x: Tensor) -> None:
+    """A backward pass reaches the input and every parameter that requires a gradient, all finite."""
+    name = _name(mixer)
+    mixer.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_(True)
+    y, _ = mixer(x)
+    # A random projection so that no gradient is zero by symmetry.
+    g = torch.Generator().manual_seed(1234)
+    weight = torch.randn(y.shape, generator=g).to(device=y.device, dtype=y.dtype)
+    (y * weight).sum().backward()
+    if x.grad is None or not torch.isfinite(x.grad).all():
+        raise AssertionError(f"{name}: the input gradient is missing or not finite")
+    missing = [n for n, p in mixer.named_parameters() if p.requires_grad and p.grad is None]
+    if missing:
+        raise AssertionError(f"{name}: no gradient reaches parameters {missing}")
+    bad = [n for n, p in mixer.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    if bad:
+        raise AssertionError(f"{name}: non-finite gradients in parameters {bad}")
+    mixer.zero_grad(set_to_none=True)
+
+
+def check_segments(mixer: Mixer, x: Tensor, *, n_splits: int = 3, seed: int = 0, atol: float = 1e-5,
+                   rtol: float = 1e-4) -> None:
+    """Segment-wise processing with a carried state equals the full pass (outputs and final state).
+
+    Tries ``n_splits`` random splits (2 to 4 segments), starting once from ``state=None`` with
+    ``return_state=True`` and once from ``init_state``, plus a split into a first token and the rest.
+    """
+    name = _name(mixer)
+    batch, seq_len = x.shape[:2]
+    if seq_len < 2:
+        raise AssertionError("check_segments needs seq_len >= 2")
+    device, dtype = _device_dtype(mixer)
+    rng = random.Random(seed)
+    with torch.no_grad():
+        y_full, state_full = mixer(x, return_state=True)
+        assert state_full is not None
+        splits = [[1, seq_len - 1]]
+        splits += [random_splits(seq_len, rng.randint(2, 4), rng) for _ in range(n_splits)]
+        for i, lengths in enumerate(splits):
+            start: MixerState | None = None
+            if i % 2 == 1:
+                start = mixer.init_state(batch, device=device, dtype=dtype)
+            y, state = _run_segments(mixer, x, lengths, start)
+            what = f"{name}: segments {lengths} vs full pass"
+            _assert_close(y, y_full, f"{what}: outputs", atol=atol, rtol=rtol)
+            assert_states_close(state, state_full, f"{what}: final state", atol=atol, rtol=rtol)
+
+
+def check_step(mixer: Mixer, x: Tensor, *, atol: float = 1e-5, rtol: float = 1e-4) -> None:
+    """``step`` token by token from ``init_state`` equals the full pass (outputs and final state)."""
+    name = _name(mixer)
+    batch, seq_len = x.shape[:2]
+    device, dtype = _device_dtype(mixer)
+    with torch.no_grad():
+        y_full, state_full = mixer(x, return_state=True)
+        assert state_full is not None
+        state = mixer.init_state(batch, device=device, dtype=dtype)
+        outputs = []
+        for t in range(seq_len):
+            y_t, state = mixer.step(x[:, t], state)
+            if tuple(y_t.shape) != (batch, x.shape[-1]):
+                raise AssertionError(
+                    f"{name}.step: output shape {tuple(y_t.shape)} != {(batch, x.shape[-1])}")
+            outputs.append(y_t)
+        y = torch.stack(outputs, dim=1)
+        _assert_close(y, y_full, f"{name}: step-by-step vs full pass: outputs", atol=atol, rtol=rtol)
+        assert_states_close(state, state_full, f"{name}: step-by-step vs full pass: final state",
+                            atol=atol, rtol=rtol)
+
+
+def check_causality(mixer: Mixer, x: Tensor, *, positions: Sequence[int] | None = None,
+                    atol: float = 1e-6) -> None:
+    """Changing the input at positions ``>= t`` leaves the outputs at positions ``< t`` unchanged.
+
+    Skipped for mixers that declare ``causal = False``.
+    """
+    if not getattr(mixer, "causal", True):
+        return
+    name = _name(mixer)
+    seq_len = x.shape[1]
+    if positions is None:
+        positions = sorted({1, seq_len // 2, seq_len - 1} - {0})
+    g = torch.Generator().manual_seed(99)
+    with torch.no_grad():
+        y, _ = mixer(x)
+        for t in positions:
+            x2 = x.clone()
+            noise = torch.randn(x2[:, t:].shape, generator=g).to(device=x.device, dtype=x.dtype)
+            x2[:, t:] = x2[:, t:] + 3.0 * noise
+            y2, _ = mixer(x2)
+            what = f"{name}: causality: outputs before {t} after changing inputs >= {t}"
+            _assert_close(y2[:, :t], y[:, :t], what, atol=atol, rtol=0.0)
+            if torch.allclose(y2[:, t:], y[:, t:]):
+                raise AssertionError(f"{name}: outputs at positions >= {t} ignore the inputs there")
+
+
+def check_save_load(factory: Factory, mixer: Mixer, x: Tensor, *, d_model: int,
+                    options: dict[str, Any] | None = None, atol: float = 0.0) -> None:
+    """The ``state_dict`` loaded (strictly) into a fresh ``factory(d_model, **options)`` gives equal outputs."""
+    name = _name(mixer)
+    device, dtype = _device_dtype(mixer)
+    fresh = factory(d_model, **(options or {})).to(device=device, dtype=dtype)
+    result = fresh.load_state_dict(mixer.state_dict(), strict=True)
+    if result.missing_keys or result.unexpected_keys:  # strict raises first; kept for custom modules
+        raise AssertionError(f"{name}: state_dict mismatch: {result}")
+    fresh.eval()
+    with torch.no_grad():
+        y, _ = mixer(x)
+        y2, _ = fresh(x)
+    _assert_close(y2, y, f"{name}: outputs after loading the state_dict into a fresh instance", atol=atol,
+                  rtol=0.0)
+
+
+ALL_CHECKS = ("forward_shape", "state_layout", "gradients", "segments", "step", "causality", "save_load")
+
+
+def check_mixer(factory: Factory, *, d_model: int = 32, options: dict[str, Any] | None = None, batch: int = 2,
+                seq_len: int = 12, atol: float = 1e-5, rtol: float = 1e-4, dtype: torch.dtype = torch.float32,
+                device: torch.device | str = "cpu", seed: int = 0,
+                checks: Sequence[str] = ALL_CHECKS) -> Mixer:
+    """Build ``factory(d_model, **options)`` and run the contract checks on it.
+
+    Args:
+        factory: a backbone factory, ``factory(d_model, **options) -> Mixer`` (a Mixer class works).
+        d_model: model width.
+        options: keyword options for the factory.
+        batch, seq_len: shape of the random input ``(batch, seq_len, d_model)``.
+        atol, rtol: tolerances of the segment/step comparisons (causality uses ``atol`` alone).
+        dtype, device: where the mixer and the input live.
+        seed: seeds the parameters (through ``torch.manual_seed``), the input and the random splits.
+        checks: a subset of :data:`ALL_CHECKS` to run (default: all).
+
+    Returns:
+        The built mixer (in eval mode), for further family-specific checks.
+
+    Raises:
+        AssertionError: the first check that fails, with a message saying what differed.
+    """
+    unknown = set(checks) - set(ALL_CHECKS)
+    if unknown:
+        raise ValueError(f"unknown checks {sorted(unknown)}; known: {', '.join(ALL_CHECKS)}")
+    torch.manual_seed(seed)
+    mixer = factory(d_model, **(options or {}))
+    if not isinstance(mixer, Mixer):
+        raise AssertionError(f"factory returned {type(mixer).__name__}, not a hsa_core.interfaces.Mixer")
+    mixer = mixer.to(device=device, dtype=dtype).eval()
+    x = _input(mixer, batch, seq_len, seed)
+    if "forward_shape" in checks:
+        check_forward_shape(mixer, x)
+    if "state_layout" in checks:
+        check_state_layout(mixer, x)
+    if "gradients" in checks:
+        check_gradients(mixer, x)
+    if "segments" in checks:
+        check_segments(mixer, x, seed=seed, atol=atol, rtol=rtol)
+    if "step" in checks:
+        check_step(mixer, x, atol=atol, rtol=rtol)
+    if "causality" in checks:
+        check_causality(mixer, x, atol=max(atol, 1e-6))
+    if "save_load" in checks:
+        torch.manual_seed(seed + 1)  # the fresh instance gets different initial weights
+        check_save_load(factory, mixer, x, d_model=d_model, options=options)
+    return mixer
