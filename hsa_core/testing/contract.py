@@ -311,7 +311,7 @@ def check_causality(mixer: Mixer, x: Tensor, *, positions: Sequence[int] | None 
 
 def check_save_load(factory: Factory, mixer: Mixer, x: Tensor, *, d_model: int,
                     options: dict[str, Any] | None = None, atol: float = 0.0) -> None:
-    """The ``state_dict`` loaded (strictly) into a fresh ``factory(d_model, **options)`` gives equal outputs."""
+    """The ``state_dict`` loaded strictly into a fresh ``factory(d_model, **options)`` gives equal outputs."""
     name = _name(mixer)
     device, dtype = _device_dtype(mixer)
     fresh = factory(d_model, **(options or {})).to(device=device, dtype=dtype)
