@@ -12,9 +12,9 @@ recurrence that a parallel scan computes for the whole sequence at once. We run 
 (``log h_t = A_t + logsumexp(log h_0, log b_s - A_s for s <= t)`` with ``A_t = sum log a``), which is
 why the candidate goes through ``g`` (positive, so ``log b`` exists), as in the paper.
 
-State: ``{"h": (B, d_inner)}`` in fp32 (fp64 for fp64 models), whatever the activations' dtype: the state is what carries
-information across segments, and keeping it in fp32 makes segment-wise and step-wise processing agree
-with the full pass to fp32 rounding.
+State: ``{"h": (B, d_inner)}`` in fp32 (fp64 for fp64 models), whatever the activations' dtype: the
+state is what carries information across segments, and keeping it in fp32 makes segment-wise and
+step-wise processing agree with the full pass to fp32 rounding.
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ class MinLSTMMixer(Mixer):
         h0 = state["h"] if state is not None else None
         hs = []
         for start in range(0, x.shape[1], self.scan_chunk):
-            block = self._scan(log_a[:, start:start + self.scan_chunk], log_b[:, start:start + self.scan_chunk], h0)
+            block_slice = slice(start, start + self.scan_chunk)
+            block = self._scan(log_a[:, block_slice], log_b[:, block_slice], h0)
             hs.append(block)
             h0 = block[:, -1]
         h = torch.cat(hs, dim=1)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hsa_minlstm import MinLSTMMixer
 
 from hsa_core.testing import check_mixer
-from hsa_minlstm import MinLSTMMixer
 
 
 @pytest.mark.parametrize("options", [{}, {"expand": 1, "scan_chunk": 5}])
