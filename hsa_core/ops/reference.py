@@ -34,7 +34,6 @@ def fusion_weights(scores: Tensor, valid: Tensor, weighting: str) -> Tensor:
     stick_breaking: ``log w_j = s_j - sum_{l<=j} softplus(s_l)`` over valid slots;
     softmax: ``exp(s_j) / sum_valid exp(s_l)``. Invalid slots get exactly 0.
     """
-    scores = scores.float()
     if weighting == "stick_breaking":
         sp = torch.where(valid, F.softplus(scores), torch.zeros_like(scores))
         log_w = scores - torch.cumsum(sp, dim=-1)
@@ -75,7 +74,8 @@ def hsa_select_torch(
     for t0 in range(0, T, blk):
         t1 = min(T, t0 + blk)
         # (B, Tb, Hr, C) scores in fp32; memory: one block of scores at a time.
-        s = torch.einsum("bthd,bchd->bthc", q_r[:, t0:t1].float(), landmarks.float()) * scale
+        acc = torch.promote_types(q_r.dtype, torch.float32)
+        s = torch.einsum("bthd,bchd->bthc", q_r[:, t0:t1].to(acc), landmarks.to(acc)) * scale
         vis = visible_chunks(positions[t0:t1], C, chunk_size, window)[None, :, None, :]
         with torch.no_grad():
             pick = s.detach()
@@ -89,7 +89,7 @@ def hsa_select_torch(
             ids, _ = torch.sort(ids, dim=-1, descending=True)  # most recent first, -1 last
         valid = ids >= 0
         sel = torch.gather(s, -1, ids.clamp(min=0).long())
-        w = fusion_weights(sel, valid, weighting)
+        w = fusion_weights(sel, valid, weighting).float()
         idx_blocks.append(ids)
         w_blocks.append(w)
     ids = torch.cat(idx_blocks, 1).to(torch.int32)
@@ -103,11 +103,12 @@ def hsa_select_torch(
 
 def _attend_block(q: Tensor, k: Tensor, v: Tensor, idx: Tensor, w: Tensor, chunk_size: int,
                   scale: float, sink: bool) -> Tensor:
-    """One query block. q (B,Tb,HQ,D); k,v (B,C*S,H,D); idx,w (B,Tb,H,K) -> (B,Tb,HQ,D) fp32."""
+    """One query block. q (B,Tb,HQ,D); k,v (B,C*S,H,D); idx,w (B,Tb,H,K) -> (B,Tb,HQ,D) in fp32 (fp64 for fp64)."""
     B, Tb, HQ, D = q.shape
     H, K, S = k.shape[2], idx.shape[-1], chunk_size
     G = HQ // H
     C = k.shape[1] // S
+    acc = torch.promote_types(q.dtype, torch.float32)  # fp32 accumulation; fp64 stays fp64 (tests)
     valid = idx >= 0
     safe = idx.clamp(min=0, max=max(C - 1, 0)).long()
     kc = k.view(B, C, S, H, D).permute(0, 3, 1, 2, 4)  # (B,H,C,S,D)
@@ -115,9 +116,9 @@ def _attend_block(q: Tensor, k: Tensor, v: Tensor, idx: Tensor, w: Tensor, chunk
     # Gather the chosen chunks: (B,H,Tb*K,S,D).
     g = safe.permute(0, 2, 1, 3).reshape(B, H, Tb * K)
     gi = g[..., None, None].expand(B, H, Tb * K, S, D)
-    kg = torch.gather(kc, 2, gi).view(B, H, Tb, K, S, D).float()
-    vg = torch.gather(vc, 2, gi).view(B, H, Tb, K, S, D).float()
-    qh = q.view(B, Tb, H, G, D).permute(0, 2, 1, 3, 4).float()  # (B,H,Tb,G,D)
+    kg = torch.gather(kc, 2, gi).view(B, H, Tb, K, S, D).to(acc)
+    vg = torch.gather(vc, 2, gi).view(B, H, Tb, K, S, D).to(acc)
+    qh = q.view(B, Tb, H, G, D).permute(0, 2, 1, 3, 4).to(acc)  # (B,H,Tb,G,D)
     logits = torch.einsum("bhtgd,bhtksd->bhtgks", qh, kg) * scale
     if sink:
         m = logits.amax(-1, keepdim=True).clamp(min=0.0)
@@ -126,7 +127,7 @@ def _attend_block(q: Tensor, k: Tensor, v: Tensor, idx: Tensor, w: Tensor, chunk
     else:
         p = torch.softmax(logits, dim=-1)
     o = torch.einsum("bhtgks,bhtksd->bhtgkd", p, vg)  # per-chunk outputs
-    wt = torch.where(valid, w.float(), torch.zeros_like(w, dtype=torch.float32))
+    wt = torch.where(valid, w.to(acc), torch.zeros_like(w, dtype=acc))
     wt = wt.permute(0, 2, 1, 3)[:, :, :, None, :, None]  # (B,H,Tb,1,K,1)
     out = (o * wt).sum(4)  # (B,H,Tb,G,D)
     return out.permute(0, 2, 1, 3, 4).reshape(B, Tb, HQ, D)
@@ -135,7 +136,7 @@ def _attend_block(q: Tensor, k: Tensor, v: Tensor, idx: Tensor, w: Tensor, chunk
 def hsa_attention_torch(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, weights: Tensor, *,
                         chunk_size: int, scale: float | None = None, sink: bool = False) -> Tensor:
     """Reference HSA attention. Shapes as :func:`hsa_core.ops.hsa_attention`."""
-    B, T, HQ, D = q.shape
+    _, T, HQ, D = q.shape
     H, K = k.shape[2], indices.shape[-1]
     scale = D**-0.5 if scale is None else scale
     if T == 0 or K == 0 or k.shape[1] == 0:
@@ -147,7 +148,7 @@ def hsa_attention_torch(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, weight
     for t0 in range(0, T, blk):
         t1 = min(T, t0 + blk)
         args = (q[:, t0:t1], k, v, indices[:, t0:t1], weights[:, t0:t1], chunk_size, scale, sink)
-        if need_grad and T > blk:
+        if need_grad and blk < T:
             outs.append(checkpoint(_attend_block, *args, use_reentrant=False))
         else:
             outs.append(_attend_block(*args))
