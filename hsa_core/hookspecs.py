@@ -54,3 +54,13 @@ def hsa_register_retrieval_layers(register: Callable[..., Any]) -> None:
     layout's options, exactly the keys of ``defaults``) returns an ``nn.Module`` with
     :class:`hsa_core.modules.hsa_layer.HSALayer`'s interface: ``forward(x, memory_state, selection) -> y``.
     """
+
+
+@hookspec
+def hsa_register_tasks(register: Callable[..., Any]) -> None:
+    """Register synthetic long-context tasks (``hsa train --task NAME``, ``hsa eval NAME``).
+
+    Call ``register(name, factory, *, description="", defaults=None)``. ``factory(**options)`` returns
+    a task object as described in :mod:`hsa_core.tasks` (deterministic samples from a seed, no
+    downloads); ``defaults`` are the options a user may set, with their default values.
+    """

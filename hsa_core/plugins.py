@@ -35,6 +35,16 @@ class RetrievalLayerInfo:
 
 
 @dataclass(frozen=True)
+class TaskInfo:
+    """A registered synthetic task kind (``passkey``, ``mqar``, ...)."""
+
+    name: str
+    factory: Any
+    description: str = ""
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Entry(Generic[T]):
     """A registry entry and the plugin it came from."""
 
@@ -95,6 +105,7 @@ class PluginHost:
         self.pm.add_hookspecs(hookspecs)
         self.backbones: Registry[BackboneInfo] = Registry("backbone")
         self.retrieval_layers: Registry[RetrievalLayerInfo] = Registry("retrieval layer")
+        self.tasks: Registry[TaskInfo] = Registry("task")
         self._filled = False
 
     # -- loading -------------------------------------------------------------------------------
@@ -126,10 +137,13 @@ class PluginHost:
             return
         self.backbones = Registry("backbone")
         self.retrieval_layers = Registry("retrieval layer")
+        self.tasks = Registry("task")
         for impl in self.pm.hook.hsa_register_backbones.get_hookimpls():
             impl.function(register=self._backbone_registrar(impl.plugin_name))
         for impl in self.pm.hook.hsa_register_retrieval_layers.get_hookimpls():
             impl.function(register=self._layer_registrar(impl.plugin_name))
+        for impl in self.pm.hook.hsa_register_tasks.get_hookimpls():
+            impl.function(register=self._task_registrar(impl.plugin_name))
         self._filled = True
 
     def _backbone_registrar(self, plugin: str) -> Callable[..., None]:
@@ -147,6 +161,16 @@ class PluginHost:
             self.retrieval_layers.add(name, info, plugin)
 
         return register
+
+    def _task_registrar(self, plugin: str) -> Callable[..., None]:
+        def register(name: str, factory: Any, *, description: str = "", defaults: dict[str, Any] | None = None) -> None:
+            self.tasks.add(name, TaskInfo(name, factory, description, dict(defaults or {})), plugin)
+
+        return register
+
+    def task_registry(self) -> Registry[TaskInfo]:
+        self._fill()
+        return self.tasks
 
     def backbone_registry(self) -> Registry[BackboneInfo]:
         self._fill()
@@ -189,3 +213,8 @@ def backbones() -> Registry[BackboneInfo]:
 def retrieval_layers() -> Registry[RetrievalLayerInfo]:
     """Registry of retrieval-layer kinds from all plugins."""
     return get_host().retrieval_registry()
+
+
+def tasks() -> Registry[TaskInfo]:
+    """Registry of synthetic task kinds from all plugins."""
+    return get_host().task_registry()
