@@ -1,0 +1,215 @@
+"""Autograd function and entry point of the Triton HSA attention.
+
+``hsa_attention_triton(q, k, v, indices, weights, *, chunk_size, scale=None, sink=False)`` has the
+semantics of :func:`hsa_core.ops.hsa_attention` (see ``naive.py`` for the reference twin).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+from torch import Tensor
+
+from .kernels import _hsa_bwd_kv_kernel, _hsa_bwd_kv_reduce_kernel, _hsa_bwd_q_kernel, _hsa_fwd_kernel
+
+LOG2E = 1.4426950408889634
+
+# Launch settings, chosen by measurement on the H200 (bench/results/); overridable for sweeps.
+CONFIG = {
+    "fwd_warps": 4, "fwd_stages": 2,
+    "bwd_q_warps": 4, "bwd_q_stages": 2,
+    "bwd_kv_rows": 64, "bwd_kv_warps": 4, "bwd_kv_stages": 2, "bwd_kv_seg": 256,
+}
+
+
+def _prec(dtype: torch.dtype) -> str:
+    # fp32 inputs get exact fp32 products (tests compare against fp64); 16-bit inputs use the tensor cores.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _block_g(G: int) -> int:
+    # Rows of one program are the G heads of one token; tl.dot wants >= 16 rows.
+    return max(16, triton.next_power_of_2(G))
+
+
+def _check(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, weights: Tensor, chunk_size: int) -> None:
+    B, T, HQ, D = q.shape
+    H = k.shape[2]
+    if not 16 <= D <= 256:
+        raise ValueError(f"head dim {D} not supported (16 <= D <= 256)")
+    if HQ % H or k.shape != v.shape or k.shape[1] % chunk_size or indices.shape != (B, T, H, indices.shape[-1]):
+        raise ValueError("bad shapes for hsa_attention")
+
+
+def _contig(x: Tensor) -> Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def hsa_attention_fwd(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, weights: Tensor, chunk_size: int,
+                      scale: float, sink: bool, store_lse: bool = True) -> tuple[Tensor, Tensor | None]:
+    """Forward launch. Returns ``o`` (B,T,HQ,D) in q's dtype and ``lse`` (B,T,H,K,G) fp32 (log2 units)."""
+    B, T, HQ, D = q.shape
+    H, K = k.shape[2], indices.shape[-1]
+    G, S, C = HQ // H, chunk_size, k.shape[1] // chunk_size
+    o = torch.empty_like(q)
+    lse = torch.empty((B, T, H, K, G), device=q.device, dtype=torch.float32) if store_lse else o
+    if T == 0 or B * H == 0:
+        return o, lse
+    grid = (T, B * H)
+    _hsa_fwd_kernel[grid](
+        q, k, v, indices, weights, o, lse,
+        T, C, H, G,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        o.stride(0), o.stride(1), o.stride(2),
+        scale * LOG2E,
+        S=S, D=D, TOPK=K, BLOCK_G=_block_g(G), BLOCK_S=triton.next_power_of_2(S),
+        BLOCK_D=triton.next_power_of_2(D), SINK=sink, STORE_LSE=store_lse, PREC=_prec(q.dtype),
+        num_warps=CONFIG["fwd_warps"], num_stages=CONFIG["fwd_stages"],
+    )
+    return o, (lse if store_lse else None)
+
+
+def build_inverse_index(indices: Tensor, num_chunks: int, seg: int) -> dict[str, Tensor]:
+    """Inverse index of the selection, split into segments of at most ``seg`` pairs.
+
+    Pairs are flat ids of ``(b, t, h, j)`` in ``indices``; the valid ones are grouped by flat chunk
+    ``(b, h, c)`` with a stable radix sort (= a counting sort's output: per chunk the pairs in token
+    order), so the order, and with it every sum, is the same on each run. No host synchronisation:
+    the number of segments is bounded by ``B*H*C + ceil(N / seg)``.
+    """
+    B, _, H, _ = indices.shape
+    dev = indices.device
+    BHC = B * H * num_chunks
+    idx = indices.long()
+    bh = (torch.arange(B, device=dev)[:, None, None, None] * H + torch.arange(H, device=dev)[None, None, :, None])
+    valid = (idx >= 0) & (idx < num_chunks)
+    key = torch.where(valid, bh * num_chunks + idx, torch.full_like(idx, BHC)).reshape(-1)
+    _, order = torch.sort(key, stable=True)
+    counts = torch.bincount(key, minlength=BHC + 1)[:BHC]
+    starts = torch.cumsum(counts, 0) - counts
+    nseg = (counts + seg - 1) // seg
+    seg_incl = torch.cumsum(nseg, 0)
+    seg_first = seg_incl - nseg
+    n_max = BHC + (key.numel() + seg - 1) // seg
+    sid = torch.arange(n_max, device=dev)
+    chunk = torch.searchsorted(seg_incl, sid, right=True)
+    used = chunk < BHC
+    cc = chunk.clamp(max=BHC - 1)
+    local = sid - seg_first[cc]
+    seg_start = starts[cc] + local * seg
+    seg_end = torch.minimum(seg_start + seg, starts[cc] + counts[cc])
+    order = order.to(torch.int32) if key.numel() < 2**31 else order
+    return {
+        "order": order,
+        "seg_chunk": torch.where(used, chunk, torch.full_like(chunk, -1)),
+        "seg_start": seg_start, "seg_end": seg_end,
+        "seg_first": seg_first, "seg_count": nseg.to(torch.int32),
+    }
+
+
+def hsa_attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, indices: Tensor, weights: Tensor,
+                      lse: Tensor, chunk_size: int, scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Backward launches. Returns ``dq, dk, dv, dw`` (dw fp32, shaped like weights)."""
+    B, T, HQ, D = q.shape
+    H, K = k.shape[2], indices.shape[-1]
+    G, S, C = HQ // H, chunk_size, k.shape[1] // chunk_size
+    do = _contig(do)
+    prec = _prec(q.dtype)
+    BLOCK_G, BLOCK_S, BLOCK_D = _block_g(G), triton.next_power_of_2(S), triton.next_power_of_2(D)
+    dq = torch.empty_like(q)
+    dw = torch.empty(indices.shape, device=q.device, dtype=torch.float32)
+    delta = torch.empty((B, T, H, K, G), device=q.device, dtype=torch.float32)
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
+    if T > 0 and B * H > 0:
+        _hsa_bwd_q_kernel[(T, B * H)](
+            q, k, v, indices, weights, do, lse, dq, dw, delta,
+            T, C, H, G,
+            q.stride(0), q.stride(1), q.stride(2),
+            k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2),
+            do.stride(0), do.stride(1), do.stride(2),
+            dq.stride(0), dq.stride(1), dq.stride(2),
+            scale, scale * LOG2E,
+            S=S, D=D, TOPK=K, BLOCK_G=BLOCK_G, BLOCK_S=BLOCK_S, BLOCK_D=BLOCK_D, PREC=prec,
+            num_warps=CONFIG["bwd_q_warps"], num_stages=CONFIG["bwd_q_stages"],
+        )
+    if C == 0 or B * H == 0:
+        return dq, dk, dv, dw
+    # Rows of the chunk-side program: BLOCK_P pairs x the G heads (no per-token padding needed here).
+    bg = triton.next_power_of_2(G)
+    block_p = max(1, CONFIG["bwd_kv_rows"] // bg)
+    if block_p * bg < 16:
+        block_p = 16 // bg
+    inv = build_inverse_index(indices, C, CONFIG["bwd_kv_seg"])
+    n_seg = inv["seg_chunk"].numel()
+    ws_k = torch.empty((n_seg, BLOCK_S, BLOCK_D), device=q.device, dtype=torch.float32)
+    ws_v = torch.empty_like(ws_k)
+    _hsa_bwd_kv_kernel[(n_seg,)](
+        q, k, v, weights, do, lse, delta, inv["order"], inv["seg_chunk"], inv["seg_start"], inv["seg_end"],
+        ws_k, ws_v,
+        T, C, H, G,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        do.stride(0), do.stride(1), do.stride(2),
+        scale, scale * LOG2E,
+        S=S, D=D, TOPK=K, BLOCK_G=bg, BLOCK_P=block_p, BLOCK_S=BLOCK_S, BLOCK_D=BLOCK_D, PREC=prec,
+        num_warps=CONFIG["bwd_kv_warps"], num_stages=CONFIG["bwd_kv_stages"],
+    )
+    _hsa_bwd_kv_reduce_kernel[(B * H * C,)](
+        ws_k, ws_v, inv["seg_first"], inv["seg_count"], dk, dv,
+        C, H,
+        dk.stride(0), dk.stride(1), dk.stride(2),
+        dv.stride(0), dv.stride(1), dv.stride(2),
+        S=S, D=D, BLOCK_S=BLOCK_S, BLOCK_D=BLOCK_D, num_warps=4,
+    )
+    return dq, dk, dv, dw
+
+
+class HSAAttentionFunction(torch.autograd.Function):
+    """``o = sum_j w_j softmax(q K_{c_j}^T * scale) V_{c_j}``; gradients to q, k, v and weights."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, indices, weights, chunk_size, scale, sink):
+        need_lse = any(ctx.needs_input_grad)
+        o, lse = hsa_attention_fwd(q, k, v, indices, weights, chunk_size, scale, sink, store_lse=need_lse)
+        if need_lse:
+            ctx.save_for_backward(q, k, v, indices, weights, lse)
+        ctx.chunk_size, ctx.scale = chunk_size, scale
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, indices, weights, lse = ctx.saved_tensors
+        dq, dk, dv, dw = hsa_attention_bwd(do, q, k, v, indices, weights, lse, ctx.chunk_size, ctx.scale)
+        return dq, dk, dv, None, dw.to(weights.dtype), None, None, None
+
+
+def hsa_attention_triton(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, weights: Tensor, *,
+                         chunk_size: int, scale: float | None = None, sink: bool = False) -> Tensor:
+    """Triton HSA attention; same contract as :func:`hsa_core.ops.hsa_attention`.
+
+    Args:
+        q: ``(B, T, HQ, D)``; k, v: ``(B, C*S, H, D)``; indices: ``(B, T, H, K)`` (-1 = empty slot,
+            ids >= C are treated as empty too); weights: ``(B, T, H, K)``.
+    Returns:
+        ``(B, T, HQ, D)`` in q's dtype.
+    """
+    _check(q, k, v, indices, weights, chunk_size)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    q, k, v = _contig(q), _contig(k), _contig(v)
+    indices = indices.to(torch.int32).contiguous()
+    weights = weights.contiguous()
+    needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, weights))
+    if q.shape[1] == 1 and not needs_grad and q.is_cuda:
+        from hsa_kernels.hsa_decode import hsa_decode_triton  # one token x G heads: the decode path
+
+        return hsa_decode_triton(q, k, v, indices, weights, chunk_size=chunk_size, scale=scale, sink=sink)
+    return HSAAttentionFunction.apply(q, k, v, indices, weights, chunk_size, scale, sink)
+
+
+__all__ = ["CONFIG", "HSAAttentionFunction", "build_inverse_index", "hsa_attention_bwd", "hsa_attention_fwd",
+           "hsa_attention_triton"]

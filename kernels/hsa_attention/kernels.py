@@ -1,0 +1,243 @@
+"""Triton kernels of HSA attention (forward, query-side backward, chunk-side backward).
+
+Layouts (all row-major, last dim contiguous):
+    q, o, do       (B, T, HQ, D)      HQ = H * G; the G query heads of KV head h are h*G .. h*G+G-1
+    k, v, dk, dv   (B, C*S, H, D)     chunk c of head h is rows c*S .. c*S+S-1
+    idx, w, dw     (B, T, H, K)       idx int32, -1 = empty slot
+    lse, delta     (B, T, H, K, G)    fp32; lse in log2 units (what exp2 wants)
+
+Schedules:
+    forward / dQ,dW   query-outer: one program = one token x the G heads of one KV head (rows padded to
+                      BLOCK_G >= 16 for tl.dot); it loops over the K chosen chunks and loads each chunk's
+                      K/V tile straight from k/v at row id*S (no gathered copy).
+    dK,dV             chunk-outer over an inverse index: one program = one segment (<= SEG pairs) of the
+                      (token, slot) pairs that chose one chunk; partial sums go to a workspace and a
+                      reduce kernel adds a chunk's segments in a fixed order (deterministic, linear in T,
+                      and a popular chunk does not serialise the whole backward).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _hsa_fwd_kernel(
+    Q, K, V, IDX, W, OUT, LSE,
+    T, C, H, G,
+    stride_qb, stride_qt, stride_qh,
+    stride_kb, stride_kt, stride_kh,
+    stride_vb, stride_vt, stride_vh,
+    stride_ob, stride_ot, stride_oh,
+    qk_scale,
+    S: tl.constexpr, D: tl.constexpr, TOPK: tl.constexpr,
+    BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+    SINK: tl.constexpr, STORE_LSE: tl.constexpr, PREC: tl.constexpr,
+):
+    t = tl.program_id(0).to(tl.int64)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    offs_g = tl.arange(0, BLOCK_G)
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    gmask = offs_g < G
+    dmask = offs_d < D
+    smask = offs_s < S
+
+    q_ptrs = Q + b * stride_qb + t * stride_qt + (h * G + offs_g)[:, None] * stride_qh + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=gmask[:, None] & dmask[None, :], other=0.0)
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+    slot = ((b * T + t) * H + h) * TOPK  # flat (b, t, h, 0) in idx / w
+    acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
+    for j in range(TOPK):
+        cid = tl.load(IDX + slot + j)
+        valid = (cid >= 0) & (cid < C)
+        w = tl.load(W + slot + j).to(tl.float32)
+        w = tl.where(valid, w, 0.0)
+        rows = cid.to(tl.int64) * S + offs_s  # int64: contexts beyond 2^31 / (H*D) tokens
+        # Masked (not branched) so the loop stays a straight line that the pipeliner can overlap;
+        # an empty slot issues no memory traffic and contributes w = 0.
+        kvmask = (smask[:, None] & dmask[None, :]) & valid
+        kt = tl.load(k_base + rows[:, None] * stride_kt + offs_d[None, :], mask=kvmask, other=0.0)
+        vt = tl.load(v_base + rows[:, None] * stride_vt + offs_d[None, :], mask=kvmask, other=0.0)
+        s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale  # (BLOCK_G, BLOCK_S), log2 units
+        if BLOCK_S != S:
+            s = tl.where(smask[None, :], s, float("-inf"))
+        m = tl.max(s, 1)
+        if SINK:
+            m = tl.maximum(m, 0.0)  # the sink logit is 0
+        p = tl.exp2(s - m[:, None])
+        den = tl.sum(p, 1)
+        if SINK:
+            den += tl.exp2(-m)
+        o = tl.dot(p.to(vt.dtype), vt, input_precision=PREC)
+        # One softmax per chunk: chunk outputs are combined linearly with weights that are already
+        # normalised, so no online rescaling across chunks is needed.
+        acc += o * (w / den)[:, None]
+        if STORE_LSE:
+            tl.store(LSE + (slot + j) * G + offs_g, m + tl.log2(den), mask=gmask)
+    o_ptrs = OUT + b * stride_ob + t * stride_ot + (h * G + offs_g)[:, None] * stride_oh + offs_d[None, :]
+    tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=gmask[:, None] & dmask[None, :])
+
+
+@triton.jit
+def _hsa_bwd_q_kernel(
+    Q, K, V, IDX, W, DO, LSE, DQ, DW, DELTA,
+    T, C, H, G,
+    stride_qb, stride_qt, stride_qh,
+    stride_kb, stride_kt, stride_kh,
+    stride_vb, stride_vt, stride_vh,
+    stride_dob, stride_dot, stride_doh,
+    stride_dqb, stride_dqt, stride_dqh,
+    scale, qk_scale,
+    S: tl.constexpr, D: tl.constexpr, TOPK: tl.constexpr,
+    BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """dQ and dW query-side; also delta_j = w_j * rowsum(dO * O_j) per (token, slot, head) for dK/dV."""
+    t = tl.program_id(0).to(tl.int64)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    offs_g = tl.arange(0, BLOCK_G)
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    gmask = offs_g < G
+    dmask = offs_d < D
+    smask = offs_s < S
+    qmask = gmask[:, None] & dmask[None, :]
+    heads = (h * G + offs_g)[:, None]
+    q = tl.load(Q + b * stride_qb + t * stride_qt + heads * stride_qh + offs_d[None, :], mask=qmask, other=0.0)
+    do = tl.load(DO + b * stride_dob + t * stride_dot + heads * stride_doh + offs_d[None, :], mask=qmask,
+                 other=0.0)
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+    slot = ((b * T + t) * H + h) * TOPK
+    dq = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
+    for j in range(TOPK):
+        cid = tl.load(IDX + slot + j)
+        valid = (cid >= 0) & (cid < C)
+        w = tl.load(W + slot + j).to(tl.float32)
+        w = tl.where(valid, w, 0.0)
+        rows = cid.to(tl.int64) * S + offs_s
+        kvmask = (smask[:, None] & dmask[None, :]) & valid
+        kt = tl.load(k_base + rows[:, None] * stride_kt + offs_d[None, :], mask=kvmask, other=0.0)
+        vt = tl.load(v_base + rows[:, None] * stride_vt + offs_d[None, :], mask=kvmask, other=0.0)
+        lse = tl.load(LSE + (slot + j) * G + offs_g, mask=gmask & valid, other=float("inf"))
+        s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale
+        if BLOCK_S != S:
+            s = tl.where(smask[None, :], s, float("-inf"))
+        p = tl.exp2(s - lse[:, None])  # normalised probabilities of chunk j; 0 on empty slots
+        o = tl.dot(p.to(vt.dtype), vt, input_precision=PREC)  # O_j, recomputed (never stored)
+        rowdot = tl.sum(o * do.to(tl.float32), 1)  # (BLOCK_G,) = rowsum(dO * O_j)
+        tl.store(DW + slot + j, tl.where(valid, tl.sum(rowdot, 0), 0.0))
+        tl.store(DELTA + (slot + j) * G + offs_g, w * rowdot, mask=gmask)
+        dp = tl.dot(do, tl.trans(vt), input_precision=PREC)
+        ds = p * (dp - rowdot[:, None]) * w
+        dq += tl.dot(ds.to(kt.dtype), kt, input_precision=PREC)
+    dq_ptrs = DQ + b * stride_dqb + t * stride_dqt + heads * stride_dqh + offs_d[None, :]
+    tl.store(dq_ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=qmask)
+
+
+@triton.jit
+def _hsa_bwd_kv_kernel(
+    Q, K, V, W, DO, LSE, DELTA, ORDER, SEG_CHUNK, SEG_START, SEG_END, WS_K, WS_V,
+    T, C, H, G,
+    stride_qb, stride_qt, stride_qh,
+    stride_kb, stride_kt, stride_kh,
+    stride_vb, stride_vt, stride_vh,
+    stride_dob, stride_dot, stride_doh,
+    scale, qk_scale,
+    S: tl.constexpr, D: tl.constexpr, TOPK: tl.constexpr,
+    BLOCK_G: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """Partial dK/dV of one segment of one chunk's inverse list; rows = BLOCK_P pairs x BLOCK_G heads."""
+    sid = tl.program_id(0).to(tl.int64)
+    chunk = tl.load(SEG_CHUNK + sid).to(tl.int64)  # flat (b, h, c); -1 = unused segment
+    if chunk < 0:
+        return
+    start = tl.load(SEG_START + sid).to(tl.int64)
+    end = tl.load(SEG_END + sid).to(tl.int64)
+    bh = chunk // C
+    c = chunk % C
+    b = bh // H
+    h = bh % H
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_r = tl.arange(0, BLOCK_P * BLOCK_G)
+    r_pair = offs_r // BLOCK_G
+    r_head = offs_r % BLOCK_G
+    dmask = offs_d < D
+    smask = offs_s < S
+    kvmask = smask[:, None] & dmask[None, :]
+    rows = c * S + offs_s
+    kt = tl.load(K + b * stride_kb + h * stride_kh + rows[:, None] * stride_kt + offs_d[None, :], mask=kvmask,
+                 other=0.0)
+    vt = tl.load(V + b * stride_vb + h * stride_vh + rows[:, None] * stride_vt + offs_d[None, :], mask=kvmask,
+                 other=0.0)
+    dk = tl.zeros([BLOCK_S, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_S, BLOCK_D], dtype=tl.float32)
+    n_iter = tl.cdiv(end - start, BLOCK_P)
+    for it in range(n_iter):
+        pos = start + it * BLOCK_P + r_pair
+        pvalid = pos < end
+        pair = tl.load(ORDER + pos, mask=pvalid, other=0).to(tl.int64)  # flat (b, t, h, j)
+        t = (pair // (TOPK * H)) % T
+        rvalid = pvalid & (r_head < G)
+        rmask = rvalid[:, None] & dmask[None, :]
+        heads = h * G + r_head
+        qr = tl.load(Q + b * stride_qb + t[:, None] * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
+                     mask=rmask, other=0.0)
+        dor = tl.load(DO + b * stride_dob + t[:, None] * stride_dot + heads[:, None] * stride_doh
+                      + offs_d[None, :], mask=rmask, other=0.0)
+        lse = tl.load(LSE + pair * G + r_head, mask=rvalid, other=float("inf"))
+        delta = tl.load(DELTA + pair * G + r_head, mask=rvalid, other=0.0)
+        w = tl.load(W + pair, mask=rvalid, other=0.0).to(tl.float32)
+        s = tl.dot(qr, tl.trans(kt), input_precision=PREC) * qk_scale  # (R, BLOCK_S)
+        if BLOCK_S != S:
+            s = tl.where(smask[None, :], s, float("-inf"))
+        p = tl.exp2(s - lse[:, None])  # padded rows: lse = inf -> p = 0
+        dv += tl.dot(tl.trans((p * w[:, None]).to(vt.dtype)), dor, input_precision=PREC)
+        dp = tl.dot(dor, tl.trans(vt), input_precision=PREC)
+        ds = p * (dp * w[:, None] - delta[:, None])
+        dk += tl.dot(tl.trans(ds.to(qr.dtype)), qr, input_precision=PREC)
+    ws_off = sid * (BLOCK_S * BLOCK_D) + offs_s[:, None] * BLOCK_D + offs_d[None, :]
+    tl.store(WS_K + ws_off, dk * scale)
+    tl.store(WS_V + ws_off, dv)
+
+
+@triton.jit
+def _hsa_bwd_kv_reduce_kernel(
+    WS_K, WS_V, SEG_FIRST, SEG_COUNT, DK, DV,
+    C, H,
+    stride_kb, stride_kt, stride_kh,
+    stride_vb, stride_vt, stride_vh,
+    S: tl.constexpr, D: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """dK/dV of one chunk = its segments' partial sums, added in segment order (deterministic)."""
+    chunk = tl.program_id(0).to(tl.int64)
+    first = tl.load(SEG_FIRST + chunk).to(tl.int64)
+    count = tl.load(SEG_COUNT + chunk)
+    bh = chunk // C
+    c = chunk % C
+    b = bh // H
+    h = bh % H
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    tile = offs_s[:, None] * BLOCK_D + offs_d[None, :]
+    dk = tl.zeros([BLOCK_S, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_S, BLOCK_D], dtype=tl.float32)
+    for i in range(count):
+        off = (first + i) * (BLOCK_S * BLOCK_D)
+        dk += tl.load(WS_K + off + tile)
+        dv += tl.load(WS_V + off + tile)
+    rows = c * S + offs_s
+    mask = (offs_s < S)[:, None] & (offs_d < D)[None, :]
+    tl.store(DK + b * stride_kb + h * stride_kh + rows[:, None] * stride_kt + offs_d[None, :],
+             dk.to(DK.dtype.element_ty), mask=mask)
+    tl.store(DV + b * stride_vb + h * stride_vh + rows[:, None] * stride_vt + offs_d[None, :],
+             dv.to(DV.dtype.element_ty), mask=mask)
