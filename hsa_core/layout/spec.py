@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import inspect
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -231,15 +230,6 @@ class _Kinds:
         close = difflib.get_close_matches(kind, known, n=3, cutoff=0.5)
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         raise SpecError(path, f"unknown kind {kind!r}{hint} (known: {', '.join(known) or 'none'})")
-
-
-def retrieval_layer_accepts(factory: Any, name: str) -> bool:
-    """Whether a retrieval-layer factory takes the keyword ``name`` (or ``**kwargs``)."""
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        return True
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,408 @@
+"""The language model composed from a canonical layout spec.
+
+::
+
+    ids (B,T) -> embedding -> for each layer i:
+                                  [memories with after_layer == i are built from h]
+                                  backbone layer:  h = h + mixer(RMSNorm(h))        (Block)
+                                  retrieval layer: h = h + hsa(h, memory, selection) (RetrievalBlock)
+                                  optional:        h = h + SwiGLU(RMSNorm(h))
+                              [memories with after_layer == L are built last]
+              -> RMSNorm -> LM head (tied to the embedding when ``tie_embeddings``) -> logits (B,T,V)
+
+A *shared* selection is computed once per forward call, from the input of the first layer that
+reads it; a non-shared one (multi-hop) is recomputed before every reading layer from that layer's
+input, each layer with its own retrieval projection.
+
+Everything that carries information across calls lives in :class:`ModelCache`: each mixer's state,
+each memory's :class:`~hsa_core.modules.MemoryState` (incremental: only complete chunks are encoded,
+the incomplete tail waits in ``pending``) and the absolute position of the next token (the
+``q_offset`` of retrieval). Hence processing a sequence in segments, or token by token, gives the
+same logits as one full pass.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from .interfaces import Mixer, MixerState
+from .modules import ChunkMemory, MemoryState, Retrieval, RMSNorm, Selection, SwiGLU
+from .plugins import PluginHost, get_host
+
+__all__ = ["Block", "HSALanguageModel", "ModelCache", "ModelOutput", "RetrievalBlock"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Cache and output
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class ModelCache:
+    """Everything a model carries from one call to the next (batch first in every tensor).
+
+    Attributes:
+        mixer_states: one entry per layer: the mixer's state dict for backbone layers, ``None`` for
+            retrieval layers (their context is the memory).
+        memories: memory name -> :class:`MemoryState` (keys/values/landmarks of complete chunks plus
+            the pending incomplete chunk).
+        position: absolute position of the next token (tokens seen so far).
+    """
+
+    mixer_states: list[MixerState | None]
+    memories: dict[str, MemoryState] = field(default_factory=dict)
+    position: int = 0
+
+    def to(self, *args: Any, **kwargs: Any) -> ModelCache:
+        """Move/cast every tensor (``Tensor.to`` arguments)."""
+        states = [None if s is None else {k: v.to(*args, **kwargs) for k, v in s.items()}
+                  for s in self.mixer_states]
+        return ModelCache(states, {k: m.to(*args, **kwargs) for k, m in self.memories.items()}, self.position)
+
+    def select(self, index: Tensor | slice) -> ModelCache:
+        """Keep batch rows ``index`` (e.g. to drop finished sequences)."""
+        states = [None if s is None else {k: v[index] for k, v in s.items()} for s in self.mixer_states]
+        mems = {k: replace(m, k=m.k[index], v=m.v[index], landmarks=m.landmarks[index], pending=m.pending[index])
+                for k, m in self.memories.items()}
+        return ModelCache(states, mems, self.position)
+
+    def nbytes(self) -> int:
+        """Bytes held (recurrent states + chunk memories)."""
+        total = sum(t.numel() * t.element_size() for s in self.mixer_states if s for t in s.values())
+        return total + sum(m.nbytes() for m in self.memories.values())
+
+
+class ModelOutput(NamedTuple):
+    """``logits`` ``(B, T, V)``; ``cache`` a :class:`ModelCache` when asked for, else ``None``."""
+
+    logits: Tensor
+    cache: ModelCache | None
+
+
+# --------------------------------------------------------------------------------------------------
+# Blocks
+# --------------------------------------------------------------------------------------------------
+
+class _MLP(nn.Module):
+    """Pre-norm SwiGLU sub-block (its residual is added by the owner)."""
+
+    def __init__(self, d_model: int, hidden: int, eps: float) -> None:
+        super().__init__()
+        self.norm = RMSNorm(d_model, eps=eps)
+        self.ffn = SwiGLU(d_model, hidden)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.ffn(self.norm(h))
+
+
+class Block(nn.Module):
+    """``h + mixer(RMSNorm(h))``, then optionally ``h + SwiGLU(RMSNorm(h))`` (mamba-ssm's Block habit:
+    the mixer knows nothing about norms or residuals, which is what makes any mixer composable).
+
+    Args:
+        d_model: width.
+        mixer: any :class:`~hsa_core.interfaces.Mixer`.
+        mlp_hidden: SwiGLU hidden size, ``None`` = no MLP sub-block.
+        norm_eps: RMSNorm epsilon.
+    """
+
+    def __init__(self, d_model: int, mixer: Mixer, *, mlp_hidden: int | None = None, norm_eps: float = 1e-5):
+        super().__init__()
+        self.norm = RMSNorm(d_model, eps=norm_eps)
+        self.mixer = mixer
+        self.mlp = _MLP(d_model, mlp_hidden, norm_eps) if mlp_hidden else None
+
+    def forward(self, h: Tensor, state: MixerState | None = None, *,
+                return_state: bool = False) -> tuple[Tensor, MixerState | None]:
+        """h ``(B, T, d)`` -> (``(B, T, d)``, new mixer state or ``None``)."""
+        x = self.norm(h)
+        if state is not None and h.shape[1] == 1:
+            # Decoding: mixers may have a cheaper single-token update (same result by contract).
+            y, new_state = self.mixer.step(x[:, 0], state)
+            y = y.unsqueeze(1)
+        else:
+            y, new_state = self.mixer(x, state, return_state=return_state)
+        h = h + y.to(h.dtype)
+        if self.mlp is not None:
+            h = h + self.mlp(h)
+        return h, new_state
+
+
+class RetrievalBlock(nn.Module):
+    """``h + layer(h, memory, selection)`` (the layer norms its own input), then an optional MLP.
+
+    A multi-hop layer (non-shared selection) owns its :class:`~hsa_core.modules.Retrieval` here.
+    """
+
+    def __init__(self, d_model: int, layer: nn.Module, *, retrieval: Retrieval | None = None,
+                 mlp_hidden: int | None = None, norm_eps: float = 1e-5) -> None:
+        super().__init__()
+        self.layer = layer
+        self.retrieval = retrieval
+        self.mlp = _MLP(d_model, mlp_hidden, norm_eps) if mlp_hidden else None
+
+    def forward(self, h: Tensor, memory: MemoryState, selection: Selection) -> Tensor:
+        """h ``(B, T, d)``, the memory and the selection of these T tokens -> ``(B, T, d)``."""
+        h = h + self.layer(h, memory, selection).to(h.dtype)
+        if self.mlp is not None:
+            h = h + self.mlp(h)
+        return h
+
+
+def _accepts(factory: Any, name: str) -> bool:
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return True
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _make_retrieval(d_model: int, sel: Mapping[str, Any], mem: Mapping[str, Any], eps: float) -> Retrieval:
+    return Retrieval(d_model, retrieval_dim=sel["retrieval_dim"], retrieval_heads=sel["retrieval_heads"],
+                     topk=sel["topk"], chunk_size=mem["chunk_size"], weighting=sel["weighting"],
+                     gumbel=sel["gumbel"], window=sel["window"], norm_eps=eps)
+
+
+# --------------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------------
+
+class HSALanguageModel(nn.Module):
+    """A causal language model of backbone and retrieval layers sharing chunk memories.
+
+    Build it with :meth:`from_spec` (or :meth:`from_pretrained`); ``spec`` must be canonical
+    (:func:`hsa_core.layout.resolve`).
+
+    Attributes:
+        spec: the canonical spec it was built from (saved with the weights).
+        embedding, layers, memories, selections, norm_f, lm_head: the modules. ``selections`` holds
+            the shared selections' retrieval projections; multi-hop layers own theirs
+            (``layers[i].retrieval``).
+    """
+
+    def __init__(self, spec: Mapping[str, Any], *, host: PluginHost | None = None) -> None:
+        super().__init__()
+        host = host or get_host()
+        self.spec: dict[str, Any] = dict(spec)
+        m = spec["model"]
+        d, eps = m["d_model"], m["norm_eps"]
+        self.d_model, self.vocab_size = d, m["vocab_size"]
+        self.embedding = nn.Embedding(m["vocab_size"], d)
+        self.memories = nn.ModuleDict({
+            name: ChunkMemory(d, chunk_size=mem["chunk_size"], kv_heads=mem["kv_heads"], head_dim=mem["head_dim"],
+                              landmark_dim=mem["landmark_dim"], retrieval_heads=mem["retrieval_heads"],
+                              landmark=mem["landmark"], encoder_layers=mem["encoder"]["layers"],
+                              encoder_heads=mem["encoder"]["heads"],
+                              encoder_mlp_hidden=mem["encoder"]["mlp_hidden"], chunk_norm=mem["chunk_norm"],
+                              k_norm=mem["k_norm"], norm_eps=eps)
+            for name, mem in spec["memories"].items()})
+        self.selections = nn.ModuleDict({
+            name: _make_retrieval(d, sel, spec["memories"][sel["memory"]], eps)
+            for name, sel in spec["retrieval"].items()
+            if sel["shared"] and any(layer.get("selection") == name for layer in spec["layers"])})
+        layers: list[nn.Module] = []
+        for layer in spec["layers"]:
+            mlp_hidden = m["mlp_hidden"] if layer["mlp"] else None
+            if layer["role"] == "backbone":
+                factory = host.backbone_registry().get(layer["kind"]).factory
+                layers.append(Block(d, factory(d, **layer["options"]), mlp_hidden=mlp_hidden, norm_eps=eps))
+                continue
+            sel = spec["retrieval"][layer["selection"]]
+            mem = spec["memories"][layer["memory"]]
+            factory = host.retrieval_registry().get(layer["kind"]).factory
+            # The memory fixes the geometry a retrieval layer attends over; pass what it accepts.
+            derived = {"kv_heads": mem["kv_heads"], "head_dim": mem["head_dim"], "chunk_size": mem["chunk_size"],
+                       "norm_eps": eps}
+            kwargs = dict(layer["options"])
+            kwargs.update({k: v for k, v in derived.items() if k not in kwargs and _accepts(factory, k)})
+            own = None if sel["shared"] else _make_retrieval(d, sel, mem, eps)
+            layers.append(RetrievalBlock(d, factory(d, **kwargs), retrieval=own, mlp_hidden=mlp_hidden,
+                                         norm_eps=eps))
+        self.layers = nn.ModuleList(layers)
+        self.norm_f = RMSNorm(d, eps=eps)
+        self.lm_head = nn.Linear(d, m["vocab_size"], bias=False)
+        nn.init.normal_(self.embedding.weight, std=m["init_std"])
+        if m["tie_embeddings"]:
+            self.lm_head.weight = self.embedding.weight
+        else:
+            nn.init.normal_(self.lm_head.weight, std=m["init_std"])
+        # memories built after i layers, i = 0..L (0 = from the embeddings)
+        self._built_after: dict[int, list[str]] = {}
+        for name, mem in spec["memories"].items():
+            self._built_after.setdefault(mem["after_layer"], []).append(name)
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any], *, device: torch.device | str | None = None,
+                  dtype: torch.dtype | None = None, host: PluginHost | None = None) -> HSALanguageModel:
+        """Build from a layout (raw or canonical; it is resolved again, which is idempotent).
+
+        ``device="meta"`` builds without allocating (parameter counts of large models).
+        """
+        from .layout import resolve
+
+        spec = resolve(spec, host=host)
+        if device is not None:
+            with torch.device(device):
+                model = cls(spec, host=host)
+        else:
+            model = cls(spec, host=host)
+        if dtype is not None:
+            model = model.to(dtype=dtype)
+        return model
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, device: torch.device | str | None = None,
+                        dtype: torch.dtype | None = None, host: PluginHost | None = None) -> HSALanguageModel:
+        """Load a model directory written by :meth:`save_pretrained` (see :mod:`hsa_core.io`)."""
+        from .io import load_pretrained
+
+        return load_pretrained(directory, device=device, dtype=dtype, host=host)
+
+    def save_pretrained(self, directory: str | Path, *, overwrite: bool = False) -> Path:
+        """Write ``config.yaml``, ``config.json`` and ``model.safetensors`` atomically (:mod:`hsa_core.io`)."""
+        from .io import save_pretrained
+
+        return save_pretrained(self, directory, overwrite=overwrite)
+
+    # -- introspection --------------------------------------------------------------------------
+    @property
+    def tied(self) -> bool:
+        return self.lm_head.weight is self.embedding.weight
+
+    def num_parameters(self) -> int:
+        """Distinct parameters (the tied head counts once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def init_cache(self, batch_size: int, *, device: torch.device | str | None = None,
+                   dtype: torch.dtype | None = None) -> ModelCache:
+        """The cache before any token (what a full pass starts from)."""
+        p = self.embedding.weight
+        device = device if device is not None else p.device
+        dtype = dtype or p.dtype
+        states: list[MixerState | None] = [
+            block.mixer.init_state(batch_size, device=device, dtype=dtype) if isinstance(block, Block) else None
+            for block in self.layers]
+        mems = {n: mem.empty_state(batch_size, device=device, dtype=dtype) for n, mem in self.memories.items()}
+        return ModelCache(states, mems, 0)
+
+    # -- forward --------------------------------------------------------------------------------
+    def forward(self, input_ids: Tensor, cache: ModelCache | None = None, *,
+                return_cache: bool = False) -> ModelOutput:
+        """Logits for ``input_ids`` ``(B, T)`` (int64), continuing from ``cache`` if given.
+
+        Args:
+            input_ids: ``(B, T)`` token ids, ``T >= 1``.
+            cache: the state after the tokens before these (from an earlier call with
+                ``return_cache=True``); ``None`` = start of the sequence.
+            return_cache: return the cache after these tokens (implied when ``cache`` is given).
+
+        Returns:
+            :class:`ModelOutput` with ``logits`` ``(B, T, V)`` and the new cache (or ``None``). The
+            given cache is not modified.
+        """
+        keep = cache is not None or return_cache
+        position = cache.position if cache is not None else 0
+        h = self.embedding(input_ids)
+        mems: dict[str, MemoryState] = dict(cache.memories) if cache is not None else {}
+        states: list[MixerState | None] = [None] * len(self.layers)
+        shared: dict[str, Selection] = {}
+        layers_spec = self.spec["layers"]
+
+        self._build_memories(0, h, mems)
+        for i, block in enumerate(self.layers):
+            if isinstance(block, Block):
+                prev = cache.mixer_states[i] if cache is not None else None
+                h, states[i] = block(h, prev, return_state=keep)
+            else:
+                sel_name, mem_name = layers_spec[i]["selection"], layers_spec[i]["memory"]
+                memory = mems[mem_name]
+                if block.retrieval is not None:  # multi-hop: select from this layer's own input
+                    selection = block.retrieval(h, memory, position)
+                else:
+                    if sel_name not in shared:  # first reader computes it; later readers reuse it
+                        shared[sel_name] = self.selections[sel_name](h, memory, position)
+                    selection = shared[sel_name]
+                h = block(h, memory, selection)
+            self._build_memories(i + 1, h, mems)
+        logits = self.lm_head(self.norm_f(h))
+        new_cache = ModelCache(states, mems, position + input_ids.shape[1]) if keep else None
+        return ModelOutput(logits, new_cache)
+
+    def _build_memories(self, after: int, h: Tensor, mems: dict[str, MemoryState]) -> None:
+        for name in self._built_after.get(after, ()):
+            mems[name] = self.memories[name](h, mems.get(name))
+
+    # -- generation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, input_ids: Tensor, max_new_tokens: int, *, do_sample: bool = False,
+                 temperature: float = 1.0, top_k: int | None = None, generator: torch.Generator | None = None,
+                 eos_token_id: int | None = None, return_logits: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Continue ``input_ids`` ``(B, T)`` by up to ``max_new_tokens`` tokens.
+
+        Prefill runs the prompt in one call; then each token is one call on the cache (recurrent
+        states plus incremental chunk memory), so the cost per token does not grow with the prompt
+        except for retrieval over the memory. Runs in eval mode (no Gumbel noise), then restores the
+        previous mode.
+
+        Args:
+            do_sample: sample from ``softmax(logits / temperature)`` (restricted to the ``top_k``
+                largest when given); greedy argmax otherwise.
+            generator: RNG for sampling (reproducible generation).
+            eos_token_id: a sequence stops after producing it (later slots repeat it); generation ends
+                when every sequence has stopped.
+            return_logits: also return the logits each new token was chosen from, ``(B, N, V)``.
+
+        Returns:
+            ``(B, T + N)`` ids (``N <= max_new_tokens``), and the logits when ``return_logits``.
+        """
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if do_sample and temperature <= 0:
+            raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
+        was_training = self.training
+        self.eval()
+        try:
+            out_tokens: list[Tensor] = []
+            out_logits: list[Tensor] = []
+            finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            if max_new_tokens:
+                out = self(input_ids, return_cache=True)
+                for step in range(max_new_tokens):
+                    logits = out.logits[:, -1].float()
+                    token = self._pick(logits, do_sample, temperature, top_k, generator)
+                    if eos_token_id is not None:
+                        token = torch.where(finished, torch.full_like(token, eos_token_id), token)
+                        finished |= token == eos_token_id
+                    out_tokens.append(token)
+                    out_logits.append(logits)
+                    if step + 1 == max_new_tokens or (eos_token_id is not None and bool(finished.all())):
+                        break
+                    out = self(token[:, None], out.cache, return_cache=True)
+        finally:
+            self.train(was_training)
+        ids = torch.cat([input_ids, torch.stack(out_tokens, 1)], 1) if out_tokens else input_ids
+        if return_logits:
+            logits_t = (torch.stack(out_logits, 1) if out_logits
+                        else input_ids.new_zeros((input_ids.shape[0], 0, self.vocab_size), dtype=torch.float32))
+            return ids, logits_t
+        return ids
+
+    @staticmethod
+    def _pick(logits: Tensor, do_sample: bool, temperature: float, top_k: int | None,
+              generator: torch.Generator | None) -> Tensor:
+        """Next token ``(B,)`` from logits ``(B, V)``."""
+        if not do_sample:
+            return logits.argmax(-1)
+        logits = logits / temperature
+        if top_k is not None and top_k < logits.shape[-1]:
+            kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
