@@ -1,0 +1,1 @@
+"""Evaluation of trained models on synthetic tasks far beyond the training length."""

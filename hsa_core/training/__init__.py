@@ -1,0 +1,1 @@
+"""Training: the `hsa train` loop, checkpoints, distributed set-up, RAMba training options."""
