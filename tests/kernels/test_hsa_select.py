@@ -1,0 +1,88 @@
+"""Fused selection kernel vs the fp64 naive twin: indices, weights, and the weights' gradients."""
+
+from __future__ import annotations
+
+import hsa_kernels.hsa_select.function as fn
+import pytest
+import torch
+from hsa_kernels.hsa_select import hsa_select_naive, hsa_select_triton
+
+from .helpers import PoisonTorch, rel_err
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _check(B, T, Hr, dr, C, S, K, q_offset, window, weighting, dtype=torch.float32, device=DEV, scale=1.0):
+    q = (torch.randn(B, T, Hr, dr, device=device) * scale).to(dtype)
+    lm = torch.randn(B, C, Hr, dr, device=device).to(dtype)
+    kw = dict(topk=K, chunk_size=S, q_offset=q_offset, weighting=weighting, window=window)
+    qa, la = q.clone().requires_grad_(), lm.clone().requires_grad_()
+    idx, w = hsa_select_triton(qa, la, **kw)
+    g = torch.randn(w.shape, device=device)
+    (w * g).sum().backward()
+    qb, lb = q.double().requires_grad_(), lm.double().requires_grad_()
+    ridx, rw = hsa_select_naive(qb, lb, **kw)
+    (rw * g.double()).sum().backward()
+    assert idx.dtype == torch.int32 and w.dtype == torch.float32 and idx.shape == (B, T, Hr, K)
+    assert torch.equal(idx, ridx), (idx != ridx).nonzero()[:5]
+    assert torch.isfinite(w).all()
+    assert (w[idx < 0] == 0).all()
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(w.double(), rw.double(), rtol=tol, atol=tol)
+    assert rel_err(qa.grad, qb.grad) < tol and rel_err(la.grad, lb.grad) < tol
+    return idx, w
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize(
+    "B,T,Hr,dr,C,S,K,q_offset,window,weighting",
+    [
+        (1, 70, 1, 32, 5, 16, 3, 0, None, "stick_breaking"),  # fewer visible chunks than K early on
+        (2, 40, 2, 48, 9, 8, 4, 30, 20, "softmax"),            # q_offset, window, two retrieval heads
+        (1, 33, 1, 16, 40, 4, 8, 7, None, "stick_breaking"),   # several landmark blocks, K=8
+        (1, 20, 1, 16, 3, 16, 2, 0, None, "softmax"),          # T < S for most tokens: empty rows
+    ],
+)
+def test_select_fp32(B, T, Hr, dr, C, S, K, q_offset, window, weighting, monkeypatch):
+    monkeypatch.setattr(fn, "torch", PoisonTorch())
+    _check(B, T, Hr, dr, C, S, K, q_offset, window, weighting)
+
+
+@pytest.mark.triton
+def test_select_all_empty():
+    idx, w = _check(1, 10, 1, 16, 2, 16, 3, 0, None, "stick_breaking")
+    assert (idx == -1).all() and (w == 0).all()
+
+
+@pytest.mark.triton
+def test_select_extreme_scores():
+    # Scores of ~1e2: softplus/sigmoid saturate; weights must stay finite and match.
+    _check(1, 40, 1, 16, 6, 8, 4, 0, None, "stick_breaking", scale=25.0)
+
+
+@pytest.mark.triton
+def test_select_gumbel_falls_back():
+    q, lm = torch.randn(1, 40, 1, 16, device=DEV), torch.randn(1, 4, 1, 16, device=DEV)
+    idx, w = hsa_select_triton(q, lm, topk=2, chunk_size=8, gumbel=True)
+    assert idx.shape == (1, 40, 1, 2) and (w[idx < 0] == 0).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("weighting", ["stick_breaking", "softmax"])
+def test_select_gpu_real_shape(weighting):
+    _check(1, 8192, 1, 1024, 128, 64, 8, 0, None, weighting, device="cuda")
+
+
+@pytest.mark.gpu
+def test_select_gpu_bf16_scores_agree():
+    # bf16 inputs: products are exact, fp32 sums differ only by order; near-ties may swap, so compare the
+    # kept scores' values instead of the ids.
+    q = torch.randn(2, 4096, 1, 1024, device="cuda", dtype=torch.bfloat16)
+    lm = torch.randn(2, 64, 1, 1024, device="cuda", dtype=torch.bfloat16)
+    idx, _w = hsa_select_triton(q, lm, topk=8, chunk_size=64)
+    ridx, _rw = hsa_select_naive(q, lm, topk=8, chunk_size=64)
+    s = torch.einsum("bthd,bchd->bthc", q.float(), lm.float()) / 32
+    ks = torch.gather(s, -1, idx.clamp(min=0).long()).masked_fill(idx < 0, 0).sort(-1).values
+    rs = torch.gather(s, -1, ridx.clamp(min=0).long()).masked_fill(ridx < 0, 0).sort(-1).values
+    torch.testing.assert_close(ks, rs, rtol=1e-4, atol=1e-4)
+    assert (idx == ridx).float().mean() > 0.999
