@@ -1,0 +1,31 @@
+"""The ``hsa`` typer application: registers one command per module and maps errors to exit codes."""
+
+from __future__ import annotations
+
+import typer
+
+from . import build, demo, info, listing, validate
+
+app = typer.Typer(
+    name="hsa",
+    help="Hierarchical Sparse Attention toolkit: compose, check and run HSA hybrids from YAML layouts.\n\n"
+    "Exit codes: 0 ok, 1 invalid spec, 2 usage, 3 missing optional dependency, 4 demo self-check failed.",
+    no_args_is_help=True,
+    add_completion=False,
+    # Tracebacks are for bugs only; expected failures are one `error:` line (see _common.guarded).
+    pretty_exceptions_enable=False,
+)
+app.command("build")(build.build)
+app.command("validate")(validate.validate)
+app.command("list")(listing.list_kinds)
+app.command("info")(info.info)
+app.command("demo")(demo.demo)
+
+
+def main() -> None:
+    """Console-script entry point (``hsa``)."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

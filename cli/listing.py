@@ -1,0 +1,69 @@
+"""``hsa list``: every registered backbone and retrieval-layer kind, its plugin and availability."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ._common import PLUGIN_OPTION, console, guarded, load_plugins
+
+
+def _rows(registry: Any) -> list[dict[str, Any]]:
+    """One dict per kind: name, plugin, description, requires, extra, available, options."""
+    from hsa_core.plugins import is_available
+
+    rows = []
+    for name, entry in registry.items():
+        info = entry.info
+        requires = tuple(getattr(info, "requires", ()) or ())
+        rows.append({
+            "name": name,
+            "plugin": entry.plugin,
+            "description": getattr(info, "description", ""),
+            "requires": list(requires),
+            "extra": getattr(info, "extra", None),
+            # find_spec only: importing mamba_ssm/fla here would cost seconds and could fail noisily.
+            "available": is_available(requires),
+            "options": dict(getattr(info, "defaults", {}) or {}),
+        })
+    return rows
+
+
+def _table(title: str, rows: list[dict[str, Any]]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("kind", "plugin", "available", "description"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        if row["available"]:
+            status = "[green]yes[/green]"
+        else:
+            missing = ", ".join(row["requires"])
+            fix = f"pip install 'hsa-toolkit[{row['extra']}]'" if row["extra"] else f"pip install {missing}"
+            status = f"[red]no[/red]: needs {escape(missing)} ({escape(fix)})"
+        table.add_row(escape(row["name"]), escape(row["plugin"]), status, escape(row["description"]))
+    return table
+
+
+@guarded
+def list_kinds(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    plugin: list[Path] | None = PLUGIN_OPTION,
+) -> None:
+    """List backbone kinds and retrieval layers, the plugin that provided each, and availability."""
+    from hsa_core import plugins
+
+    load_plugins(plugin)
+    backbones = _rows(plugins.backbones())
+    layers = _rows(plugins.retrieval_layers())
+    if as_json:
+        typer.echo(json.dumps({"backbones": backbones, "retrieval_layers": layers}, indent=2, default=str))
+        return
+    console().print(_table("Backbones", backbones))
+    console().print(_table("Retrieval layers", layers))
+    plugin_names = sorted({r["plugin"] for r in backbones + layers})
+    console().print(f"plugins: {', '.join(plugin_names)}")

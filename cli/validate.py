@@ -1,0 +1,21 @@
+"""``hsa validate SPEC``: check a layout without building anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ._common import PLUGIN_OPTION, SET_OPTION, console, guarded, load_plugins, load_spec_from
+
+
+@guarded
+def validate(
+    spec: str = typer.Argument(..., help="Layout YAML file or preset name."),
+    set_: list[str] | None = SET_OPTION,
+    plugin: list[Path] | None = PLUGIN_OPTION,
+) -> None:
+    """Validate a layout spec; print `ok: <name> (<n> layers)` or one error line (exit 1)."""
+    load_plugins(plugin)
+    _, canonical = load_spec_from(spec, set_)
+    console().print(f"ok: {canonical['name']} ({len(canonical['layers'])} layers)")

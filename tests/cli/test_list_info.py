@@ -1,0 +1,51 @@
+"""``hsa list`` and ``hsa info``."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import TOY_PLUGIN
+from hsa_cli.app import app
+from typer.testing import CliRunner
+
+
+def test_list_shows_kinds_with_their_plugin(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["list"])
+    assert result.exit_code == 0, result.output
+    assert "hsa_builtin_layers" in result.stdout
+    assert "minlstm" in result.stdout and "hsa_minlstm" in result.stdout  # the third-party plugin
+
+
+def test_list_json_reports_provenance_and_availability(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["list", "--json", "--plugin", str(TOY_PLUGIN)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    backbones = {row["name"]: row for row in data["backbones"]}
+    layers = {row["name"]: row for row in data["retrieval_layers"]}
+    assert layers["hsa"]["plugin"] == "hsa_builtin_layers"
+    assert backbones["minlstm"]["plugin"] == "hsa_minlstm" and backbones["minlstm"]["available"]
+    assert backbones["toy_ema"]["plugin"].startswith("path:") and backbones["toy_ema"]["available"]
+    missing = backbones["toy_needs_dep"]
+    assert not missing["available"] and missing["extra"] == "imaginary"
+
+
+def test_list_table_names_the_extra_for_missing_deps(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["list", "--plugin", str(TOY_PLUGIN)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "hsa-toolkit[imaginary]" in result.stdout
+
+
+def test_info_reports_versions_and_backends(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["info", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["versions"]["torch"]
+    assert set(data["backends"]) == {"hsa_select", "hsa_attention"}
+    assert data["backends"]["hsa_select"]["cpu"] in ("torch", "triton")
+    table = runner.invoke(app, ["info"], env={"COLUMNS": "200"})
+    assert table.exit_code == 0 and "hsa_attention" in table.stdout and "torch" in table.stdout
+
+
+def test_no_arguments_shows_help(runner: CliRunner) -> None:
+    result = runner.invoke(app, [])
+    assert "build" in result.output and "validate" in result.output
