@@ -344,6 +344,30 @@ def _wire_retrieval_dims(memories: dict[str, dict[str, Any]], selections: dict[s
                             f"must be 1 or kv_heads ({mem['kv_heads']})")
 
 
+def _check_partial(path: str, m: Mapping[str, Any], kind: str, kinds: _Kinds) -> None:
+    """Check keys and value types of a (partial) layer mapping of ``kind`` where it is written
+    (a ``defaults`` entry, a symbol, a list item, an override), so the error path points there."""
+    role, _plugin, registered, _factory = kinds.lookup(path, kind)
+    for key, value in m.items():
+        where = f"{path}.{key}"
+        if key == "kind":
+            continue
+        if key == "mlp":
+            _bool(where, value)
+        elif key in ("selection", "memory"):
+            if role == "backbone" and value is not None:
+                raise SpecError(where, f"only retrieval layers read a memory; '{kind}' is a backbone")
+            _str(where, value, allow_none=True)
+        elif key == "index":
+            _int(where, value, minimum=0)
+        elif key in ("plugin", "role"):
+            _str(where, value, allow_none=True)
+        elif key in registered:
+            _check_option(where, value, registered[key])
+        else:
+            _check_keys(path, {key: None}, list(registered), what=f"option for '{kind}'")
+
+
 def _layer_mapping(path: str, value: Any, symbols: Mapping[str, dict[str, Any]],
                    kinds: _Kinds) -> tuple[dict[str, Any], str | None]:
     """A layer item (symbol name, kind name or mapping) -> (flat mapping with 'kind', symbol used)."""
@@ -359,9 +383,13 @@ def _layer_mapping(path: str, value: Any, symbols: Mapping[str, dict[str, Any]],
     if isinstance(m["kind"], str) and m["kind"] in symbols:
         symbol = m["kind"]
         base = copy.deepcopy(symbols[symbol])
-        rest = {k: v for k, v in m.items() if k != "kind"}
-        m = _merge_layer(base, _flatten(path, rest))
-    return _flatten(path, m), symbol
+        rest = _flatten(path, {k: v for k, v in m.items() if k != "kind"})
+        _check_partial(path, rest, base["kind"], kinds)
+        return _merge_layer(base, rest), symbol
+    kinds.lookup(f"{path}.kind", m["kind"])
+    flat = _flatten(path, m)
+    _check_partial(path, flat, m["kind"], kinds)
+    return flat, symbol
 
 
 def _flatten(path: str, m: Mapping[str, Any]) -> dict[str, Any]:
@@ -396,6 +424,7 @@ def _resolve_symbols(raw: Any, kinds: _Kinds) -> dict[str, dict[str, Any]]:
             if "kind" not in m:
                 raise SpecError(f"{p}.kind", "missing (required)")
             kinds.lookup(f"{p}.kind", m["kind"])
+            _check_partial(p, m, m["kind"], kinds)
             symbols[name] = m
     return symbols
 
@@ -434,8 +463,9 @@ def _expand_layers(raw: Any, symbols: Mapping[str, dict[str, Any]],
     return out
 
 
-def _resolve_overrides(raw: Any, n_layers: int) -> dict[int, dict[str, Any]]:
-    out: dict[int, dict[str, Any]] = {}
+def _resolve_overrides(raw: Any, n_layers: int) -> dict[int, list[tuple[str, dict[str, Any]]]]:
+    """``overrides`` -> layer index -> [(path written at, flat mapping), ...] in document order."""
+    out: dict[int, list[tuple[str, dict[str, Any]]]] = {}
     for key, value in _mapping("overrides", raw).items():
         p = f"overrides.{key}"
         indices: list[int]
@@ -454,7 +484,7 @@ def _resolve_overrides(raw: Any, n_layers: int) -> dict[int, dict[str, Any]]:
             if not 0 <= i < n_layers:
                 raise SpecError(p, f"layer index {i} is out of range (the model has {n_layers} layers: "
                                    f"0..{n_layers - 1})")
-            out.setdefault(i, {}).update(_flatten(p, _mapping(p, value, allow_none=False)))
+            out.setdefault(i, []).append((p, _flatten(p, _mapping(p, value, allow_none=False))))
     return out
 
 
@@ -501,6 +531,7 @@ def resolve(raw: Mapping[str, Any], *, host: PluginHost | None = None) -> dict[s
         m = _flatten(f"defaults.{kind}", _mapping(f"defaults.{kind}", value))
         if "kind" in m:
             raise SpecError(f"defaults.{kind}.kind", "defaults are per kind already; remove 'kind'")
+        _check_partial(f"defaults.{kind}", m, kind, kinds)
         kind_defaults[kind] = m
 
     symbols = _resolve_symbols(raw.get("symbols"), kinds)
@@ -509,7 +540,9 @@ def resolve(raw: Mapping[str, Any], *, host: PluginHost | None = None) -> dict[s
 
     layers = []
     for i, (item, symbol) in enumerate(items):
-        item = _merge_layer(item, overrides.get(i, {}))
+        for where, override in overrides.get(i, ()):
+            _check_partial(where, override, item["kind"], kinds)
+            item = _merge_layer(item, override)
         layers.append(_resolve_layer(i, item, symbol, kinds, kind_defaults, memories, selections))
 
     n = len(layers)
