@@ -107,9 +107,14 @@ def load_plugins(paths: list[Path] | None) -> None:
     """Register plugin files named with ``--plugin`` (explicit: never scanned from a folder)."""
     from hsa_core.plugins import get_host
 
+    host = get_host()
     for path in paths or []:
+        # In-process callers (tests, notebooks) may pass the same file again: loading it twice
+        # would register its kinds twice, which the registry rightly refuses.
+        if host.pm.get_plugin(f"path:{path}") is not None:
+            continue
         try:
-            get_host().load_path(path)
+            host.load_path(path)
         except RegistryError as exc:  # file missing or registered twice
             raise typer.BadParameter(str(exc), param_hint="--plugin") from None
 

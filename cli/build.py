@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from ._common import PLUGIN_OPTION, SET_OPTION, console, guarded, load_plugins, load_spec_from
-from ._summary import as_plain, print_summary
+from ._summary import print_summary
 
 
 class Device(str, enum.Enum):
@@ -40,6 +40,7 @@ def pick_device(device: Device | None, out: Path | None) -> str:
 def build(
     spec: str = typer.Argument(..., help="Layout YAML file or preset name (e.g. ramba-370m)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write a loadable model directory here."),
+    force: bool = typer.Option(False, "--force", "-f", help="Replace an existing --out directory."),
     set_: list[str] | None = SET_OPTION,
     device: Device | None = typer.Option(
         None, "--device", "-d", help="meta (default; no memory), cpu or cuda. --out implies cpu."
@@ -56,13 +57,16 @@ def build(
 
     load_plugins(plugin)
     target = pick_device(device, out)
+    if out is not None and out.exists() and not force:
+        # Checked before building: a 370M build should not be wasted on a refusal to write.
+        raise typer.BadParameter(f"'{out}' exists; use --force to replace it", param_hint="--out")
     path, canonical = load_spec_from(spec, set_)
     model = HSALanguageModel.from_spec(canonical, device=target)
     summary = describe(model, context_len=context_len)
     if out is not None:
-        model.save_pretrained(out)
+        model.save_pretrained(out, overwrite=force)
     if as_json:
-        payload = {"spec": canonical, "summary": as_plain(summary), "device": target, "source": str(path)}
+        payload = {"spec": canonical, "summary": summary.to_dict(), "device": target, "source": str(path)}
         if out is not None:
             payload["out"] = str(out)
         typer.echo(json.dumps(payload, indent=2, default=str))

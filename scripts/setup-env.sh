@@ -19,6 +19,20 @@ PYTHON="${PYTHON:-python3}"
 VENV="${VENV:-.venv}"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 
+# pip install, quiet: its log is shown only on failure, minus the harmless notes about local index
+# folders that do not exist on every machine.
+pip_install() {
+    local log
+    log="$(mktemp)"
+    if ! "${PIP[@]}" install -q "$@" >"$log" 2>&1; then
+        grep -v "is ignored: it is neither" "$log" >&2 || true
+        rm -f "$log"
+        return 1
+    fi
+    grep -v "is ignored: it is neither" "$log" || true
+    rm -f "$log"
+}
+
 if [ ! -x "$VENV/bin/python" ]; then
     echo "setup-env: creating $VENV with $($PYTHON --version 2>&1)"
     "$PYTHON" -m venv "$VENV"
@@ -27,21 +41,21 @@ fi
 echo "setup-env: 1/4 torch (CPU wheel when no CUDA build is asked for)"
 # Skip when a torch that satisfies the project's range is already there (e.g. a CUDA build on a GPU box).
 if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
-    "${PIP[@]}" install -q "torch==2.13.0"
+    pip_install "torch==2.13.0"
 fi
 
 echo "setup-env: 2/4 hsa-toolkit (editable, extras dev + fla)"
 # setuptools/wheel/packaging in the venv: step 3 builds without isolation, with the venv's own tools.
-"${PIP[@]}" install -q "setuptools>=68" wheel packaging
-"${PIP[@]}" install -q -e ".[dev,fla]"
+pip_install "setuptools>=68" wheel packaging
+pip_install -e ".[dev,fla]"
 
 echo "setup-env: 3/4 mamba-ssm (sdist, no CUDA build, no deps)"
 if ! "${PIP[@]}" show -q mamba-ssm >/dev/null 2>&1; then
     MAMBA_FORCE_BUILD=TRUE MAMBA_SKIP_CUDA_BUILD=TRUE \
-        "${PIP[@]}" install -q --no-build-isolation --no-deps "mamba-ssm==2.3.2.post1"
+        pip_install --no-build-isolation --no-deps "mamba-ssm==2.3.2.post1"
 fi
 
 echo "setup-env: 4/4 the example plugin hsa-minlstm (editable)"
-"${PIP[@]}" install -q --no-deps -e plugins/hsa-minlstm
+pip_install --no-deps -e plugins/hsa-minlstm
 
 echo "setup-env: done ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"
