@@ -20,6 +20,8 @@ BACKENDS = ("auto", "torch", "triton")
 TRITON_ENTRY_POINTS: dict[str, str] = {
     "hsa_attention": "hsa_kernels.hsa_attention:hsa_attention_triton",
     "hsa_select": "hsa_kernels.hsa_select:hsa_select_triton",
+    # T == 1 without autograd: hsa_attention_triton hands over to it (one token x G heads per KV head).
+    "hsa_decode": "hsa_kernels.hsa_decode:hsa_decode_triton",
 }
 
 

@@ -1,0 +1,468 @@
+"""HSA kernel benchmark (issue 3's table), side by side in one run on one GPU.
+
+Compares, at bf16, 16 query heads over 1 KV head, D=64, chunk 64, top-8, on the same precomputed
+selection:
+  * this project's Triton HSA attention (forward, forward+backward) and fused selection;
+  * the published HSA Triton kernel (``ops/hsa_triton.py`` of RamstorageAI/long-context-modeling), read
+    from a git-ignored folder (``--published``; never committed);
+  * fla's NSA selected-branch kernel (``ParallelNSAFunction``, what ``parallel_nsa`` runs for the
+    selected branch) with the same block indices;
+  * dense causal SDPA (flash and cuDNN backends);
+  * dense selection (T x C scores + torch.topk) against the fused selection.
+
+Reports median ms (CUDA events), effective TFLOP/s, ratios and peak extra GPU memory; writes
+``results.json``, ``results.md`` and ``results.png`` into ``--out``.
+
+Usage (on the GPU machine):
+    python bench/bench_kernels.py --out bench/results/h200 --published third_party/hsa_pub/hsa_triton.py
+    python bench/bench_kernels.py --sweep          # launch-setting sweep of this project's kernels
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HQ, H, D, S, K, DR = 16, 1, 64, 64, 8, 1024
+SHAPES = [(4096, 4), (16384, 2), (65536, 1), (131072, 1)]
+
+
+# ------------------------------------------------------------------------------------------- timing
+def bench(fn, *, budget_ms: float = 300.0, max_iters: int = 100, min_iters: int = 3) -> float:
+    """Median milliseconds of ``fn`` over CUDA-event-timed runs after warm-up (compile excluded)."""
+    fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    est = (time.perf_counter() - t0) * 1e3
+    n = int(max(min_iters, min(max_iters, budget_ms / max(est, 1e-3))))
+    for _ in range(min(3, n)):
+        fn()
+    times = []
+    for _ in range(n):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def peak_mem_mb(fn) -> float:
+    """Peak GPU memory allocated during ``fn`` above what was allocated before it, in MiB."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def safe(label, fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:  # report and keep going: one failing baseline must not sink the run
+        print(f"  [{label}] failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+        torch.cuda.empty_cache()
+        return None
+
+
+# ------------------------------------------------------------------------------------------- inputs
+def make_inputs(T: int, B: int, dtype=torch.bfloat16, seed: int = 0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    dev = "cuda"
+    C = T // S
+    q = torch.randn(B, T, HQ, D, device=dev, dtype=dtype, generator=g)
+    k = torch.randn(B, C * S, H, D, device=dev, dtype=dtype, generator=g)
+    v = torch.randn(B, C * S, H, D, device=dev, dtype=dtype, generator=g)
+    # Selection: K distinct visible chunks per token (uniform), most recent first. Tokens that see fewer
+    # than K chunks repeat chunk 0 so that every kernel does the same K chunks of work per token (the
+    # published kernel rejects -1).
+    pos = torch.arange(T, device=dev)
+    nvis = (pos // S).clamp(min=1)
+    r = torch.rand(B, T, H, C, device=dev, generator=g) if T * C * B <= 2**31 else None
+    if r is None:
+        raise ValueError("shape too large for this selection generator")
+    r = r.masked_fill(torch.arange(C, device=dev)[None, None, None, :] >= nvis[None, :, None, None], -1.0)
+    top = r.topk(K, dim=-1)
+    idx = torch.where(top.values >= 0, top.indices, torch.zeros_like(top.indices))
+    idx = idx.sort(dim=-1, descending=True).values.to(torch.int32).contiguous()
+    del r, top
+    w = torch.rand(B, T, H, K, device=dev, generator=g) / K
+    return q, k, v, idx, w
+
+
+def attn_flops(B: int, T: int) -> float:
+    """Selected-attention work of the forward: QK^T and PV over K chunks of S keys, per token and head."""
+    return 4.0 * B * T * HQ * K * S * D
+
+
+def dense_flops(B: int, T: int) -> float:
+    return 4.0 * B * HQ * D * T * T / 2
+
+
+# ------------------------------------------------------------------------------------- contenders
+def ours(q, k, v, idx, w):
+    from hsa_kernels.hsa_attention import hsa_attention_triton
+
+    return hsa_attention_triton(q, k, v, idx, w, chunk_size=S)
+
+
+def load_published(path: str | None):
+    if not path or not Path(path).exists():
+        return None
+    spec = importlib.util.spec_from_file_location("hsa_published", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def load_nsa():
+    try:
+        from fla.ops.nsa.parallel import ParallelNSAFunction
+    except Exception as exc:
+        print(f"fla NSA unavailable: {exc}")
+        return None
+    return ParallelNSAFunction
+
+
+def run_fwd_bwd(f, inputs, grads_of, do):
+    def step():
+        for t in grads_of:
+            t.grad = None
+        o = f(*inputs)
+        o.backward(do)
+
+    return step
+
+
+def time_attention(name, f, inputs, grads_of, B, T, do, with_bwd=True):
+    row = {"name": name}
+    with torch.no_grad():
+        row["fwd_ms"] = safe(name + " fwd", bench, lambda: f(*inputs))
+        row["fwd_mem_mb"] = safe(name + " fwd mem", peak_mem_mb, lambda: f(*inputs))
+    if with_bwd:
+        step = run_fwd_bwd(f, inputs, grads_of, do)
+        row["fwdbwd_ms"] = safe(name + " fwd+bwd", bench, step)
+        row["fwdbwd_mem_mb"] = safe(name + " fwd+bwd mem", peak_mem_mb, step)
+        for t in grads_of:
+            t.grad = None
+    return row
+
+
+def bench_shape(T, B, published, nsa, args):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q, k, v, idx, w = make_inputs(T, B)
+    do = torch.randn_like(q)
+    rows = []
+    big = T >= 131072
+    qg, kg, vg, wg = (x.detach().clone().requires_grad_() for x in (q, k, v, w))
+    rows.append(time_attention("ours", ours, (qg, kg, vg, idx, wg), (qg, kg, vg, wg), B, T, do))
+    if published is not None:
+        scale = D**-0.5
+        idx_l = idx.long().contiguous()
+
+        def pub(q_, k_, v_, w_):
+            return published.HSA(q_, k_, v_, w_, idx_l, 0.0, S, scale)
+
+        rows.append(time_attention("published HSA", pub, (qg, kg, vg, wg), (qg, kg, vg, wg), B, T, do,
+                                   with_bwd=not big))
+    if nsa is not None:
+        bi = idx.long().contiguous()
+
+        def nsa_f(q_, k_, v_):
+            return nsa.apply(q_, k_, v_, bi, K, S, D**-0.5, None)
+
+        rows.append(time_attention("fla NSA selected", nsa_f, (qg, kg, vg), (qg, kg, vg), B, T, do,
+                                   with_bwd=not big))
+    # Dense causal attention: (B, HQ, T, D); the single KV head expanded outside the timed region.
+    qd = q.transpose(1, 2).contiguous().requires_grad_()
+    kd = k.transpose(1, 2).expand(B, HQ, T, D).contiguous().requires_grad_()
+    vd = v.transpose(1, 2).expand(B, HQ, T, D).contiguous().requires_grad_()
+    dod = do.transpose(1, 2).contiguous()
+    for label, backend in (("SDPA flash", SDPBackend.FLASH_ATTENTION), ("SDPA cuDNN", SDPBackend.CUDNN_ATTENTION)):
+
+        def dense(q_, k_, v_, backend=backend):
+            with sdpa_kernel(backend):
+                return torch.nn.functional.scaled_dot_product_attention(q_, k_, v_, is_causal=True)
+
+        r = time_attention(label, dense, (qd, kd, vd), (qd, kd, vd), B, T, dod)
+        r["dense"] = True
+        rows.append(r)
+    del qd, kd, vd, dod
+    for r in rows:
+        fl = dense_flops(B, T) if r.get("dense") else attn_flops(B, T)
+        if r.get("fwd_ms"):
+            r["fwd_tflops"] = fl / r["fwd_ms"] / 1e9
+        if r.get("fwdbwd_ms"):
+            r["fwdbwd_tflops"] = 3.5 * fl / r["fwdbwd_ms"] / 1e9  # bwd counted as 2.5x fwd
+    sel = bench_selection(T, B)
+    return {"T": T, "B": B, "attention": rows, "selection": sel}
+
+
+def bench_selection(T, B):
+    from hsa_kernels.hsa_select import hsa_select_triton
+
+    C = T // S
+    g = torch.Generator(device="cuda").manual_seed(1)
+    qr = torch.randn(B, T, 1, DR, device="cuda", dtype=torch.bfloat16, generator=g)
+    lm = torch.randn(B, C, 1, DR, device="cuda", dtype=torch.bfloat16, generator=g)
+
+    def fused():
+        return hsa_select_triton(qr, lm, topk=K, chunk_size=S)
+
+    vis = (torch.arange(C, device="cuda")[None, :] + 1) * S <= torch.arange(T, device="cuda")[:, None]
+
+    def dense():
+        s = torch.einsum("bthd,bchd->bthc", qr, lm)  # (B,T,1,C) bf16 scores, like the published code
+        s = s.masked_fill(~vis[None, :, None, :], float("-inf"))
+        return torch.topk(s, K, dim=-1)
+
+    out = {}
+    with torch.no_grad():
+        out["fused_ms"] = safe("fused selection", bench, fused)
+        out["fused_mem_mb"] = safe("fused selection mem", peak_mem_mb, fused)
+        out["dense_ms"] = safe("dense selection", bench, dense)
+        out["dense_mem_mb"] = safe("dense selection mem", peak_mem_mb, dense)
+        # agreement of the fused choice with the dense one (same bf16 inputs; ties may differ)
+        try:
+            i_f, _ = fused()
+            from hsa_core.ops.reference import hsa_select_torch
+
+            n = min(T, 8192)
+            i_r, _ = hsa_select_torch(qr[:, -n:], lm, topk=K, chunk_size=S, q_offset=T - n)
+            out["idx_agree_last8k"] = (i_f[:, -n:] == i_r).float().mean().item()
+        except Exception as exc:
+            print("selection agreement check failed:", exc)
+    return out
+
+
+# ------------------------------------------------------------------------------------- correctness
+def correctness(T=8192, B=1):
+    """bf16 kernel error vs fp32 reference, next to plain PyTorch in bf16 (the issue's error bar)."""
+    from hsa_core.ops.reference import hsa_attention_torch
+
+    q, k, v, idx, w = make_inputs(T, B, dtype=torch.float32, seed=3)
+    idx = idx.masked_fill(torch.rand(idx.shape, device="cuda") < 0.05, -1)
+    do = torch.randn_like(q)
+
+    def run(f, dtype):
+        xs = [x.to(dtype).detach().requires_grad_() for x in (q, k, v, w)]
+        o = f(xs[0], xs[1], xs[2], idx, xs[3], chunk_size=S)
+        o.backward(do.to(o.dtype))
+        return [o.float(), *[x.grad.float() for x in xs]]
+
+    from hsa_kernels.hsa_attention import hsa_attention_triton
+
+    ref = run(hsa_attention_torch, torch.float32)
+    mine = run(hsa_attention_triton, torch.bfloat16)
+    base = run(hsa_attention_torch, torch.bfloat16)
+    res = {}
+    for n, a, b, r in zip(["o", "dq", "dk", "dv", "dw"], mine, base, ref):
+        ea = ((a - r).norm() / r.norm()).item()
+        eb = ((b - r).norm() / r.norm()).item()
+        res[n] = {"triton_bf16": ea, "torch_bf16": eb, "ratio": ea / eb if eb else math.inf}
+    return res
+
+
+# ------------------------------------------------------------------------------------------- sweep
+def sweep(T=65536, B=1):
+    import hsa_kernels.hsa_attention.function as fn
+    import hsa_kernels.hsa_select.function as sf
+
+    q, k, v, idx, w = make_inputs(T, B)
+    do = torch.randn_like(q)
+    base = dict(fn.CONFIG)
+    out = {"fwd": [], "bwd_q": [], "bwd_kv": [], "select": []}
+    with torch.no_grad():
+        for nw in (1, 2, 4, 8):
+            for ns in (1, 2, 3, 4):
+                fn.CONFIG.update(base, fwd_warps=nw, fwd_stages=ns)
+                ms = safe(f"fwd w{nw} s{ns}", bench, lambda: ours(q, k, v, idx, w))
+                out["fwd"].append({"warps": nw, "stages": ns, "ms": ms})
+                print(f"fwd warps={nw} stages={ns}: {ms}", flush=True)
+    fn.CONFIG.update(base)
+    _, lse = fn.hsa_attention_fwd(q, k, v, idx, w, S, D**-0.5, False)
+    for nw in (2, 4, 8):
+        for ns in (1, 2, 3):
+            fn.CONFIG.update(base, bwd_q_warps=nw, bwd_q_stages=ns)
+            ms = safe("bwd_q", bench, lambda: fn.hsa_attention_bwd(do, q, k, v, idx, w, lse, S, D**-0.5))
+            out["bwd_q"].append({"warps": nw, "stages": ns, "ms_total_bwd": ms})
+            print(f"bwd(q-side varied) warps={nw} stages={ns}: {ms}", flush=True)
+    fn.CONFIG.update(base)
+    for rows in (32, 64, 128):
+        for nw in (4, 8):
+            for seg in (128, 512):
+                fn.CONFIG.update(base, bwd_kv_rows=rows, bwd_kv_warps=nw, bwd_kv_seg=seg)
+                ms = safe("bwd_kv", bench, lambda: fn.hsa_attention_bwd(do, q, k, v, idx, w, lse, S, D**-0.5))
+                out["bwd_kv"].append({"rows": rows, "warps": nw, "seg": seg, "ms_total_bwd": ms})
+                print(f"bwd(kv-side varied) rows={rows} warps={nw} seg={seg}: {ms}", flush=True)
+    fn.CONFIG.update(base)
+    T2 = 131072
+    C = T2 // S
+    qr = torch.randn(1, T2, 1, DR, device="cuda", dtype=torch.bfloat16)
+    lm = torch.randn(1, C, 1, DR, device="cuda", dtype=torch.bfloat16)
+    sbase = dict(sf.CONFIG)
+    with torch.no_grad():
+        for bt, bc, bd, nw, ns in [(64, 64, 64, 4, 2), (128, 64, 64, 8, 2), (64, 128, 64, 8, 2),
+                                   (128, 128, 64, 8, 2), (64, 64, 128, 4, 2), (128, 64, 64, 8, 3),
+                                   (64, 32, 64, 4, 3), (32, 64, 128, 4, 2)]:
+            sf.CONFIG.update(sbase, block_t=bt, block_c=bc, block_d=bd, warps=nw, stages=ns)
+            ms = safe("select", bench, lambda: sf.hsa_select_triton(qr, lm, topk=K, chunk_size=S))
+            out["select"].append({"block_t": bt, "block_c": bc, "block_d": bd, "warps": nw, "stages": ns, "ms": ms})
+            print(f"select bt={bt} bc={bc} bd={bd} w={nw} s={ns}: {ms}", flush=True)
+    sf.CONFIG.update(sbase)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ report
+def fmt(x, nd=3):
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
+def markdown(results) -> str:
+    lines = [f"# HSA kernels on {results['device']} ({results['date']})", "",
+             f"bf16, HQ={HQ} over H={H} KV head, D={D}, S={S}, top-{K}; selection precomputed (uniform over "
+             f"visible chunks); median ms over CUDA events; command: `{results['command']}`", ""]
+    lines += ["## Forward / forward+backward (ms)", "",
+              "| T (batch) | ours | published HSA | fla NSA selected | SDPA flash | SDPA cuDNN | ours vs published"
+              " | ours vs NSA |",
+              "|---|---|---|---|---|---|---|---|"]
+    for sh in results["shapes"]:
+        by = {r["name"]: r for r in sh["attention"]}
+
+        def cell(n, by=by):
+            r = by.get(n, {})
+            return f"{fmt(r.get('fwd_ms'))} / {fmt(r.get('fwdbwd_ms'), 2)}"
+
+        def ratio(n, key, by=by):
+            a, b = by.get("ours", {}).get(key), by.get(n, {}).get(key)
+            return f"{b / a:.2f}x" if a and b else "-"
+
+        lines.append(
+            f"| {sh['T'] // 1024}K ({sh['B']}) | {cell('ours')} | {cell('published HSA')} | "
+            f"{cell('fla NSA selected')} | {cell('SDPA flash')} | {cell('SDPA cuDNN')} | "
+            f"{ratio('published HSA', 'fwd_ms')} / {ratio('published HSA', 'fwdbwd_ms')} | "
+            f"{ratio('fla NSA selected', 'fwd_ms')} / {ratio('fla NSA selected', 'fwdbwd_ms')} |")
+    lines += ["", "## Effective TFLOP/s (fwd / fwd+bwd; selected-attention work for sparse, causal for dense)", "",
+              "| T (batch) | ours | published HSA | fla NSA selected | SDPA flash | SDPA cuDNN |",
+              "|---|---|---|---|---|---|"]
+    for sh in results["shapes"]:
+        by = {r["name"]: r for r in sh["attention"]}
+        cells = [f"{fmt(by.get(n, {}).get('fwd_tflops'), 0)} / {fmt(by.get(n, {}).get('fwdbwd_tflops'), 0)}"
+                 for n in ("ours", "published HSA", "fla NSA selected", "SDPA flash", "SDPA cuDNN")]
+        lines.append(f"| {sh['T'] // 1024}K ({sh['B']}) | " + " | ".join(cells) + " |")
+    lines += ["", "## Peak extra GPU memory, MiB (fwd / fwd+bwd)", "",
+              "| T (batch) | ours | published HSA | fla NSA selected | SDPA flash | SDPA cuDNN |",
+              "|---|---|---|---|---|---|"]
+    for sh in results["shapes"]:
+        by = {r["name"]: r for r in sh["attention"]}
+        cells = [f"{fmt(by.get(n, {}).get('fwd_mem_mb'), 0)} / {fmt(by.get(n, {}).get('fwdbwd_mem_mb'), 0)}"
+                 for n in ("ours", "published HSA", "fla NSA selected", "SDPA flash", "SDPA cuDNN")]
+        lines.append(f"| {sh['T'] // 1024}K ({sh['B']}) | " + " | ".join(cells) + " |")
+    lines += ["", f"## Selection (d_r={DR}, top-{K}, stick-breaking weights in the fused kernel)", "",
+              "| T (batch) | fused ms | dense scores + topk ms | speed-up | fused MiB | dense MiB | ids equal (last 8K)"
+              " |", "|---|---|---|---|---|---|---|"]
+    for sh in results["shapes"]:
+        s = sh["selection"]
+        sp = f"{s['dense_ms'] / s['fused_ms']:.2f}x" if s.get("fused_ms") and s.get("dense_ms") else "-"
+        lines.append(f"| {sh['T'] // 1024}K ({sh['B']}) | {fmt(s.get('fused_ms'))} | {fmt(s.get('dense_ms'))} | {sp}"
+                     f" | {fmt(s.get('fused_mem_mb'), 0)} | {fmt(s.get('dense_mem_mb'), 0)} |"
+                     f" {fmt(s.get('idx_agree_last8k'), 4)} |")
+    if results.get("correctness"):
+        lines += ["", "## Error vs fp32 reference (T=8192, 5% empty slots; relative L2)", "",
+                  "| tensor | Triton bf16 | PyTorch bf16 | ratio |", "|---|---|---|---|"]
+        for n, e in results["correctness"].items():
+            lines.append(f"| {n} | {e['triton_bf16']:.2e} | {e['torch_bf16']:.2e} | {e['ratio']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["ours", "published HSA", "fla NSA selected", "SDPA cuDNN"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    xs = [f"{sh['T'] // 1024}K" for sh in results["shapes"]]
+    for ax, key, title in ((axes[0], "fwd_ms", "forward"), (axes[1], "fwdbwd_ms", "forward+backward")):
+        for n in names:
+            ys = [next((r.get(key) for r in sh["attention"] if r["name"] == n), None) for sh in results["shapes"]]
+            ax.plot(xs, [y if y else float("nan") for y in ys], marker="o", label=n)
+        ax.set_yscale("log")
+        ax.set_title(f"HSA attention {title} (ms, log)")
+        ax.set_xlabel("T (batch 4,2,1,1)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    ax = axes[2]
+    for key, lab in (("fused_ms", "fused selection (ours)"), ("dense_ms", "dense scores + topk")):
+        ys = [sh["selection"].get(key) for sh in results["shapes"]]
+        ax.plot(xs, [y if y else float("nan") for y in ys], marker="o", label=lab)
+    ax.set_yscale("log")
+    ax.set_title(f"selection d_r={DR} (ms, log)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="bench/results/h200")
+    p.add_argument("--published", default="third_party/hsa_pub/hsa_triton.py")
+    p.add_argument("--shapes", default=",".join(f"{t}x{b}" for t, b in SHAPES), help="TxB,TxB,...")
+    p.add_argument("--sweep", action="store_true", help="only sweep launch settings (T=64K)")
+    p.add_argument("--no-correctness", action="store_true")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("needs a CUDA device")
+        return 1
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.sweep:
+        res = sweep()
+        (out / "sweep.json").write_text(json.dumps(res, indent=1))
+        return 0
+    published = load_published(args.published)
+    nsa = load_nsa()
+    results = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               "command": " ".join(["python", *sys.argv]), "torch": torch.__version__,
+               "triton": __import__("triton").__version__, "python": platform.python_version(),
+               "published_kernel": bool(published), "fla_nsa": bool(nsa), "shapes": []}
+    if not args.no_correctness:
+        results["correctness"] = safe("correctness", correctness)
+        print(json.dumps(results["correctness"], indent=1), flush=True)
+    for spec in args.shapes.split(","):
+        T, B = (int(x) for x in spec.split("x"))
+        print(f"== T={T} B={B}", flush=True)
+        sh = bench_shape(T, B, published, nsa, args)
+        results["shapes"].append(sh)
+        for r in sh["attention"]:
+            print(f"  {r['name']:18s} fwd {fmt(r.get('fwd_ms'))} ms  fwd+bwd {fmt(r.get('fwdbwd_ms'))} ms  "
+                  f"mem {fmt(r.get('fwd_mem_mb'), 0)}/{fmt(r.get('fwdbwd_mem_mb'), 0)} MiB", flush=True)
+        print(f"  selection {sh['selection']}", flush=True)
+        torch.cuda.empty_cache()
+        (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.md").write_text(markdown(results))
+    safe("plot", plot, results, out / "results.png")
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
