@@ -78,8 +78,9 @@ def save_pretrained(model: HSALanguageModel, directory: str | os.PathLike[str], 
         spec = model.spec
         (tmp / CONFIG_YAML).write_text(dump_spec(spec))
         (tmp / CONFIG_JSON).write_text(json.dumps(spec, indent=2) + "\n")
-        save_file(_state_for_saving(model), str(tmp / WEIGHTS), metadata={"format": "pt", "hsa_spec_version": str(
-            spec.get("version", 1))})
+        # One metadata key only: safetensors writes the metadata map in hash order, and a byte-identical
+        # file for identical weights is worth keeping (load -> save -> load is checked byte for byte).
+        save_file(_state_for_saving(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
