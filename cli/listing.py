@@ -36,16 +36,18 @@ def _rows(registry: Any) -> list[dict[str, Any]]:
 
 def _table(title: str, rows: list[dict[str, Any]]) -> Table:
     table = Table(title=title, title_justify="left")
-    for column in ("kind", "plugin", "available", "description"):
+    for column in ("kind", "plugin", "needs", "extra", "available", "description"):
         table.add_column(column, overflow="fold")
     for row in rows:
+        needs = ", ".join(row["requires"]) or "-"
         if row["available"]:
             status = "[green]yes[/green]"
         else:
-            missing = ", ".join(row["requires"])
-            fix = f"pip install 'hsa-toolkit[{row['extra']}]'" if row["extra"] else f"pip install {missing}"
-            status = f"[red]no[/red]: needs {escape(missing)} ({escape(fix)})"
-        table.add_row(escape(row["name"]), escape(row["plugin"]), status, escape(row["description"]))
+            fix = (f"pip install 'hsa-toolkit[{row['extra']}]'" if row["extra"]
+                   else f"pip install {' '.join(row['requires'])}")
+            status = f"[red]no[/red]: {escape(fix)}"
+        table.add_row(escape(row["name"]), escape(row["plugin"]), escape(needs), escape(row["extra"] or "-"), status,
+                      escape(row["description"]))
     return table
 
 
