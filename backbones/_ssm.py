@@ -110,14 +110,15 @@ class GatedRMSNorm(nn.Module):
 
     def forward(self, x: Tensor, z: Tensor | None = None) -> Tensor:
         dtype = x.dtype
-        x = x.float()
+        wide = torch.float64 if dtype == torch.float64 else torch.float32
+        x = x.to(wide)
         if z is not None and not self.norm_before_gate:
-            x = x * F.silu(z.float())
+            x = x * F.silu(z.to(wide))
         groups = x.unflatten(-1, (-1, self.group_size))
         groups = groups * torch.rsqrt(groups.square().mean(-1, keepdim=True) + self.eps)
-        out = groups.flatten(-2) * self.weight.float()
+        out = groups.flatten(-2) * self.weight.to(wide)
         if z is not None and self.norm_before_gate:
-            out = out * F.silu(z.float())
+            out = out * F.silu(z.to(wide))
         return out.to(dtype)
 
 

@@ -87,6 +87,11 @@ class Mamba(Mixer):
             p._no_weight_decay = True  # type: ignore[attr-defined]
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """fp32 for the scan whatever the parameter dtype (fp64 kept for reference tests)."""
+        return _state_dtype(self.in_proj.weight.dtype)
+
     def init_state(self, batch_size: int, *, device: torch.device | str | None = None,
                    dtype: torch.dtype | None = None) -> MixerState:
         """Zero state: ``conv`` ``(B, d_inner, d_conv)``, ``ssm`` ``(B, d_inner, d_state)`` (fp32)."""
@@ -98,33 +103,35 @@ class Mamba(Mixer):
 
     def _project(self, xc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Input-dependent ``dt`` (after softplus, fp32), ``B``, ``C`` from the conv output ``(..., d_inner)``."""
+        cdt = self.compute_dtype
         dt, B, C = torch.split(self.x_proj(xc), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.softplus(F.linear(dt, self.dt_proj.weight).float() + self.dt_proj.bias.float())
-        return dt, B.float(), C.float()
+        dt = F.softplus(F.linear(dt, self.dt_proj.weight).to(cdt) + self.dt_proj.bias.to(cdt))
+        return dt, B.to(cdt), C.to(cdt)
 
     def forward(self, x: Tensor, state: MixerState | None = None, *,
                 return_state: bool = False) -> tuple[Tensor, MixerState | None]:
         """Mix ``x`` ``(B, T, d_model)``, continuing from ``state``; returns ``(y (B, T, d_model), state)``."""
+        cdt = self.compute_dtype
         xs, z = self.in_proj(x).chunk(2, dim=-1)
         xc, conv_state = causal_conv(xs, None if state is None else state["conv"], self.conv1d.weight,
                                      self.conv1d.bias, use_kernel=True)
         dt, B, C = self._project(xc)
-        A = -torch.exp(self.A_log.float())
-        h0 = None if state is None else state["ssm"].float()
+        A = -torch.exp(self.A_log.to(self.compute_dtype))
+        h0 = None if state is None else state["ssm"].to(self.compute_dtype)
         kernels = fast_kernels() if x.is_cuda else None
         if kernels is not None and kernels.selective_scan is not None:
             # Kernel layout is channels-first; dt is passed after softplus (delta_softplus=False).
-            y, h = kernels.selective_scan(xc.float().transpose(1, 2).contiguous(), dt.transpose(1, 2).contiguous(), A,
-                                          B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(),
+            u, dtc = xc.to(cdt).transpose(1, 2).contiguous(), dt.transpose(1, 2).contiguous()
+            y, h = kernels.selective_scan(u, dtc, A, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(),
                                           return_last_state=True)
-            y = y.transpose(1, 2).float()
+            y = y.transpose(1, 2).to(self.compute_dtype)
             if h0 is not None:
                 decay = torch.exp(torch.cumsum(dt, dim=1).unsqueeze(-1) * A)  # (b, t, d, n)
                 y = y + torch.einsum("btdn,bdn,btn->btd", decay, h0, C)
-                h = h.float() + decay[:, -1] * h0
+                h = h.to(self.compute_dtype) + decay[:, -1] * h0
         else:
-            y, h = selective_scan(xc.float(), dt, A, B, C, initial_state=h0)
-        y = (y + xc.float() * self.D.float()) * F.silu(z.float())
+            y, h = selective_scan(xc.to(self.compute_dtype), dt, A, B, C, initial_state=h0)
+        y = (y + xc.to(cdt) * self.D.to(cdt)) * F.silu(z.to(cdt))
         out = self.out_proj(y.to(self.out_proj.weight.dtype)).to(x.dtype)
         if state is None and not return_state:
             return out, None
@@ -133,12 +140,13 @@ class Mamba(Mixer):
 
     def step(self, x: Tensor, state: MixerState) -> tuple[Tensor, MixerState]:
         """One token: x ``(B, d_model)`` -> ``((B, d_model), new state)``."""
+        cdt = self.compute_dtype
         xs, z = self.in_proj(x).chunk(2, dim=-1)
         xc, conv_state = causal_conv_step(xs, state["conv"], self.conv1d.weight, self.conv1d.bias)
         dt, B, C = self._project(xc)  # (b, d), (b, n), (b, n)
-        dA = torch.exp(dt.unsqueeze(-1) * -torch.exp(self.A_log.float()))
-        h = state["ssm"].float() * dA + (dt * xc.float()).unsqueeze(-1) * B.unsqueeze(1)
-        y = (torch.einsum("bdn,bn->bd", h, C) + xc.float() * self.D.float()) * F.silu(z.float())
+        dA = torch.exp(dt.unsqueeze(-1) * -torch.exp(self.A_log.to(self.compute_dtype)))
+        h = state["ssm"].to(cdt) * dA + (dt * xc.to(cdt)).unsqueeze(-1) * B.unsqueeze(1)
+        y = (torch.einsum("bdn,bn->bd", h, C) + xc.to(cdt) * self.D.to(cdt)) * F.silu(z.to(cdt))
         out = self.out_proj(y.to(self.out_proj.weight.dtype)).to(x.dtype)
         return out, {"conv": conv_state, "ssm": h.to(state["ssm"].dtype)}
 

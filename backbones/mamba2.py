@@ -102,6 +102,11 @@ class Mamba2(Mixer):
                                   norm_before_gate=norm_before_gate) if rmsnorm else None)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """fp32 for the scan and the norms whatever the parameter dtype (fp64 kept for reference tests)."""
+        return _state_dtype(self.in_proj.weight.dtype)
+
     # -- state ---------------------------------------------------------------------------------
     def init_state(self, batch_size: int, *, device: torch.device | str | None = None,
                    dtype: torch.dtype | None = None) -> MixerState:
@@ -118,29 +123,32 @@ class Mamba2(Mixer):
         return torch.split(zxbcdt, [self.d_mlp, self.d_mlp, self.d_ssm, self.conv_dim, self.nheads], dim=-1)
 
     def _dt(self, dt: Tensor) -> Tensor:
-        dt = F.softplus(dt.float() + self.dt_bias.float())
+        dt = F.softplus(dt.to(self.compute_dtype) + self.dt_bias.to(self.compute_dtype))
         if self.dt_limit is not None:
             dt = dt.clamp(*self.dt_limit)
         return dt
 
     def _skip(self) -> Tensor:
         """``D`` as ``(H, P)`` or ``(H, 1)`` for broadcasting over ``(..., H, P)``."""
-        return self.D.float().view(self.nheads, self.headdim) if self.D_has_hdim else self.D.float()[:, None]
+        D = self.D.to(self.compute_dtype)
+        return D.view(self.nheads, self.headdim) if self.D_has_hdim else D[:, None]
 
     def _output(self, y: Tensor, z: Tensor, z0: Tensor, x0: Tensor) -> Tensor:
         """Gate/norm, prepend the gated-MLP part, project: y ``(..., d_ssm)`` -> ``(..., d_model)``."""
+        cdt = self.compute_dtype
         if self.norm is not None:
             y = self.norm(y, z)
         else:
-            y = y * F.silu(z.float())
-        if self.d_mlp > 0:
-            y = torch.cat([F.silu(z0.float()) * x0.float(), y.float()], dim=-1)
+            y = y * F.silu(z.to(cdt))
+        if self.d_mlp > 0:  # mamba-ssm puts the gated-MLP part first
+            y = torch.cat([F.silu(z0.to(cdt)) * x0.to(cdt), y.to(cdt)], dim=-1)
         return self.out_proj(y.to(self.out_proj.weight.dtype))
 
     # -- forward -------------------------------------------------------------------------------
     def forward(self, x: Tensor, state: MixerState | None = None, *,
                 return_state: bool = False) -> tuple[Tensor, MixerState | None]:
         """Mix ``x`` ``(B, T, d_model)``, continuing from ``state``; returns ``(y (B, T, d_model), state)``."""
+        cdt = self.compute_dtype
         z0, x0, z, xbc, dt = self._split(self.in_proj(x))
         xbc, conv_state = causal_conv(xbc, None if state is None else state["conv"], self.conv1d.weight,
                                       self.conv1d.bias, use_kernel=True)
@@ -148,7 +156,7 @@ class Mamba2(Mixer):
         xs = xs.unflatten(-1, (self.nheads, self.headdim))
         B = B.unflatten(-1, (self.ngroups, self.d_state))
         C = C.unflatten(-1, (self.ngroups, self.d_state))
-        A = -torch.exp(self.A_log.float())
+        A = -torch.exp(self.A_log.to(self.compute_dtype))
         ssm0 = None if state is None else state["ssm"]
         kernels = fast_kernels() if x.is_cuda else None
         if kernels is not None and kernels.chunk_scan is not None:
@@ -157,9 +165,9 @@ class Mamba2(Mixer):
                                         dt_bias=self.dt_bias, dt_softplus=True, initial_states=ssm0,
                                         return_final_states=True, **kwargs)
         else:
-            y, ssm = ssd_scan(xs.float(), self._dt(dt), A, B.float(), C.float(), chunk_size=self.chunk_size,
+            y, ssm = ssd_scan(xs.to(cdt), self._dt(dt), A, B.to(cdt), C.to(cdt), chunk_size=self.chunk_size,
                               initial_state=ssm0)
-        y = y.float() + xs.float() * self._skip()
+        y = y.to(cdt) + xs.to(cdt) * self._skip()
         out = self._output(y.flatten(-2), z, z0, x0).to(x.dtype)
         if state is None and not return_state:
             return out, None
@@ -168,16 +176,17 @@ class Mamba2(Mixer):
 
     def step(self, x: Tensor, state: MixerState) -> tuple[Tensor, MixerState]:
         """One token: x ``(B, d_model)`` -> ``((B, d_model), new state)`` by the plain recurrence."""
+        cdt = self.compute_dtype
         z0, x0, z, xbc, dt = self._split(self.in_proj(x))
         xbc, conv_state = causal_conv_step(xbc, state["conv"], self.conv1d.weight, self.conv1d.bias)
         xs, B, C = torch.split(xbc, [self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
-        xs = xs.float().unflatten(-1, (self.nheads, self.headdim))  # (b, h, p)
+        xs = xs.to(cdt).unflatten(-1, (self.nheads, self.headdim))  # (b, h, p)
         rep = self.nheads // self.ngroups
-        B = B.float().unflatten(-1, (self.ngroups, self.d_state)).repeat_interleave(rep, dim=1)  # (b, h, n)
-        C = C.float().unflatten(-1, (self.ngroups, self.d_state)).repeat_interleave(rep, dim=1)
+        B = B.to(cdt).unflatten(-1, (self.ngroups, self.d_state)).repeat_interleave(rep, dim=1)  # (b, h, n)
+        C = C.to(cdt).unflatten(-1, (self.ngroups, self.d_state)).repeat_interleave(rep, dim=1)
         dt = self._dt(dt)  # (b, h)
-        dA = torch.exp(dt * -torch.exp(self.A_log.float()))
-        ssm = state["ssm"].float() * dA[:, :, None, None] + (dt[:, :, None] * xs).unsqueeze(-1) * B[:, :, None, :]
+        dA = torch.exp(dt * -torch.exp(self.A_log.to(cdt)))
+        ssm = state["ssm"].to(cdt) * dA[:, :, None, None] + (dt[:, :, None] * xs).unsqueeze(-1) * B[:, :, None, :]
         y = torch.einsum("bhpn,bhn->bhp", ssm, C) + xs * self._skip()
         out = self._output(y.flatten(-2), z, z0, x0).to(x.dtype)
         return out, {"conv": conv_state, "ssm": ssm.to(state["ssm"].dtype)}
