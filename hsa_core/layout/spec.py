@@ -17,6 +17,7 @@ It is itself a valid layout (``resolve(resolve(x)) == resolve(x)``): ``defaults`
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 from collections.abc import Mapping, Sequence
@@ -112,6 +113,11 @@ def _int(path: str, value: Any, *, minimum: int = 1, allow_none: bool = False) -
 
 
 def _float(path: str, value: Any, *, positive: bool = True) -> float:
+    if isinstance(value, str):
+        # YAML 1.1 reads `1e-5` (no dot) as a string; take it as the number everyone means.
+        with contextlib.suppress(ValueError):
+            value = float(value) if any(c.isdigit() for c in value) and value.strip().lower() not in (
+                "nan", "inf", "-inf") else value
     if isinstance(value, bool) or not isinstance(value, int | float) or (positive and not value > 0):
         raise SpecError(path, f"expected a {'positive ' if positive else ''}number, got {_show(value)}")
     return float(value)

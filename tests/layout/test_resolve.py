@@ -99,6 +99,14 @@ def test_explicit_list_defaults_symbols_overrides(host: PluginHost) -> None:
     assert resolve(spec, host=host) == spec
 
 
+def test_yaml_exponent_without_dot_is_a_number(host: PluginHost, ramba: Callable[..., dict[str, Any]]) -> None:
+    raw = yaml.safe_load("model: {vocab_size: 10, d_model: 64, norm_eps: 1e-6}\nlayers: toy\n")
+    assert raw["model"]["norm_eps"] == "1e-6"  # PyYAML (YAML 1.1) reads it as a string
+    assert resolve(raw, host=host)["model"]["norm_eps"] == 1e-6
+    spec = load_spec(ramba(), overrides=["model.init_std=2e-2"], host=host)
+    assert spec["model"]["init_std"] == 0.02
+
+
 def test_selection_dims_come_from_memory_or_selection(host: PluginHost) -> None:
     base = {"model": {"vocab_size": 10, "d_model": 64}, "layers": "H",
             "symbols": {"H": {"kind": "hsa", "selection": "s", "num_heads": 4}}}
