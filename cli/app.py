@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from . import build, demo, info, listing, validate
+from . import build, demo, info, listing, train, validate
+from . import eval as eval_cmd
 
 app = typer.Typer(
     name="hsa",
@@ -20,6 +21,8 @@ app.command("validate")(validate.validate)
 app.command("list")(listing.list_kinds)
 app.command("info")(info.info)
 app.command("demo")(demo.demo)
+app.command("train")(train.train)
+app.command("eval")(eval_cmd.eval_task)
 
 
 def main() -> None:

@@ -1,0 +1,89 @@
+"""``hsa train SPEC --task passkey --seq-len 512 --steps N --out RUN``: train on a synthetic task.
+
+Multi-GPU: launch the same command under ``torchrun --nproc-per-node N -m hsa_cli ...`` (or
+``torchrun ... $(which hsa) train ...``); the process group is set up from torchrun's environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ._common import EXIT_USAGE, PLUGIN_OPTION, SET_OPTION, console, fail, guarded, load_plugins, load_spec_from
+
+TASK_OPTION = typer.Option(
+    None, "--task-option", "-t", metavar="KEY=VALUE",
+    help="Task option, e.g. key_len=5 or filler=random (repeatable; see `hsa list`).",
+)
+
+
+@guarded
+def train(
+    spec: str = typer.Argument(..., help="Layout YAML file or preset name (e.g. ramba-cpu)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory (checkpoints, metrics.jsonl, model/)."),
+    task: str = typer.Option("passkey", "--task", help="Registered task name."),
+    task_option: list[str] | None = TASK_OPTION,
+    seq_len: int = typer.Option(512, "--seq-len", min=8, help="Training sequence length (tokens)."),
+    steps: int = typer.Option(1000, "--steps", min=1, help="Optimizer steps (on --resume: the new total)."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Global batch (sequences per step)."),
+    lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (AdamW)."),
+    min_lr_ratio: float = typer.Option(0.1, "--min-lr-ratio", help="Cosine floor as a fraction of --lr."),
+    warmup: int = typer.Option(50, "--warmup", min=0, help="Linear warm-up steps."),
+    weight_decay: float = typer.Option(0.1, "--weight-decay"),
+    grad_clip: float = typer.Option(1.0, "--grad-clip", help="Global gradient-norm clip (0 = off)."),
+    loss_on: str = typer.Option("answer", "--loss-on", help="answer (answer tokens only) or all (every token)."),
+    eval_every: int = typer.Option(0, "--eval-every", min=0, help="Exact-match eval every N steps (0 = at the end)."),
+    eval_samples: int = typer.Option(32, "--eval-samples", min=1),
+    eval_lengths: str | None = typer.Option(None, "--eval-lengths", help="Lengths for periodic eval, e.g. 512,2k."),
+    checkpoint_every: int = typer.Option(100, "--checkpoint-every", min=0, help="Checkpoint every N steps."),
+    keep_checkpoints: int = typer.Option(2, "--keep-checkpoints", min=1),
+    state_reset_every: int | None = typer.Option(
+        None, "--state-reset-every", min=1,
+        help="RAMba: zero the backbone states every N tokens inside a sequence; chunk memory persists."),
+    carry_state: bool = typer.Option(
+        False, "--carry-state", help="RAMba: start each batch from the previous batch's final backbone state..."),
+    memory_reset_every: int = typer.Option(64, "--memory-reset-every", min=1,
+                                           help="...replaced by zeros every N batches."),
+    concat_segments: int = typer.Option(1, "--concat-segments", min=1,
+                                        help="RAMba: join N unrelated samples in one sequence."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16."),
+    seed: int = typer.Option(0, "--seed"),
+    fsdp: bool = typer.Option(False, "--fsdp", help="FSDP2 (fully_shard) instead of DDP under torchrun."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint in --out."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (logs only)."),
+    set_: list[str] | None = SET_OPTION,
+    plugin: list[Path] | None = PLUGIN_OPTION,
+) -> None:
+    """Train a layout on a synthetic long-context task (AdamW, warm-up + cosine, atomic checkpoints)."""
+    from hsa_core.evaluation import parse_lengths
+    from hsa_core.tasks import parse_task_options
+    from hsa_core.training import TrainConfig
+    from hsa_core.training import train as run_training
+    from hsa_core.training.trainer import RunExistsError
+
+    load_plugins(plugin)
+    _, spec_dict = load_spec_from(spec, set_)
+    try:
+        cfg = TrainConfig(
+            task=task, task_options=parse_task_options(task_option), seq_len=seq_len, batch_size=batch_size,
+            loss_on=loss_on, concat_segments=concat_segments, steps=steps, lr=lr, min_lr_ratio=min_lr_ratio,
+            warmup=warmup, weight_decay=weight_decay, grad_clip=grad_clip, state_reset_every=state_reset_every,
+            carry_state=carry_state, memory_reset_every=memory_reset_every, device=device, dtype=dtype, seed=seed,
+            eval_every=eval_every, eval_samples=eval_samples,
+            eval_lengths=parse_lengths(eval_lengths) if eval_lengths else None,
+            checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, fsdp=fsdp, compile=compile_)
+        result = run_training(cfg, spec_dict, out, resume=resume, progress=not no_progress)
+    except RunExistsError as exc:
+        fail(str(exc), EXIT_USAGE)
+    except ValueError as exc:
+        if type(exc) is not ValueError:
+            raise
+        fail(str(exc), EXIT_USAGE)
+    if result is not None:
+        console.print(f"trained {result.step} steps in {result.seconds:.1f}s, final loss {result.final_loss:.4f}; "
+                      f"model in {out / 'model'}, metrics in {out / 'metrics.jsonl'}")
+        if result.eval:
+            console.print("eval exact match: " + ", ".join(f"{k} {v:.3f}" for k, v in result.eval.items()))

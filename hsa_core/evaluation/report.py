@@ -1,0 +1,110 @@
+"""Presenting evaluation results: a rich table, the JSON file and the depth x length heatmap."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .core import EvalResult
+
+
+def format_length(n: int) -> str:
+    """1024 -> ``1k``, 1048576 -> ``1m``, 1000 -> ``1000``."""
+    for unit, size in (("m", 1 << 20), ("k", 1 << 10)):
+        if n >= size and n % size == 0:
+            return f"{n // size}{unit}"
+    return str(n)
+
+
+def parse_lengths(text: str) -> list[int]:
+    """``"512,1k,2k,1m"`` -> ``[512, 1024, 2048, 1048576]`` (k = 1024, m = 1024**2)."""
+    out = []
+    for part in text.split(","):
+        p = part.strip().lower()
+        if not p:
+            continue
+        mult = {"k": 1 << 10, "m": 1 << 20}.get(p[-1], 1)
+        num = p[:-1] if mult > 1 else p
+        try:
+            value = float(num) * mult
+        except ValueError:
+            raise ValueError(f"bad length {part!r}: use integers with an optional k or m suffix") from None
+        if value < 1 or value != int(value):
+            raise ValueError(f"bad length {part!r}")
+        out.append(int(value))
+    if not out:
+        raise ValueError("no lengths given")
+    return out
+
+
+def parse_depths(text: str) -> list[float]:
+    """``"0.1,0.5,0.9"`` -> floats in ``[0, 1]``."""
+    out = []
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        d = float(part)
+        if not 0.0 <= d <= 1.0:
+            raise ValueError(f"depth {d} is outside [0, 1]")
+        out.append(d)
+    if not out:
+        raise ValueError("no depths given")
+    return out
+
+
+def rich_table(result: EvalResult, title: str | None = None):
+    """Depth rows x length columns of exact-match accuracy (%), with a mean row."""
+    from rich.table import Table
+
+    table = Table(title=title or f"{result.task}: exact match (%)", show_lines=False)
+    table.add_column("depth", justify="right")
+    for n in result.lengths:
+        table.add_column(format_length(n), justify="right")
+    for d in result.depths:
+        cells = []
+        for n in result.lengths:
+            acc = result.cell(n, d).accuracy * 100
+            color = "green" if acc >= 95 else "yellow" if acc >= 50 else "red"
+            cells.append(f"[{color}]{acc:.1f}[/{color}]")
+        table.add_row("random" if d is None else f"{d:.2f}", *cells)
+    means = result.by_length()
+    table.add_row("[bold]mean", *[f"[bold]{means[n] * 100:.1f}" for n in result.lengths])
+    return table
+
+
+def write_json(result: EvalResult, path: Path) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def heatmap(result: EvalResult, path: Path, title: str | None = None) -> Path:
+    """Depth (rows) x length (columns) heatmap of exact-match accuracy, annotated (matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    grid = np.array([[result.cell(n, d).accuracy * 100 for n in result.lengths] for d in result.depths])
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(result.lengths), 1.2 + 0.6 * len(result.depths)))
+    im = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+    ax.set_xticks(range(len(result.lengths)), [format_length(n) for n in result.lengths])
+    ax.set_yticks(range(len(result.depths)), ["rand" if d is None else f"{d:.2f}" for d in result.depths])
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("depth of the key")
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=9)
+    train_len = result.meta.get("train_seq_len")
+    ax.set_title(title or f"{result.task} exact match (%)" + (f", trained at {train_len}" if train_len else ""),
+                 fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,91 @@
+"""``hsa eval TASK RUN``: load a trained model, evaluate a depth x length grid, write the report."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .core import CellResult, EvalResult, evaluate
+
+
+def model_dir_of(run: str | Path) -> Path:
+    """The model directory a run stands for: ``RUN/model``, else ``RUN`` itself when it is a model
+    directory, else the model of its newest complete checkpoint."""
+    from ..training.checkpoint import latest_checkpoint
+
+    run = Path(run)
+    if (run / "model" / "config.json").is_file():
+        return run / "model"
+    if (run / "config.json").is_file() or (run / "config.yaml").is_file():
+        return run
+    latest = latest_checkpoint(run)
+    if latest is not None:
+        return latest / "model"
+    raise FileNotFoundError(f"{run} is neither a run directory (no model/ or checkpoints/) nor a model directory")
+
+
+def task_options_for(run: Path, task: str, spec: dict[str, Any], overrides: dict[str, Any]) -> tuple[
+        dict[str, Any], int | None]:
+    """Task options: the training run's when it trained this task, then ``overrides``; the model's
+    vocabulary and two chunks of gap otherwise. Also returns the training length when known."""
+    from ..plugins import tasks
+
+    info = tasks().get(task)
+    opts: dict[str, Any] = {}
+    train_len = None
+    cfg_file = run / "train_config.json"
+    if cfg_file.is_file():
+        saved = json.loads(cfg_file.read_text())
+        train_len = saved["config"].get("seq_len")
+        if saved["config"].get("task") == task:
+            opts.update(saved.get("task_options", {}))
+    opts.update(overrides)
+    if "vocab_size" in info.defaults:
+        opts.setdefault("vocab_size", spec["model"]["vocab_size"])
+    if "min_gap" in info.defaults and opts.get("min_gap") is None:
+        sizes = [m["chunk_size"] for m in spec.get("memories", {}).values()]
+        opts["min_gap"] = 2 * min(sizes) if sizes else 128
+    return opts, train_len
+
+
+def run_eval(run: str | Path, task: str, lengths: list[int], depths: list[float | None], *, samples: int = 20,
+             seed: int = 1234, segment_len: int = 4096, max_batch_tokens: int = 1 << 17, device: str = "auto",
+             dtype: str = "auto", task_overrides: dict[str, Any] | None = None, out: str | Path | None = None,
+             on_cell: Callable[[CellResult], None] | None = None) -> tuple[EvalResult, Path, Path]:
+    """Evaluate the model of ``run`` and write ``eval_<task>.json`` and ``eval_<task>.png``.
+
+    Returns:
+        ``(result, json path, png path)``.
+    """
+    from ..io import load_pretrained
+    from ..tasks import make_task
+    from ..training.distributed import resolve_device
+    from .report import heatmap, write_json
+
+    run = Path(run)
+    mdir = model_dir_of(run)
+    dev = resolve_device(device)
+    amp = torch.bfloat16 if (dtype == "bf16" or (dtype == "auto" and dev.type == "cuda")) else None
+    model = load_pretrained(mdir, device=dev)
+    opts, train_len = task_options_for(run, task, model.spec, dict(task_overrides or {}))
+    t = make_task(task, **opts)
+    too_short = [n for n in lengths if n < t.min_length()]
+    if too_short:
+        raise ValueError(f"lengths {too_short} are shorter than task '{task}' needs ({t.min_length()})")
+    t0 = time.perf_counter()
+    result = evaluate(model, t, lengths, depths, samples=samples, seed=seed, segment_len=segment_len,
+                      max_batch_tokens=max_batch_tokens, device=dev, autocast_dtype=amp, on_cell=on_cell)
+    result.meta = {"model_dir": str(mdir), "train_seq_len": train_len, "samples_per_cell": samples, "seed": seed,
+                   "segment_len": segment_len, "device": str(dev), "dtype": "bf16" if amp else "fp32",
+                   "seconds": round(time.perf_counter() - t0, 2), "torch": torch.__version__,
+                   "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None}
+    out_dir = Path(out) if out is not None else run
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jpath = write_json(result, out_dir / f"eval_{task}.json")
+    ppath = heatmap(result, out_dir / f"eval_{task}.png")
+    return result, jpath, ppath
