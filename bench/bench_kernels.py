@@ -280,36 +280,44 @@ def correctness(T=8192, B=1):
 
 # ------------------------------------------------------------------------------------------- sweep
 def sweep(T=65536, B=1):
+    """Launch settings and schedules of this project's kernels at T=64K (selection at 128K), one table each."""
     import hsa_kernels.hsa_attention.function as fn
     import hsa_kernels.hsa_select.function as sf
 
     q, k, v, idx, w = make_inputs(T, B)
     do = torch.randn_like(q)
     base = dict(fn.CONFIG)
-    out = {"fwd": [], "bwd_q": [], "bwd_kv": [], "select": []}
+    out = {"fwd": [], "bwd": [], "select": []}
     with torch.no_grad():
         for nw in (1, 2, 4, 8):
-            for ns in (1, 2, 3, 4):
+            for ns in (1, 2, 3):
                 fn.CONFIG.update(base, fwd_warps=nw, fwd_stages=ns)
                 ms = safe(f"fwd w{nw} s{ns}", bench, lambda: ours(q, k, v, idx, w))
                 out["fwd"].append({"warps": nw, "stages": ns, "ms": ms})
-                print(f"fwd warps={nw} stages={ns}: {ms}", flush=True)
-    fn.CONFIG.update(base)
-    _, lse = fn.hsa_attention_fwd(q, k, v, idx, w, S, D**-0.5, False)
-    for nw in (2, 4, 8):
-        for ns in (1, 2, 3):
-            fn.CONFIG.update(base, bwd_q_warps=nw, bwd_q_stages=ns)
-            ms = safe("bwd_q", bench, lambda: fn.hsa_attention_bwd(do, q, k, v, idx, w, lse, S, D**-0.5))
-            out["bwd_q"].append({"warps": nw, "stages": ns, "ms_total_bwd": ms})
-            print(f"bwd(q-side varied) warps={nw} stages={ns}: {ms}", flush=True)
-    fn.CONFIG.update(base)
-    for rows in (32, 64, 128):
-        for nw in (4, 8):
-            for seg in (128, 512):
-                fn.CONFIG.update(base, bwd_kv_rows=rows, bwd_kv_warps=nw, bwd_kv_seg=seg)
-                ms = safe("bwd_kv", bench, lambda: fn.hsa_attention_bwd(do, q, k, v, idx, w, lse, S, D**-0.5))
-                out["bwd_kv"].append({"rows": rows, "warps": nw, "seg": seg, "ms_total_bwd": ms})
-                print(f"bwd(kv-side varied) rows={rows} warps={nw} seg={seg}: {ms}", flush=True)
+                print(f"fwd warps={nw} stages={ns}: {fmt(ms)}", flush=True)
+        fn.CONFIG.update(base)
+        _, lse = fn.hsa_attention_fwd(q, k, v, idx, w, S, D**-0.5, False)
+        inv = fn.build_inverse_index(idx, T // S, base["bwd_kv_seg"])
+        ms = safe("inverse index", bench, lambda: fn.build_inverse_index(idx, T // S, base["bwd_kv_seg"]))
+        out["inverse_index_ms"] = ms
+        print(f"inverse index build: {fmt(ms)}", flush=True)
+        variants = [("split", 64, 4, 2, 256, 4, 2)]
+        for rows in (32, 64, 128):
+            for nw in (4, 8):
+                for ns in (1, 2):
+                    variants.append(("fused", rows, nw, ns, 256, 4, 2))
+        variants += [("fused", 64, 4, 2, 1024, 4, 2), ("fused", 64, 4, 2, 128, 4, 2),
+                     ("split", 64, 4, 2, 256, 2, 2), ("split", 64, 4, 2, 256, 4, 3)]
+        for mode, rows, nw, ns, seg, qw, qs in variants:
+            fn.CONFIG.update(base, bwd_mode=mode, bwd_kv_rows=rows, bwd_kv_warps=nw, bwd_kv_stages=ns,
+                             bwd_kv_seg=seg, bwd_q_warps=qw, bwd_q_stages=qs)
+            inv_v = inv if seg == base["bwd_kv_seg"] else fn.build_inverse_index(idx, T // S, seg)
+            ms = safe("bwd", bench, lambda inv_v=inv_v: fn.hsa_attention_bwd(do, q, k, v, idx, w, lse, S, D**-0.5,
+                                                                              inv=inv_v))
+            out["bwd"].append({"mode": mode, "rows": rows, "warps": nw, "stages": ns, "seg": seg,
+                               "q_warps": qw, "q_stages": qs, "ms_without_index": ms})
+            print(f"bwd {mode} rows={rows} warps={nw} stages={ns} seg={seg} q-side w{qw}s{qs}: {fmt(ms)}",
+                  flush=True)
     fn.CONFIG.update(base)
     T2 = 131072
     C = T2 // S
@@ -317,13 +325,16 @@ def sweep(T=65536, B=1):
     lm = torch.randn(1, C, 1, DR, device="cuda", dtype=torch.bfloat16)
     sbase = dict(sf.CONFIG)
     with torch.no_grad():
-        for bt, bc, bd, nw, ns in [(64, 64, 64, 4, 2), (128, 64, 64, 8, 2), (64, 128, 64, 8, 2),
-                                   (128, 128, 64, 8, 2), (64, 64, 128, 4, 2), (128, 64, 64, 8, 3),
-                                   (64, 32, 64, 4, 3), (32, 64, 128, 4, 2)]:
-            sf.CONFIG.update(sbase, block_t=bt, block_c=bc, block_d=bd, warps=nw, stages=ns)
+        for bt, bc, bd, nw, ns, merge in [(64, 64, 64, 4, 2, 1), (64, 64, 64, 4, 2, 0), (64, 64, 64, 4, 2, 2),
+                                          (128, 64, 64, 8, 2, 1), (128, 64, 64, 8, 2, 0), (64, 128, 64, 8, 2, 1),
+                                          (128, 128, 64, 8, 2, 1), (128, 128, 64, 8, 2, 0), (128, 128, 64, 8, 3, 1),
+                                          (64, 64, 128, 4, 2, 1), (128, 64, 64, 4, 3, 1), (32, 64, 64, 4, 2, 2),
+                                          (256, 64, 64, 8, 2, 1)]:
+            sf.CONFIG.update(sbase, block_t=bt, block_c=bc, block_d=bd, warps=nw, stages=ns, merge=merge)
             ms = safe("select", bench, lambda: sf.hsa_select_triton(qr, lm, topk=K, chunk_size=S))
-            out["select"].append({"block_t": bt, "block_c": bc, "block_d": bd, "warps": nw, "stages": ns, "ms": ms})
-            print(f"select bt={bt} bc={bc} bd={bd} w={nw} s={ns}: {ms}", flush=True)
+            out["select"].append({"block_t": bt, "block_c": bc, "block_d": bd, "warps": nw, "stages": ns,
+                                  "merge": merge, "ms": ms})
+            print(f"select bt={bt} bc={bc} bd={bd} w={nw} s={ns} merge={merge}: {fmt(ms)}", flush=True)
     sf.CONFIG.update(sbase)
     return out
 

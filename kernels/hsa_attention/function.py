@@ -10,7 +10,14 @@ import torch
 import triton
 from torch import Tensor
 
-from .kernels import _hsa_bwd_kv_kernel, _hsa_bwd_kv_reduce_kernel, _hsa_bwd_q_kernel, _hsa_fwd_kernel
+from .kernels import (
+    _hsa_bwd_dq_reduce_kernel,
+    _hsa_bwd_fused_kernel,
+    _hsa_bwd_kv_kernel,
+    _hsa_bwd_kv_reduce_kernel,
+    _hsa_bwd_q_kernel,
+    _hsa_fwd_kernel,
+)
 
 LOG2E = 1.4426950408889634
 
@@ -19,6 +26,9 @@ CONFIG = {
     "fwd_warps": 4, "fwd_stages": 2,
     "bwd_q_warps": 4, "bwd_q_stages": 2,
     "bwd_kv_rows": 64, "bwd_kv_warps": 4, "bwd_kv_stages": 2, "bwd_kv_seg": 256,
+    # "fused": one chunk-outer pass does dK, dV, dW and per-pair dQ (then a slot-order reduce);
+    # "split": query-side dQ/dW pass (re-reads K/V per pair) + chunk-side dK/dV pass.
+    "bwd_mode": "fused",
 }
 
 
@@ -109,8 +119,18 @@ def build_inverse_index(indices: Tensor, num_chunks: int, seg: int) -> dict[str,
     }
 
 
+def _kv_block_p(G: int) -> tuple[int, int]:
+    # Rows of the chunk-side program: BLOCK_P pairs x the G heads (no per-token padding needed here).
+    bg = triton.next_power_of_2(G)
+    block_p = max(1, CONFIG["bwd_kv_rows"] // bg)
+    if block_p * bg < 16:
+        block_p = 16 // bg
+    return bg, block_p
+
+
 def hsa_attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, indices: Tensor, weights: Tensor,
-                      lse: Tensor, chunk_size: int, scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                      lse: Tensor, chunk_size: int, scale: float,
+                      inv: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Backward launches. Returns ``dq, dk, dv, dw`` (dw fp32, shaped like weights)."""
     B, T, HQ, D = q.shape
     H, K = k.shape[2], indices.shape[-1]
@@ -119,46 +139,55 @@ def hsa_attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, indices: Tens
     prec = _prec(q.dtype)
     BLOCK_G, BLOCK_S, BLOCK_D = _block_g(G), triton.next_power_of_2(S), triton.next_power_of_2(D)
     dq = torch.empty_like(q)
-    dw = torch.empty(indices.shape, device=q.device, dtype=torch.float32)
-    delta = torch.empty((B, T, H, K, G), device=q.device, dtype=torch.float32)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
-    if T > 0 and B * H > 0:
+    fused = CONFIG["bwd_mode"] == "fused"
+    if T == 0 or B * H == 0:
+        return dq, dk.zero_(), dv.zero_(), torch.zeros(indices.shape, device=q.device, dtype=torch.float32)
+    if C == 0:
+        return dq.zero_(), dk, dv, torch.zeros(indices.shape, device=q.device, dtype=torch.float32)
+    if inv is None:
+        inv = build_inverse_index(indices, C, CONFIG["bwd_kv_seg"])
+    n_seg = inv["seg_chunk"].numel()
+    ws_k = torch.empty((n_seg, BLOCK_S, BLOCK_D), device=q.device, dtype=torch.float32)
+    ws_v = torch.empty_like(ws_k)
+    bg, block_p = _kv_block_p(G)
+    strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+               v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2))
+    if fused:
+        # dW of empty slots stays 0; every valid pair's dW is written by the program that owns it.
+        dw = torch.zeros(indices.shape, device=q.device, dtype=torch.float32)
+        # Per-pair dQ contributions in q's dtype (fp32 for fp32 inputs); summed in fp32 by the reduce.
+        dqp = torch.empty((B, T, H, K, G, D), device=q.device, dtype=q.dtype)
+        _hsa_bwd_fused_kernel[(n_seg,)](
+            q, k, v, weights, do, lse, inv["order"], inv["seg_chunk"], inv["seg_start"], inv["seg_end"],
+            ws_k, ws_v, dqp, dw,
+            T, C, H, G, *strides, scale, scale * LOG2E,
+            S=S, D=D, TOPK=K, BLOCK_G=bg, BLOCK_P=block_p, BLOCK_S=BLOCK_S, BLOCK_D=BLOCK_D, PREC=prec,
+            num_warps=CONFIG["bwd_kv_warps"], num_stages=CONFIG["bwd_kv_stages"],
+        )
+        _hsa_bwd_dq_reduce_kernel[(T, B * H)](
+            dqp, indices, dq, T, C, H, G, dq.stride(0), dq.stride(1), dq.stride(2),
+            D=D, TOPK=K, BLOCK_G=triton.next_power_of_2(G), BLOCK_D=BLOCK_D, num_warps=4,
+        )
+    else:
+        dw = torch.empty(indices.shape, device=q.device, dtype=torch.float32)
+        delta = torch.empty((B, T, H, K, G), device=q.device, dtype=torch.float32)
         _hsa_bwd_q_kernel[(T, B * H)](
             q, k, v, indices, weights, do, lse, dq, dw, delta,
-            T, C, H, G,
-            q.stride(0), q.stride(1), q.stride(2),
-            k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2),
-            do.stride(0), do.stride(1), do.stride(2),
+            T, C, H, G, *strides[:9], *strides[9:],
             dq.stride(0), dq.stride(1), dq.stride(2),
             scale, scale * LOG2E,
             S=S, D=D, TOPK=K, BLOCK_G=BLOCK_G, BLOCK_S=BLOCK_S, BLOCK_D=BLOCK_D, PREC=prec,
             num_warps=CONFIG["bwd_q_warps"], num_stages=CONFIG["bwd_q_stages"],
         )
-    if C == 0 or B * H == 0:
-        return dq, dk, dv, dw
-    # Rows of the chunk-side program: BLOCK_P pairs x the G heads (no per-token padding needed here).
-    bg = triton.next_power_of_2(G)
-    block_p = max(1, CONFIG["bwd_kv_rows"] // bg)
-    if block_p * bg < 16:
-        block_p = 16 // bg
-    inv = build_inverse_index(indices, C, CONFIG["bwd_kv_seg"])
-    n_seg = inv["seg_chunk"].numel()
-    ws_k = torch.empty((n_seg, BLOCK_S, BLOCK_D), device=q.device, dtype=torch.float32)
-    ws_v = torch.empty_like(ws_k)
-    _hsa_bwd_kv_kernel[(n_seg,)](
-        q, k, v, weights, do, lse, delta, inv["order"], inv["seg_chunk"], inv["seg_start"], inv["seg_end"],
-        ws_k, ws_v,
-        T, C, H, G,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        do.stride(0), do.stride(1), do.stride(2),
-        scale, scale * LOG2E,
-        S=S, D=D, TOPK=K, BLOCK_G=bg, BLOCK_P=block_p, BLOCK_S=BLOCK_S, BLOCK_D=BLOCK_D, PREC=prec,
-        num_warps=CONFIG["bwd_kv_warps"], num_stages=CONFIG["bwd_kv_stages"],
-    )
+        _hsa_bwd_kv_kernel[(n_seg,)](
+            q, k, v, weights, do, lse, delta, inv["order"], inv["seg_chunk"], inv["seg_start"], inv["seg_end"],
+            ws_k, ws_v,
+            T, C, H, G, *strides, scale, scale * LOG2E,
+            S=S, D=D, TOPK=K, BLOCK_G=bg, BLOCK_P=block_p, BLOCK_S=BLOCK_S, BLOCK_D=BLOCK_D, PREC=prec,
+            num_warps=CONFIG["bwd_kv_warps"], num_stages=CONFIG["bwd_kv_stages"],
+        )
     _hsa_bwd_kv_reduce_kernel[(B * H * C,)](
         ws_k, ws_v, inv["seg_first"], inv["seg_count"], dk, dv,
         C, H,

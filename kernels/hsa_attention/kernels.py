@@ -241,3 +241,116 @@ def _hsa_bwd_kv_reduce_kernel(
              dk.to(DK.dtype.element_ty), mask=mask)
     tl.store(DV + b * stride_vb + h * stride_vh + rows[:, None] * stride_vt + offs_d[None, :],
              dv.to(DV.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _hsa_bwd_fused_kernel(
+    Q, K, V, W, DO, LSE, ORDER, SEG_CHUNK, SEG_START, SEG_END, WS_K, WS_V, DQP, DW,
+    T, C, H, G,
+    stride_qb, stride_qt, stride_qh,
+    stride_kb, stride_kt, stride_kh,
+    stride_vb, stride_vt, stride_vh,
+    stride_dob, stride_dot, stride_doh,
+    scale, qk_scale,
+    S: tl.constexpr, D: tl.constexpr, TOPK: tl.constexpr,
+    BLOCK_G: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """The whole backward, chunk-outer, for one segment of one chunk's inverse list.
+
+    Each (token, slot) pair is visited by exactly one program, so everything that belongs to the pair is
+    written without atomics: O_j is recomputed (P V), dW_j = sum(dO * O_j), delta = w_j rowsum(dO * O_j),
+    and the pair's dQ contribution dS K goes to a per-pair buffer DQP (B,T,H,K,G,D) that a reduce kernel
+    sums over slots in order. dK/dV accumulate in registers (partial per segment, as in the split path).
+    Compared with the query-side pass this avoids re-reading each chosen chunk's K/V tile per pair.
+    """
+    sid = tl.program_id(0).to(tl.int64)
+    chunk = tl.load(SEG_CHUNK + sid).to(tl.int64)
+    if chunk < 0:
+        return
+    start = tl.load(SEG_START + sid).to(tl.int64)
+    end = tl.load(SEG_END + sid).to(tl.int64)
+    bh = chunk // C
+    c = chunk % C
+    b = bh // H
+    h = bh % H
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_r = tl.arange(0, BLOCK_P * BLOCK_G)
+    offs_p = tl.arange(0, BLOCK_P)
+    r_pair = offs_r // BLOCK_G
+    r_head = offs_r % BLOCK_G
+    dmask = offs_d < D
+    smask = offs_s < S
+    kvmask = smask[:, None] & dmask[None, :]
+    rows = c * S + offs_s
+    kt = tl.load(K + b * stride_kb + h * stride_kh + rows[:, None] * stride_kt + offs_d[None, :], mask=kvmask,
+                 other=0.0)
+    vt = tl.load(V + b * stride_vb + h * stride_vh + rows[:, None] * stride_vt + offs_d[None, :], mask=kvmask,
+                 other=0.0)
+    dk = tl.zeros([BLOCK_S, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_S, BLOCK_D], dtype=tl.float32)
+    n_iter = tl.cdiv(end - start, BLOCK_P)
+    for it in range(n_iter):
+        p0 = start + it * BLOCK_P
+        pos = p0 + r_pair
+        pvalid = pos < end
+        pair = tl.load(ORDER + pos, mask=pvalid, other=0).to(tl.int64)  # flat (b, t, h, j)
+        t = (pair // (TOPK * H)) % T
+        rvalid = pvalid & (r_head < G)
+        rmask = rvalid[:, None] & dmask[None, :]
+        heads = h * G + r_head
+        qr = tl.load(Q + b * stride_qb + t[:, None] * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
+                     mask=rmask, other=0.0)
+        dor = tl.load(DO + b * stride_dob + t[:, None] * stride_dot + heads[:, None] * stride_doh
+                      + offs_d[None, :], mask=rmask, other=0.0)
+        lse = tl.load(LSE + pair * G + r_head, mask=rvalid, other=float("inf"))
+        w = tl.load(W + pair, mask=rvalid, other=0.0).to(tl.float32)
+        s = tl.dot(qr, tl.trans(kt), input_precision=PREC) * qk_scale  # (R, BLOCK_S)
+        if BLOCK_S != S:
+            s = tl.where(smask[None, :], s, float("-inf"))
+        p = tl.exp2(s - lse[:, None])  # padded rows: lse = inf -> p = 0
+        o = tl.dot(p.to(vt.dtype), vt, input_precision=PREC)  # O_j of each row
+        rowdot = tl.sum(o * dor.to(tl.float32), 1)  # (R,)
+        # dW_j: sum of rowdot over the G heads of the pair
+        dwp = tl.sum(tl.reshape(rowdot, [BLOCK_P, BLOCK_G]), 1)
+        ppos = p0 + offs_p
+        pp = tl.load(ORDER + ppos, mask=ppos < end, other=0).to(tl.int64)
+        tl.store(DW + pp, dwp, mask=ppos < end)
+        dv += tl.dot(tl.trans((p * w[:, None]).to(vt.dtype)), dor, input_precision=PREC)
+        dp = tl.dot(dor, tl.trans(vt), input_precision=PREC)
+        ds = p * (dp - rowdot[:, None]) * w[:, None]
+        dsc = ds.to(qr.dtype)
+        dk += tl.dot(tl.trans(dsc), qr, input_precision=PREC)
+        dqp = tl.dot(dsc, kt, input_precision=PREC) * scale  # this pair's dQ contribution
+        tl.store(DQP + (pair * G + r_head)[:, None] * D + offs_d[None, :], dqp.to(DQP.dtype.element_ty),
+                 mask=rmask)
+    ws_off = sid * (BLOCK_S * BLOCK_D) + offs_s[:, None] * BLOCK_D + offs_d[None, :]
+    tl.store(WS_K + ws_off, dk * scale)
+    tl.store(WS_V + ws_off, dv)
+
+
+@triton.jit
+def _hsa_bwd_dq_reduce_kernel(
+    DQP, IDX, DQ,
+    T, C, H, G,
+    stride_dqb, stride_dqt, stride_dqh,
+    D: tl.constexpr, TOPK: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """dQ of one token x G heads = its slots' per-pair contributions, added in slot order."""
+    t = tl.program_id(0).to(tl.int64)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    offs_g = tl.arange(0, BLOCK_G)
+    offs_d = tl.arange(0, BLOCK_D)
+    m = (offs_g < G)[:, None] & (offs_d < D)[None, :]
+    slot = ((b * T + t) * H + h) * TOPK
+    acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
+    for j in range(TOPK):
+        cid = tl.load(IDX + slot + j)
+        valid = (cid >= 0) & (cid < C)
+        acc += tl.load(DQP + ((slot + j) * G + offs_g)[:, None] * D + offs_d[None, :], mask=m & valid,
+                       other=0.0).to(tl.float32)
+    tl.store(DQ + b * stride_dqb + t * stride_dqt + (h * G + offs_g)[:, None] * stride_dqh + offs_d[None, :],
+             acc.to(DQ.dtype.element_ty), mask=m)

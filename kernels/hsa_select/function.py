@@ -19,7 +19,7 @@ from hsa_core.ops.reference import fusion_weights, hsa_select_torch
 
 from .kernels import _hsa_select_kernel
 
-CONFIG = {"block_t": 64, "block_c": 64, "block_d": 64, "warps": 4, "stages": 2}
+CONFIG = {"block_t": 64, "block_c": 64, "block_d": 64, "warps": 4, "stages": 2, "merge": 1}
 
 # Tokens per block of the gather-based backward (bounds its (Tb, K, dr) temporaries).
 _BWD_TOKENS = 8192
@@ -48,6 +48,7 @@ def _launch(q_r: Tensor, landmarks: Tensor, topk: int, chunk_size: int, q_offset
         landmarks.stride(0), landmarks.stride(1), landmarks.stride(2),
         scale,
         S=chunk_size, TOPK=topk, KP=kp, BLOCK_T=bt, BLOCK_C=bc, BLOCK_D=bd, STICK=stick, PREC=prec,
+        MERGE=CONFIG["merge"],
         num_warps=CONFIG["warps"], num_stages=CONFIG["stages"],
     )
     return idx, w, s

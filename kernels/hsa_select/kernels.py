@@ -39,7 +39,7 @@ def _hsa_select_kernel(
     scale,
     S: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
-    STICK: tl.constexpr, PREC: tl.constexpr,
+    STICK: tl.constexpr, PREC: tl.constexpr, MERGE: tl.constexpr,
 ):
     pid_t = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -71,8 +71,18 @@ def _hsa_select_kernel(
         vis = cc[None, :] < nvis[:, None]
         key = (_sortable(s).to(tl.int64) << 32) | cc.to(tl.int64)[None, :]
         key = tl.where(vis, key, tl.full([BLOCK_T, BLOCK_C], -(2**31), tl.int64) << 32)
-        blk = tl.topk(key, KP, dim=1)
-        run = tl.topk(tl.reshape(tl.join(run, blk), [BLOCK_T, 2 * KP]), KP, dim=1)
+        if MERGE == 0:
+            # measurement only: scores without the top-k (gives the cost of the merge by difference)
+            run = tl.maximum(run, tl.max(key, 1)[:, None])
+        elif MERGE == 2:
+            # skip the tile when no row has a candidate above its current k-th best
+            better = tl.max((tl.max(key, 1) > tl.min(run, 1)).to(tl.int32), 0)
+            if better > 0:
+                blk = tl.topk(key, KP, dim=1)
+                run = tl.topk(tl.reshape(tl.join(run, blk), [BLOCK_T, 2 * KP]), KP, dim=1)
+        else:
+            blk = tl.topk(key, KP, dim=1)
+            run = tl.topk(tl.reshape(tl.join(run, blk), [BLOCK_T, 2 * KP]), KP, dim=1)
     # run: (BLOCK_T, KP) sorted by score descending; keep the first TOPK.
     rank = tl.arange(0, KP)[None, :]
     hi = (run >> 32).to(tl.int32)

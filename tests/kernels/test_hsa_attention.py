@@ -154,3 +154,11 @@ def test_attention_gpu_bf16_vs_torch_bf16(B, T, HQ, H, D, S, K, sink, monkeypatc
 @pytest.mark.gpu
 def test_attention_gpu_fp32_exact():
     _check(1, 2048, 16, 1, 64, 64, 8, torch.float32, False, 1e-4, device="cuda")
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("G", [16, 3])
+def test_attention_split_backward(G, monkeypatch):
+    # The query-side + chunk-side ("split") schedule must agree with the fused chunk-outer one.
+    monkeypatch.setitem(fn.CONFIG, "bwd_mode", "split")
+    _check(1, 39, G, 1, 16, 16, 3, torch.float32, G == 3, 1e-5)
