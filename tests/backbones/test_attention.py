@@ -1,0 +1,97 @@
+"""``attention`` and ``swa``: the Mixer contract, an independent per-query reference, KV-cache sizes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from hsa_backbones.attention import ATTENTION_DEFAULTS, SWA_DEFAULTS, CausalAttention, build_attention, build_swa
+from torch import Tensor
+
+from hsa_core.testing import check_mixer
+
+CASES: list[tuple[Any, dict[str, Any]]] = [
+    (build_attention, {"num_heads": 4}),
+    (build_attention, {"num_heads": 4, "num_kv_heads": 2, "qk_norm": True, "rope_theta": 500.0}),
+    (build_swa, {"num_heads": 4, "window": 5}),
+    (build_swa, {"num_heads": 2, "num_kv_heads": 1, "window": 1, "bias": True}),
+    (build_swa, {"num_heads": 2, "window": 40, "head_dim": 8}),
+]
+IDS = ["mha", "gqa-qknorm", "swa5", "swa1-mqa-bias", "swa-longer-than-seq"]
+
+
+@pytest.mark.parametrize(("factory", "options"), CASES, ids=IDS)
+def test_contract(factory: Any, options: dict[str, Any]) -> None:
+    check_mixer(factory, d_model=32, options=options, seq_len=13)
+
+
+def _rope_complex(x: Tensor, pos: int, theta: float) -> Tensor:
+    """RoPE written with complex numbers: pairs (i, i + D/2) rotate by ``pos * theta^(-i / (D/2))``."""
+    half = x.shape[-1] // 2
+    freqs = theta ** (-torch.arange(half, dtype=torch.float64) / half)
+    z = torch.complex(x[..., :half], x[..., half:]) * torch.polar(torch.ones(half, dtype=torch.float64), pos * freqs)
+    return torch.cat([z.real, z.imag], dim=-1)
+
+
+def attention_reference(m: CausalAttention, x: Tensor) -> Tensor:
+    """Loop over batch, heads and queries; softmax over the visible keys only."""
+    b, t, _ = x.shape
+    hd, h, hkv = m.head_dim, m.num_heads, m.num_kv_heads
+
+    def rms(v: Tensor, norm: Any) -> Tensor:
+        return v if norm is None else v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + norm.eps) * norm.weight
+
+    q = rms(m.q_proj(x).view(b, t, h, hd), m.q_norm)
+    k = rms(m.k_proj(x).view(b, t, hkv, hd), m.k_norm)
+    v = m.v_proj(x).view(b, t, hkv, hd)
+    out = torch.zeros(b, t, h, hd, dtype=x.dtype)
+    for bi in range(b):
+        for hi in range(h):
+            kv = hi // (h // hkv)
+            keys = torch.stack([_rope_complex(k[bi, s, kv], s, m.rope_theta) for s in range(t)])
+            for ti in range(t):
+                first = 0 if m.window is None else max(0, ti - m.window + 1)
+                qi = _rope_complex(q[bi, ti, hi], ti, m.rope_theta)
+                scores = keys[first:ti + 1] @ qi / hd ** 0.5
+                out[bi, ti, hi] = torch.softmax(scores, dim=0) @ v[bi, first:ti + 1, kv]
+    return m.o_proj(out.reshape(b, t, h * hd))
+
+
+@pytest.mark.parametrize(("factory", "options"), CASES, ids=IDS)
+def test_matches_per_query_reference(factory: Any, options: dict[str, Any], double: None) -> None:
+    m = factory(32, **options)
+    x = torch.randn(2, 11, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x)[0], attention_reference(m, x))
+
+
+def test_swa_with_a_window_covering_the_sequence_is_full_attention() -> None:
+    torch.manual_seed(0)
+    full = build_attention(32, num_heads=4)
+    swa = build_swa(32, num_heads=4, window=16)
+    swa.load_state_dict(full.state_dict())
+    x = torch.randn(2, 16, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(swa(x)[0], full(x)[0])
+
+
+def test_kv_cache_sizes_and_positions() -> None:
+    swa = build_swa(32, num_heads=4, num_kv_heads=2, window=6)
+    full = build_attention(32, num_heads=4, num_kv_heads=2)
+    x = torch.randn(3, 10, 32)
+    _, s_swa = swa(x, return_state=True)
+    _, s_full = full(x, return_state=True)
+    assert s_swa["k"].shape == (3, 5, 2, 8) and s_full["k"].shape == (3, 10, 2, 8)
+    assert s_swa["pos"].tolist() == [10, 10, 10] == s_full["pos"].tolist()
+    # swa: fixed-size state; attention: grows linearly with the context.
+    assert swa.state_size(3, 10) == swa.state_size(3, 10_000) == 2 * 3 * 5 * 2 * 8 + 3
+    assert full.state_size(2, 100) == 2 * 2 * 100 * 2 * 8 + 2
+    assert full.state_size(1, 0) == sum(t.numel() for t in full.init_state(1).values())
+
+
+def test_defaults_are_the_factory_options() -> None:
+    assert isinstance(build_attention(64, **ATTENTION_DEFAULTS), CausalAttention)
+    assert build_swa(64, **SWA_DEFAULTS).window == SWA_DEFAULTS["window"]
+    with pytest.raises(ValueError, match="multiple of num_kv_heads"):
+        build_attention(64, num_heads=4, num_kv_heads=3)
