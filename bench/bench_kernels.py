@@ -295,6 +295,16 @@ def sweep(T=65536, B=1):
                 ms = safe(f"fwd w{nw} s{ns}", bench, lambda: ours(q, k, v, idx, w))
                 out["fwd"].append({"warps": nw, "stages": ns, "ms": ms})
                 print(f"fwd warps={nw} stages={ns}: {fmt(ms)}", flush=True)
+        for rows, nw, ns, pdt in [(64, 4, 2, "input"), (32, 4, 2, "input"), (128, 8, 2, "input"),
+                                  (64, 8, 2, "input"), (64, 4, 3, "input"), (64, 4, 1, "input"),
+                                  (64, 4, 2, "fp32")]:
+            fn.CONFIG.update(base, fwd_mode="chunk", fwd_rows=rows, fwd_chunk_warps=nw, fwd_chunk_stages=ns,
+                             pair_dtype=pdt)
+            ms = safe("fwd chunk", bench, lambda: ours(q, k, v, idx, w))
+            out["fwd"].append({"mode": "chunk", "rows": rows, "warps": nw, "stages": ns, "pair_dtype": pdt,
+                               "ms_with_index": ms})
+            print(f"fwd chunk-outer rows={rows} warps={nw} stages={ns} pair={pdt}: {fmt(ms)} (incl. index)",
+                  flush=True)
         fn.CONFIG.update(base)
         _, lse = fn.hsa_attention_fwd(q, k, v, idx, w, S, D**-0.5, False)
         inv = fn.build_inverse_index(idx, T // S, base["bwd_kv_seg"])

@@ -16,6 +16,7 @@ from .kernels import (
     _hsa_bwd_kv_kernel,
     _hsa_bwd_kv_reduce_kernel,
     _hsa_bwd_q_kernel,
+    _hsa_fwd_chunk_kernel,
     _hsa_fwd_kernel,
 )
 
@@ -29,6 +30,12 @@ CONFIG = {
     # "fused": one chunk-outer pass does dK, dV, dW and per-pair dQ (then a slot-order reduce);
     # "split": query-side dQ/dW pass (re-reads K/V per pair) + chunk-side dK/dV pass.
     "bwd_mode": "fused",
+    # "query": query-outer forward (K/V tiles re-read per (token, slot) pair);
+    # "chunk": chunk-outer forward over the inverse index (K/V read once per chunk segment, queries
+    # gathered, per-pair outputs summed by a reduce kernel); the index is then reused by the backward.
+    "fwd_mode": "query", "fwd_rows": 64, "fwd_chunk_warps": 4, "fwd_chunk_stages": 2,
+    # dtype of the per-pair buffers (forward outputs, dQ contributions): "input" (q's dtype) or "fp32"
+    "pair_dtype": "input",
 }
 
 
@@ -56,7 +63,9 @@ def _contig(x: Tensor) -> Tensor:
 
 
 def hsa_attention_fwd(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, weights: Tensor, chunk_size: int,
-                      scale: float, sink: bool, store_lse: bool = True) -> tuple[Tensor, Tensor | None]:
+                      scale: float, sink: bool, store_lse: bool = True,
+                      inv: dict[str, Tensor] | None = None, mode: str | None = None
+                      ) -> tuple[Tensor, Tensor | None]:
     """Forward launch. Returns ``o`` (B,T,HQ,D) in q's dtype and ``lse`` (B,T,H,K,G) fp32 (log2 units)."""
     B, T, HQ, D = q.shape
     H, K = k.shape[2], indices.shape[-1]
@@ -65,6 +74,27 @@ def hsa_attention_fwd(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, weights:
     lse = torch.empty((B, T, H, K, G), device=q.device, dtype=torch.float32) if store_lse else o
     if T == 0 or B * H == 0:
         return o, lse
+    if (mode or CONFIG["fwd_mode"]) == "chunk" and C > 0:
+        if inv is None:
+            inv = build_inverse_index(indices, C, CONFIG["bwd_kv_seg"])
+        bg, block_p = _kv_block_p(G, CONFIG["fwd_rows"])
+        op = torch.empty((B, T, H, K, G, D), device=q.device, dtype=_pair_dtype(q.dtype))
+        _hsa_fwd_chunk_kernel[(inv["seg_chunk"].numel(),)](
+            q, k, v, weights, inv["order"], inv["seg_chunk"], inv["seg_start"], inv["seg_end"], op, lse,
+            T, C, H, G,
+            q.stride(0), q.stride(1), q.stride(2),
+            k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2),
+            scale * LOG2E,
+            S=S, D=D, TOPK=K, BLOCK_G=bg, BLOCK_P=block_p, BLOCK_S=triton.next_power_of_2(S),
+            BLOCK_D=triton.next_power_of_2(D), SINK=sink, STORE_LSE=store_lse, PREC=_prec(q.dtype),
+            num_warps=CONFIG["fwd_chunk_warps"], num_stages=CONFIG["fwd_chunk_stages"],
+        )
+        _hsa_bwd_dq_reduce_kernel[(T, B * H)](
+            op, indices, o, T, C, H, G, o.stride(0), o.stride(1), o.stride(2),
+            D=D, TOPK=K, BLOCK_G=bg, BLOCK_D=triton.next_power_of_2(D), num_warps=4,
+        )
+        return o, (lse if store_lse else None)
     grid = (T, B * H)
     _hsa_fwd_kernel[grid](
         q, k, v, indices, weights, o, lse,
@@ -79,6 +109,10 @@ def hsa_attention_fwd(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, weights:
         num_warps=CONFIG["fwd_warps"], num_stages=CONFIG["fwd_stages"],
     )
     return o, (lse if store_lse else None)
+
+
+def _pair_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if CONFIG["pair_dtype"] == "fp32" else dtype
 
 
 def build_inverse_index(indices: Tensor, num_chunks: int, seg: int) -> dict[str, Tensor]:
@@ -119,10 +153,10 @@ def build_inverse_index(indices: Tensor, num_chunks: int, seg: int) -> dict[str,
     }
 
 
-def _kv_block_p(G: int) -> tuple[int, int]:
+def _kv_block_p(G: int, rows: int | None = None) -> tuple[int, int]:
     # Rows of the chunk-side program: BLOCK_P pairs x the G heads (no per-token padding needed here).
     bg = triton.next_power_of_2(G)
-    block_p = max(1, CONFIG["bwd_kv_rows"] // bg)
+    block_p = max(1, (rows or CONFIG["bwd_kv_rows"]) // bg)
     if block_p * bg < 16:
         block_p = 16 // bg
     return bg, block_p
@@ -158,7 +192,7 @@ def hsa_attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, indices: Tens
         # dW of empty slots stays 0; every valid pair's dW is written by the program that owns it.
         dw = torch.zeros(indices.shape, device=q.device, dtype=torch.float32)
         # Per-pair dQ contributions in q's dtype (fp32 for fp32 inputs); summed in fp32 by the reduce.
-        dqp = torch.empty((B, T, H, K, G, D), device=q.device, dtype=q.dtype)
+        dqp = torch.empty((B, T, H, K, G, D), device=q.device, dtype=_pair_dtype(q.dtype))
         _hsa_bwd_fused_kernel[(n_seg,)](
             q, k, v, weights, do, lse, inv["order"], inv["seg_chunk"], inv["seg_start"], inv["seg_end"],
             ws_k, ws_v, dqp, dw,
@@ -204,7 +238,13 @@ class HSAAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, indices, weights, chunk_size, scale, sink):
         need_lse = any(ctx.needs_input_grad)
-        o, lse = hsa_attention_fwd(q, k, v, indices, weights, chunk_size, scale, sink, store_lse=need_lse)
+        C = k.shape[1] // chunk_size
+        inv = None
+        if CONFIG["fwd_mode"] == "chunk" and C > 0 and q.shape[1] > 0:
+            inv = build_inverse_index(indices, C, CONFIG["bwd_kv_seg"])  # shared with the backward
+        o, lse = hsa_attention_fwd(q, k, v, indices, weights, chunk_size, scale, sink, store_lse=need_lse,
+                                   inv=inv)
+        ctx.inv = inv
         if need_lse:
             ctx.save_for_backward(q, k, v, indices, weights, lse)
         ctx.chunk_size, ctx.scale = chunk_size, scale
@@ -213,7 +253,9 @@ class HSAAttentionFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, indices, weights, lse = ctx.saved_tensors
-        dq, dk, dv, dw = hsa_attention_bwd(do, q, k, v, indices, weights, lse, ctx.chunk_size, ctx.scale)
+        dq, dk, dv, dw = hsa_attention_bwd(do, q, k, v, indices, weights, lse, ctx.chunk_size, ctx.scale,
+                                           inv=ctx.inv)
+        ctx.inv = None
         return dq, dk, dv, None, dw.to(weights.dtype), None, None, None
 
 

@@ -354,3 +354,71 @@ def _hsa_bwd_dq_reduce_kernel(
                        other=0.0).to(tl.float32)
     tl.store(DQ + b * stride_dqb + t * stride_dqt + (h * G + offs_g)[:, None] * stride_dqh + offs_d[None, :],
              acc.to(DQ.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _hsa_fwd_chunk_kernel(
+    Q, K, V, W, ORDER, SEG_CHUNK, SEG_START, SEG_END, OP, LSE,
+    T, C, H, G,
+    stride_qb, stride_qt, stride_qh,
+    stride_kb, stride_kt, stride_kh,
+    stride_vb, stride_vt, stride_vh,
+    qk_scale,
+    S: tl.constexpr, D: tl.constexpr, TOPK: tl.constexpr,
+    BLOCK_G: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+    SINK: tl.constexpr, STORE_LSE: tl.constexpr, PREC: tl.constexpr,
+):
+    """Chunk-outer forward for one segment of one chunk's inverse list.
+
+    The chunk's K/V tile is loaded once and reused by every (token, slot) pair that chose it; each pair's
+    queries are gathered (G*D elements instead of the 2*S*D of a K/V tile) and its weighted output
+    w_j O_j goes to a per-pair buffer OP (B,T,H,K,G,D) that a reduce kernel sums over slots in order.
+    """
+    sid = tl.program_id(0).to(tl.int64)
+    chunk = tl.load(SEG_CHUNK + sid).to(tl.int64)
+    if chunk < 0:
+        return
+    start = tl.load(SEG_START + sid).to(tl.int64)
+    end = tl.load(SEG_END + sid).to(tl.int64)
+    bh = chunk // C
+    c = chunk % C
+    b = bh // H
+    h = bh % H
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_r = tl.arange(0, BLOCK_P * BLOCK_G)
+    r_pair = offs_r // BLOCK_G
+    r_head = offs_r % BLOCK_G
+    dmask = offs_d < D
+    smask = offs_s < S
+    kvmask = smask[:, None] & dmask[None, :]
+    rows = c * S + offs_s
+    kt = tl.load(K + b * stride_kb + h * stride_kh + rows[:, None] * stride_kt + offs_d[None, :], mask=kvmask,
+                 other=0.0)
+    vt = tl.load(V + b * stride_vb + h * stride_vh + rows[:, None] * stride_vt + offs_d[None, :], mask=kvmask,
+                 other=0.0)
+    n_iter = tl.cdiv(end - start, BLOCK_P)
+    for it in range(n_iter):
+        pos = start + it * BLOCK_P + r_pair
+        pvalid = pos < end
+        pair = tl.load(ORDER + pos, mask=pvalid, other=0).to(tl.int64)
+        t = (pair // (TOPK * H)) % T
+        rvalid = pvalid & (r_head < G)
+        rmask = rvalid[:, None] & dmask[None, :]
+        qr = tl.load(Q + b * stride_qb + t[:, None] * stride_qt + (h * G + r_head)[:, None] * stride_qh
+                     + offs_d[None, :], mask=rmask, other=0.0)
+        w = tl.load(W + pair, mask=rvalid, other=0.0).to(tl.float32)
+        s = tl.dot(qr, tl.trans(kt), input_precision=PREC) * qk_scale
+        if BLOCK_S != S:
+            s = tl.where(smask[None, :], s, float("-inf"))
+        m = tl.max(s, 1)
+        if SINK:
+            m = tl.maximum(m, 0.0)
+        p = tl.exp2(s - m[:, None])
+        den = tl.sum(p, 1)
+        if SINK:
+            den += tl.exp2(-m)
+        o = tl.dot(p.to(vt.dtype), vt, input_precision=PREC) * (w / den)[:, None]
+        tl.store(OP + (pair * G + r_head)[:, None] * D + offs_d[None, :], o.to(OP.dtype.element_ty), mask=rmask)
+        if STORE_LSE:
+            tl.store(LSE + pair * G + r_head, m + tl.log2(den), mask=rvalid)

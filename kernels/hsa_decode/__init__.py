@@ -24,7 +24,8 @@ def hsa_decode_triton(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, weights:
         raise ValueError(f"decode takes one token, got T={q.shape[1]}")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     o, _ = hsa_attention_fwd(_contig(q), _contig(k), _contig(v), indices.int().contiguous(),
-                             weights.contiguous(), chunk_size, scale, sink, store_lse=False)
+                             weights.contiguous(), chunk_size, scale, sink, store_lse=False,
+                             mode="query")
     return o
 
 

@@ -162,3 +162,22 @@ def test_attention_split_backward(G, monkeypatch):
     # The query-side + chunk-side ("split") schedule must agree with the fused chunk-outer one.
     monkeypatch.setitem(fn.CONFIG, "bwd_mode", "split")
     _check(1, 39, G, 1, 16, 16, 3, torch.float32, G == 3, 1e-5)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("G,pair_dtype", [(16, "input"), (3, "fp32"), (1, "input")])
+def test_attention_chunk_outer_forward(G, pair_dtype, monkeypatch):
+    # Chunk-outer forward (inverse index shared with the backward) against the naive twin.
+    monkeypatch.setitem(fn.CONFIG, "fwd_mode", "chunk")
+    monkeypatch.setitem(fn.CONFIG, "pair_dtype", pair_dtype)
+    _check(1, 43, G, 1, 16, 16, 3, torch.float32, G == 3, 1e-5, empty_frac=0.2)
+    _check(1, 35, G, 1, 32, 16, 2, torch.float16, False, 3e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fwd_mode,bwd_mode", [("chunk", "fused"), ("query", "split")])
+@pytest.mark.parametrize("HQ", [16, 3])
+def test_attention_gpu_schedules(fwd_mode, bwd_mode, HQ, monkeypatch):
+    monkeypatch.setitem(fn.CONFIG, "fwd_mode", fwd_mode)
+    monkeypatch.setitem(fn.CONFIG, "bwd_mode", bwd_mode)
+    test_attention_gpu_bf16_vs_torch_bf16(1, 4096, HQ, 1, 64, 64, 8, False, monkeypatch)
