@@ -176,8 +176,8 @@ def _make_retrieval(d_model: int, sel: Mapping[str, Any], mem: Mapping[str, Any]
 class HSALanguageModel(nn.Module):
     """A causal language model of backbone and retrieval layers sharing chunk memories.
 
-    Build it with :meth:`from_spec` (or :meth:`from_pretrained`); ``spec`` must be canonical
-    (:func:`hsa_core.layout.resolve`).
+    Build it with :meth:`from_spec` (or :meth:`from_pretrained`); ``spec`` is a layout, raw or
+    canonical (it is resolved again: :func:`hsa_core.layout.resolve` is idempotent).
 
     Attributes:
         spec: the canonical spec it was built from (saved with the weights).
@@ -187,9 +187,12 @@ class HSALanguageModel(nn.Module):
     """
 
     def __init__(self, spec: Mapping[str, Any], *, host: PluginHost | None = None) -> None:
+        from .layout import resolve
+
         super().__init__()
         host = host or get_host()
-        self.spec: dict[str, Any] = dict(spec)
+        spec = resolve(spec, host=host)  # idempotent: a raw layout works too
+        self.spec: dict[str, Any] = spec
         m = spec["model"]
         d, eps = m["d_model"], m["norm_eps"]
         self.d_model, self.vocab_size = d, m["vocab_size"]
@@ -245,9 +248,6 @@ class HSALanguageModel(nn.Module):
 
         ``device="meta"`` builds without allocating (parameter counts of large models).
         """
-        from .layout import resolve
-
-        spec = resolve(spec, host=host)
         if device is not None:
             with torch.device(device):
                 model = cls(spec, host=host)
