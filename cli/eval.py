@@ -42,7 +42,7 @@ def eval_task(
 
     def show(cell) -> None:
         d = "random" if cell.depth is None else f"{cell.depth:.2f}"
-        console.print(f"  {format_length(cell.length):>6} depth {d}: {cell.accuracy * 100:5.1f}% "
+        console().print(f"  {format_length(cell.length):>6} depth {d}: {cell.accuracy * 100:5.1f}% "
                       f"({cell.samples} samples, {cell.seconds:.1f}s)")
 
     try:
@@ -53,5 +53,5 @@ def eval_task(
         if type(exc) not in (ValueError, FileNotFoundError):
             raise
         fail(str(exc), EXIT_USAGE)
-    console.print(rich_table(result))
-    console.print(f"wrote {jpath} and {ppath}")
+    console().print(rich_table(result))
+    console().print(f"wrote {jpath} and {ppath}")

@@ -83,7 +83,7 @@ def train(
             raise
         fail(str(exc), EXIT_USAGE)
     if result is not None:
-        console.print(f"trained {result.step} steps in {result.seconds:.1f}s, final loss {result.final_loss:.4f}; "
+        console().print(f"trained {result.step} steps in {result.seconds:.1f}s, final loss {result.final_loss:.4f}; "
                       f"model in {out / 'model'}, metrics in {out / 'metrics.jsonl'}")
         if result.eval:
-            console.print("eval exact match: " + ", ".join(f"{k} {v:.3f}" for k, v in result.eval.items()))
+            console().print("eval exact match: " + ", ".join(f"{k} {v:.3f}" for k, v in result.eval.items()))
