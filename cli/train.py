@@ -6,6 +6,7 @@ Multi-GPU: launch the same command under ``torchrun --nproc-per-node N -m hsa_cl
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -82,7 +83,7 @@ def train(
         if type(exc) is not ValueError:
             raise
         fail(str(exc), EXIT_USAGE)
-    if result is not None:
+    if result is not None and os.environ.get("RANK", "0") == "0":
         console().print(f"trained {result.step} steps in {result.seconds:.1f}s, final loss {result.final_loss:.4f}; "
                       f"model in {out / 'model'}, metrics in {out / 'metrics.jsonl'}")
         if result.eval:

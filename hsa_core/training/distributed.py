@@ -83,8 +83,9 @@ def wrap_model(module: nn.Module, env: DistEnv, *, fsdp: bool = False,
                find_unused_parameters: bool = False) -> nn.Module:
     """DDP (default) or FSDP2 around ``module`` when distributed; ``module`` itself otherwise.
 
-    FSDP2 shards every block of ``model.layers`` and the chunk memories, then the root (the
-    embedding/head stay with the root because they are tied).
+    FSDP2 shards every block of ``model.layers``, then the root (the embedding and the tied head,
+    the norms and the chunk memories stay in the root's group: the memory returns views of its
+    inputs, which FSDP2 warns about for sharded submodules).
     """
     if not env.distributed:
         return module
@@ -94,8 +95,6 @@ def wrap_model(module: nn.Module, env: DistEnv, *, fsdp: bool = False,
         model = getattr(module, "model", module)
         for block in getattr(model, "layers", []):
             fully_shard(block)
-        for mem in getattr(model, "memories", {}).values():
-            fully_shard(mem)
         fully_shard(module)
         return module
     from torch.nn.parallel import DistributedDataParallel as DDP
