@@ -171,6 +171,16 @@ def bench_shape(T, B, published, nsa, args):
     big = T >= 131072
     qg, kg, vg, wg = (x.detach().clone().requires_grad_() for x in (q, k, v, w))
     rows.append(time_attention("ours", ours, (qg, kg, vg, idx, wg), (qg, kg, vg, wg), B, T, do))
+    import hsa_kernels.hsa_attention.function as fn
+
+    other = "chunk" if fn.CONFIG["fwd_mode"] == "query" else "query"
+    saved = fn.CONFIG["fwd_mode"]
+    fn.CONFIG["fwd_mode"] = other
+    try:
+        rows.append(time_attention(f"ours ({other}-outer fwd)", ours, (qg, kg, vg, idx, wg), (qg, kg, vg, wg), B,
+                                   T, do))
+    finally:
+        fn.CONFIG["fwd_mode"] = saved
     if published is not None:
         scale = D**-0.5
         idx_l = idx.long().contiguous()
@@ -349,9 +359,43 @@ def sweep(T=65536, B=1):
     return out
 
 
+def mini_sweep():
+    import hsa_kernels.hsa_attention.function as fn
+    import hsa_kernels.hsa_select.function as sf
+
+    res = {"fwd": [], "select": [], "index": None}
+    q, k, v, idx, w = make_inputs(65536, 1)
+    base = dict(fn.CONFIG)
+    with torch.no_grad():
+        res["index"] = safe("index", bench, lambda: fn.build_inverse_index(idx, 1024, base["bwd_kv_seg"]))
+        print(f"inverse index build (64K): {fmt(res['index'])}", flush=True)
+        for nw, ns in ((1, 3), (1, 4), (2, 4), (1, 2)):
+            fn.CONFIG.update(base, fwd_mode="query", fwd_warps=nw, fwd_stages=ns)
+            ms = safe("fwd", bench, lambda: ours(q, k, v, idx, w))
+            res["fwd"].append({"warps": nw, "stages": ns, "ms": ms})
+            print(f"fwd query-outer warps={nw} stages={ns}: {fmt(ms)}", flush=True)
+    fn.CONFIG.update(base)
+    qr = torch.randn(1, 131072, 1, DR, device="cuda", dtype=torch.bfloat16)
+    lm = torch.randn(1, 2048, 1, DR, device="cuda", dtype=torch.bfloat16)
+    sbase = dict(sf.CONFIG)
+    with torch.no_grad():
+        for bt, bc, bd, nw, ns in [(128, 128, 64, 8, 3), (64, 128, 64, 8, 3), (128, 128, 128, 8, 2),
+                                   (128, 128, 64, 8, 4), (64, 128, 128, 4, 3), (128, 256, 64, 8, 3)]:
+            sf.CONFIG.update(sbase, block_t=bt, block_c=bc, block_d=bd, warps=nw, stages=ns)
+            ms = safe("select", bench, lambda: sf.hsa_select_triton(qr, lm, topk=K, chunk_size=S))
+            res["select"].append({"block_t": bt, "block_c": bc, "block_d": bd, "warps": nw, "stages": ns, "ms": ms})
+            print(f"select 128K bt={bt} bc={bc} bd={bd} w={nw} s={ns}: {fmt(ms)}", flush=True)
+    sf.CONFIG.update(sbase)
+    return res
+
+
 # ------------------------------------------------------------------------------------------ report
 def fmt(x, nd=3):
     return "-" if x is None else f"{x:.{nd}f}"
+
+
+def other_name(sh) -> str:
+    return next((r["name"] for r in sh["attention"] if r["name"].startswith("ours (")), "-")
 
 
 def markdown(results) -> str:
@@ -359,9 +403,9 @@ def markdown(results) -> str:
              f"bf16, HQ={HQ} over H={H} KV head, D={D}, S={S}, top-{K}; selection precomputed (uniform over "
              f"visible chunks); median ms over CUDA events; command: `{results['command']}`", ""]
     lines += ["## Forward / forward+backward (ms)", "",
-              "| T (batch) | ours | published HSA | fla NSA selected | SDPA flash | SDPA cuDNN | ours vs published"
-              " | ours vs NSA |",
-              "|---|---|---|---|---|---|---|---|"]
+              f"| T (batch) | ours ({results['fwd_mode']}-outer fwd) | ours, other fwd schedule | published HSA |"
+              " fla NSA selected | SDPA flash | SDPA cuDNN | ours vs published | ours vs NSA |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for sh in results["shapes"]:
         by = {r["name"]: r for r in sh["attention"]}
 
@@ -374,7 +418,7 @@ def markdown(results) -> str:
             return f"{b / a:.2f}x" if a and b else "-"
 
         lines.append(
-            f"| {sh['T'] // 1024}K ({sh['B']}) | {cell('ours')} | {cell('published HSA')} | "
+            f"| {sh['T'] // 1024}K ({sh['B']}) | {cell('ours')} | {cell(other_name(sh))} | {cell('published HSA')} | "
             f"{cell('fla NSA selected')} | {cell('SDPA flash')} | {cell('SDPA cuDNN')} | "
             f"{ratio('published HSA', 'fwd_ms')} / {ratio('published HSA', 'fwdbwd_ms')} | "
             f"{ratio('fla NSA selected', 'fwd_ms')} / {ratio('fla NSA selected', 'fwdbwd_ms')} |")
@@ -447,6 +491,7 @@ def main(argv=None) -> int:
     p.add_argument("--published", default="third_party/hsa_pub/hsa_triton.py")
     p.add_argument("--shapes", default=",".join(f"{t}x{b}" for t, b in SHAPES), help="TxB,TxB,...")
     p.add_argument("--sweep", action="store_true", help="only sweep launch settings (T=64K)")
+    p.add_argument("--mini-sweep", action="store_true", help="after the table: a few extra settings")
     p.add_argument("--no-correctness", action="store_true")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -463,7 +508,8 @@ def main(argv=None) -> int:
     results = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                "command": " ".join(["python", *sys.argv]), "torch": torch.__version__,
                "triton": __import__("triton").__version__, "python": platform.python_version(),
-               "published_kernel": bool(published), "fla_nsa": bool(nsa), "shapes": []}
+               "published_kernel": bool(published), "fla_nsa": bool(nsa), "shapes": [],
+               "fwd_mode": __import__("hsa_kernels.hsa_attention.function", fromlist=["CONFIG"]).CONFIG["fwd_mode"]}
     if not args.no_correctness:
         results["correctness"] = safe("correctness", correctness)
         print(json.dumps(results["correctness"], indent=1), flush=True)
@@ -479,6 +525,9 @@ def main(argv=None) -> int:
         torch.cuda.empty_cache()
         (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "results.md").write_text(markdown(results))
+    if args.mini_sweep:
+        results["mini_sweep"] = mini_sweep()
+        (out / "results.json").write_text(json.dumps(results, indent=1))
     safe("plot", plot, results, out / "results.png")
     print(markdown(results))
     return 0

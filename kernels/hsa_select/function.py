@@ -19,7 +19,8 @@ from hsa_core.ops.reference import fusion_weights, hsa_select_torch
 
 from .kernels import _hsa_select_kernel
 
-CONFIG = {"block_t": 64, "block_c": 64, "block_d": 64, "warps": 4, "stages": 2, "merge": 1}
+# Measured on the H200 at T=128K, d_r=1024 (bench/results/h200/sweep1.log): 128x128 tiles, 8 warps, 3 stages.
+CONFIG = {"block_t": 128, "block_c": 128, "block_d": 64, "warps": 8, "stages": 3, "merge": 1}
 
 # Tokens per block of the gather-based backward (bounds its (Tb, K, dr) temporaries).
 _BWD_TOKENS = 8192
