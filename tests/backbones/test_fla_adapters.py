@@ -29,8 +29,10 @@ from hsa_core.testing import check_mixer, check_segments
 
 # The adapters import fla lazily, so the imports above work without it; the tests need it.
 pytest.importorskip("fla", reason="fla is not installed (pip install 'hsa-toolkit[fla]')")
-# fla warns about running without a GPU, fp32 chunked kernels and RWKV's reference status.
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::RuntimeWarning")
+# fla warns about running without a GPU, fp32 chunked kernels and RWKV's reference status; numpy about
+# the interpreter converting 1-element arrays (our loop-variable tensors) to ints.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::UserWarning", "ignore::RuntimeWarning", "ignore::DeprecationWarning")
 
 
 def rwkv7_live(d_model: int, **options: Any) -> fla_adapters.RWKV7:
