@@ -3,7 +3,7 @@
 #
 # Order matters (docs: README "Install"):
 #   1. torch==2.13.0 first: pip then takes the CPU wheel; letting a dependency pull a bare `torch`
-#      can fetch a multi-GB CUDA build instead.
+#      can fetch a multi-GB CUDA build instead. triton==3.6.0 with it (the tested version).
 #   2. hsa-toolkit itself, editable, with the dev and fla extras (fla = GLA/RWKV backbones).
 #   3. mamba-ssm from its sdist with the flags that make it install on a machine without CUDA:
 #      no build isolation (its setup.py imports torch), no CUDA build, and no deps (its deps are
@@ -38,10 +38,12 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 
-echo "setup-env: 1/4 torch (CPU wheel when no CUDA build is asked for)"
-# Skip when a torch that satisfies the project's range is already there (e.g. a CUDA build on a GPU box).
+echo "setup-env: 1/4 torch 2.13.0 (CPU wheel when no CUDA build is asked for) and triton 3.6.0"
+# Skip when torch is already there (e.g. a CUDA build on a GPU box). Triton is pinned to the version
+# the tests were validated with (the GPU machine's): `triton>=3.2` alone resolves to the newest
+# release, whose CPU interpreter rejects masks that 3.6 accepts.
 if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
-    pip_install "torch==2.13.0"
+    pip_install "torch==2.13.0" "triton==3.6.0"
 fi
 
 echo "setup-env: 2/4 hsa-toolkit (editable, extras dev + fla)"
