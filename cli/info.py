@@ -26,7 +26,6 @@ DISTRIBUTIONS = {
     "transformers": "transformers",
     "einops": "einops",
 }
-OPS = ("hsa_select", "hsa_attention")
 
 
 def _version(dist: str) -> str | None:
@@ -41,11 +40,13 @@ def collect() -> dict[str, Any]:
     import torch
 
     from hsa_core.ops import backend_for
+    from hsa_core.ops.dispatch import TRITON_ENTRY_POINTS
 
     cuda = torch.cuda.is_available()
     devices = ["cpu"] + (["cuda"] if cuda else [])
     backends: dict[str, dict[str, str]] = {}
-    for op in OPS:
+    # Every op with a dispatch point (hsa_select, hsa_attention, hsa_decode, ... as kernels land).
+    for op in sorted(TRITON_ENTRY_POINTS):
         backends[op] = {}
         for device in devices:
             try:
@@ -86,10 +87,11 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print JSON instead 
         if value is not None:
             table.add_row(key, value)
     console().print(table)
-    ops = Table(title="HSA op backends (HSA_BACKEND=auto|torch|triton forces one)", title_justify="left")
+    ops = Table(title="HSA op backends", title_justify="left")
     ops.add_column("op")
     for device in next(iter(data["backends"].values())):
         ops.add_column(device)
     for op, per_device in data["backends"].items():
         ops.add_row(op, *per_device.values())
     console().print(ops)
+    console().print("(HSA_BACKEND=auto|torch|triton forces a backend; auto = Triton on CUDA, PyTorch elsewhere)")

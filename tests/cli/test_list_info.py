@@ -40,7 +40,7 @@ def test_info_reports_versions_and_backends(runner: CliRunner) -> None:
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["versions"]["torch"]
-    assert set(data["backends"]) == {"hsa_select", "hsa_attention"}
+    assert {"hsa_select", "hsa_attention"} <= set(data["backends"])
     assert data["backends"]["hsa_select"]["cpu"] in ("torch", "triton")
     table = runner.invoke(app, ["info"], env={"COLUMNS": "200"})
     assert table.exit_code == 0 and "hsa_attention" in table.stdout and "torch" in table.stdout
