@@ -1,0 +1,72 @@
+"""The built-in backbones on CUDA: the Mixer contract on the GPU paths, and mamba-ssm's kernels
+(when importable) against our PyTorch scan. Skipped without CUDA."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hsa_backbones._ssm import fast_kernels, ssd_scan
+from hsa_backbones.attention import build_attention, build_swa
+from hsa_backbones.mamba import build_mamba
+from hsa_backbones.mamba2 import build_mamba2
+
+from hsa_core.testing import check_mixer
+
+pytestmark = pytest.mark.gpu
+
+CASES: list[tuple[Any, dict[str, Any]]] = [
+    (build_mamba, {"d_state": 8}),
+    (build_mamba2, {"d_state": 16, "headdim": 16, "chunk_size": 8}),
+    (build_mamba2, {"d_state": 16, "headdim": 16, "ngroups": 2, "chunk_size": 16}),
+    (build_attention, {"num_heads": 4, "num_kv_heads": 2}),
+    (build_swa, {"num_heads": 4, "window": 7, "qk_norm": True}),
+]
+IDS = ["mamba", "mamba2", "mamba2-groups", "attention-gqa", "swa"]
+
+
+@pytest.mark.parametrize(("factory", "options"), CASES, ids=IDS)
+def test_contract_on_cuda(factory: Any, options: dict[str, Any]) -> None:
+    # fp32 on the GPU: TF32 matmuls would need looser tolerances than the contract's defaults.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    check_mixer(factory, d_model=64, options=options, seq_len=37, device="cuda", atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["gla", "rwkv6", "rwkv7"])
+def test_fla_contract_on_cuda(name: str) -> None:
+    if importlib.util.find_spec("fla") is None:
+        pytest.skip("fla is not installed")
+    from hsa_backbones import fla_adapters
+
+    def factory(d_model: int, **options: Any) -> Any:
+        m = getattr(fla_adapters, f"build_{name}")(d_model, **options)
+        torch.nn.init.normal_(m.attn.o_proj.weight, std=0.05)  # RWKV7 starts at zero
+        return m
+
+    options = {"head_dim": 32} if name == "rwkv7" else {"num_heads": 2}
+    check_mixer(factory, d_model=64, options=options, seq_len=20, device="cuda", atol=2e-3, rtol=1e-2)
+
+
+def test_mamba_ssm_chunk_scan_matches_the_torch_scan() -> None:
+    kernels = fast_kernels()
+    if kernels is None or kernels.chunk_scan is None:
+        pytest.skip("mamba-ssm's Triton kernels are not importable")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    b, t, h, p, n, groups = 2, 300, 4, 32, 16, 2
+    x = torch.randn(b, t, h, p, device="cuda", generator=g)
+    dt = torch.randn(b, t, h, device="cuda", generator=g)
+    dt_bias = torch.randn(h, device="cuda", generator=g)
+    A = -torch.rand(h, device="cuda", generator=g) * 4
+    B = torch.randn(b, t, groups, n, device="cuda", generator=g)
+    C = torch.randn(b, t, groups, n, device="cuda", generator=g)
+    h0 = torch.randn(b, h, p, n, device="cuda", generator=g)
+    y, final = kernels.chunk_scan(x, dt, A, B, C, chunk_size=64, dt_bias=dt_bias, dt_softplus=True,
+                                  initial_states=h0, return_final_states=True)
+    y_ref, final_ref = ssd_scan(x.double(), F.softplus(dt + dt_bias).double(), A.double(), B.double(), C.double(),
+                                chunk_size=64, initial_state=h0.double())
+    torch.testing.assert_close(y.double(), y_ref, atol=2e-3, rtol=1e-3)
+    torch.testing.assert_close(final.double(), final_ref, atol=2e-3, rtol=1e-3)
