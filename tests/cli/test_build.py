@@ -109,3 +109,15 @@ def test_demo_default_is_the_cpu_ramba(runner: CliRunner) -> None:
     assert result.exit_code == 0, result.output
     assert "ramba-cpu" in result.stdout and "mamba2" in result.stdout
     assert "incremental decoding matches the full forward pass" in result.stdout
+
+
+def test_real_backbone_without_fla_exits_3(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Simulate a machine without fla: importing fla.layers fails, `hsa build gla-hsa` names the extra."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "fla.layers", None)  # `import fla.layers` now raises ImportError
+    result = runner.invoke(app, ["build", "gla-hsa", "--set", "layers=G*24 | (H G)*3", "--set", "model.d_model=64",
+                                 "--set", "retrieval.mid_sel.retrieval_dim=64"])
+    assert result.exit_code == 3, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pip install 'hsa-toolkit[fla]'" in lines[0], result.stderr
