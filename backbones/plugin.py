@@ -6,7 +6,9 @@ mixer is built or run, so ``hsa list`` and ``hsa validate`` work without them.
 
 ``requires`` lists what a kind cannot run without (``hsa list`` reports it): only the fla kinds have
 one. Mamba and Mamba2 run everywhere through their PyTorch paths; their ``extra`` (``mamba``) brings
-mamba-ssm's CUDA/Triton kernels, used automatically on CUDA tensors when importable.
+mamba-ssm's CUDA/Triton kernels, used automatically on CUDA tensors when importable. The fla kinds
+run on CPU only under Triton's interpreter (set up automatically; slow, fine for tests). Descriptions
+stay short: ``hsa list`` prints them in a table.
 """
 
 from __future__ import annotations
@@ -26,19 +28,16 @@ from .mamba2 import MAMBA2_DEFAULTS, build_mamba2
 def hsa_register_backbones(register: Callable[..., Any]) -> None:
     """Register ``mamba``, ``mamba2``, ``gla``, ``rwkv6``, ``rwkv7``, ``swa`` and ``attention``."""
     register("mamba", build_mamba, extra="mamba", defaults=dict(MAMBA_DEFAULTS),
-             description="Mamba (selective SSM), mamba-ssm compatible; CUDA kernels from mamba-ssm "
-                         "when installed, PyTorch scan otherwise")
+             description="Mamba selective SSM (mamba-ssm compatible)")
     register("mamba2", build_mamba2, extra="mamba", defaults=dict(MAMBA2_DEFAULTS),
-             description="Mamba2 (SSD), mamba-ssm compatible; Triton kernels from mamba-ssm on CUDA "
-                         "when installed, chunked PyTorch scan otherwise")
+             description="Mamba2 / SSD (mamba-ssm compatible)")
     register("gla", build_gla, requires=("fla",), extra="fla", defaults=dict(GLA_DEFAULTS),
-             description="Gated linear attention (fla); CPU only under Triton's interpreter")
+             description="Gated linear attention (fla)")
     register("rwkv6", build_rwkv6, requires=("fla",), extra="fla", defaults=dict(RWKV6_DEFAULTS),
-             description="RWKV6 time mixing (fla); CPU only under Triton's interpreter")
+             description="RWKV6 time mixing (fla)")
     register("rwkv7", build_rwkv7, requires=("fla",), extra="fla", defaults=dict(RWKV7_DEFAULTS),
-             description="RWKV7 time mixing (fla), each layer its own v_first; CPU only under "
-                         "Triton's interpreter")
+             description="RWKV7 time mixing (fla), own v_first")
     register("swa", build_swa, defaults=dict(SWA_DEFAULTS),
-             description="Sliding-window causal attention (SDPA, RoPE, GQA); KV cache of window-1 tokens")
+             description="Sliding-window attention (SDPA, RoPE)")
     register("attention", build_attention, defaults=dict(ATTENTION_DEFAULTS),
-             description="Full causal attention (SDPA, RoPE, GQA); KV cache grows with the context")
+             description="Full causal attention (SDPA, RoPE)")
