@@ -70,3 +70,17 @@ def test_mamba_ssm_chunk_scan_matches_the_torch_scan() -> None:
                                 chunk_size=64, initial_state=h0.double())
     torch.testing.assert_close(y.double(), y_ref, atol=2e-3, rtol=1e-3)
     torch.testing.assert_close(final.double(), final_ref, atol=2e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("factory", [build_mamba, build_mamba2], ids=["mamba", "mamba2"])
+def test_bf16_segments_and_backward_on_cuda(factory: Any) -> None:
+    """bf16 weights and inputs with an fp32 carried state, through whichever CUDA path is available."""
+    m = factory(64, d_state=16, **({"headdim": 16} if factory is build_mamba2 else {})).cuda().bfloat16()
+    x = torch.randn(2, 50, 64, device="cuda", dtype=torch.bfloat16)
+    y_full, _ = m(x)
+    y1, state = m(x[:, :20], return_state=True)
+    assert state is not None and state["ssm"].dtype == torch.float32
+    y2, _ = m(x[:, 20:], state)
+    torch.testing.assert_close(torch.cat([y1, y2], dim=1).float(), y_full.float(), atol=3e-2, rtol=3e-2)
+    (y1.float().sum() + y2.float().sum()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
