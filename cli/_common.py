@@ -29,6 +29,7 @@ def console() -> Console:
     """
     return Console(highlight=False)
 
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -130,6 +131,24 @@ def load_spec_from(spec: str, overrides: list[str] | None) -> tuple[Path, dict[s
         if exc.source:
             raise
         raise exc.with_source(str(path)) from None
+
+
+def build_model(canonical: dict[str, Any], *, device: str, source: Path) -> Any:
+    """``HSALanguageModel.from_spec`` with constructor errors reported as spec errors (exit 1).
+
+    The layout checks types, names and wiring; a backbone's own constraints between its options
+    (e.g. mamba2's ``expand * d_model`` must be a multiple of ``headdim``) are only checked by its
+    constructor, as ``ValueError``/``TypeError``. Those are still mistakes in the spec, so they get
+    the one-line treatment instead of a traceback.
+    """
+    from hsa_core.model import HSALanguageModel
+
+    try:
+        return HSALanguageModel.from_spec(canonical, device=device)
+    except (ValueError, TypeError) as exc:
+        if isinstance(exc, (SpecError, MissingDependencyError)):
+            raise
+        raise SpecError("", f"building the model failed: {type(exc).__name__}: {exc}", str(source)) from exc
 
 
 # Options shared by several commands (typer reads these defaults as option declarations).

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from ._common import PLUGIN_OPTION, SET_OPTION, console, guarded, load_plugins, load_spec_from
+from ._common import PLUGIN_OPTION, SET_OPTION, build_model, console, guarded, load_plugins, load_spec_from
 from ._summary import print_summary
 
 
@@ -52,7 +52,6 @@ def build(
     plugin: list[Path] | None = PLUGIN_OPTION,
 ) -> None:
     """Validate a layout, build the model, print its layers, parameters and memory at a context length."""
-    from hsa_core.model import HSALanguageModel
     from hsa_core.summary import describe
 
     load_plugins(plugin)
@@ -61,7 +60,7 @@ def build(
         # Checked before building: a 370M build should not be wasted on a refusal to write.
         raise typer.BadParameter(f"'{out}' exists; use --force to replace it", param_hint="--out")
     path, canonical = load_spec_from(spec, set_)
-    model = HSALanguageModel.from_spec(canonical, device=target)
+    model = build_model(canonical, device=target, source=path)
     summary = describe(model, context_len=context_len)
     if out is not None:
         model.save_pretrained(out, overwrite=force)

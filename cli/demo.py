@@ -14,7 +14,17 @@ from typing import Any
 
 import typer
 
-from ._common import EXIT_CHECK_FAILED, PLUGIN_OPTION, SET_OPTION, console, fail, guarded, load_plugins, load_spec_from
+from ._common import (
+    EXIT_CHECK_FAILED,
+    PLUGIN_OPTION,
+    SET_OPTION,
+    build_model,
+    console,
+    fail,
+    guarded,
+    load_plugins,
+    load_spec_from,
+)
 from ._summary import print_summary
 
 DEFAULT_SPEC = "ramba-cpu"
@@ -42,7 +52,6 @@ def demo(
     """Build a CPU-sized model, run forward + generation on CPU, and check decoding equals full forward."""
     import torch
 
-    from hsa_core.model import HSALanguageModel
     from hsa_core.summary import describe
 
     load_plugins(plugin)
@@ -50,7 +59,7 @@ def demo(
     length = seq_len or _default_seq_len(canonical)
     torch.manual_seed(seed)
     start = time.perf_counter()
-    model = HSALanguageModel.from_spec(canonical, device="cpu").eval()
+    model = build_model(canonical, device="cpu", source=path).eval()
     console().print(f"built {canonical['name']} from {path} in {time.perf_counter() - start:.1f}s")
     print_summary(describe(model, context_len=length + new_tokens),
                   title=f"{canonical['name']} on cpu, context {length + new_tokens}")

@@ -89,6 +89,16 @@ def test_missing_optional_dependency_exits_3_naming_the_extra(
     assert "hsa-toolkit[imaginary]" in lines[0] and "Traceback" not in result.output
 
 
+def test_constructor_error_is_one_line_exit_1(runner: CliRunner, write_layout: Callable[..., Path]) -> None:
+    """Options the layout accepts by type but the backbone rejects (ValueError in its constructor)."""
+    layout = write_layout(lambda doc: doc["defaults"]["toy_ema"].update(decay=1.5))
+    result = _build(runner, str(layout))
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {layout}: building the model failed: ValueError")
+    assert "decay must be in [0, 1)" in lines[0] and "Traceback" not in result.output
+
+
 def test_demo_runs_and_checks_decoding(runner: CliRunner, write_layout: Callable[..., Path]) -> None:
     result = runner.invoke(app, ["demo", str(write_layout()), "--plugin", str(TOY_PLUGIN), "--new-tokens", "4"])
     assert result.exit_code == 0, result.output

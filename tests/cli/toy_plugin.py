@@ -23,6 +23,8 @@ class ToyEMA(Mixer):
 
     def __init__(self, d_model: int, *, decay: float = 0.9) -> None:
         super().__init__()
+        if not 0.0 <= decay < 1.0:  # a constraint only the constructor knows (like mamba2's headdim)
+            raise ValueError(f"decay must be in [0, 1), got {decay}")
         self.d_model, self.decay = d_model, decay
         self.w_in = nn.Linear(d_model, d_model, bias=False)
         self.w_out = nn.Linear(d_model, d_model, bias=False)
