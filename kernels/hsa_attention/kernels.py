@@ -131,11 +131,10 @@ def _hsa_bwd_q_kernel(
         if BLOCK_S != S:
             s = tl.where(smask[None, :], s, float("-inf"))
         p = tl.exp2(s - lse[:, None])  # normalised probabilities of chunk j; 0 on empty slots
-        o = tl.dot(p.to(vt.dtype), vt, input_precision=PREC)  # O_j, recomputed (never stored)
-        rowdot = tl.sum(o * do.to(tl.float32), 1)  # (BLOCK_G,) = rowsum(dO * O_j)
+        dp = tl.dot(do, tl.trans(vt), input_precision=PREC)
+        rowdot = tl.sum(p * dp, 1)  # (BLOCK_G,) = rowsum(dO * O_j), without recomputing O_j
         tl.store(DW + slot + j, tl.where(valid, tl.sum(rowdot, 0), 0.0))
         tl.store(DELTA + (slot + j) * G + offs_g, w * rowdot, mask=gmask)
-        dp = tl.dot(do, tl.trans(vt), input_precision=PREC)
         ds = p * (dp - rowdot[:, None]) * w
         dq += tl.dot(ds.to(kt.dtype), kt, input_precision=PREC)
     dq_ptrs = DQ + b * stride_dqb + t * stride_dqt + heads * stride_dqh + offs_d[None, :]
@@ -259,9 +258,10 @@ def _hsa_bwd_fused_kernel(
     """The whole backward, chunk-outer, for one segment of one chunk's inverse list.
 
     Each (token, slot) pair is visited by exactly one program, so everything that belongs to the pair is
-    written without atomics: O_j is recomputed (P V), dW_j = sum(dO * O_j), delta = w_j rowsum(dO * O_j),
-    and the pair's dQ contribution dS K goes to a per-pair buffer DQP (B,T,H,K,G,D) that a reduce kernel
-    sums over slots in order. dK/dV accumulate in registers (partial per segment, as in the split path).
+    written without atomics: dW_j = sum(dO * O_j) and delta = w_j rowsum(dO * O_j), where
+    rowsum(dO * O_j) = rowsum(P * dP) needs no O_j; the pair's dQ contribution dS K goes to a per-pair
+    buffer DQP (B,T,H,K,G,D) that a reduce kernel sums over slots in order. dK/dV accumulate in
+    registers (partial per segment, as in the split path).
     Compared with the query-side pass this avoids re-reading each chosen chunk's K/V tile per pair.
     """
     sid = tl.program_id(0).to(tl.int64)
@@ -310,15 +310,16 @@ def _hsa_bwd_fused_kernel(
         if BLOCK_S != S:
             s = tl.where(smask[None, :], s, float("-inf"))
         p = tl.exp2(s - lse[:, None])  # padded rows: lse = inf -> p = 0
-        o = tl.dot(p.to(vt.dtype), vt, input_precision=PREC)  # O_j of each row
-        rowdot = tl.sum(o * dor.to(tl.float32), 1)  # (R,)
+        dp = tl.dot(dor, tl.trans(vt), input_precision=PREC)
+        # rowsum(dO * O_j) = rowsum(P * (dO V^T)): no need to recompute O_j = P V (one dot fewer, and
+        # fewer live registers: the 4-warp version of this kernel spilled with the extra tile).
+        rowdot = tl.sum(p * dp, 1)  # (R,)
         # dW_j: sum of rowdot over the G heads of the pair
         dwp = tl.sum(tl.reshape(rowdot, [BLOCK_P, BLOCK_G]), 1)
         ppos = p0 + offs_p
         pp = tl.load(ORDER + ppos, mask=ppos < end, other=0).to(tl.int64)
         tl.store(DW + pp, dwp, mask=ppos < end)
         dv += tl.dot(tl.trans((p * w[:, None]).to(vt.dtype)), dor, input_precision=PREC)
-        dp = tl.dot(dor, tl.trans(vt), input_precision=PREC)
         ds = p * (dp - rowdot[:, None]) * w[:, None]
         dsc = ds.to(qr.dtype)
         dk += tl.dot(tl.trans(dsc), qr, input_precision=PREC)

@@ -181,3 +181,15 @@ def test_attention_gpu_schedules(fwd_mode, bwd_mode, HQ, monkeypatch):
     monkeypatch.setitem(fn.CONFIG, "fwd_mode", fwd_mode)
     monkeypatch.setitem(fn.CONFIG, "bwd_mode", bwd_mode)
     test_attention_gpu_bf16_vs_torch_bf16(1, 4096, HQ, 1, 64, 64, 8, False, monkeypatch)
+
+
+@pytest.mark.gpu
+def test_dispatch_uses_kernels_on_cuda(monkeypatch):
+    from hsa_core import ops
+
+    monkeypatch.delenv("HSA_BACKEND", raising=False)
+    for op in ("hsa_attention", "hsa_select", "hsa_decode"):
+        assert ops.backend_for(op, "cuda") == "triton", op
+    q, k, v, idx, w = _inputs(1, 1024, 16, 1, 64, 64, 8, torch.bfloat16, device="cuda")
+    o = ops.hsa_attention(q, k, v, idx, w, chunk_size=64)
+    assert rel_err(o, hsa_attention_naive(q.float(), k.float(), v.float(), idx, w, chunk_size=64)) < 1e-2
