@@ -173,14 +173,15 @@ def bench_shape(T, B, published, nsa, args):
     rows.append(time_attention("ours", ours, (qg, kg, vg, idx, wg), (qg, kg, vg, wg), B, T, do))
     import hsa_kernels.hsa_attention.function as fn
 
-    other = "chunk" if fn.CONFIG["fwd_mode"] == "query" else "query"
-    saved = fn.CONFIG["fwd_mode"]
-    fn.CONFIG["fwd_mode"] = other
-    try:
-        rows.append(time_attention(f"ours ({other}-outer fwd)", ours, (qg, kg, vg, idx, wg), (qg, kg, vg, wg), B,
-                                   T, do))
-    finally:
-        fn.CONFIG["fwd_mode"] = saved
+    base = dict(fn.CONFIG)
+    variants = [("chunk-outer fwd", {"fwd_mode": "chunk" if base["fwd_mode"] == "query" else "query"}),
+                ("TMA fwd", {"fwd_mode": "query", "use_tma": not base["use_tma"]})]
+    for label, change in variants:
+        fn.CONFIG.update(change)
+        try:
+            rows.append(time_attention(f"ours ({label})", ours, (qg, kg, vg, idx, wg), (qg, kg, vg, wg), B, T, do))
+        finally:
+            fn.CONFIG.update(base)
     if published is not None:
         scale = D**-0.5
         idx_l = idx.long().contiguous()
@@ -369,18 +370,41 @@ def mini_sweep():
     with torch.no_grad():
         res["index"] = safe("index", bench, lambda: fn.build_inverse_index(idx, 1024, base["bwd_kv_seg"]))
         print(f"inverse index build (64K): {fmt(res['index'])}", flush=True)
-        for nw, ns in ((1, 3), (1, 4), (2, 4), (1, 2)):
-            fn.CONFIG.update(base, fwd_mode="query", fwd_warps=nw, fwd_stages=ns)
+        # host-side cost: launching without waiting (what the GPU cannot hide when it idles)
+        for label, f in (("index", lambda: fn.build_inverse_index(idx, 1024, base["bwd_kv_seg"])),
+                         ("fwd", lambda: ours(q, k, v, idx, w))):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(20):
+                f()
+            host = (time.perf_counter() - t0) / 20 * 1e3
+            torch.cuda.synchronize()
+            res[f"host_ms_{label}"] = host
+            print(f"host launch time per call, {label}: {host:.3f} ms", flush=True)
+        for tma, nw, ns in ((False, 1, 3), (True, 1, 3), (True, 1, 2), (True, 2, 3), (True, 4, 3), (True, 1, 4)):
+            fn.CONFIG.update(base, fwd_mode="query", use_tma=tma, fwd_warps=nw, fwd_stages=ns)
             ms = safe("fwd", bench, lambda: ours(q, k, v, idx, w))
-            res["fwd"].append({"warps": nw, "stages": ns, "ms": ms})
-            print(f"fwd query-outer warps={nw} stages={ns}: {fmt(ms)}", flush=True)
+            res["fwd"].append({"tma": tma, "warps": nw, "stages": ns, "ms": ms})
+            print(f"fwd query-outer tma={tma} warps={nw} stages={ns}: {fmt(ms)}", flush=True)
+        fn.CONFIG.update(base)
+        do = torch.randn_like(q)
+        _, lse = fn.hsa_attention_fwd(q, k, v, idx, w, S, D**-0.5, False)
+        res["bwd"] = []
+        for rows, nw, ns, seg in ((64, 4, 2, 1024), (64, 4, 1, 1024), (64, 4, 2, 512), (32, 4, 2, 1024),
+                                  (128, 8, 2, 1024)):
+            fn.CONFIG.update(base, bwd_kv_rows=rows, bwd_kv_warps=nw, bwd_kv_stages=ns, bwd_kv_seg=seg)
+            inv = fn.build_inverse_index(idx, 1024, seg)
+            ms = safe("bwd", bench, lambda inv=inv: fn.hsa_attention_bwd(do, q, k, v, idx, w, lse, S, D**-0.5,
+                                                                          inv=inv))
+            res["bwd"].append({"rows": rows, "warps": nw, "stages": ns, "seg": seg, "ms_without_index": ms})
+            print(f"bwd fused rows={rows} warps={nw} stages={ns} seg={seg}: {fmt(ms)} (without index)", flush=True)
     fn.CONFIG.update(base)
     qr = torch.randn(1, 131072, 1, DR, device="cuda", dtype=torch.bfloat16)
     lm = torch.randn(1, 2048, 1, DR, device="cuda", dtype=torch.bfloat16)
     sbase = dict(sf.CONFIG)
     with torch.no_grad():
-        for bt, bc, bd, nw, ns in [(128, 128, 64, 8, 3), (64, 128, 64, 8, 3), (128, 128, 128, 8, 2),
-                                   (128, 128, 64, 8, 4), (64, 128, 128, 4, 3), (128, 256, 64, 8, 3)]:
+        for bt, bc, bd, nw, ns in [(128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (64, 128, 64, 8, 4),
+                                   (128, 128, 32, 8, 4), (128, 128, 64, 4, 4)]:
             sf.CONFIG.update(sbase, block_t=bt, block_c=bc, block_d=bd, warps=nw, stages=ns)
             ms = safe("select", bench, lambda: sf.hsa_select_triton(qr, lm, topk=K, chunk_size=S))
             res["select"].append({"block_t": bt, "block_c": bc, "block_d": bd, "warps": nw, "stages": ns, "ms": ms})
@@ -394,8 +418,9 @@ def fmt(x, nd=3):
     return "-" if x is None else f"{x:.{nd}f}"
 
 
-def other_name(sh) -> str:
-    return next((r["name"] for r in sh["attention"] if r["name"].startswith("ours (")), "-")
+def variant_names(results) -> list[str]:
+    sh = results["shapes"][0] if results["shapes"] else {"attention": []}
+    return [r["name"] for r in sh["attention"] if r["name"].startswith("ours (")]
 
 
 def markdown(results) -> str:
@@ -403,9 +428,10 @@ def markdown(results) -> str:
              f"bf16, HQ={HQ} over H={H} KV head, D={D}, S={S}, top-{K}; selection precomputed (uniform over "
              f"visible chunks); median ms over CUDA events; command: `{results['command']}`", ""]
     lines += ["## Forward / forward+backward (ms)", "",
-              f"| T (batch) | ours ({results['fwd_mode']}-outer fwd) | ours, other fwd schedule | published HSA |"
+              f"| T (batch) | ours (default: {results['fwd_mode']}-outer fwd) | "
+              + " | ".join(variant_names(results)) + " | published HSA |"
               " fla NSA selected | SDPA flash | SDPA cuDNN | ours vs published | ours vs NSA |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|" + "---|" * len(variant_names(results)) + "---|---|---|---|---|---|"]
     for sh in results["shapes"]:
         by = {r["name"]: r for r in sh["attention"]}
 
@@ -418,7 +444,8 @@ def markdown(results) -> str:
             return f"{b / a:.2f}x" if a and b else "-"
 
         lines.append(
-            f"| {sh['T'] // 1024}K ({sh['B']}) | {cell('ours')} | {cell(other_name(sh))} | {cell('published HSA')} | "
+            f"| {sh['T'] // 1024}K ({sh['B']}) | {cell('ours')} | "
+            + "".join(f"{cell(n)} | " for n in variant_names(results)) + f"{cell('published HSA')} | "
             f"{cell('fla NSA selected')} | {cell('SDPA flash')} | {cell('SDPA cuDNN')} | "
             f"{ratio('published HSA', 'fwd_ms')} / {ratio('published HSA', 'fwdbwd_ms')} | "
             f"{ratio('fla NSA selected', 'fwd_ms')} / {ratio('fla NSA selected', 'fwdbwd_ms')} |")

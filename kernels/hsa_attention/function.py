@@ -18,6 +18,7 @@ from .kernels import (
     _hsa_bwd_q_kernel,
     _hsa_fwd_chunk_kernel,
     _hsa_fwd_kernel,
+    _hsa_fwd_tma_kernel,
 )
 
 LOG2E = 1.4426950408889634
@@ -33,7 +34,8 @@ CONFIG = {
     # "query": query-outer forward (K/V tiles re-read per (token, slot) pair);
     # "chunk": chunk-outer forward over the inverse index (K/V read once per chunk segment, queries
     # gathered, per-pair outputs summed by a reduce kernel); the index is then reused by the backward.
-    "fwd_mode": "query", "fwd_rows": 64, "fwd_chunk_warps": 4, "fwd_chunk_stages": 2,
+    # use_tma: query-outer forward loads K/V tiles through TMA descriptors (Hopper+; D a power of two)
+    "fwd_mode": "query", "use_tma": False, "fwd_rows": 64, "fwd_chunk_warps": 4, "fwd_chunk_stages": 2,
     # dtype of the per-pair buffers (forward outputs, dQ contributions): "input" (q's dtype) or "fp32"
     "pair_dtype": "input",
 }
@@ -106,6 +108,25 @@ def hsa_attention_fwd(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, weights:
         )
         return o, (lse if store_lse else None)
     grid = (T, B * H)
+    if CONFIG["use_tma"] and triton.next_power_of_2(D) == D and k.is_contiguous() and v.is_contiguous():
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        L = k.shape[1]
+        block = [triton.next_power_of_2(S), 1, D]
+        k_desc = TensorDescriptor.from_tensor(k.view(B * L, H, D), block_shape=block)
+        v_desc = TensorDescriptor.from_tensor(v.view(B * L, H, D), block_shape=block)
+        _hsa_fwd_tma_kernel[grid](
+            q, k_desc, v_desc, indices, weights, o, lse,
+            T, C, H, G, B * L, L,
+            q.stride(0), q.stride(1), q.stride(2),
+            o.stride(0), o.stride(1), o.stride(2),
+            scale * LOG2E,
+            S=S, D=D, TOPK=K, BLOCK_G=_block_g(G), BLOCK_S=triton.next_power_of_2(S),
+            BLOCK_D=D, SINK=sink, STORE_LSE=store_lse, PREC=_prec(q.dtype),
+            num_warps=_warps("fwd_warps", _block_g(G) * triton.next_power_of_2(max(S, D))),
+            num_stages=CONFIG["fwd_stages"],
+        )
+        return o, (lse if store_lse else None)
     _hsa_fwd_kernel[grid](
         q, k, v, indices, weights, o, lse,
         T, C, H, G,

@@ -423,3 +423,59 @@ def _hsa_fwd_chunk_kernel(
         tl.store(OP + (pair * G + r_head)[:, None] * D + offs_d[None, :], o.to(OP.dtype.element_ty), mask=rmask)
         if STORE_LSE:
             tl.store(LSE + pair * G + r_head, m + tl.log2(den), mask=rvalid)
+
+
+@triton.jit
+def _hsa_fwd_tma_kernel(
+    Q, k_desc, v_desc, IDX, W, OUT, LSE,
+    T, C, H, G, L_TOTAL, L,
+    stride_qb, stride_qt, stride_qh,
+    stride_ob, stride_ot, stride_oh,
+    qk_scale,
+    S: tl.constexpr, D: tl.constexpr, TOPK: tl.constexpr,
+    BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+    SINK: tl.constexpr, STORE_LSE: tl.constexpr, PREC: tl.constexpr,
+):
+    """Query-outer forward with K/V tiles fetched by the tensor-memory accelerator (TMA).
+
+    k_desc / v_desc describe k, v viewed as (B*L, H, D) with (BLOCK_S, 1, BLOCK_D) tiles. An empty slot
+    points its tile past the end (row B*L): TMA fills it with zeros without touching memory.
+    """
+    t = tl.program_id(0).to(tl.int64)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    offs_g = tl.arange(0, BLOCK_G)
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    gmask = offs_g < G
+    dmask = offs_d < D
+    smask = offs_s < S
+    q_ptrs = Q + b * stride_qb + t * stride_qt + (h * G + offs_g)[:, None] * stride_qh + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=gmask[:, None] & dmask[None, :], other=0.0)
+    slot = ((b * T + t) * H + h) * TOPK
+    acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
+    for j in range(TOPK):
+        cid = tl.load(IDX + slot + j)
+        valid = (cid >= 0) & (cid < C)
+        w = tl.load(W + slot + j).to(tl.float32)
+        w = tl.where(valid, w, 0.0)
+        row = tl.where(valid, b * L + cid * S, L_TOTAL).to(tl.int32)
+        kt = k_desc.load([row, h.to(tl.int32), 0]).reshape(BLOCK_S, BLOCK_D)
+        vt = v_desc.load([row, h.to(tl.int32), 0]).reshape(BLOCK_S, BLOCK_D)
+        s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale
+        if BLOCK_S != S:
+            s = tl.where(smask[None, :], s, float("-inf"))
+        m = tl.max(s, 1)
+        if SINK:
+            m = tl.maximum(m, 0.0)
+        p = tl.exp2(s - m[:, None])
+        den = tl.sum(p, 1)
+        if SINK:
+            den += tl.exp2(-m)
+        o = tl.dot(p.to(vt.dtype), vt, input_precision=PREC)
+        acc += o * (w / den)[:, None]
+        if STORE_LSE:
+            tl.store(LSE + (slot + j) * G + offs_g, m + tl.log2(den), mask=gmask)
+    o_ptrs = OUT + b * stride_ob + t * stride_ot + (h * G + offs_g)[:, None] * stride_oh + offs_d[None, :]
+    tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=gmask[:, None] & dmask[None, :])

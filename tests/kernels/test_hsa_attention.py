@@ -193,3 +193,16 @@ def test_dispatch_uses_kernels_on_cuda(monkeypatch):
     q, k, v, idx, w = _inputs(1, 1024, 16, 1, 64, 64, 8, torch.bfloat16, device="cuda")
     o = ops.hsa_attention(q, k, v, idx, w, chunk_size=64)
     assert rel_err(o, hsa_attention_naive(q.float(), k.float(), v.float(), idx, w, chunk_size=64)) < 1e-2
+
+
+@pytest.mark.triton
+def test_attention_tma_forward(monkeypatch):
+    monkeypatch.setitem(fn.CONFIG, "use_tma", True)
+    _check(2, 37, 16, 2, 32, 16, 3, torch.float32, True, 1e-5, empty_frac=0.2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("HQ,S", [(16, 64), (3, 48)])
+def test_attention_gpu_tma(HQ, S, monkeypatch):
+    monkeypatch.setitem(fn.CONFIG, "use_tma", True)
+    test_attention_gpu_bf16_vs_torch_bf16(2, 3000, HQ, 1, 64, S, 8, False, monkeypatch)
