@@ -1,7 +1,7 @@
 """Variable tracking (RULER's VT): follow a chain of assignments through a long context.
 
-Each chain is ``ASSIGN x1 val``, ``ASSIGN x2 x1``, ..., ``ASSIGN xH x(H-1)`` (``H = num_hops``),
-its statements scattered in filler in order; ``num_chains - 1`` distractor chains start from other
+Each chain is ``ASSIGN val x1``, ``ASSIGN x1 x2``, ..., ``ASSIGN x(H-1) xH`` (``H = num_hops``;
+``ASSIGN a b`` reads "b = a", source first), its statements scattered in filler in order; ``num_chains - 1`` distractor chains start from other
 values. The question ``QUERY val x1 .. xH`` asks for every variable that holds ``val``, in order:
 the predictions at ``val, x1 .. x(H-1)`` must be ``x1 .. xH``. The queried chain's first statement
 sits at the given depth.
@@ -54,8 +54,8 @@ class VariableTrackingTask(Task):
             chain = sorted(starts[c * H:(c + 1) * H])  # statements of a chain appear in order
             for h, s in enumerate(chain):
                 row[s] = ASSIGN
-                row[s + 1] = names[c, h]
-                row[s + 2] = values[c] if h == 0 else names[c, h - 1]
+                row[s + 1] = values[c] if h == 0 else names[c, h - 1]
+                row[s + 2] = names[c, h]
         row[q] = QUERY
         row[q + 1] = values[0]
         row[q + 2:] = names[0]

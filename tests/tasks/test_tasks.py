@@ -57,11 +57,12 @@ def test_passkey_protocol(depth: float) -> None:
     b = task.sample(4, T, seed=1, depth=depth)
     for i in range(4):
         row = b.input_ids[i]
-        (k,) = (row == KEY).nonzero()[:, 0].tolist()
+        k = int((row == KEY).nonzero()[0, 0])
         (q,) = (row == QUERY).nonzero()[:, 0].tolist()
-        assert q == T - 6
+        assert q == T - 7 and row[q + 1] == KEY                   # the question repeats the marker
+        assert int((row == KEY).sum()) == 2
         key = row[k + 1: k + 6]
-        assert torch.equal(row[q + 1:], key)                      # the answer is the passkey
+        assert torch.equal(row[q + 2:], key)                      # the answer is the passkey
         assert torch.equal(b.answers()[i], key)
         assert q - (k + 6) >= 2 * S                                # at least two chunks before the end
         assert abs(float(b.depth[i]) - depth) < 0.01
@@ -102,7 +103,7 @@ def test_variable_tracking_chain_is_consistent() -> None:
     b = t.sample(6, 300, seed=4)
     for i in range(6):
         row = b.input_ids[i].tolist()
-        assign = {row[s + 1]: row[s + 2] for s in range(len(row) - 3) if row[s] == 5}  # ASSIGN = 5
+        assign = {row[s + 2]: row[s + 1] for s in range(len(row) - 3) if row[s] == 5}  # ASSIGN src dst
         val, names = row[-5], row[-4:]
         # follow the chain: x1 = val, x2 = x1, ...
         prev = val
@@ -110,7 +111,7 @@ def test_variable_tracking_chain_is_consistent() -> None:
             assert assign[name] == prev
             prev = name
         # and the statements appear in chain order
-        pos = [next(s for s in range(len(row) - 3) if row[s] == 5 and row[s + 1] == n) for n in names]
+        pos = [next(s for s in range(len(row) - 3) if row[s] == 5 and row[s + 2] == n) for n in names]
         assert pos == sorted(pos)
 
 
