@@ -176,6 +176,8 @@ def bench_shape(T, B, published, nsa, args):
     base = dict(fn.CONFIG)
     variants = [("chunk-outer fwd", {"fwd_mode": "chunk" if base["fwd_mode"] == "query" else "query"}),
                 ("TMA fwd", {"fwd_mode": "query", "use_tma": not base["use_tma"]})]
+    keep = set(args.variants.split(",")) if args.variants else set()
+    variants = [(lab, ch) for lab, ch in variants if lab.split()[0].split("-")[0].lower() in keep]
     for label, change in variants:
         fn.CONFIG.update(change)
         try:
@@ -519,6 +521,7 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", default=",".join(f"{t}x{b}" for t, b in SHAPES), help="TxB,TxB,...")
     p.add_argument("--sweep", action="store_true", help="only sweep launch settings (T=64K)")
     p.add_argument("--mini-sweep", action="store_true", help="after the table: a few extra settings")
+    p.add_argument("--variants", default="chunk,tma", help="extra columns of ours: chunk (other fwd schedule), tma")
     p.add_argument("--no-correctness", action="store_true")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
