@@ -49,3 +49,19 @@ def test_info_reports_versions_and_backends(runner: CliRunner) -> None:
 def test_no_arguments_shows_help(runner: CliRunner) -> None:
     result = runner.invoke(app, [])
     assert "build" in result.output and "validate" in result.output
+
+
+def test_console_script_and_module_entry_points() -> None:
+    """The installed `hsa` script and `python -m hsa_cli` both run the app (exit codes included)."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = shutil.which("hsa", path=str(Path(sys.executable).parent))
+    assert script is not None, "the `hsa` console script is not installed next to this Python"
+    ok = subprocess.run([script, "validate", "ramba-cpu"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and ok.stdout.strip() == "ok: ramba-cpu (10 layers)", ok.stderr
+    bad = subprocess.run([sys.executable, "-m", "hsa_cli", "validate", "ramba-cpu", "--set", "model.d_model=x"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
