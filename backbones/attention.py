@@ -126,7 +126,8 @@ class CausalAttention(Mixer):
         v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        start = state["pos"] if state is not None else torch.zeros(b, dtype=torch.long, device=x.device)
+        # .long(): a cache cast wholesale (ModelCache.to(dtype)) may have made the positions floats.
+        start = state["pos"].long() if state is not None else torch.zeros(b, dtype=torch.long, device=x.device)
         positions = start[:, None] + torch.arange(t, device=x.device)[None, :]  # (B, T)
         q = _rotate(q, positions, self.rope_theta)
         k = _rotate(k, positions, self.rope_theta)

@@ -95,3 +95,16 @@ def test_defaults_are_the_factory_options() -> None:
     assert build_swa(64, **SWA_DEFAULTS).window == SWA_DEFAULTS["window"]
     with pytest.raises(ValueError, match="multiple of num_kv_heads"):
         build_attention(64, num_heads=4, num_kv_heads=3)
+
+
+def test_cache_cast_to_another_dtype_still_continues() -> None:
+    """A model cache cast wholesale (``ModelCache.to(torch.float64)``) turns ``pos`` into floats."""
+    m = build_swa(32, num_heads=4, window=4)
+    x = torch.randn(1, 9, 32)
+    with torch.no_grad():
+        y_full, _ = m(x)
+        _, state = m(x[:, :5], return_state=True)
+        state = {k: v.to(torch.float64) for k, v in state.items()}
+        y, state = m(x[:, 5:], {k: v.float() if k != "pos" else v for k, v in state.items()})
+    torch.testing.assert_close(y, y_full[:, 5:])
+    assert state["pos"].dtype == torch.long and state["pos"].tolist() == [9]
