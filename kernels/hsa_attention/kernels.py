@@ -1,4 +1,4 @@
-"""Triton kernels of HSA attention (forward, query-side backward, chunk-side backward).
+"""Triton kernels of HSA attention: forward (query- and chunk-outer) and backward (fused and split).
 
 Layouts (all row-major, last dim contiguous):
     q, o, do       (B, T, HQ, D)      HQ = H * G; the G query heads of KV head h are h*G .. h*G+G-1
@@ -6,14 +6,21 @@ Layouts (all row-major, last dim contiguous):
     idx, w, dw     (B, T, H, K)       idx int32, -1 = empty slot
     lse, delta     (B, T, H, K, G)    fp32; lse in log2 units (what exp2 wants)
 
-Schedules:
-    forward / dQ,dW   query-outer: one program = one token x the G heads of one KV head (rows padded to
-                      BLOCK_G >= 16 for tl.dot); it loops over the K chosen chunks and loads each chunk's
-                      K/V tile straight from k/v at row id*S (no gathered copy).
-    dK,dV             chunk-outer over an inverse index: one program = one segment (<= SEG pairs) of the
-                      (token, slot) pairs that chose one chunk; partial sums go to a workspace and a
-                      reduce kernel adds a chunk's segments in a fixed order (deterministic, linear in T,
-                      and a popular chunk does not serialise the whole backward).
+Schedules (defaults in function.CONFIG, chosen by measurement: bench/results/h200/README.md):
+    forward, query-outer (default)  one program = one token x the G heads of one KV head (rows padded
+                      to BLOCK_G >= 16 for tl.dot); it loops over the K chosen chunks and loads each
+                      chunk's K/V tile straight from k/v at row id*S (no gathered copy); one softmax per
+                      chunk, LSE stored. `_hsa_fwd_tma_kernel` is the same with TMA tile loads.
+    forward, chunk-outer            `_hsa_fwd_chunk_kernel`: one program = one segment of the pairs that
+                      chose one chunk; K/V loaded once, queries gathered, per-pair outputs summed in slot
+                      order by `_hsa_bwd_dq_reduce_kernel`.
+    backward, fused (default)       `_hsa_bwd_fused_kernel`, chunk-outer over the inverse index: dK/dV
+                      partial per segment (workspace, then `_hsa_bwd_kv_reduce_kernel` adds a chunk's
+                      segments in order), dW and a per-pair dQ contribution written by the program that
+                      owns the pair (no atomics: deterministic), dQ summed in slot order.
+    backward, split                 `_hsa_bwd_q_kernel` (query-side dQ, dW, delta) + `_hsa_bwd_kv_kernel`
+                      (chunk-side dK/dV). Both are linear in T; a popular chunk is split into segments,
+                      so it does not serialise the backward.
 """
 
 from __future__ import annotations
