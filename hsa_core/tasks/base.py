@@ -27,7 +27,7 @@ NUM_SPECIAL = 8
 MARKER_NAMES = {PAD: "PAD", BOS: "BOS", KEY: "KEY", QUERY: "QUERY", NEEDLE: "NEEDLE", ASSIGN: "ASSIGN",
                 SEP: "SEP", ANSWER: "ANSWER"}
 
-FILLERS = ("random", "repeat")
+FILLERS = ("random", "repeat", "copy")
 
 
 @dataclass
@@ -124,9 +124,12 @@ class Task:
     Common options (every task):
         vocab_size: model vocabulary (set by ``hsa train``/``hsa eval`` from the model).
         num_symbols: how many ids (after the markers) are symbols: passkey digits, keys, values.
-        filler: ``"random"`` (i.i.d. filler ids) or ``"repeat"`` (one fixed phrase of
-            ``filler_period`` ids repeated, like the paper's "The grass is green..." text).
-        filler_period: phrase length for ``"repeat"``.
+        filler: ``"random"`` (i.i.d. filler ids), ``"repeat"`` (one fixed phrase of
+            ``filler_period`` ids repeated, like the paper's "The grass is green..." text) or
+            ``"copy"`` (a fresh random phrase per sample, repeated: with the loss on every token,
+            predicting the filler means copying from ``filler_period`` tokens back, a dense
+            in-context retrieval signal for training; the phrase cannot be memorised in weights).
+        filler_period: phrase length for ``"repeat"`` and ``"copy"``.
         min_gap: tokens of filler at least between the queried item and the question (the passkey
             protocol asks for two chunks: ``hsa train`` sets it to ``2 * chunk_size`` of the model
             when left at ``None``).
@@ -205,6 +208,10 @@ class Task:
     def filler_row(self, seq_len: int, g: torch.Generator) -> Tensor:
         if self.filler == "random":
             return torch.randint(self.filler_low, self.vocab_size, (seq_len,), generator=g)
+        if self.filler == "copy":
+            period = self.phrase.numel()
+            phrase = torch.randint(self.filler_low, self.vocab_size, (period,), generator=g)
+            return phrase.repeat(seq_len // period + 1)[:seq_len].clone()
         period = self.phrase.numel()
         phase = randint(g, 0, period)
         reps = (seq_len + phase) // period + 1

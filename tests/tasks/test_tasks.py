@@ -82,6 +82,9 @@ def test_repeat_filler_is_periodic_and_random_is_not() -> None:
     assert torch.equal(row[:-7], row[7:])
     r = make_task("passkey", vocab_size=512, filler="random").sample(1, 200, seed=0, depth=1.0).input_ids[0, 1:100]
     assert not torch.equal(r[:-7], r[7:])
+    c = make_task("passkey", vocab_size=512, filler="copy", filler_period=9).sample(2, 200, seed=0, depth=1.0)
+    assert torch.equal(c.input_ids[:, 1:100][:, :-9], c.input_ids[:, 1:100][:, 9:])   # periodic...
+    assert not torch.equal(c.input_ids[0, 1:10], c.input_ids[1, 1:10])               # ...per sample
 
 
 def test_multikey_needles_distinct_and_query_matches_one() -> None:
