@@ -51,6 +51,8 @@ def train(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16."),
     seed: int = typer.Option(0, "--seed"),
+    init_from: Path | None = typer.Option(
+        None, "--init-from", help="Start from the weights of this run or model directory (curriculum stage)."),
     fsdp: bool = typer.Option(False, "--fsdp", help="FSDP2 (fully_shard) instead of DDP under torchrun."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the model."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint in --out."),
@@ -73,6 +75,7 @@ def train(
             loss_on=loss_on, concat_segments=concat_segments, steps=steps, lr=lr, min_lr_ratio=min_lr_ratio,
             warmup=warmup, weight_decay=weight_decay, grad_clip=grad_clip, state_reset_every=state_reset_every,
             carry_state=carry_state, memory_reset_every=memory_reset_every, device=device, dtype=dtype, seed=seed,
+            init_from=str(init_from) if init_from else None,
             eval_every=eval_every, eval_samples=eval_samples,
             eval_lengths=parse_lengths(eval_lengths) if eval_lengths else None,
             checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, fsdp=fsdp, compile=compile_)

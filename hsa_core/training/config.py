@@ -28,6 +28,10 @@ class TrainConfig:
         carry_state: start each batch from the final mixer states of the previous batch (another
             segment's state) instead of zeros ...
         memory_reset_every: ... replaced by zeros every this many batches (the paper: 64).
+    Initialisation:
+        init_from: start from the weights of this model directory (``RUN/model`` of an earlier run,
+            e.g. a shorter-context stage of a curriculum) instead of a fresh initialisation; the
+            optimizer starts fresh. The layout must match.
     Runtime:
         device (``auto`` = CUDA when available), dtype (``auto`` = bf16 autocast on CUDA, fp32 on CPU;
         or ``fp32``/``bf16``), seed, eval_every / eval_samples / eval_lengths (periodic exact-match
@@ -56,6 +60,7 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "auto"
     seed: int = 0
+    init_from: str | None = None
     eval_every: int = 0
     eval_samples: int = 32
     eval_lengths: list[int] | None = None

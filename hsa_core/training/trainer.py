@@ -201,6 +201,11 @@ def _train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: Path, resume: 
     torch.manual_seed(cfg.seed)  # same initial weights on every rank and every run
     model = factory(spec).to(device)
     spec = getattr(model, "spec", spec)
+    if cfg.init_from and state is None:
+        from ..evaluation.runner import model_dir_of
+
+        _load_weights(model, model_dir_of(cfg.init_from), device)
+        say(f"initialised from {model_dir_of(cfg.init_from)}")
     task = task_for_spec(cfg, spec)
     if cfg.seq_len < task.min_length():
         raise ValueError(f"--seq-len {cfg.seq_len} is shorter than task '{cfg.task}' needs ({task.min_length()})")
