@@ -26,7 +26,8 @@ def train(
     task: str = typer.Option("passkey", "--task", help="Registered task name."),
     task_option: list[str] | None = TASK_OPTION,
     seq_len: int = typer.Option(512, "--seq-len", min=8, help="Training sequence length (tokens)."),
-    steps: int = typer.Option(1000, "--steps", min=1, help="Optimizer steps (on --resume: the new total)."),
+    steps: int | None = typer.Option(
+        None, "--steps", min=1, help="Optimizer steps (default 1000; on --resume: a new total, default unchanged)."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Global batch (sequences per step)."),
     lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (AdamW)."),
     min_lr_ratio: float = typer.Option(0.1, "--min-lr-ratio", help="Cosine floor as a fraction of --lr."),
@@ -34,7 +35,8 @@ def train(
     weight_decay: float = typer.Option(0.1, "--weight-decay"),
     grad_clip: float = typer.Option(1.0, "--grad-clip", help="Global gradient-norm clip (0 = off)."),
     loss_on: str = typer.Option("answer", "--loss-on", help="answer (answer tokens only) or all (every token)."),
-    eval_every: int = typer.Option(0, "--eval-every", min=0, help="Exact-match eval every N steps (0 = at the end)."),
+    eval_every: int = typer.Option(0, "--eval-every", min=0,
+                                   help="Exact-match eval every N steps and at the end (0 = off)."),
     eval_samples: int = typer.Option(32, "--eval-samples", min=1),
     eval_lengths: str | None = typer.Option(None, "--eval-lengths", help="Lengths for periodic eval, e.g. 512,2k."),
     checkpoint_every: int = typer.Option(100, "--checkpoint-every", min=0, help="Checkpoint every N steps."),
@@ -72,14 +74,14 @@ def train(
     try:
         cfg = TrainConfig(
             task=task, task_options=parse_task_options(task_option), seq_len=seq_len, batch_size=batch_size,
-            loss_on=loss_on, concat_segments=concat_segments, steps=steps, lr=lr, min_lr_ratio=min_lr_ratio,
+            loss_on=loss_on, concat_segments=concat_segments, steps=steps or 1000, lr=lr, min_lr_ratio=min_lr_ratio,
             warmup=warmup, weight_decay=weight_decay, grad_clip=grad_clip, state_reset_every=state_reset_every,
             carry_state=carry_state, memory_reset_every=memory_reset_every, device=device, dtype=dtype, seed=seed,
             init_from=str(init_from) if init_from else None,
             eval_every=eval_every, eval_samples=eval_samples,
             eval_lengths=parse_lengths(eval_lengths) if eval_lengths else None,
             checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, fsdp=fsdp, compile=compile_)
-        result = run_training(cfg, spec_dict, out, resume=resume, progress=not no_progress)
+        result = run_training(cfg, spec_dict, out, resume=resume, progress=not no_progress, resume_steps=steps)
     except RunExistsError as exc:
         fail(str(exc), EXIT_USAGE)
     except ValueError as exc:

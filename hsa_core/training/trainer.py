@@ -142,12 +142,12 @@ def _progress(enabled: bool, total: int, start: int):
 
 def train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: str | Path, *, resume: bool = False,
           model_factory: ModelFactory | None = None, progress: bool = True, stop_after: int | None = None,
-          env: DistEnv | None = None, log: Callable[[str], None] | None = None) -> TrainResult:
+          env: DistEnv | None = None, log: Callable[[str], None] | None = None,
+          resume_steps: int | None = None) -> TrainResult:
     """Train a model built from ``spec`` on ``cfg.task``; write checkpoints and metrics under ``run``.
 
     Args:
-        cfg: the training configuration (ignored in favour of the checkpoint's on resume, except
-            ``steps``, which may be extended).
+        cfg: the training configuration (on resume the checkpoint's configuration is used instead).
         spec: the layout (canonical or raw); on resume ``None`` = the checkpoint's.
         run: run directory.
         resume: continue from the newest complete checkpoint (start fresh when there is none).
@@ -157,6 +157,8 @@ def train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: str | Path, *, 
             checkpoint (tests of resume).
         env: a distributed environment (default: from ``torchrun``'s variables).
         log: receives one-line messages (default: print on the main rank).
+        resume_steps: on resume, the new total number of steps (extends a run; note that the cosine
+            schedule follows the new total from then on); ``None`` keeps the checkpoint's.
 
     Returns:
         :class:`TrainResult` (main rank's view; other ranks get the same losses).
@@ -168,7 +170,7 @@ def train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: str | Path, *, 
     say = log or (lambda m: print(m, flush=True) if env.is_main else None)
     factory = model_factory or default_model_factory
     try:
-        return _train(cfg, spec, run, resume, factory, progress, stop_after, env, say, t_start)
+        return _train(cfg, spec, run, resume, factory, progress, stop_after, env, say, t_start, resume_steps)
     finally:
         if own_env:
             shutdown(env)
@@ -176,7 +178,7 @@ def train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: str | Path, *, 
 
 def _train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: Path, resume: bool, factory: ModelFactory,
            show_progress: bool, stop_after: int | None, env: DistEnv, say: Callable[[str], None],
-           t_start: float) -> TrainResult:
+           t_start: float, resume_steps: int | None) -> TrainResult:
     latest = ckpt.latest_checkpoint(run)
     state: dict[str, Any] | None = None
     if latest is not None and not resume:
@@ -184,9 +186,9 @@ def _train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: Path, resume: 
                              f"or choose another --out")
     if latest is not None:
         state = ckpt.read_trainer_state(latest)
-        steps = cfg.steps  # the only setting a resume may change (to extend a run)
         cfg = TrainConfig.from_dict(state["config"])
-        cfg.steps = steps
+        if resume_steps is not None:  # the only setting a resume may change (to extend a run)
+            cfg.steps = resume_steps
         from ..io import read_config
 
         spec = read_config(latest / "model")

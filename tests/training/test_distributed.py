@@ -55,5 +55,5 @@ def test_two_processes_match_one(tmp_path: Path, single: list[float], mode: str)
     assert (out / "model" / "model.safetensors").is_file()
     if mode == "fsdp":
         # the gathered full checkpoint resumes (here: extends the run by 2 steps)
-        torchrun(out, "--resume", "--steps", "6")
+        torchrun(out, "--resume", "--steps", "6")  # (ARGS says --steps 4; the last one wins)
         assert len(train_losses(out)) == 6
