@@ -16,7 +16,7 @@ hsa train "$LAYOUT" "${COMMON[@]}" --seq-len 128 --batch-size 32 --steps 600 --l
     --out "$RUNS/s128" | tee "$RUNS/s128.log"
 hsa train "$LAYOUT" "${COMMON[@]}" --seq-len 256 --batch-size 16 --steps 200 --lr 1e-3 \
     --init-from "$RUNS/s128" --out "$RUNS/s256" | tee "$RUNS/s256.log"
-hsa train "$LAYOUT" "${COMMON[@]}" --seq-len 512 --batch-size 16 --steps 150 --lr 1e-3 --eval-every 50 \
+hsa train "$LAYOUT" "${COMMON[@]}" --seq-len 512 --batch-size 16 --steps 300 --lr 1e-3 --eval-every 100 \
     --eval-samples 32 --init-from "$RUNS/s256" --out "$RUNS/s512" | tee "$RUNS/s512.log"
 echo "training wall time: $(( $(date +%s) - start )) s" | tee "$RUNS/train_time.txt"
 hsa eval passkey "$RUNS/s512" --lengths 512,1k,2k,4k --depths 0.1,0.3,0.5,0.7,0.9 --samples 20 \
