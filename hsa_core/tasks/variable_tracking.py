@@ -1,10 +1,10 @@
 """Variable tracking (RULER's VT): follow a chain of assignments through a long context.
 
 Each chain is ``ASSIGN val x1``, ``ASSIGN x1 x2``, ..., ``ASSIGN x(H-1) xH`` (``H = num_hops``;
-``ASSIGN a b`` reads "b = a", source first), its statements scattered in filler in order; ``num_chains - 1`` distractor chains start from other
-values. The question ``QUERY val x1 .. xH`` asks for every variable that holds ``val``, in order:
-the predictions at ``val, x1 .. x(H-1)`` must be ``x1 .. xH``. The queried chain's first statement
-sits at the given depth.
+``ASSIGN a b`` reads "b = a", source first), its statements scattered in filler in order;
+``num_chains - 1`` distractor chains start from other values. The question ``QUERY val x1 .. xH``
+asks for every variable that holds ``val``, in order: the predictions at ``val, x1 .. x(H-1)`` must
+be ``x1 .. xH``. The queried chain's first statement sits at the given depth.
 """
 
 from __future__ import annotations
