@@ -9,7 +9,7 @@ STEPS=${STEPS:-300}
 ARGS=(bench/train/layouts/ramba-demo.yaml --task passkey --seq-len 4096 --batch-size 16 --steps "$STEPS"
       --lr 1e-3 --warmup 100 --checkpoint-every 100 --state-reset-every 1024 --task-option min_gap=128
       --no-progress)
-OUT=bench/results/h200
+OUT=bench/results/h200_train
 mkdir -p "$RUNS" "$OUT"
 rm -rf "$RUNS/gpu1" "$RUNS/gpu2"
 
@@ -28,7 +28,7 @@ torchrun --standalone --nproc-per-node 2 -m hsa_cli train "${ARGS[@]}" --out "$R
   for n in gpu1 gpu2; do
     echo "- $n: $(python -c "import json;r=[json.loads(l) for l in open('$RUNS/$n/metrics.jsonl')];x=[x for x in r if 'time' in x][-1];print(f\"{x['time']} s, {x['tokens_per_s']} tokens/s at the end\")")"
   done
-} > bench/results/h200_ddp.md
+} > bench/results/h200_train/ddp.md
 cp "$RUNS/gpu1/metrics.jsonl" "$OUT/ddp_gpu1_metrics.jsonl"
 cp "$RUNS/gpu2/metrics.jsonl" "$OUT/ddp_gpu2_metrics.jsonl"
-cat bench/results/h200_ddp.md
+cat bench/results/h200_train/ddp.md

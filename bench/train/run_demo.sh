@@ -26,7 +26,7 @@ DEPTHS=${DEPTHS:-0.1,0.3,0.5,0.7,0.9}
 SAMPLES=${SAMPLES:-20}
 SEGMENT=${SEGMENT:-16384}
 TASKOPTS=(--task-option min_gap=128 --task-option key_len=${KEY_LEN:-4})
-OUT=bench/results/h200
+OUT=bench/results/h200_train
 mkdir -p "$RUNS" "$OUT"
 
 declare -A LAYOUT=([ramba]=ramba-demo [ramba-mem0]=ramba-demo-mem0 [mamba2]=mamba2-demo [swa-hsa]=swa-hsa-demo)
@@ -76,6 +76,6 @@ t = [[x for x in map(json.loads, open(f)) if 'time' in x][-1]['time'] for f in (
 print(f'{t[0]:.0f} + {t[1]:.0f} = {sum(t):.0f}')")"
   done
   echo
-  echo "Commands: see bench/train/README.md; logs and heatmaps in bench/results/h200/."
-} > bench/results/h200_passkey.md
-cat bench/results/h200_passkey.md
+  echo "Commands: see bench/train/README.md; logs and heatmaps in bench/results/h200_train/."
+} > bench/results/h200_train/passkey.md
+cat bench/results/h200_train/passkey.md
