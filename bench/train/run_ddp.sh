@@ -6,9 +6,11 @@ cd "$(dirname "$0")/../.."
 
 RUNS=${RUNS:-runs/ddp}
 STEPS=${STEPS:-300}
-ARGS=(bench/train/layouts/ramba-demo.yaml --task passkey --seq-len 4096 --batch-size 16 --steps "$STEPS"
-      --lr 1e-3 --warmup 100 --checkpoint-every 100 --state-reset-every 1024 --task-option min_gap=128
-      --no-progress)
+SEQ=${SEQ:-4096}
+BATCH=${BATCH:-16}
+LAYOUT=${LAYOUT:-bench/train/layouts/ramba-demo.yaml}
+ARGS=("$LAYOUT" --task passkey --seq-len "$SEQ" --batch-size "$BATCH" --steps "$STEPS"
+      --lr 1e-3 --warmup 100 --checkpoint-every 100 --task-option min_gap=128 --no-progress)
 OUT=bench/results/h200_train
 mkdir -p "$RUNS" "$OUT"
 rm -rf "$RUNS/gpu1" "$RUNS/gpu2"

@@ -63,7 +63,7 @@ done
   echo
   echo "Trained at $SHORT_SEQ tokens ($SHORT_STEPS steps x $SHORT_BATCH, lr $SHORT_LR), then at $SEQ tokens ($STEPS steps"
   echo "x $BATCH, lr $LR, --init-from the first stage); evaluated on $SAMPLES samples per"
-  echo "(length, depth), depths $DEPTHS. $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)," \
+  echo "(length, depth), depths $DEPTHS. $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || echo "no GPU")," \
        "torch $(python -c 'import torch; print(torch.__version__)')."
   echo
   python bench/train/summarize.py $(for n in $NAMES; do echo "$RUNS/$n"; done)
