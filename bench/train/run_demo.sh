@@ -50,6 +50,13 @@ for name in $NAMES; do
   echo "=== eval $name ($(date -u +%H:%M:%S))"
   hsa eval passkey "$run" --lengths "$LENGTHS" --depths "$DEPTHS" --samples "$SAMPLES" \
       --segment-len "$SEGMENT" 2>&1 | tee "$run.eval.log"
+  if [ "${EVAL_RANDOM:-1}" = 1 ]; then
+    # also with non-periodic filler (on CPU this is where the no-HSA baseline fell behind first)
+    hsa eval passkey "$run" --lengths "$LENGTHS" --depths "$DEPTHS" --samples "$SAMPLES" \
+        --segment-len "$SEGMENT" --task-option filler=random --out "$run/random_filler" 2>&1 | tee "$run.eval_random.log"
+    cp "$run/random_filler/eval_passkey.json" "$OUT/${name}_eval_passkey_random_filler.json"
+    cp "$run/random_filler/eval_passkey.png" "$OUT/${name}_eval_passkey_random_filler.png"
+  fi
   cp "$run/eval_passkey.json" "$OUT/${name}_eval_passkey.json"
   cp "$run/eval_passkey.png" "$OUT/${name}_eval_passkey.png"
   cat "$run.short/metrics.jsonl" > "$OUT/${name}_metrics_stage1.jsonl"
@@ -67,6 +74,12 @@ done
        "torch $(python -c 'import torch; print(torch.__version__)')."
   echo
   python bench/train/summarize.py $(for n in $NAMES; do echo "$RUNS/$n"; done)
+  if [ "${EVAL_RANDOM:-1}" = 1 ]; then
+    echo
+    echo "With non-periodic (random) filler:"
+    echo
+    python bench/train/summarize.py --dir=random_filler $(for n in $NAMES; do echo "$RUNS/$n"; done)
+  fi
   echo
   echo "Training time (s, stage 1 + stage 2):"
   for n in $NAMES; do

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/train/summarize.py runs/ramba runs/mamba2 runs/swa-hsa > bench/results/h200_passkey.md
+    python bench/train/summarize.py [--task=passkey] [--dir=random_filler] runs/ramba runs/mamba2 runs/swa-hsa
 """
 
 from __future__ import annotations
@@ -20,12 +20,16 @@ def fmt(n: int) -> str:
 
 
 def main(argv: list[str]) -> int:
-    task = "passkey"
-    if argv and argv[0].startswith("--task="):
-        task = argv.pop(0).split("=", 1)[1]
+    task, sub = "passkey", ""
+    while argv and argv[0].startswith("--"):
+        key, _, value = argv.pop(0)[2:].partition("=")
+        if key == "task":
+            task = value
+        elif key == "dir":  # results written with `hsa eval ... --out RUN/<dir>`
+            sub = value
     rows, lengths = [], []
     for run in map(Path, argv):
-        data = json.loads((run / f"eval_{task}.json").read_text())
+        data = json.loads((run / sub / f"eval_{task}.json").read_text())
         lengths = sorted(set(lengths) | set(data["lengths"]))
         by_len = {int(k): v for k, v in data["accuracy_by_length"].items()}
         worst = {n: min(c["accuracy"] for c in data["cells"] if c["length"] == n) for n in data["lengths"]}
