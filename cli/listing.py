@@ -1,4 +1,4 @@
-"""``hsa list``: every registered backbone and retrieval-layer kind, its plugin and availability."""
+"""``hsa list``: every registered backbone, retrieval-layer and task kind, its plugin and availability."""
 
 from __future__ import annotations
 
@@ -56,16 +56,19 @@ def list_kinds(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
     plugin: list[Path] | None = PLUGIN_OPTION,
 ) -> None:
-    """List backbone kinds and retrieval layers, the plugin that provided each, and availability."""
+    """List backbone kinds, retrieval layers and tasks, the plugin that provided each, and availability."""
     from hsa_core import plugins
 
     load_plugins(plugin)
     backbones = _rows(plugins.backbones())
     layers = _rows(plugins.retrieval_layers())
+    tasks = _rows(plugins.tasks())
     if as_json:
-        typer.echo(json.dumps({"backbones": backbones, "retrieval_layers": layers}, indent=2, default=str))
+        typer.echo(json.dumps({"backbones": backbones, "retrieval_layers": layers, "tasks": tasks},
+                              indent=2, default=str))
         return
     console().print(_table("Backbones", backbones))
     console().print(_table("Retrieval layers", layers))
-    plugin_names = sorted({r["plugin"] for r in backbones + layers})
+    console().print(_table("Tasks (hsa train --task / hsa eval)", tasks))
+    plugin_names = sorted({r["plugin"] for r in backbones + layers + tasks})
     console().print(f"plugins: {', '.join(plugin_names)}")

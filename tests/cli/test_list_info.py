@@ -27,6 +27,8 @@ def test_list_json_reports_provenance_and_availability(runner: CliRunner) -> Non
     assert backbones["toy_ema"]["plugin"].startswith("path:") and backbones["toy_ema"]["available"]
     missing = backbones["toy_needs_dep"]
     assert not missing["available"] and missing["extra"] == "imaginary"
+    tasks = {row["name"]: row for row in data["tasks"]}
+    assert tasks["passkey"]["plugin"] == "hsa_builtin_tasks" and "num_symbols" in tasks["passkey"]["options"]
 
 
 def test_list_table_names_the_extra_for_missing_deps(runner: CliRunner) -> None:
