@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # Re-run the installer when any file it reads changes.
 STAMP := $(VENV)/.hsa-setup-stamp
 PYTEST_ARGS ?= -n 2 -q
-LINT_PATHS ?= cli plugins examples scripts tests/cli tests/plugins tests/examples
+LINT_PATHS ?= .
 
 .PHONY: setup demo test lint info clean-venv
 
