@@ -17,8 +17,6 @@ same outputs as one full pass: :mod:`hsa_core.testing.contract` checks exactly t
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -78,27 +76,6 @@ class Mixer(nn.Module, ABC):
         """
         state = self.init_state(batch_size, device="meta")
         return sum(t.numel() for t in state.values())
-
-
-@dataclass(frozen=True)
-class BackboneInfo:
-    """How a backbone kind is registered.
-
-    Attributes:
-        name: the kind used in layouts (``mamba2``, ``gla``, ...).
-        factory: ``factory(d_model, **options) -> Mixer``.
-        description: one line for ``hsa list``.
-        requires: import names of optional dependencies (checked by ``hsa list``).
-        extra: the ``pip install hsa-toolkit[extra]`` that brings them.
-        defaults: option defaults, filled into the canonical spec so that it is self-describing.
-    """
-
-    name: str
-    factory: Any
-    description: str = ""
-    requires: tuple[str, ...] = ()
-    extra: str | None = None
-    defaults: dict[str, Any] = field(default_factory=dict)
 
 
 def slice_state(state: MixerState, index: slice | Tensor) -> MixerState:

@@ -17,31 +17,34 @@ import pluggy
 
 from . import hookspecs
 from .errors import RegistryError
-from .interfaces import BackboneInfo
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class RetrievalLayerInfo:
-    """A registered retrieval-layer kind (``hsa`` is the built-in one)."""
+class KindInfo:
+    """A registered kind: a backbone, a retrieval layer or a task.
+
+    Attributes:
+        name: the name layouts and commands use (``mamba2``, ``hsa``, ``passkey``...).
+        factory: backbones ``factory(d_model, **options) -> Mixer``; retrieval layers
+            ``factory(d_model, *, kv_heads, head_dim, chunk_size, **options)``; tasks ``factory(**options)``.
+        description: one line for ``hsa list``.
+        requires: import names of optional dependencies (``hsa list`` reports whether they are installed).
+        extra: the ``pip install hsa-toolkit[extra]`` that brings them.
+        defaults: the options a user may set, with their defaults (anything else is rejected).
+    """
 
     name: str
     factory: Any
     description: str = ""
-    defaults: dict[str, Any] = field(default_factory=dict)
     requires: tuple[str, ...] = ()
     extra: str | None = None
-
-
-@dataclass(frozen=True)
-class TaskInfo:
-    """A registered synthetic task kind (``passkey``, ``mqar``, ...)."""
-
-    name: str
-    factory: Any
-    description: str = ""
     defaults: dict[str, Any] = field(default_factory=dict)
+
+
+# Names kept for readability at the call sites: every registry holds the same kind of entry.
+BackboneInfo = RetrievalLayerInfo = TaskInfo = KindInfo
 
 
 @dataclass(frozen=True)
@@ -138,35 +141,13 @@ class PluginHost:
         self.backbones = Registry("backbone")
         self.retrieval_layers = Registry("retrieval layer")
         self.tasks = Registry("task")
-        for impl in self.pm.hook.hsa_register_backbones.get_hookimpls():
-            impl.function(register=self._backbone_registrar(impl.plugin_name))
-        for impl in self.pm.hook.hsa_register_retrieval_layers.get_hookimpls():
-            impl.function(register=self._layer_registrar(impl.plugin_name))
-        for impl in self.pm.hook.hsa_register_tasks.get_hookimpls():
-            impl.function(register=self._task_registrar(impl.plugin_name))
+        hooks = self.pm.hook
+        for hook, registry in ((hooks.hsa_register_backbones, self.backbones),
+                               (hooks.hsa_register_retrieval_layers, self.retrieval_layers),
+                               (hooks.hsa_register_tasks, self.tasks)):
+            for impl in hook.get_hookimpls():
+                impl.function(register=_registrar(registry, impl.plugin_name))
         self._filled = True
-
-    def _backbone_registrar(self, plugin: str) -> Callable[..., None]:
-        def register(name: str, factory: Any, *, description: str = "", requires: tuple[str, ...] = (),
-                     extra: str | None = None, defaults: dict[str, Any] | None = None) -> None:
-            info = BackboneInfo(name, factory, description, tuple(requires), extra, dict(defaults or {}))
-            self.backbones.add(name, info, plugin)
-
-        return register
-
-    def _layer_registrar(self, plugin: str) -> Callable[..., None]:
-        def register(name: str, factory: Any, *, description: str = "", defaults: dict[str, Any] | None = None,
-                     requires: tuple[str, ...] = (), extra: str | None = None) -> None:
-            info = RetrievalLayerInfo(name, factory, description, dict(defaults or {}), tuple(requires), extra)
-            self.retrieval_layers.add(name, info, plugin)
-
-        return register
-
-    def _task_registrar(self, plugin: str) -> Callable[..., None]:
-        def register(name: str, factory: Any, *, description: str = "", defaults: dict[str, Any] | None = None) -> None:
-            self.tasks.add(name, TaskInfo(name, factory, description, dict(defaults or {})), plugin)
-
-        return register
 
     def task_registry(self) -> Registry[TaskInfo]:
         self._fill()
@@ -179,6 +160,16 @@ class PluginHost:
     def retrieval_registry(self) -> Registry[RetrievalLayerInfo]:
         self._fill()
         return self.retrieval_layers
+
+
+def _registrar(registry: Registry[KindInfo], plugin: str) -> Callable[..., None]:
+    """The ``register`` callable handed to one plugin's hook implementation."""
+
+    def register(name: str, factory: Any, *, description: str = "", requires: tuple[str, ...] = (),
+                 extra: str | None = None, defaults: dict[str, Any] | None = None) -> None:
+        registry.add(name, KindInfo(name, factory, description, tuple(requires), extra, dict(defaults or {})), plugin)
+
+    return register
 
 
 def is_available(requires: tuple[str, ...]) -> bool:

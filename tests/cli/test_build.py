@@ -9,11 +9,13 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import TOY_PLUGIN
 from hsa_cli.app import app
 from typer.testing import CliRunner
 
 from hsa_core.model import HSALanguageModel
+
+# Not imported from conftest: several test folders have a conftest module of that name.
+TOY_PLUGIN = Path(__file__).with_name("toy_plugin.py")
 
 
 def _build(runner: CliRunner, *args: str) -> Any:

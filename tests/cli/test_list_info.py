@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from conftest import TOY_PLUGIN
 from hsa_cli.app import app
 from typer.testing import CliRunner
+
+# Not imported from conftest: several test folders have a conftest module of that name.
+TOY_PLUGIN = Path(__file__).with_name("toy_plugin.py")
 
 
 def test_list_shows_kinds_with_their_plugin(runner: CliRunner) -> None:

@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TOY_PLUGIN
 from hsa_cli.app import app
 from typer.testing import CliRunner
+
+# Not imported from conftest: several test folders have a conftest module of that name.
+TOY_PLUGIN = Path(__file__).with_name("toy_plugin.py")
 
 
 def _validate(runner: CliRunner, path: Path, *extra: str) -> Any:
