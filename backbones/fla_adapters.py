@@ -259,13 +259,16 @@ class RWKV6(_FLAMixer):
     def __init__(self, d_model: int, **options: Any) -> None:
         super().__init__(d_model, options)
 
+    def _key_dim(self) -> int:
+        return self.attn.head_k_dim
+
     def init_state(self, batch_size: int, *, device: torch.device | str | None = None,
                    dtype: torch.dtype | None = None) -> MixerState:
         """Zero state: ``recurrent`` ``(B, H, head_k_dim, head_v_dim)`` fp32, ``shift`` ``(B, d_model)``."""
         a = self.attn
         dtype = dtype or a.o_proj.weight.dtype
         return {
-            "recurrent": torch.zeros(batch_size, a.num_heads, a.head_k_dim, a.head_v_dim, device=device,
+            "recurrent": torch.zeros(batch_size, a.num_heads, self._key_dim(), a.head_v_dim, device=device,
                                      dtype=torch.float32),
             "shift": torch.zeros(batch_size, self.d_model, device=device, dtype=dtype),
         }
@@ -277,7 +280,7 @@ class RWKV6(_FLAMixer):
         return {"recurrent": entry["recurrent_state"], "shift": entry["conv_state"]}
 
 
-class RWKV7(_FLAMixer):
+class RWKV7(RWKV6):
     """RWKV7 time mixing (``fla.layers.RWKV7Attention``), each adapter its own first layer; options:
     :data:`RWKV7_DEFAULTS`. See the module docstring for how ``v_first`` is handled."""
 
@@ -286,24 +289,11 @@ class RWKV7(_FLAMixer):
     def __init__(self, d_model: int, **options: Any) -> None:
         if options.get("num_heads") is not None:
             options = {**options, "head_dim": None}  # fla: head_dim wins when both are given
-        super().__init__(d_model, {**options, "num_hidden_layers": 2})
+        _FLAMixer.__init__(self, d_model, {**options, "num_hidden_layers": 2})
 
-    def init_state(self, batch_size: int, *, device: torch.device | str | None = None,
-                   dtype: torch.dtype | None = None) -> MixerState:
-        """Zero state: ``recurrent`` ``(B, H, head_dim, head_v_dim)`` fp32, ``shift`` ``(B, d_model)``."""
-        a = self.attn
-        dtype = dtype or a.o_proj.weight.dtype
-        return {
-            "recurrent": torch.zeros(batch_size, a.num_heads, a.head_dim, a.head_v_dim, device=device,
-                                     dtype=torch.float32),
-            "shift": torch.zeros(batch_size, self.d_model, device=device, dtype=dtype),
-        }
-
-    def _to_fla(self, state: MixerState) -> dict[str, Any]:
-        return {"recurrent_state": state["recurrent"], "conv_state": state["shift"]}
-
-    def _from_fla(self, entry: dict[str, Any]) -> MixerState:
-        return {"recurrent": entry["recurrent_state"], "shift": entry["conv_state"]}
+    # Same state layout and cache conversion as RWKV6; only the key width is named differently in fla.
+    def _key_dim(self) -> int:
+        return self.attn.head_dim
 
     def _call(self, x: Tensor, cache: Any, use_cache: bool) -> Tensor:
         # Returns (o, attentions, cache, v_first); as its own first layer, v_first is its own v.
