@@ -12,18 +12,9 @@ Errors are :class:`hsa_core.errors.SpecError` with a path into the document.
 
 from __future__ import annotations
 
+from .loading import apply_overrides, dump_spec, load_spec
 from .pattern import expand_pattern
-from .spec import (
-    FORMAT_VERSION,
-    MEMORY_DEFAULTS,
-    MODEL_DEFAULTS,
-    SELECTION_DEFAULTS,
-    apply_overrides,
-    dump_spec,
-    load_spec,
-    resolve,
-    swiglu_hidden,
-)
+from .spec import FORMAT_VERSION, MEMORY_DEFAULTS, MODEL_DEFAULTS, SELECTION_DEFAULTS, resolve, swiglu_hidden
 
 __all__ = [
     "FORMAT_VERSION",

@@ -17,18 +17,30 @@ It is itself a valid layout (``resolve(resolve(x)) == resolve(x)``): ``defaults`
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import difflib
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
-import yaml
-
 from ..errors import SpecError
+from ..modules.chunk_memory import LANDMARKS
 from ..modules.common import swiglu_hidden
+from ..ops import WEIGHTINGS
 from ..plugins import PluginHost, get_host
+from .checks import (
+    REQUIRED,
+    as_bool,
+    as_choice,
+    as_float,
+    as_int,
+    as_mapping,
+    as_str,
+    check_keys,
+    check_option,
+    fill_defaults,
+    known_names,
+    show,
+)
 from .pattern import expand_pattern
 
 __all__ = [
@@ -36,9 +48,6 @@ __all__ = [
     "MEMORY_DEFAULTS",
     "MODEL_DEFAULTS",
     "SELECTION_DEFAULTS",
-    "apply_overrides",
-    "dump_spec",
-    "load_spec",
     "resolve",
     "swiglu_hidden",
 ]
@@ -48,11 +57,10 @@ FORMAT_VERSION = 1
 TOP_LEVEL_KEYS = ("version", "name", "description", "model", "defaults", "memories", "retrieval",
                   "symbols", "layers", "overrides")
 
-_REQUIRED = object()  # marker: a key without default
 
 MODEL_DEFAULTS: dict[str, Any] = {
-    "vocab_size": _REQUIRED,
-    "d_model": _REQUIRED,
+    "vocab_size": REQUIRED,
+    "d_model": REQUIRED,
     "tie_embeddings": True,
     "norm_eps": 1e-5,
     "mlp_hidden": None,      # None -> swiglu_hidden(d_model)
@@ -60,7 +68,7 @@ MODEL_DEFAULTS: dict[str, Any] = {
 }
 
 MEMORY_DEFAULTS: dict[str, Any] = {
-    "after_layer": _REQUIRED,
+    "after_layer": REQUIRED,
     "chunk_size": 64,
     "kv_heads": 1,
     "head_dim": 64,
@@ -75,7 +83,7 @@ MEMORY_DEFAULTS: dict[str, Any] = {
 ENCODER_DEFAULTS: dict[str, Any] = {"layers": 1, "heads": None, "mlp_hidden": None}
 
 SELECTION_DEFAULTS: dict[str, Any] = {
-    "memory": _REQUIRED,
+    "memory": REQUIRED,
     "topk": 8,
     "retrieval_dim": None,   # None -> the memory's landmark_dim
     "retrieval_heads": None,  # None -> the memory's retrieval_heads
@@ -85,122 +93,11 @@ SELECTION_DEFAULTS: dict[str, Any] = {
     "window": None,
 }
 
-WEIGHTINGS = ("stick_breaking", "softmax")
-LANDMARKS = ("cls", "mean")
 
 # Keys of a layer mapping that are not kind options.
 _LAYER_META_KEYS = ("kind", "options", "mlp", "selection", "memory", "index", "plugin", "role")
 # Options a retrieval layer gets from its memory rather than from the layout.
 _FROM_MEMORY = ("kv_heads", "head_dim", "chunk_size")
-
-
-# --------------------------------------------------------------------------------------------------
-# Type checks with messages that quote the path
-# --------------------------------------------------------------------------------------------------
-
-def _show(value: Any) -> str:
-    return repr(value) if isinstance(value, str) else str(value) if value is None or isinstance(
-        value, bool | int | float) else f"{type(value).__name__} {value!r}"
-
-
-def _int(path: str, value: Any, *, minimum: int = 1, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise SpecError(path, f"expected {what}{' or null' if allow_none else ''}, got {_show(value)}")
-    return value
-
-
-def _float(path: str, value: Any, *, positive: bool = True) -> float:
-    if isinstance(value, str):
-        # YAML 1.1 reads `1e-5` (no dot) as a string; take it as the number everyone means.
-        with contextlib.suppress(ValueError):
-            value = float(value) if any(c.isdigit() for c in value) and value.strip().lower() not in (
-                "nan", "inf", "-inf") else value
-    if isinstance(value, bool) or not isinstance(value, int | float) or (positive and not value > 0):
-        raise SpecError(path, f"expected a {'positive ' if positive else ''}number, got {_show(value)}")
-    return float(value)
-
-
-def _bool(path: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise SpecError(path, f"expected true or false, got {_show(value)}")
-    return value
-
-
-def _choice(path: str, value: Any, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise SpecError(path, f"expected one of {', '.join(choices)}, got {_show(value)}")
-    return value
-
-
-def _str(path: str, value: Any, *, allow_none: bool = False) -> str | None:
-    if value is None and allow_none:
-        return None
-    if not isinstance(value, str):
-        raise SpecError(path, f"expected a string, got {_show(value)}")
-    return value
-
-
-def _mapping(path: str, value: Any, *, allow_none: bool = True) -> dict[str, Any]:
-    if value is None and allow_none:
-        return {}
-    if not isinstance(value, Mapping):
-        raise SpecError(path, f"expected a mapping, got {_show(value)}")
-    for key in value:
-        if not isinstance(key, str):
-            raise SpecError(path, f"keys must be strings, got {_show(key)}")
-    return dict(value)
-
-
-def _check_keys(path: str, given: Mapping[str, Any], allowed: Sequence[str], what: str = "key") -> None:
-    for key in given:
-        if key not in allowed:
-            close = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            where = f"{path}.{key}" if path else key
-            raise SpecError(where, f"unknown {what}{hint} (allowed: {', '.join(allowed) or 'none'})")
-
-
-def _fill(path: str, given: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
-    _check_keys(path, given, list(defaults))
-    out = {}
-    for key, default in defaults.items():
-        if key in given:
-            out[key] = given[key]
-        elif default is _REQUIRED:
-            raise SpecError(f"{path}.{key}", "missing (required)")
-        else:
-            out[key] = copy.deepcopy(default)
-    return out
-
-
-def _check_option(path: str, value: Any, default: Any) -> Any:
-    """Check a kind option against the type of its registered default (the only schema we have)."""
-    if default is None:
-        return value
-    if isinstance(default, bool):
-        return _bool(path, value)
-    if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise SpecError(path, f"expected an integer, got {_show(value)}")
-        return value
-    if isinstance(default, float):
-        return _float(path, value, positive=False)
-    if isinstance(default, str):
-        return _str(path, value)
-    if isinstance(default, list | tuple):
-        if not isinstance(value, list | tuple):
-            raise SpecError(path, f"expected a list, got {_show(value)}")
-        return list(value)
-    if isinstance(default, Mapping):
-        return _mapping(path, value, allow_none=False)
-    return value
-
-
-def _names(mapping: Mapping[str, Any]) -> str:
-    return ", ".join(mapping) or "none"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -220,7 +117,7 @@ class _Kinds:
     def lookup(self, path: str, kind: Any) -> tuple[str, str, dict[str, Any], Any]:
         """``(role, plugin, defaults, factory)`` of ``kind``, or a did-you-mean error at ``path``."""
         if not isinstance(kind, str):
-            raise SpecError(path, f"expected a kind name, got {_show(kind)}")
+            raise SpecError(path, f"expected a kind name, got {show(kind)}")
         in_b, in_l = kind in self.backbones, kind in self.layers
         if in_b and in_l:
             raise SpecError(path, f"kind {kind!r} is registered both as a backbone (plugin "
@@ -243,15 +140,15 @@ class _Kinds:
 # --------------------------------------------------------------------------------------------------
 
 def _resolve_model(raw: Any) -> dict[str, Any]:
-    m = _fill("model", _mapping("model", raw, allow_none=False) if raw is not None else _missing("model"),
+    m = fill_defaults("model", as_mapping("model", raw, allow_none=False) if raw is not None else _missing("model"),
               MODEL_DEFAULTS)
-    m["vocab_size"] = _int("model.vocab_size", m["vocab_size"])
-    m["d_model"] = _int("model.d_model", m["d_model"])
-    m["tie_embeddings"] = _bool("model.tie_embeddings", m["tie_embeddings"])
-    m["norm_eps"] = _float("model.norm_eps", m["norm_eps"])
-    hidden = _int("model.mlp_hidden", m["mlp_hidden"], allow_none=True)
+    m["vocab_size"] = as_int("model.vocab_size", m["vocab_size"])
+    m["d_model"] = as_int("model.d_model", m["d_model"])
+    m["tie_embeddings"] = as_bool("model.tie_embeddings", m["tie_embeddings"])
+    m["norm_eps"] = as_float("model.norm_eps", m["norm_eps"])
+    hidden = as_int("model.mlp_hidden", m["mlp_hidden"], allow_none=True)
     m["mlp_hidden"] = swiglu_hidden(m["d_model"]) if hidden is None else hidden
-    m["init_std"] = _float("model.init_std", m["init_std"])
+    m["init_std"] = as_float("model.init_std", m["init_std"])
     return m
 
 
@@ -269,26 +166,26 @@ def _default_encoder_heads(d_model: int) -> int:
 
 def _resolve_memory_base(name: str, raw: Any, d_model: int) -> dict[str, Any]:
     p = f"memories.{name}"
-    m = _fill(p, _mapping(p, raw, allow_none=False), MEMORY_DEFAULTS)
-    m["after_layer"] = _int(f"{p}.after_layer", m["after_layer"], minimum=0)
+    m = fill_defaults(p, as_mapping(p, raw, allow_none=False), MEMORY_DEFAULTS)
+    m["after_layer"] = as_int(f"{p}.after_layer", m["after_layer"], minimum=0)
     for key in ("chunk_size", "kv_heads", "head_dim"):
-        m[key] = _int(f"{p}.{key}", m[key])
-    m["landmark_dim"] = _int(f"{p}.landmark_dim", m["landmark_dim"], allow_none=True)
-    m["retrieval_heads"] = _int(f"{p}.retrieval_heads", m["retrieval_heads"], allow_none=True)
-    m["chunk_norm"] = _bool(f"{p}.chunk_norm", m["chunk_norm"])
-    m["k_norm"] = _bool(f"{p}.k_norm", m["k_norm"])
-    enc = _fill(f"{p}.encoder", _mapping(f"{p}.encoder", m["encoder"]), ENCODER_DEFAULTS)
-    enc["layers"] = _int(f"{p}.encoder.layers", enc["layers"], minimum=0)
-    heads = _int(f"{p}.encoder.heads", enc["heads"], allow_none=True)
+        m[key] = as_int(f"{p}.{key}", m[key])
+    m["landmark_dim"] = as_int(f"{p}.landmark_dim", m["landmark_dim"], allow_none=True)
+    m["retrieval_heads"] = as_int(f"{p}.retrieval_heads", m["retrieval_heads"], allow_none=True)
+    m["chunk_norm"] = as_bool(f"{p}.chunk_norm", m["chunk_norm"])
+    m["k_norm"] = as_bool(f"{p}.k_norm", m["k_norm"])
+    enc = fill_defaults(f"{p}.encoder", as_mapping(f"{p}.encoder", m["encoder"]), ENCODER_DEFAULTS)
+    enc["layers"] = as_int(f"{p}.encoder.layers", enc["layers"], minimum=0)
+    heads = as_int(f"{p}.encoder.heads", enc["heads"], allow_none=True)
     enc["heads"] = _default_encoder_heads(d_model) if heads is None else heads
     if d_model % enc["heads"]:
         raise SpecError(f"{p}.encoder.heads", f"{enc['heads']} does not divide model.d_model ({d_model})")
-    hidden = _int(f"{p}.encoder.mlp_hidden", enc["mlp_hidden"], allow_none=True)
+    hidden = as_int(f"{p}.encoder.mlp_hidden", enc["mlp_hidden"], allow_none=True)
     enc["mlp_hidden"] = swiglu_hidden(d_model) if hidden is None else hidden
     m["encoder"] = enc
     if m["landmark"] is None:
         m["landmark"] = "cls" if enc["layers"] > 0 else "mean"
-    m["landmark"] = _choice(f"{p}.landmark", m["landmark"], LANDMARKS)
+    m["landmark"] = as_choice(f"{p}.landmark", m["landmark"], LANDMARKS)
     if m["landmark"] == "cls" and enc["layers"] == 0:
         raise SpecError(f"{p}.landmark", "'cls' needs a chunk encoder (encoder.layers >= 1); use 'mean' "
                                          "or add an encoder layer")
@@ -297,17 +194,17 @@ def _resolve_memory_base(name: str, raw: Any, d_model: int) -> dict[str, Any]:
 
 def _resolve_selection_base(name: str, raw: Any, memories: Mapping[str, Any]) -> dict[str, Any]:
     p = f"retrieval.{name}"
-    s = _fill(p, _mapping(p, raw, allow_none=False), SELECTION_DEFAULTS)
-    mem = _str(f"{p}.memory", s["memory"])
+    s = fill_defaults(p, as_mapping(p, raw, allow_none=False), SELECTION_DEFAULTS)
+    mem = as_str(f"{p}.memory", s["memory"])
     if mem not in memories:
-        raise SpecError(f"{p}.memory", f"unknown {mem!r}; defined: {_names(memories)}")
-    s["topk"] = _int(f"{p}.topk", s["topk"])
-    s["retrieval_dim"] = _int(f"{p}.retrieval_dim", s["retrieval_dim"], allow_none=True)
-    s["retrieval_heads"] = _int(f"{p}.retrieval_heads", s["retrieval_heads"], allow_none=True)
-    s["weighting"] = _choice(f"{p}.weighting", s["weighting"], WEIGHTINGS)
-    s["shared"] = _bool(f"{p}.shared", s["shared"])
-    s["gumbel"] = _bool(f"{p}.gumbel", s["gumbel"])
-    s["window"] = _int(f"{p}.window", s["window"], allow_none=True)
+        raise SpecError(f"{p}.memory", f"unknown {mem!r}; defined: {known_names(memories)}")
+    s["topk"] = as_int(f"{p}.topk", s["topk"])
+    s["retrieval_dim"] = as_int(f"{p}.retrieval_dim", s["retrieval_dim"], allow_none=True)
+    s["retrieval_heads"] = as_int(f"{p}.retrieval_heads", s["retrieval_heads"], allow_none=True)
+    s["weighting"] = as_choice(f"{p}.weighting", s["weighting"], WEIGHTINGS)
+    s["shared"] = as_bool(f"{p}.shared", s["shared"])
+    s["gumbel"] = as_bool(f"{p}.gumbel", s["gumbel"])
+    s["window"] = as_int(f"{p}.window", s["window"], allow_none=True)
     return s
 
 
@@ -359,19 +256,19 @@ def _check_partial(path: str, m: Mapping[str, Any], kind: str, kinds: _Kinds) ->
         if key == "kind":
             continue
         if key == "mlp":
-            _bool(where, value)
+            as_bool(where, value)
         elif key in ("selection", "memory"):
             if role == "backbone" and value is not None:
                 raise SpecError(where, f"only retrieval layers read a memory; '{kind}' is a backbone")
-            _str(where, value, allow_none=True)
+            as_str(where, value, allow_none=True)
         elif key == "index":
-            _int(where, value, minimum=0)
+            as_int(where, value, minimum=0)
         elif key in ("plugin", "role"):
-            _str(where, value, allow_none=True)
+            as_str(where, value, allow_none=True)
         elif key in registered:
-            _check_option(where, value, registered[key])
+            check_option(where, value, registered[key])
         else:
-            _check_keys(path, {key: None}, list(registered), what=f"option for '{kind}'")
+            check_keys(path, {key: None}, list(registered), what=f"option for '{kind}'")
 
 
 def _layer_mapping(path: str, value: Any, symbols: Mapping[str, dict[str, Any]],
@@ -382,7 +279,7 @@ def _layer_mapping(path: str, value: Any, symbols: Mapping[str, dict[str, Any]],
             return copy.deepcopy(symbols[value]), value
         kinds.lookup(path, value)
         return {"kind": value}, None
-    m = _mapping(path, value, allow_none=False)
+    m = as_mapping(path, value, allow_none=False)
     if "kind" not in m:
         raise SpecError(f"{path}.kind", "missing (required)")
     symbol = None
@@ -402,7 +299,7 @@ def _flatten(path: str, m: Mapping[str, Any]) -> dict[str, Any]:
     """Fold a nested ``options`` mapping into flat keys (the canonical form nests options)."""
     out = {k: v for k, v in m.items() if k != "options"}
     if "options" in m:
-        for k, v in _mapping(f"{path}.options", m["options"]).items():
+        for k, v in as_mapping(f"{path}.options", m["options"]).items():
             if k in out:
                 raise SpecError(f"{path}.options.{k}", "given both inside and outside 'options'")
             out[k] = v
@@ -417,7 +314,7 @@ def _merge_layer(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]
 
 def _resolve_symbols(raw: Any, kinds: _Kinds) -> dict[str, dict[str, Any]]:
     symbols = {}
-    for name, value in _mapping("symbols", raw).items():
+    for name, value in as_mapping("symbols", raw).items():
         p = f"symbols.{name}"
         if not name or not (name[0].isalpha() or name[0] == "_") or not all(
                 c.isalnum() or c in "_-" for c in name):
@@ -426,7 +323,7 @@ def _resolve_symbols(raw: Any, kinds: _Kinds) -> dict[str, dict[str, Any]]:
             kinds.lookup(p, value)
             symbols[name] = {"kind": value}
         else:
-            m = _flatten(p, _mapping(p, value, allow_none=False))
+            m = _flatten(p, as_mapping(p, value, allow_none=False))
             if "kind" not in m:
                 raise SpecError(f"{p}.kind", "missing (required)")
             kinds.lookup(f"{p}.kind", m["kind"])
@@ -447,11 +344,11 @@ def _expand_layers(raw: Any, symbols: Mapping[str, dict[str, Any]],
                 close = difflib.get_close_matches(name, list(symbols) + kinds.names(), n=1, cutoff=0.5)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise SpecError("layers", f"unknown symbol {name!r} at column {col}{hint} "
-                                          f"(symbols: {_names(symbols)}; kinds may be used directly too)")
+                                          f"(symbols: {known_names(symbols)}; kinds may be used directly too)")
             out.append(_layer_mapping("layers", name, symbols, kinds))
         return out
     if not isinstance(raw, list):
-        raise SpecError("layers", f"expected a pattern string or a list, got {_show(raw)}")
+        raise SpecError("layers", f"expected a pattern string or a list, got {show(raw)}")
     if not raw:
         raise SpecError("layers", "the layer list is empty")
     for i, item in enumerate(raw):
@@ -462,7 +359,7 @@ def _expand_layers(raw: Any, symbols: Mapping[str, dict[str, Any]],
             for name, col in names:
                 if name not in symbols and name not in kinds.names():
                     raise SpecError(p, f"unknown symbol {name!r} at column {col} "
-                                       f"(symbols: {_names(symbols)})")
+                                       f"(symbols: {known_names(symbols)})")
                 out.append(_layer_mapping(p, name, symbols, kinds))
         else:
             out.append(_layer_mapping(p, item, symbols, kinds))
@@ -472,7 +369,7 @@ def _expand_layers(raw: Any, symbols: Mapping[str, dict[str, Any]],
 def _resolve_overrides(raw: Any, n_layers: int) -> dict[int, list[tuple[str, dict[str, Any]]]]:
     """``overrides`` -> layer index -> [(path written at, flat mapping), ...] in document order."""
     out: dict[int, list[tuple[str, dict[str, Any]]]] = {}
-    for key, value in _mapping("overrides", raw).items():
+    for key, value in as_mapping("overrides", raw).items():
         p = f"overrides.{key}"
         indices: list[int]
         text = str(key).strip()
@@ -490,7 +387,7 @@ def _resolve_overrides(raw: Any, n_layers: int) -> dict[int, list[tuple[str, dic
             if not 0 <= i < n_layers:
                 raise SpecError(p, f"layer index {i} is out of range (the model has {n_layers} layers: "
                                    f"0..{n_layers - 1})")
-            out.setdefault(i, []).append((p, _flatten(p, _mapping(p, value, allow_none=False))))
+            out.setdefault(i, []).append((p, _flatten(p, as_mapping(p, value, allow_none=False))))
     return out
 
 
@@ -512,29 +409,29 @@ def resolve(raw: Mapping[str, Any], *, host: PluginHost | None = None) -> dict[s
         SpecError: the first problem found, with the path of the offending key.
     """
     if not isinstance(raw, Mapping):
-        raise SpecError("", f"a layout is a mapping at the top level, got {_show(raw)}")
-    _check_keys("", raw, TOP_LEVEL_KEYS)
+        raise SpecError("", f"a layout is a mapping at the top level, got {show(raw)}")
+    check_keys("", raw, TOP_LEVEL_KEYS)
     kinds = _Kinds(host or get_host())
 
     version = raw.get("version", FORMAT_VERSION)
     if version != FORMAT_VERSION:
-        raise SpecError("version", f"unsupported layout version {_show(version)}; this toolkit reads "
+        raise SpecError("version", f"unsupported layout version {show(version)}; this toolkit reads "
                                    f"version {FORMAT_VERSION}")
-    name = _str("name", raw.get("name"), allow_none=True)
-    description = _str("description", raw.get("description"), allow_none=True)
+    name = as_str("name", raw.get("name"), allow_none=True)
+    description = as_str("description", raw.get("description"), allow_none=True)
     model = _resolve_model(raw.get("model"))
     d_model = model["d_model"]
 
-    memories = {n: _resolve_memory_base(n, v, d_model) for n, v in _mapping("memories", raw.get("memories")).items()}
+    memories = {n: _resolve_memory_base(n, v, d_model) for n, v in as_mapping("memories", raw.get("memories")).items()}
     selections = {n: _resolve_selection_base(n, v, memories)
-                  for n, v in _mapping("retrieval", raw.get("retrieval")).items()}
+                  for n, v in as_mapping("retrieval", raw.get("retrieval")).items()}
     _wire_retrieval_dims(memories, selections, d_model)
 
     # Per-kind defaults: a layer mapping without 'kind' (options, and optionally mlp/selection).
     kind_defaults: dict[str, dict[str, Any]] = {}
-    for kind, value in _mapping("defaults", raw.get("defaults")).items():
+    for kind, value in as_mapping("defaults", raw.get("defaults")).items():
         kinds.lookup(f"defaults.{kind}", kind)
-        m = _flatten(f"defaults.{kind}", _mapping(f"defaults.{kind}", value))
+        m = _flatten(f"defaults.{kind}", as_mapping(f"defaults.{kind}", value))
         if "kind" in m:
             raise SpecError(f"defaults.{kind}.kind", "defaults are per kind already; remove 'kind'")
         _check_partial(f"defaults.{kind}", m, kind, kinds)
@@ -584,15 +481,15 @@ def _resolve_layer(i: int, item: dict[str, Any], symbol: str | None, kinds: _Kin
     merged = {**kind_defaults.get(kind, {}), **item}
 
     if "index" in merged and merged["index"] != i:
-        raise SpecError(f"{p}.index", f"says {_show(merged['index'])} but the layer is at position {i}")
+        raise SpecError(f"{p}.index", f"says {show(merged['index'])} but the layer is at position {i}")
     for key in ("plugin", "role"):  # informational in canonical specs; recomputed from the registry
-        _str(f"{p}.{key}", merged.get(key, ""), allow_none=True)
-    mlp = _bool(f"{p}.mlp", merged.get("mlp", False))
+        as_str(f"{p}.{key}", merged.get(key, ""), allow_none=True)
+    mlp = as_bool(f"{p}.mlp", merged.get("mlp", False))
 
     option_keys = [k for k in merged if k not in _LAYER_META_KEYS]
     allowed = list(registered)
-    _check_keys(p, {k: None for k in option_keys}, allowed, what=f"option for '{kind}'{origin}")
-    options = {k: _check_option(f"{p}.{k}", merged.get(k, v), v) for k, v in registered.items()}
+    check_keys(p, {k: None for k in option_keys}, allowed, what=f"option for '{kind}'{origin}")
+    options = {k: check_option(f"{p}.{k}", merged.get(k, v), v) for k, v in registered.items()}
 
     layer: dict[str, Any] = {"index": i, "kind": kind, "role": role, "plugin": plugin, "options": options,
                              "mlp": mlp}
@@ -605,13 +502,13 @@ def _resolve_layer(i: int, item: dict[str, Any], symbol: str | None, kinds: _Kin
     sel_name = merged.get("selection")
     if sel_name is None:
         raise SpecError(f"{p}.selection", f"missing: a '{kind}' layer must name the selection it reads"
-                                          f"{origin}; defined: {_names(selections)}")
+                                          f"{origin}; defined: {known_names(selections)}")
     if not isinstance(sel_name, str) or sel_name not in selections:
-        raise SpecError(f"{p}.selection", f"unknown {_show(sel_name)}{origin}; defined: {_names(selections)}")
+        raise SpecError(f"{p}.selection", f"unknown {show(sel_name)}{origin}; defined: {known_names(selections)}")
     sel = selections[sel_name]
     mem_name = sel["memory"]
     if merged.get("memory") is not None and merged["memory"] != mem_name:
-        raise SpecError(f"{p}.memory", f"{_show(merged['memory'])} disagrees with the memory of selection "
+        raise SpecError(f"{p}.memory", f"{show(merged['memory'])} disagrees with the memory of selection "
                                        f"'{sel_name}' ({mem_name!r}); a layer reads the memory of its selection")
     mem = memories[mem_name]
     for key in _FROM_MEMORY:
@@ -627,126 +524,3 @@ def _resolve_layer(i: int, item: dict[str, Any], symbol: str | None, kinds: _Kin
     layer["selection"] = sel_name
     layer["memory"] = mem_name
     return layer
-
-
-# --------------------------------------------------------------------------------------------------
-# Loading, --set overrides, dumping
-# --------------------------------------------------------------------------------------------------
-
-def _parse_key_path(text: str) -> list[str]:
-    parts = text.split(".")
-    if not text or any(not part for part in parts):
-        raise SpecError("", f"--set {text!r}: expected key.path=value, e.g. model.d_model=256")
-    return parts
-
-
-def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``key.path=value`` strings (value parsed as YAML) to a copy of a raw layout.
-
-    Intermediate mappings are created as needed; a numeric part indexes a list (``layers.3.mlp=true``).
-    """
-    out = copy.deepcopy(dict(raw))
-    for item in overrides:
-        if "=" not in item:
-            raise SpecError("", f"--set {item!r}: expected key.path=value, e.g. model.d_model=256")
-        key, _, text = item.partition("=")
-        parts = _parse_key_path(key.strip())
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError as exc:
-            raise SpecError(key, f"--set value {text!r} is not valid YAML ({exc.__class__.__name__})") from None
-        node: Any = out
-        for depth, part in enumerate(parts):
-            last = depth == len(parts) - 1
-            where = ".".join(parts[:depth + 1])
-            if isinstance(node, list):
-                try:
-                    idx = int(part)
-                    if not -len(node) <= idx < len(node):
-                        raise IndexError(idx)
-                except (ValueError, IndexError):
-                    raise SpecError(where, f"--set: {part!r} is not an index of a list of {len(node)}") from None
-                if last:
-                    node[idx] = value
-                else:
-                    node = node[idx]
-            elif isinstance(node, dict):
-                # YAML may have parsed `30:` as an int key (overrides); match it.
-                if part not in node and part.isdigit() and int(part) in node:
-                    node[part] = node.pop(int(part))
-                if last:
-                    node[part] = value
-                else:
-                    if node.get(part) is None:
-                        node[part] = {}
-                    node = node[part]
-            else:
-                raise SpecError(".".join(parts[:depth]), f"--set {key}: cannot set a key inside "
-                                                         f"{_show(node)}")
-    return out
-
-
-def _read_yaml(path: Path) -> Any:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SpecError("", f"cannot read layout file: {exc.strerror or exc}", str(path)) from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError("", f"invalid YAML{where}: {problem}", str(path)) from None
-
-
-def load_spec(path_or_mapping: str | Path | Mapping[str, Any], *, overrides: Sequence[str] = (),
-              source: str | None = None, host: PluginHost | None = None) -> dict[str, Any]:
-    """Read a layout (YAML file or mapping), apply ``--set`` overrides, return the canonical spec.
-
-    Args:
-        path_or_mapping: a YAML file path, or an already parsed mapping.
-        overrides: ``key.path=value`` strings, e.g. ``model.d_model=256``, ``memories.mid.chunk_size=32``.
-        source: name used in error messages (default: the file path).
-        host: plugin host (default: the process-wide one).
-
-    Raises:
-        SpecError: with ``source`` set, for unreadable files, invalid YAML and invalid layouts.
-    """
-    if isinstance(path_or_mapping, str | Path):
-        path = Path(path_or_mapping)
-        source = source or str(path)
-        try:
-            raw = _read_yaml(path)
-        except SpecError as exc:
-            raise exc.with_source(source) from None
-    else:
-        raw = path_or_mapping
-    try:
-        if not isinstance(raw, Mapping):
-            raise SpecError("", f"a layout is a mapping at the top level, got {_show(raw)}")
-        if overrides:
-            raw = apply_overrides(raw, overrides)
-        return resolve(raw, host=host)
-    except SpecError as exc:
-        raise (exc.with_source(source) if source else exc) from None
-
-
-class _SpecDumper(yaml.SafeDumper):
-    pass
-
-
-def _repr_dict(dumper: yaml.SafeDumper, data: dict[str, Any]) -> yaml.Node:
-    # Layers and small option mappings in flow style keep a 50-layer spec readable (one line each).
-    is_layer = "kind" in data and "index" in data
-    is_small = len(data) <= 6 and all(not isinstance(v, dict | list) for v in data.values())
-    flow = is_layer or is_small
-    return dumper.represent_mapping("tag:yaml.org,2002:map", data.items(), flow_style=flow)
-
-
-_SpecDumper.add_representer(dict, _repr_dict)
-
-
-def dump_spec(spec: Mapping[str, Any]) -> str:
-    """The canonical spec as YAML (key order kept; one line per layer); ``yaml.safe_load`` reads it back."""
-    return yaml.dump(dict(spec), Dumper=_SpecDumper, sort_keys=False, width=1 << 16, allow_unicode=True)
