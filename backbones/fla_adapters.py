@@ -46,6 +46,7 @@ import contextlib
 import os
 import sys
 import warnings
+from abc import abstractmethod
 from types import ModuleType
 from typing import Any
 
@@ -188,11 +189,11 @@ class _FLAMixer(Mixer):
             self.attn = getattr(layers, self.layer_class)(hidden_size=d_model, layer_idx=0, **layer_kwargs)
 
     # Subclasses map between fla's layer-cache dict and our flat state.
-    def _to_fla(self, state: MixerState) -> dict[str, Any]:
-        raise NotImplementedError
+    @abstractmethod
+    def _to_fla(self, state: MixerState) -> dict[str, Any]: ...
 
-    def _from_fla(self, entry: dict[str, Any]) -> MixerState:
-        raise NotImplementedError
+    @abstractmethod
+    def _from_fla(self, entry: dict[str, Any]) -> MixerState: ...
 
     def _call(self, x: Tensor, cache: Any, use_cache: bool) -> Tensor:
         return self.attn(x, past_key_values=cache, use_cache=use_cache)[0]

@@ -13,6 +13,7 @@ always give the same batch, on any machine (every draw comes from one CPU ``torc
 from __future__ import annotations
 
 import difflib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -117,7 +118,7 @@ def uniform(g: torch.Generator) -> float:
     return float(torch.rand((), generator=g))
 
 
-class Task:
+class Task(ABC):
     """Base class of synthetic tasks. Subclasses set :attr:`name`, :attr:`defaults` and implement
     :meth:`_fill` (write one sample into a filler row).
 
@@ -173,24 +174,24 @@ class Task:
         return {**cls.common_defaults, **cls.defaults}
 
     # -- for subclasses -----------------------------------------------------------------------------
-    def validate(self) -> None:
+    def validate(self) -> None:  # noqa: B027 - optional hook: tasks without own options need no check
         """Check the task-specific options (raise ``ValueError``)."""
 
     @property
+    @abstractmethod
     def num_answers(self) -> int:
         """Answer tokens per sample (``A``)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def min_length(self) -> int:
         """The shortest ``seq_len`` this task can fill."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _fill(self, row: Tensor, g: torch.Generator, depth: float | None) -> tuple[list[int], float]:
         """Write one sample into ``row`` ``(T,)`` (already filler, ``row[0] == BOS``).
 
         Returns the answer positions (the positions *predicting* answer tokens) and the depth used.
         """
-        raise NotImplementedError
 
     # -- shared machinery ---------------------------------------------------------------------------
     def symbols(self, g: torch.Generator, n: int, *, part: tuple[int, int] = (0, 1), distinct: bool = False) -> Tensor:
