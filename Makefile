@@ -21,7 +21,8 @@ demo: setup
 	$(BIN)/hsa demo
 
 test: setup
-	$(BIN)/python -m pytest $(PYTEST_ARGS) tests plugins/hsa-minlstm/tests
+	# Everything is installed by setup, so a missing optional piece is a failure here, not a skip.
+	HSA_TESTS_REQUIRE_ALL=1 $(BIN)/python -m pytest $(PYTEST_ARGS) tests plugins/hsa-minlstm/tests
 
 lint: setup
 	$(BIN)/ruff check $(LINT_PATHS)

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 import torch.nn.functional as F
+from optional_deps import skip_unless_required
 
 
 def _chunk_scan_via_minimal(ssd_minimal_discrete):  # type: ignore[no-untyped-def]
@@ -64,7 +65,7 @@ def _chunk_scan_via_minimal(ssd_minimal_discrete):  # type: ignore[no-untyped-de
 def mamba_ssm_ref() -> Iterator[types.SimpleNamespace]:
     """mamba-ssm's ``Mamba``, ``Mamba2`` and ``InferenceParams`` runnable on CPU (see the module docstring)."""
     if importlib.util.find_spec("mamba_ssm") is None:
-        pytest.skip("mamba-ssm is not installed (pip install 'hsa-toolkit[mamba]', see README)")
+        skip_unless_required("mamba-ssm is not installed (pip install 'hsa-toolkit[mamba]', see README)")
     before = set(sys.modules)
     stubbed = "selective_scan_cuda" not in sys.modules
     if stubbed:

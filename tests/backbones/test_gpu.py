@@ -13,6 +13,7 @@ from hsa_backbones._ssm import fast_kernels, ssd_scan
 from hsa_backbones.attention import build_attention, build_swa
 from hsa_backbones.mamba import build_mamba
 from hsa_backbones.mamba2 import build_mamba2
+from optional_deps import skip_unless_required
 
 from hsa_core.testing import check_mixer
 
@@ -39,7 +40,7 @@ def test_contract_on_cuda(factory: Any, options: dict[str, Any]) -> None:
 @pytest.mark.parametrize("name", ["gla", "rwkv6", "rwkv7"])
 def test_fla_contract_on_cuda(name: str) -> None:
     if importlib.util.find_spec("fla") is None:
-        pytest.skip("fla is not installed")
+        skip_unless_required("fla is not installed")
     from hsa_backbones import fla_adapters
 
     def factory(d_model: int, **options: Any) -> Any:
@@ -54,7 +55,7 @@ def test_fla_contract_on_cuda(name: str) -> None:
 def test_mamba_ssm_chunk_scan_matches_the_torch_scan() -> None:
     kernels = fast_kernels()
     if kernels is None or kernels.chunk_scan is None:
-        pytest.skip("mamba-ssm's Triton kernels are not importable")
+        skip_unless_required("mamba-ssm's Triton kernels are not importable")
     g = torch.Generator(device="cuda").manual_seed(0)
     b, t, h, p, n, groups = 2, 300, 4, 32, 16, 2
     x = torch.randn(b, t, h, p, device="cuda", generator=g)

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+from optional_deps import skip_unless_required
 
 from hsa_core.model import HSALanguageModel
 from hsa_core.plugins import backbones
@@ -43,11 +44,11 @@ def hybrid(kind: str) -> dict[str, Any]:
 def test_backbone_in_hybrid(kind: str) -> None:
     registry = backbones()
     if kind not in registry:
-        pytest.skip(f"backbone {kind!r} is not registered")
+        skip_unless_required(f"backbone {kind!r} is not registered")
     info = registry.get(kind)
     missing = [m for m in info.requires if importlib.util.find_spec(m) is None]
     if missing:
-        pytest.skip(f"{kind} needs {missing}")
+        skip_unless_required(f"{kind} needs {missing}")
     torch.manual_seed(0)
     t0 = time.perf_counter()
     model = HSALanguageModel.from_spec(hybrid(kind))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from optional_deps import skip_unless_required
 
 from hsa_core.layout import load_spec
 from hsa_core.model import HSALanguageModel
@@ -41,9 +42,9 @@ def _layout(kind: str) -> dict:
 @pytest.mark.parametrize("kind", KINDS)
 def test_hybrid_on_cuda(kind: str, dtype: torch.dtype) -> None:
     if kind not in backbones():
-        pytest.skip(f"{kind} not registered")
+        skip_unless_required(f"{kind} not registered")
     if any(importlib.util.find_spec(m) is None for m in backbones().get(kind).requires):
-        pytest.skip(f"{kind}: optional dependency missing")
+        skip_unless_required(f"{kind}: optional dependency missing")
     torch.manual_seed(0)
     model = HSALanguageModel.from_spec(_layout(kind), device="cuda", dtype=dtype).eval()
     ids = torch.randint(0, 512, (2, 300), device="cuda")

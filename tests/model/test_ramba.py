@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from optional_deps import skip_unless_required
 
 from hsa_core.layout import load_spec
 from hsa_core.model import HSALanguageModel
@@ -17,7 +18,7 @@ PRESETS = Path(__file__).resolve().parents[2] / "hsa_core" / "presets"
 def _need(*kinds: str) -> None:
     missing = [k for k in kinds if k not in backbones()]
     if missing:
-        pytest.skip(f"backbones not registered: {missing}")
+        skip_unless_required(f"backbones not registered: {missing}")
 
 
 def test_ramba_370m_parameter_count() -> None:
