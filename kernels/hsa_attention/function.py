@@ -10,6 +10,8 @@ import torch
 import triton
 from torch import Tensor
 
+from .index import build_inverse_index as _build_inverse_index_triton
+from .index import build_inverse_index_torch
 from .kernels import (
     _hsa_bwd_dq_reduce_kernel,
     _hsa_bwd_fused_kernel,
@@ -38,6 +40,8 @@ CONFIG = {
     "fwd_mode": "query", "use_tma": False, "fwd_rows": 64, "fwd_chunk_warps": 4, "fwd_chunk_stages": 2,
     # dtype of the per-pair buffers (forward outputs, dQ contributions): "input" (q's dtype) or "fp32"
     "pair_dtype": "input",
+    # inverse index (chunk-outer forward, backward): "triton" (index.py, 5 launches) or "torch" (~38 ops)
+    "index_impl": "triton",
 }
 
 
@@ -148,46 +152,14 @@ def _pair_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def build_inverse_index(indices: Tensor, num_chunks: int, seg: int) -> dict[str, Tensor]:
-    """Inverse index of the selection, split into segments of at most ``seg`` pairs.
-
-    Pairs are flat ids of ``(b, t, h, j)`` in ``indices``; the valid ones are grouped by flat chunk
-    ``(b, h, c)`` with a stable radix sort (= a counting sort's output: per chunk the pairs in token
-    order), so the order, and with it every sum, is the same on each run. No host synchronisation:
-    the number of segments is bounded by ``B*H*C + ceil(N / seg)``.
-    """
-    B, _, H, _ = indices.shape
-    dev = indices.device
-    BHC = B * H * num_chunks
-    # int32 keys when they fit: half the radix-sort passes of int64.
-    kdt = torch.int32 if BHC < 2**31 - 1 else torch.int64
-    idx = indices.to(kdt)
-    bh = (torch.arange(B, device=dev, dtype=kdt)[:, None, None, None] * H
-          + torch.arange(H, device=dev, dtype=kdt)[None, None, :, None])
-    valid = (idx >= 0) & (idx < num_chunks)
-    key = torch.where(valid, bh * num_chunks + idx, torch.full_like(idx, BHC)).reshape(-1)
-    sorted_key, order = torch.sort(key, stable=True)
-    # Chunk boundaries in the sorted keys (no bincount: on CUDA it synchronises with the host).
-    bounds = torch.searchsorted(sorted_key, torch.arange(BHC + 1, device=dev, dtype=kdt))
-    starts = bounds[:-1]
-    counts = bounds[1:] - starts
-    nseg = (counts + seg - 1) // seg
-    seg_incl = torch.cumsum(nseg, 0)
-    seg_first = seg_incl - nseg
-    n_max = BHC + (key.numel() + seg - 1) // seg
-    sid = torch.arange(n_max, device=dev)
-    chunk = torch.searchsorted(seg_incl, sid, right=True)
-    used = chunk < BHC
-    cc = chunk.clamp(max=BHC - 1)
-    local = sid - seg_first[cc]
-    seg_start = starts[cc] + local * seg
-    seg_end = torch.minimum(seg_start + seg, starts[cc] + counts[cc])
-    order = order.to(torch.int32) if key.numel() < 2**31 else order
-    return {
-        "order": order,
-        "seg_chunk": torch.where(used, chunk, torch.full_like(chunk, -1)),
-        "seg_start": seg_start, "seg_end": seg_end,
-        "seg_first": seg_first, "seg_count": nseg.to(torch.int32),
-    }
+    """Inverse index of the selection (see ``index.py``), by ``CONFIG["index_impl"]``: "triton" (three
+    kernels + sort + cumsum) or "torch" (the naive twin, ~38 ops); both give bitwise-identical tensors."""
+    impl = CONFIG["index_impl"]
+    if impl == "triton":
+        return _build_inverse_index_triton(indices, num_chunks, seg)
+    if impl == "torch":
+        return build_inverse_index_torch(indices, num_chunks, seg)
+    raise ValueError(f"CONFIG['index_impl'] must be 'triton' or 'torch', not {impl!r}")
 
 
 def _kv_block_p(G: int, rows: int | None = None) -> tuple[int, int]:
@@ -319,5 +291,5 @@ def hsa_attention_triton(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, weigh
     return HSAAttentionFunction.apply(q, k, v, indices, weights, chunk_size, scale, sink)
 
 
-__all__ = ["CONFIG", "HSAAttentionFunction", "build_inverse_index", "hsa_attention_bwd", "hsa_attention_fwd",
-           "hsa_attention_triton"]
+__all__ = ["CONFIG", "HSAAttentionFunction", "build_inverse_index", "build_inverse_index_torch", "hsa_attention_bwd",
+           "hsa_attention_fwd", "hsa_attention_triton"]
