@@ -24,6 +24,9 @@ def eval_task(
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA), fp32 or bf16."),
     task_option: list[str] | None = typer.Option(None, "--task-option", "-t", metavar="KEY=VALUE",
                                                  help="Override a task option (default: the training run's)."),
+    time_limit: float | None = typer.Option(
+        None, "--time-limit", min=0, help="Start no further length after this many seconds (results so far are "
+        "written; skipped lengths are listed)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Where to write the JSON/PNG (default: RUN)."),
     plugin: list[Path] | None = PLUGIN_OPTION,
 ) -> None:
@@ -48,10 +51,14 @@ def eval_task(
     try:
         result, jpath, ppath = run_eval(run, task, lens, deps, samples=samples, seed=seed, segment_len=segment_len,
                                         max_batch_tokens=batch_tokens, device=device, dtype=dtype,
-                                        task_overrides=opts, out=out, on_cell=show)
+                                        task_overrides=opts, out=out, on_cell=show,
+                                        time_limit=time_limit)
     except (ValueError, FileNotFoundError) as exc:
         if type(exc) not in (ValueError, FileNotFoundError):
             raise
         fail(str(exc), EXIT_USAGE)
     console().print(rich_table(result))
+    if result.meta.get("skipped_lengths"):
+        console().print("time limit reached; not evaluated: "
+                        + ", ".join(format_length(n) for n in result.meta["skipped_lengths"]))
     console().print(f"wrote {jpath} and {ppath}")

@@ -59,6 +59,9 @@ def train(
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the model."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint in --out."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (logs only)."),
+    time_limit: float | None = typer.Option(
+        None, "--time-limit", min=0, help="Stop after this many seconds of wall time: checkpoint, publish the "
+        "model, exit 0 (the schedule is not shortened; --resume continues)."),
     set_: list[str] | None = SET_OPTION,
     plugin: list[Path] | None = PLUGIN_OPTION,
 ) -> None:
@@ -81,7 +84,8 @@ def train(
             eval_every=eval_every, eval_samples=eval_samples,
             eval_lengths=parse_lengths(eval_lengths) if eval_lengths else None,
             checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, fsdp=fsdp, compile=compile_)
-        result = run_training(cfg, spec_dict, out, resume=resume, progress=not no_progress, resume_steps=steps)
+        result = run_training(cfg, spec_dict, out, resume=resume, progress=not no_progress, resume_steps=steps,
+                                   time_limit=time_limit)
     except RunExistsError as exc:
         fail(str(exc), EXIT_USAGE)
     except ValueError as exc:

@@ -109,7 +109,8 @@ def evaluate(model: nn.Module, task: Task, lengths: Sequence[int], depths: Seque
              samples: int = 32, seed: int = 1234, segment_len: int = 4096, max_batch_tokens: int = 1 << 17,
              device: torch.device | str | None = None, autocast_dtype: torch.dtype | None = None,
              rank: int = 0, world_size: int = 1, reduce: Callable[[Tensor], Tensor] | None = None,
-             on_cell: Callable[[CellResult], None] | None = None) -> EvalResult:
+             on_cell: Callable[[CellResult], None] | None = None,
+             time_limit: float | None = None) -> EvalResult:
     """Exact-match accuracy of ``model`` on ``task`` for every (length, depth).
 
     The samples of a cell are the same for every model (seeded by ``seed``, length and depth index),
@@ -119,13 +120,21 @@ def evaluate(model: nn.Module, task: Task, lengths: Sequence[int], depths: Seque
     Args:
         samples: per cell.
         max_batch_tokens: sequences per forward = ``max(1, max_batch_tokens // length)``.
+        time_limit: seconds; once exceeded, no further length is started (at least one is; those done are kept,
+            ``result.lengths`` lists only those, and ``result.meta["skipped_lengths"]`` the others).
+            Pass lengths in increasing order so that the cheap ones are done first.
     """
+    t_start = time.perf_counter()
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
     result = EvalResult(task.name, dict(task.options), list(lengths), list(depths))
     try:
-        for length in lengths:
+        for li, length in enumerate(lengths):
+            if li and time_limit is not None and time.perf_counter() - t_start >= time_limit:
+                result.lengths = list(lengths[:li])
+                result.meta["skipped_lengths"] = list(lengths[li:])
+                break
             per_batch = max(1, min(samples, max_batch_tokens // length))
             for di, depth in enumerate(depths):
                 t0 = time.perf_counter()

@@ -56,7 +56,8 @@ def task_options_for(run: Path, task: str, spec: dict[str, Any], overrides: dict
 def run_eval(run: str | Path, task: str, lengths: list[int], depths: list[float | None], *, samples: int = 20,
              seed: int = 1234, segment_len: int = 4096, max_batch_tokens: int = 1 << 17, device: str = "auto",
              dtype: str = "auto", task_overrides: dict[str, Any] | None = None, out: str | Path | None = None,
-             on_cell: Callable[[CellResult], None] | None = None) -> tuple[EvalResult, Path, Path]:
+             on_cell: Callable[[CellResult], None] | None = None,
+             time_limit: float | None = None) -> tuple[EvalResult, Path, Path]:
     """Evaluate the model of ``run`` and write ``eval_<task>.json`` and ``eval_<task>.png``.
 
     Returns:
@@ -79,8 +80,10 @@ def run_eval(run: str | Path, task: str, lengths: list[int], depths: list[float 
         raise ValueError(f"lengths {too_short} are shorter than task '{task}' needs ({t.min_length()})")
     t0 = time.perf_counter()
     result = evaluate(model, t, lengths, depths, samples=samples, seed=seed, segment_len=segment_len,
-                      max_batch_tokens=max_batch_tokens, device=dev, autocast_dtype=amp, on_cell=on_cell)
-    result.meta = {"model_dir": str(mdir), "train_seq_len": train_len, "samples_per_cell": samples, "seed": seed,
+                      max_batch_tokens=max_batch_tokens, device=dev, autocast_dtype=amp, on_cell=on_cell,
+                      time_limit=time_limit)
+    result.meta = {**result.meta, "model_dir": str(mdir), "train_seq_len": train_len, "samples_per_cell": samples,
+                   "seed": seed,
                    "segment_len": segment_len, "device": str(dev), "dtype": "bf16" if amp else "fp32",
                    "seconds": round(time.perf_counter() - t0, 2), "torch": torch.__version__,
                    "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None}

@@ -143,7 +143,7 @@ def _progress(enabled: bool, total: int, start: int):
 def train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: str | Path, *, resume: bool = False,
           model_factory: ModelFactory | None = None, progress: bool = True, stop_after: int | None = None,
           env: DistEnv | None = None, log: Callable[[str], None] | None = None,
-          resume_steps: int | None = None) -> TrainResult:
+          resume_steps: int | None = None, time_limit: float | None = None) -> TrainResult:
     """Train a model built from ``spec`` on ``cfg.task``; write checkpoints and metrics under ``run``.
 
     Args:
@@ -159,6 +159,10 @@ def train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: str | Path, *, 
         log: receives one-line messages (default: print on the main rank).
         resume_steps: on resume, the new total number of steps (extends a run; note that the cosine
             schedule follows the new total from then on); ``None`` keeps the checkpoint's.
+        time_limit: wall-clock seconds (from the call) after which training stops at the end of the
+            current step, writes a checkpoint there and publishes its weights as ``run/model``, like
+            Lightning's ``max_time``: the schedule is *not* shortened, so ``--resume`` later continues
+            the same run to ``cfg.steps``. All ranks stop at the same step (rank 0's clock decides).
 
     Returns:
         :class:`TrainResult` (main rank's view; other ranks get the same losses).
@@ -170,7 +174,8 @@ def train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: str | Path, *, 
     say = log or (lambda m: print(m, flush=True) if env.is_main else None)
     factory = model_factory or default_model_factory
     try:
-        return _train(cfg, spec, run, resume, factory, progress, stop_after, env, say, t_start, resume_steps)
+        return _train(cfg, spec, run, resume, factory, progress, stop_after, env, say, t_start, resume_steps,
+                      time_limit)
     finally:
         if own_env:
             shutdown(env)
@@ -178,7 +183,7 @@ def train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: str | Path, *, 
 
 def _train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: Path, resume: bool, factory: ModelFactory,
            show_progress: bool, stop_after: int | None, env: DistEnv, say: Callable[[str], None],
-           t_start: float, resume_steps: int | None) -> TrainResult:
+           t_start: float, resume_steps: int | None, time_limit: float | None = None) -> TrainResult:
     latest = ckpt.latest_checkpoint(run)
     state: dict[str, Any] | None = None
     if latest is not None and not resume:
@@ -299,14 +304,30 @@ def _train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: Path, resume: 
                 eval_result = res
                 logger.log({"step": done, "eval": res})
                 say(f"step {done}: eval exact-match " + ", ".join(f"{k}: {v:.3f}" for k, v in res.items()))
-            if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps:
+            out_of_time = time_limit is not None and done < end and _agree(now - t_start >= time_limit, env)
+            if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps or out_of_time:
                 _save(run, model, wrapped, optimizer, cfg, env, done, tokens_seen, carry_count, carried)
-    if end == cfg.steps and env.is_main:
+            if out_of_time:
+                logger.log({"step": done, "stopped": "time_limit", "time_limit": time_limit,
+                            "time": round(now - t_start, 3)})
+                say(f"time limit of {time_limit:g}s reached: stopped after step {done} of {cfg.steps} "
+                    f"(checkpoint written; --resume continues)")
+                end = done
+                break
+    if (end == cfg.steps or time_limit is not None) and env.is_main:
         final = ckpt.latest_checkpoint(run)
         if final is not None:
             _publish_final(run, final)
     barrier(env)
     return TrainResult(run, end, last_loss, logger.records, time.perf_counter() - t_start, eval_result)
+
+
+def _agree(flag: bool, env: DistEnv) -> bool:
+    """Rank 0's ``flag`` on every rank (clocks differ between ranks; all must stop at the same step)."""
+    if not env.distributed:
+        return flag
+    t = torch.tensor([1.0 if (flag and env.is_main) else 0.0], device=env.device)
+    return bool(all_reduce_sum(t, env).item() > 0)
 
 
 def _autocast(device: torch.device, amp: torch.dtype | None):

@@ -97,6 +97,25 @@ def test_evaluate_grid_and_reduce() -> None:
     assert sum(h.cells[0].accuracy for h in halves) == pytest.approx(1.0)
 
 
+def test_time_limit_keeps_the_lengths_done_and_names_the_rest() -> None:
+    task = make_task("passkey", vocab_size=64, num_symbols=16, min_gap=8)
+    class Constant(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(()))
+
+        def forward(self, ids, cache=None, return_cache=False):
+            return ModelOutput(torch.zeros(*ids.shape, 64), None)
+
+    res = evaluate(Constant(), task, [40, 48, 64], [0.5], samples=2, device="cpu", time_limit=0.0)
+    # at least the first length is evaluated; later ones are skipped and listed
+    assert res.lengths == [40] and [c.length for c in res.cells] == [40]
+    assert res.meta["skipped_lengths"] == [48, 64]
+    assert set(res.by_length()) == {40}
+    full = evaluate(Constant(), task, [40, 48], [0.5], samples=2, device="cpu", time_limit=1e9)
+    assert full.lengths == [40, 48] and "skipped_lengths" not in full.meta
+
+
 def test_parsers() -> None:
     assert parse_lengths("512, 1k,2K,1m") == [512, 1024, 2048, 1 << 20]
     assert parse_lengths("1.5k") == [1536]

@@ -66,6 +66,24 @@ def test_kill_and_resume_reproduces_the_loss_curve(tmp_path: Path, tiny_spec: di
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
 
 
+def test_time_limit_stops_with_a_checkpoint_and_resume_finishes_the_same_run(tmp_path: Path,
+                                                                             tiny_spec: dict[str, Any]) -> None:
+    full = train(small_cfg(), tiny_spec, tmp_path / "full", progress=False, log=lambda m: None)
+    said: list[str] = []
+    cut = train(small_cfg(), tiny_spec, tmp_path / "cut", progress=False, time_limit=0.0, log=said.append)
+    # stopped after the first step (not at a checkpoint_every multiple), with a checkpoint there
+    assert cut.step == 1 and ckpt.latest_checkpoint(tmp_path / "cut").name == "step_0000001"
+    assert (tmp_path / "cut" / "model" / "model.safetensors").exists()  # usable by `hsa eval` at once
+    assert any("time limit" in m for m in said)
+    records = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["stopped"] == "time_limit" and records[-1]["step"] == 1
+    # the schedule was not shortened: resuming continues the same 6-step run to the same curve
+    resumed = train(small_cfg(), None, tmp_path / "cut", resume=True, progress=False, log=lambda m: None)
+    assert resumed.step == 6
+    assert train_losses(tmp_path / "cut") == pytest.approx(train_losses(tmp_path / "full"), abs=1e-6, rel=0)
+    assert resumed.final_loss == pytest.approx(full.final_loss, abs=1e-6)
+
+
 def test_crash_while_checkpointing_keeps_the_previous_one(tmp_path: Path, tiny_spec: dict[str, Any],
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     real_commit = ckpt.commit
