@@ -73,10 +73,12 @@ def _index_bounds_kernel(
     CAST: tl.constexpr, BLOCK_SEARCH: tl.constexpr, BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
+    # Names differ between the branches on purpose: the compiler (unlike the interpreter) rejects a
+    # variable whose block shape differs between the two sides of a runtime `if`.
     if pid < n_search_progs:
         # Chunk c owns sorted positions [lower_bound(c), lower_bound(c + 1)) (= torch.searchsorted).
         c = pid.to(tl.int64) * BLOCK_SEARCH + tl.arange(0, BLOCK_SEARCH)
-        m = c < BHC
+        in_range = c < BHC
         lo0 = tl.zeros([BLOCK_SEARCH], dtype=tl.int64)
         hi0 = lo0 + N
         lo1 = lo0
@@ -93,15 +95,15 @@ def _index_bounds_kernel(
             lo1 = tl.where(go1 & (v1 < c + 1), mid1 + 1, lo1)
             hi1 = tl.where(go1 & (v1 >= c + 1), mid1, hi1)
         nseg = (lo1 - lo0 + seg - 1) // seg
-        tl.store(STARTS + c, lo0, mask=m)
-        tl.store(ENDS + c, lo1, mask=m)
-        tl.store(NSEG + c, nseg, mask=m)
-        tl.store(SEG_COUNT + c, nseg.to(tl.int32), mask=m)
+        tl.store(STARTS + c, lo0, mask=in_range)
+        tl.store(ENDS + c, lo1, mask=in_range)
+        tl.store(NSEG + c, nseg, mask=in_range)
+        tl.store(SEG_COUNT + c, nseg.to(tl.int32), mask=in_range)
     else:
         if CAST:
             i = (pid - n_search_progs).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-            m = i < N
-            tl.store(ORDER_OUT + i, tl.load(ORDER_IN + i, mask=m, other=0).to(tl.int32), mask=m)
+            in_n = i < N
+            tl.store(ORDER_OUT + i, tl.load(ORDER_IN + i, mask=in_n, other=0).to(tl.int32), mask=in_n)
 
 
 @triton.jit
