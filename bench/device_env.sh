@@ -1,13 +1,19 @@
-# Source on the GPU machine from the repo root: makes this checkout importable without installing it,
-# and installs carried wheels (fla) into /tmp/site when .whl/ was carried.
+# Source on the GPU machine from the repo root: makes this checkout importable without installing it
+# and installs the carried wheels (.whl/: the toolkit's own wheel for its entry points and `hsa`
+# script, typer/rich/pluggy/einops, fla) into /tmp/site. Build .whl/ here first:
+#   pip wheel --no-deps --no-build-isolation . -w .whl   (+ the pip download line in bench/train/README.md)
+# The checkout comes first on PYTHONPATH, so the code that runs is the checkout's, and the wheel only
+# contributes its metadata (entry points: the built-in backbones are plugins).
 set -e
 mkdir -p /tmp/pkgs
 ln -sfn "$PWD/kernels" /tmp/pkgs/hsa_kernels
 ln -sfn "$PWD/hsa_core" /tmp/pkgs/hsa_core
 ln -sfn "$PWD/backbones" /tmp/pkgs/hsa_backbones
+ln -sfn "$PWD/cli" /tmp/pkgs/hsa_cli
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:$PYTHONPATH
+  export PATH=/tmp/site/bin:$PATH
 fi
 export PYTHONPATH=/tmp/pkgs:$PYTHONPATH
 export PYTHONUNBUFFERED=1

@@ -1,94 +1,72 @@
 #!/usr/bin/env bash
-# Passkey extrapolation demonstration on one H200 (issue 4): RAMba vs the same Mamba2 backbone without
-# HSA vs SWA+HSA, all trained at 4K tokens on identical data, evaluated at 4K .. 1M tokens.
+# Passkey extrapolation demonstration on H200s (issue 4): RAMba vs the same Mamba2 backbone without
+# HSA vs SWA+HSA, all trained at <= 4K tokens on identical data, evaluated at 4K .. 1M tokens.
+# Layouts run concurrently, layout i on GPU i % (number of GPUs); each one is bench/train/demo_one.sh
+# (its env knobs: STEPS, SHORT_STEPS, BATCH, LR, LENGTHS, RESET, time limits S1_TIME, S2_TIME, EVAL_TIME...).
 #
-#   bash bench/train/run_demo.sh                 # defaults below; override with env vars
-#   STEPS=1500 LENGTHS=4k,16k,64k,256k,1m,4m bash bench/train/run_demo.sh
-#   ONLY="ramba ramba-mem0" bash bench/train/run_demo.sh      # some layouts only
-set -euo pipefail
+#   bash bench/train/run_demo.sh                       # NAMES="ramba-mem0 mamba2 swa-hsa"
+#   NAMES="ramba-mem0 mamba2" bash bench/train/run_demo.sh
+#   SUMMARY_ONLY=1 NAMES="..." bash bench/train/run_demo.sh   # only (re)write the summary
+set -uo pipefail
 cd "$(dirname "$0")/../.."
-
-RUNS=${RUNS:-runs/demo}
-# Curriculum (what made retrieval learnable quickly on CPU, bench/results/cpu_passkey.md): a short
-# stage where top-k covers every visible chunk (512 tokens = 7 visible chunks of 64 < topk 8), then
-# the 4K stage starting from its weights (--init-from).
-SHORT_SEQ=${SHORT_SEQ:-512}
-SHORT_STEPS=${SHORT_STEPS:-600}
-SHORT_BATCH=${SHORT_BATCH:-64}
-SEQ=${SEQ:-4096}
-STEPS=${STEPS:-900}
-BATCH=${BATCH:-16}
-LR=${LR:-1e-3}
-SHORT_LR=${SHORT_LR:-2e-3}
-RESET=${RESET:-}              # e.g. RESET=1024: backbone state reset inside the 4K sequences (HSA layouts only)
-LENGTHS=${LENGTHS:-4k,16k,64k,256k,1m}
-DEPTHS=${DEPTHS:-0.1,0.3,0.5,0.7,0.9}
-SAMPLES=${SAMPLES:-20}
-SEGMENT=${SEGMENT:-16384}
-TASKOPTS=(--task-option min_gap=128 --task-option key_len=${KEY_LEN:-4})
-OUT=bench/results/h200_train
+RUNS=${RUNS:-runs/demo}; export RUNS
+NAMES=${NAMES:-ramba-mem0 mamba2 swa-hsa}
+OUT=${OUT_DIR:-bench/results/h200_train}
 mkdir -p "$RUNS" "$OUT"
+read -ra names <<< "$NAMES"
 
-declare -A LAYOUT=([ramba]=ramba-demo [ramba-mem0]=ramba-demo-mem0 [mamba2]=mamba2-demo [swa-hsa]=swa-hsa-demo)
-NAMES=${ONLY:-ramba mamba2 swa-hsa}
+if [ -z "${SUMMARY_ONLY:-}" ]; then
+  # Every layout in its own process, all at once, on GPU i % n (these small models leave an H200
+  # mostly idle, so two on one GPU cost little; each stage has its own time limit, demo_one.sh).
+  ngpu=$(python3 -c 'import torch; print(max(1, torch.cuda.device_count()))')
+  pids=()
+  for i in "${!names[@]}"; do
+    ( CUDA_VISIBLE_DEVICES=$((i % ngpu)) bash bench/train/demo_one.sh "${names[$i]}" > "$RUNS/${names[$i]}.log" 2>&1 \
+        || echo "!!! ${names[$i]} failed, see $RUNS/${names[$i]}.log" ) &
+    pids+=($!)
+  done
+  wait "${pids[@]}"
+fi
 
-for name in $NAMES; do
+for name in "${names[@]}"; do
   run="$RUNS/$name"
-  spec="bench/train/layouts/${LAYOUT[$name]}.yaml"
-  extra=()
-  [ -n "$RESET" ] && [ "$name" != mamba2 ] && extra=(--state-reset-every "$RESET")
-  echo "=== train $name, stage 1: $SHORT_SEQ tokens ($(date -u +%H:%M:%S))"
-  resume=(); [ -d "$run.short/checkpoints" ] && resume=(--resume)
-  hsa train "$spec" --task passkey --seq-len "$SHORT_SEQ" --batch-size "$SHORT_BATCH" --steps "$SHORT_STEPS" \
-      --lr "$SHORT_LR" --warmup 50 --checkpoint-every 200 "${TASKOPTS[@]}" "${resume[@]}" --no-progress \
-      --out "$run.short" 2>&1 | tee -a "$run.train.log"
-  echo "=== train $name, stage 2: $SEQ tokens ($(date -u +%H:%M:%S))"
-  resume=(); [ -d "$run/checkpoints" ] && resume=(--resume)
-  hsa train "$spec" --task passkey --seq-len "$SEQ" --batch-size "$BATCH" --steps "$STEPS" --lr "$LR" \
-      --warmup 50 --eval-every 300 --eval-samples 32 --checkpoint-every 300 "${TASKOPTS[@]}" "${extra[@]}" \
-      --init-from "$run.short" "${resume[@]}" --no-progress --out "$run" 2>&1 | tee -a "$run.train.log"
-  echo "=== eval $name ($(date -u +%H:%M:%S))"
-  hsa eval passkey "$run" --lengths "$LENGTHS" --depths "$DEPTHS" --samples "$SAMPLES" \
-      --segment-len "$SEGMENT" 2>&1 | tee "$run.eval.log"
-  if [ "${EVAL_RANDOM:-1}" = 1 ]; then
-    # also with non-periodic filler (on CPU this is where the no-HSA baseline fell behind first)
-    hsa eval passkey "$run" --lengths "$LENGTHS" --depths "$DEPTHS" --samples "$SAMPLES" \
-        --segment-len "$SEGMENT" --task-option filler=random --out "$run/random_filler" 2>&1 | tee "$run.eval_random.log"
-    cp "$run/random_filler/eval_passkey.json" "$OUT/${name}_eval_passkey_random_filler.json"
-    cp "$run/random_filler/eval_passkey.png" "$OUT/${name}_eval_passkey_random_filler.png"
-  fi
-  cp "$run/eval_passkey.json" "$OUT/${name}_eval_passkey.json"
-  cp "$run/eval_passkey.png" "$OUT/${name}_eval_passkey.png"
-  cat "$run.short/metrics.jsonl" > "$OUT/${name}_metrics_stage1.jsonl"
-  cp "$run/metrics.jsonl" "$OUT/${name}_metrics.jsonl"
-  cp "$run.train.log" "$OUT/${name}_train.log"
-  cp "$run.eval.log" "$OUT/${name}_eval.log"
+  for f in eval_passkey.json eval_passkey.png; do [ -f "$run/$f" ] && cp "$run/$f" "$OUT/${name}_$f"; done
+  for f in eval_passkey.json eval_passkey.png; do
+    [ -f "$run/random_filler/$f" ] && cp "$run/random_filler/$f" "$OUT/${name}_random_filler_$f"
+  done
+  [ -f "$run.short/metrics.jsonl" ] && cp "$run.short/metrics.jsonl" "$OUT/${name}_metrics_stage1.jsonl"
+  [ -f "$run/metrics.jsonl" ] && cp "$run/metrics.jsonl" "$OUT/${name}_metrics.jsonl"
+  [ -f "$RUNS/$name.log" ] && cp "$RUNS/$name.log" "$OUT/${name}.log"
 done
 
 {
-  echo "# Passkey extrapolation on one H200 (generated by bench/train/run_demo.sh)"
+  echo "# Passkey extrapolation on H200 (generated by bench/train/run_demo.sh)"
   echo
-  echo "Trained at $SHORT_SEQ tokens ($SHORT_STEPS steps x $SHORT_BATCH, lr $SHORT_LR), then at $SEQ tokens ($STEPS steps"
-  echo "x $BATCH, lr $LR, --init-from the first stage); evaluated on $SAMPLES samples per"
-  echo "(length, depth), depths $DEPTHS. $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || echo "no GPU")," \
-       "torch $(python -c 'import torch; print(torch.__version__)')."
+  echo "Layouts: $NAMES, trained concurrently (layout i on GPU i % GPUs). Settings: bench/train/demo_one.sh and the logs."
+  echo "$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || echo "no GPU"), torch $(python3 -c 'import torch; print(torch.__version__)')."
   echo
-  python bench/train/summarize.py $(for n in $NAMES; do echo "$RUNS/$n"; done)
-  if [ "${EVAL_RANDOM:-1}" = 1 ]; then
-    echo
-    echo "With non-periodic (random) filler:"
-    echo
-    python bench/train/summarize.py --dir=random_filler $(for n in $NAMES; do echo "$RUNS/$n"; done)
-  fi
+  python3 bench/train/summarize.py "${names[@]/#/$RUNS/}"
+  echo
+  echo "With non-periodic (random) filler:"
+  echo
+  python3 bench/train/summarize.py --dir=random_filler "${names[@]/#/$RUNS/}"
   echo
   echo "Training time (s, stage 1 + stage 2):"
-  for n in $NAMES; do
-    echo "- $n: $(python -c "
-import json
-t = [[x for x in map(json.loads, open(f)) if 'time' in x][-1]['time'] for f in ('$RUNS/$n.short/metrics.jsonl', '$RUNS/$n/metrics.jsonl')]
-print(f'{t[0]:.0f} + {t[1]:.0f} = {sum(t):.0f}')")"
+  for n in "${names[@]}"; do
+    python3 - "$RUNS/$n" <<'PY' || true
+import json, sys
+from pathlib import Path
+run = Path(sys.argv[1])
+t, notes = [], []
+for f in (run.parent / (run.name + ".short") / "metrics.jsonl", run / "metrics.jsonl"):
+    recs = list(map(json.loads, f.open())) if f.exists() else []
+    rows = [x for x in recs if "loss" in x]
+    t.append(rows[-1]["time"] if rows else float("nan"))
+    cfg = json.loads((f.parent / "train_config.json").read_text())["config"] if f.exists() else {}
+    stopped = " (time limit)" if any(x.get("stopped") for x in recs) else ""
+    notes.append(f"{rows[-1]['step'] if rows else 0}/{cfg.get('steps', '?')} steps x {cfg.get('batch_size')} x {cfg.get('seq_len')}{stopped}")
+print(f"- {run.name}: {t[0]:.0f} + {t[1]:.0f} = {sum(t):.0f} s ({'; '.join(notes)})")
+PY
   done
-  echo
-  echo "Commands: see bench/train/README.md; logs and heatmaps in bench/results/h200_train/."
-} > bench/results/h200_train/passkey.md
-cat bench/results/h200_train/passkey.md
+} > "$OUT/passkey.md"
+cat "$OUT/passkey.md"

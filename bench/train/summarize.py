@@ -29,7 +29,11 @@ def main(argv: list[str]) -> int:
             sub = value
     rows, lengths = [], []
     for run in map(Path, argv):
-        data = json.loads((run / sub / f"eval_{task}.json").read_text())
+        path = run / sub / f"eval_{task}.json"
+        if not path.exists():
+            print(f"(no {path}: not evaluated)\n")
+            continue
+        data = json.loads(path.read_text())
         lengths = sorted(set(lengths) | set(data["lengths"]))
         by_len = {int(k): v for k, v in data["accuracy_by_length"].items()}
         worst = {n: min(c["accuracy"] for c in data["cells"] if c["length"] == n) for n in data["lengths"]}
