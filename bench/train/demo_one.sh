@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 name=$1
 declare -A LAYOUT=([ramba]=ramba-demo [ramba-mem0]=ramba-demo-mem0 [ramba-sm]=ramba-demo-sm [mamba2]=mamba2-demo [swa-hsa]=swa-hsa-demo)
-spec="bench/train/layouts/${LAYOUT[$name]:?unknown layout name $name (ramba, ramba-mem0, mamba2, swa-hsa)}.yaml"
+spec="bench/train/layouts/${LAYOUT[$name]:?unknown layout name $name (ramba, ramba-mem0, ramba-sm, mamba2, swa-hsa)}.yaml"
 
 RUNS=${RUNS:-runs/demo}
 # Stage 1: 512 tokens (7 visible chunks of 64 < top-8, so the key chunk always gets gradient);

@@ -4,13 +4,13 @@
 # Layouts run concurrently, layout i on GPU i % (number of GPUs); each one is bench/train/demo_one.sh
 # (its env knobs: STEPS, SHORT_STEPS, BATCH, LR, LENGTHS, RESET, time limits S1_TIME, S2_TIME, EVAL_TIME...).
 #
-#   bash bench/train/run_demo.sh                       # NAMES="ramba-mem0 mamba2 swa-hsa"
+#   bash bench/train/run_demo.sh                       # NAMES="ramba-sm swa-hsa mamba2"
 #   NAMES="ramba-mem0 mamba2" bash bench/train/run_demo.sh
 #   SUMMARY_ONLY=1 NAMES="..." bash bench/train/run_demo.sh   # only (re)write the summary
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-runs/demo}; export RUNS
-NAMES=${NAMES:-ramba-mem0 mamba2 swa-hsa}
+NAMES=${NAMES:-ramba-sm swa-hsa mamba2}
 OUT=${OUT_DIR:-bench/results/h200_train}
 mkdir -p "$RUNS" "$OUT"
 read -ra names <<< "$NAMES"
