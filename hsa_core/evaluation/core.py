@@ -120,9 +120,10 @@ def evaluate(model: nn.Module, task: Task, lengths: Sequence[int], depths: Seque
     Args:
         samples: per cell.
         max_batch_tokens: sequences per forward = ``max(1, max_batch_tokens // length)``.
-        time_limit: seconds; once exceeded, no further length is started (at least one is; those done are kept,
-            ``result.lengths`` lists only those, and ``result.meta["skipped_lengths"]`` the others).
-            Pass lengths in increasing order so that the cheap ones are done first.
+        time_limit: seconds; a length is not started when it would end past the limit, its time
+            predicted from the previous length's (proportional to the length). At least one length is
+            evaluated; ``result.lengths`` lists the ones done and ``result.meta["skipped_lengths"]`` the
+            others. Pass lengths in increasing order so that the cheap ones are done first.
     """
     t_start = time.perf_counter()
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -130,12 +131,16 @@ def evaluate(model: nn.Module, task: Task, lengths: Sequence[int], depths: Seque
     model.eval()
     result = EvalResult(task.name, dict(task.options), list(lengths), list(depths))
     try:
+        last: tuple[int, float] | None = None  # (length, seconds) of the previous length
         for li, length in enumerate(lengths):
-            if li and time_limit is not None and time.perf_counter() - t_start >= time_limit:
+            elapsed = time.perf_counter() - t_start
+            predicted = 0.0 if last is None else last[1] * length / last[0]
+            if li and time_limit is not None and elapsed + predicted > time_limit:
                 result.lengths = list(lengths[:li])
                 result.meta["skipped_lengths"] = list(lengths[li:])
                 break
             per_batch = max(1, min(samples, max_batch_tokens // length))
+            t_length = time.perf_counter()
             for di, depth in enumerate(depths):
                 t0 = time.perf_counter()
                 g = torch.Generator().manual_seed(_cell_seed(seed, length, di))
@@ -160,6 +165,7 @@ def evaluate(model: nn.Module, task: Task, lengths: Sequence[int], depths: Seque
                 result.cells.append(cell)
                 if on_cell is not None:
                     on_cell(cell)
+            last = (length, time.perf_counter() - t_length)
     finally:
         model.train(was_training)
     return result
