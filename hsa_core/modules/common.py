@@ -5,8 +5,20 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# torch's own RMSNorm (fused where available); re-exported so that every module uses the same one.
-RMSNorm = nn.RMSNorm
+class RMSNorm(nn.RMSNorm):
+    """``torch.nn.RMSNorm`` whose weight follows the input's dtype. x ``(..., d)`` -> ``(..., d)``.
+
+    Under bf16 autocast the input arrives in bf16 while the weight stays fp32; ``torch.rms_norm``
+    then cannot use its fused kernel, falls back to an unfused one and warns on every call. Casting
+    the weight (the gradient still reaches the fp32 parameter) keeps the fused path. Same parameters
+    and state-dict keys as ``nn.RMSNorm``.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = self.weight
+        if weight is not None and weight.dtype != x.dtype:
+            weight = weight.to(x.dtype)
+        return F.rms_norm(x, self.normalized_shape, weight, self.eps)
 
 
 def swiglu_hidden(d_model: int, multiple_of: int = 64) -> int:
