@@ -91,6 +91,9 @@ class HSASelectFunction(torch.autograd.Function):
             g = lm_rows[f.reshape(-1)].view(*f.shape, dr)  # kept landmarks only
             dq[:, t0:t1] = torch.einsum("bthk,bthkd->bthd", d, g)
             contrib = d[..., None] * q_r[:, t0:t1, :, None, :].float()
+            # index_add_ accumulates with atomics on CUDA (run-to-run differences in the last bits);
+            # under torch.use_deterministic_algorithms(True) PyTorch switches it to its deterministic
+            # (sorted) implementation, so users who need bitwise-reproducible training get it there.
             dl.index_add_(0, f.reshape(-1), contrib.reshape(-1, dr))
         return dq.to(q_r.dtype), dl.view(B, C, Hr, dr).to(landmarks.dtype), None, None, None, None, None, None
 
