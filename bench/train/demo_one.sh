@@ -43,7 +43,7 @@ if [ -n "$S2_TIME" ]; then
 import json, statistics, sys
 path, budget, batch, seq, cap = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 tps = [r["tokens_per_s"] for r in map(json.loads, open(path)) if "tokens_per_s" in r][-50:]
-print(max(50, min(cap, int(0.8 * budget * statistics.median(tps) / (batch * seq)))))
+print(min(cap, max(10, int(0.8 * budget * statistics.median(tps) / (batch * seq)))))
 PY
 )
 fi

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+
 class RMSNorm(nn.RMSNorm):
     """``torch.nn.RMSNorm`` whose weight follows the input's dtype. x ``(..., d)`` -> ``(..., d)``.
 
