@@ -51,8 +51,9 @@ def kernels(
                              help="Folder for results.json/.md/.png (sweep.json with --sweep); created."),
     published: Path = typer.Option(Path("third_party/hsa_pub/hsa_triton.py"), "--published", metavar="PATH",
                                    help="The published HSA Triton kernel file; absent -> its columns read '-'."),
-    variants: str = typer.Option("chunk,tma", "--variants",
-                                 help="Extra columns of ours: chunk (the other forward schedule), tma; '' for none."),
+    variants: str = typer.Option("chunk,tma,index", "--variants",
+                                 help="Extra columns of ours: chunk (the other forward schedule), tma, index (the "
+                                 "other inverse-index implementation); '' for none."),
     no_correctness: bool = typer.Option(False, "--no-correctness", help="Skip the bf16-vs-fp32 error check."),
     sweep: bool = typer.Option(False, "--sweep", help="Only sweep launch settings (T=64K) into sweep.json."),
     mini_sweep: bool = typer.Option(False, "--mini-sweep", help="After the table: a few extra settings."),

@@ -49,8 +49,8 @@ DEFAULT_SHAPES = ",".join(f"{t}x{b}" for t, b in SHAPES)
 DEFAULT_OUT = "bench/results/h200"
 DEFAULT_PUBLISHED = "third_party/hsa_pub/hsa_triton.py"
 #: Extra columns of this project's kernel, by the key ``--variants`` takes -> column label.
-VARIANTS = {"chunk": "chunk-outer fwd", "tma": "TMA fwd"}
-DEFAULT_VARIANTS = "chunk,tma"
+VARIANTS = {"chunk": "chunk-outer fwd", "tma": "TMA fwd", "index": "other inverse index"}
+DEFAULT_VARIANTS = "chunk,tma,index"
 
 
 # ------------------------------------------------------------------------------------------ options
@@ -99,11 +99,14 @@ def attention_variants(base: dict[str, Any], keep: Collection[str]) -> list[tupl
     """The extra runs of this project's kernel: ``(column label, CONFIG change)`` for each key in ``keep``.
 
     ``chunk``: the other forward schedule than the default (``base["fwd_mode"]``); ``tma``: the
-    query-outer forward with ``use_tma`` flipped. Columns read ``ours (<label>)``.
+    query-outer forward with ``use_tma`` flipped; ``index``: the other inverse-index implementation
+    (``index_impl`` torch <-> triton; it feeds the backward). Columns read ``ours (<label>)``.
     """
-    variants = [("chunk-outer fwd", {"fwd_mode": "chunk" if base["fwd_mode"] == "query" else "query"}),
-                ("TMA fwd", {"fwd_mode": "query", "use_tma": not base["use_tma"]})]
-    return [(lab, ch) for lab, ch in variants if lab.split()[0].split("-")[0].lower() in keep]
+    other_index = "triton" if base.get("index_impl", "torch") == "torch" else "torch"
+    changes = {"chunk": {"fwd_mode": "chunk" if base["fwd_mode"] == "query" else "query"},
+               "tma": {"fwd_mode": "query", "use_tma": not base["use_tma"]},
+               "index": {"index_impl": other_index}}
+    return [(VARIANTS[key], changes[key]) for key in VARIANTS if key in keep]
 
 
 def cuda_problem() -> str | None:

@@ -83,6 +83,11 @@ def test_attention_variants_labels_and_config_changes() -> None:
     # with the chunk-outer forward as the default, the "chunk" variant is the other schedule
     assert benchmark.attention_variants({"fwd_mode": "chunk", "use_tma": True}, {"chunk"}) == [
         ("chunk-outer fwd", {"fwd_mode": "query"})]
+    # "index" flips the inverse-index implementation the backward uses
+    assert benchmark.attention_variants({**base, "index_impl": "torch"}, {"index"}) == [
+        ("other inverse index", {"index_impl": "triton"})]
+    assert benchmark.attention_variants({**base, "index_impl": "triton"}, {"index"}) == [
+        ("other inverse index", {"index_impl": "torch"})]
     # every key of VARIANTS selects exactly its label
     for key, label in benchmark.VARIANTS.items():
         assert [lab for lab, _ in benchmark.attention_variants(base, {key})] == [label]
