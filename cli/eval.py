@@ -25,8 +25,8 @@ def eval_task(
     task_option: list[str] | None = typer.Option(None, "--task-option", "-t", metavar="KEY=VALUE",
                                                  help="Override a task option (default: the training run's)."),
     time_limit: float | None = typer.Option(
-        None, "--time-limit", min=0, help="Start no further length after this many seconds (results so far are "
-        "written; skipped lengths are listed)."),
+        None, "--time-limit", min=0, help="Skip a length that would end past this many seconds (predicted from the "
+        "previous length's time); results so far are written, skipped lengths listed."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Where to write the JSON/PNG (default: RUN)."),
     plugin: list[Path] | None = PLUGIN_OPTION,
 ) -> None:
