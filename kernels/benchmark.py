@@ -49,7 +49,8 @@ DEFAULT_SHAPES = ",".join(f"{t}x{b}" for t, b in SHAPES)
 DEFAULT_OUT = "bench/results/h200"
 DEFAULT_PUBLISHED = "third_party/hsa_pub/hsa_triton.py"
 #: Extra columns of this project's kernel, by the key ``--variants`` takes -> column label.
-VARIANTS = {"chunk": "chunk-outer fwd", "tma": "TMA fwd", "index": "other inverse index"}
+VARIANTS = {"chunk": "chunk-outer fwd", "tma": "TMA fwd", "index": "other inverse index",
+            "atomic": "chunk-outer atomic fwd"}
 DEFAULT_VARIANTS = "chunk,tma,index"
 
 
@@ -100,12 +101,15 @@ def attention_variants(base: dict[str, Any], keep: Collection[str]) -> list[tupl
 
     ``chunk``: the other forward schedule than the default (``base["fwd_mode"]``); ``tma``: the
     query-outer forward with ``use_tma`` flipped; ``index``: the other inverse-index implementation
-    (``index_impl`` torch <-> triton; it feeds the backward). Columns read ``ours (<label>)``.
+    (``index_impl`` torch <-> triton; it feeds the backward); ``atomic``: the chunk-outer forward with
+    fp32 atomic accumulation over a token-blocked index (``fwd_mode="chunk_atomic"``; opt-in, not in
+    :data:`DEFAULT_VARIANTS`). Columns read ``ours (<label>)``.
     """
     other_index = "triton" if base.get("index_impl", "torch") == "torch" else "torch"
     changes = {"chunk": {"fwd_mode": "chunk" if base["fwd_mode"] == "query" else "query"},
                "tma": {"fwd_mode": "query", "use_tma": not base["use_tma"]},
-               "index": {"index_impl": other_index}}
+               "index": {"index_impl": other_index},
+               "atomic": {"fwd_mode": "chunk_atomic"}}
     return [(VARIANTS[key], changes[key]) for key in VARIANTS if key in keep]
 
 

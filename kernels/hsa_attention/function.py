@@ -36,8 +36,17 @@ CONFIG = {
     # "query": query-outer forward (K/V tiles re-read per (token, slot) pair);
     # "chunk": chunk-outer forward over the inverse index (K/V read once per chunk segment, queries
     # gathered, per-pair outputs summed by a reduce kernel); the index is then reused by the backward.
+    # "chunk_atomic" (opt-in, untimed): the chunk-outer kernel adds w_j O_j with fp32 atomics into a
+    # (B,T,HQ,D) accumulator (no per-pair buffer round trip, no reduce); NOT bitwise deterministic (the
+    # order of the atomic adds varies run to run). Its index is grouped by fwd_token_block (below) and is
+    # not shared with the backward, which builds the plain one.
     # use_tma: query-outer forward loads K/V tiles through TMA descriptors (Hopper+; D a power of two)
     "fwd_mode": "query", "use_tma": False, "fwd_rows": 64, "fwd_chunk_warps": 4, "fwd_chunk_stages": 2,
+    # "chunk_atomic": segments are ordered (b, h, token block, chunk) with blocks of this many tokens, so
+    # the programs in flight add into the accumulators of one token block: 4096 tokens x 16 heads x D=64 x
+    # 4 B = 16 MB of fp32, inside the H200's 50-60 MB L2 (with K/V of one head, 16 MB at 64K). None: plain
+    # (b, h, c) order (accumulators of the whole sequence in flight).
+    "fwd_token_block": 4096,
     # dtype of the per-pair buffers (forward outputs, dQ contributions): "input" (q's dtype) or "fp32"
     "pair_dtype": "input",
     # inverse index (chunk-outer forward, backward): "triton" (index.py, 5 launches) or "torch" (~38 ops).
@@ -84,30 +93,48 @@ def hsa_attention_fwd(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, weights:
                       scale: float, sink: bool, store_lse: bool = True,
                       inv: dict[str, Tensor] | None = None, mode: str | None = None
                       ) -> tuple[Tensor, Tensor | None]:
-    """Forward launch. Returns ``o`` (B,T,HQ,D) in q's dtype and ``lse`` (B,T,H,K,G) fp32 (log2 units)."""
+    """Forward launch. Returns ``o`` (B,T,HQ,D) in q's dtype and ``lse`` (B,T,H,K,G) fp32 (log2 units).
+
+    ``mode`` (default ``CONFIG["fwd_mode"]``): "query", "chunk" or "chunk_atomic" (see CONFIG; the last
+    is not bitwise deterministic). ``inv``: a prebuilt inverse index for the chunk-outer modes (for
+    "chunk_atomic" it may be token-blocked; its block count is read off ``seg_first``'s length).
+    """
     B, T, HQ, D = q.shape
     H, K = k.shape[2], indices.shape[-1]
     G, S, C = HQ // H, chunk_size, k.shape[1] // chunk_size
+    mode = mode or CONFIG["fwd_mode"]
     o = torch.empty_like(q)
     lse = torch.empty((B, T, H, K, G), device=q.device, dtype=torch.float32) if store_lse else o
     if T == 0 or B * H == 0:
         return o, lse
-    if (mode or CONFIG["fwd_mode"]) == "chunk" and C > 0:
+    if mode in ("chunk", "chunk_atomic") and C > 0:
+        atomic = mode == "chunk_atomic"
         if inv is None:
-            inv = build_inverse_index(indices, C, CONFIG["bwd_kv_seg"])
+            inv = build_inverse_index(indices, C, CONFIG["bwd_kv_seg"],
+                                      token_block=CONFIG["fwd_token_block"] if atomic else None)
+        ntb = inv["seg_first"].numel() // (B * H * C)  # groups (b, h, token block, c); 1 = plain (b, h, c)
+        if not atomic and ntb != 1:
+            raise ValueError("fwd_mode 'chunk' needs an index without token_block")
         bg, block_p = _kv_block_p(G, CONFIG["fwd_rows"])
-        op = torch.empty((B, T, H, K, G, D), device=q.device, dtype=_pair_dtype(q.dtype))
+        if atomic:
+            op = torch.zeros((B, T, HQ, D), device=q.device, dtype=torch.float32)  # o32, added into
+        else:
+            op = torch.empty((B, T, H, K, G, D), device=q.device, dtype=_pair_dtype(q.dtype))
         _hsa_fwd_chunk_kernel[(inv["seg_chunk"].numel(),)](
             q, k, v, weights, inv["order"], inv["seg_chunk"], inv["seg_start"], inv["seg_end"], op, lse,
-            T, C, H, G,
+            T, C, H, G, ntb,
             q.stride(0), q.stride(1), q.stride(2),
             k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2),
             scale * LOG2E,
             S=S, D=D, TOPK=K, BLOCK_G=bg, BLOCK_P=block_p, BLOCK_S=triton.next_power_of_2(S),
             BLOCK_D=triton.next_power_of_2(D), SINK=sink, STORE_LSE=store_lse, PREC=_prec(q.dtype),
-            num_warps=CONFIG["fwd_chunk_warps"], num_stages=CONFIG["fwd_chunk_stages"],
+            ATOMIC=atomic, num_warps=CONFIG["fwd_chunk_warps"], num_stages=CONFIG["fwd_chunk_stages"],
         )
+        if atomic:
+            # The sink only enlarges each chunk's softmax denominator (done in the kernel); it adds no
+            # output, so empty rows stay 0, as in the reduce of "chunk" and in the reference.
+            return op.to(q.dtype), (lse if store_lse else None)
         _hsa_bwd_dq_reduce_kernel[(T, B * H)](
             op, indices, o, T, C, H, G, o.stride(0), o.stride(1), o.stride(2),
             D=D, TOPK=K, BLOCK_G=bg, BLOCK_D=triton.next_power_of_2(D), num_warps=4,
@@ -153,14 +180,16 @@ def _pair_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if CONFIG["pair_dtype"] == "fp32" else dtype
 
 
-def build_inverse_index(indices: Tensor, num_chunks: int, seg: int) -> dict[str, Tensor]:
+def build_inverse_index(indices: Tensor, num_chunks: int, seg: int,
+                        token_block: int | None = None) -> dict[str, Tensor]:
     """Inverse index of the selection (see ``index.py``), by ``CONFIG["index_impl"]``: "triton" (three
-    kernels + sort + cumsum) or "torch" (the naive twin, ~38 ops); both give bitwise-identical tensors."""
+    kernels + sort + cumsum) or "torch" (the naive twin, ~38 ops); both give bitwise-identical tensors.
+    ``token_block``: group by (b, h, token block, c) (atomic chunk-outer forward only, not the backward)."""
     impl = CONFIG["index_impl"]
     if impl == "triton":
-        return _build_inverse_index_triton(indices, num_chunks, seg)
+        return _build_inverse_index_triton(indices, num_chunks, seg, token_block)
     if impl == "torch":
-        return build_inverse_index_torch(indices, num_chunks, seg)
+        return build_inverse_index_torch(indices, num_chunks, seg, token_block)
     raise ValueError(f"CONFIG['index_impl'] must be 'triton' or 'torch', not {impl!r}")
 
 
@@ -251,11 +280,15 @@ class HSAAttentionFunction(torch.autograd.Function):
         need_lse = any(ctx.needs_input_grad)
         C = k.shape[1] // chunk_size
         inv = None
-        if CONFIG["fwd_mode"] == "chunk" and C > 0 and q.shape[1] > 0:
-            inv = build_inverse_index(indices, C, CONFIG["bwd_kv_seg"])  # shared with the backward
+        mode = CONFIG["fwd_mode"]
+        tb = CONFIG["fwd_token_block"] if mode == "chunk_atomic" else None
+        if mode in ("chunk", "chunk_atomic") and C > 0 and q.shape[1] > 0:
+            inv = build_inverse_index(indices, C, CONFIG["bwd_kv_seg"], token_block=tb)
         o, lse = hsa_attention_fwd(q, k, v, indices, weights, chunk_size, scale, sink, store_lse=need_lse,
-                                   inv=inv)
-        ctx.inv = inv
+                                   inv=inv, mode=mode)
+        # Shared with the backward only when it is the plain (b, h, c) index: the backward kernels assume
+        # one group per chunk (a token-blocked index with one block, tb >= T, is the same tensors).
+        ctx.inv = inv if tb is None or q.shape[1] <= tb else None
         if need_lse:
             ctx.save_for_backward(q, k, v, indices, weights, lse)
         ctx.chunk_size, ctx.scale = chunk_size, scale

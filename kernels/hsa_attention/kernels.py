@@ -13,7 +13,8 @@ Schedules (defaults in function.CONFIG, chosen by measurement: bench/results/h20
                       chunk, LSE stored. `_hsa_fwd_tma_kernel` is the same with TMA tile loads.
     forward, chunk-outer            `_hsa_fwd_chunk_kernel`: one program = one segment of the pairs that
                       chose one chunk; K/V loaded once, queries gathered, per-pair outputs summed in slot
-                      order by `_hsa_bwd_dq_reduce_kernel`.
+                      order by `_hsa_bwd_dq_reduce_kernel`. With ATOMIC (fwd_mode "chunk_atomic") the
+                      outputs are added with fp32 atomics into (B,T,HQ,D) instead (not deterministic).
     backward, fused (default)       `_hsa_bwd_fused_kernel`, chunk-outer over the inverse index: dK/dV
                       partial per segment (workspace, then `_hsa_bwd_kv_reduce_kernel` adds a chunk's
                       segments in order), dW and a per-pair dQ contribution written by the program that
@@ -367,28 +368,34 @@ def _hsa_bwd_dq_reduce_kernel(
 @triton.jit
 def _hsa_fwd_chunk_kernel(
     Q, K, V, W, ORDER, SEG_CHUNK, SEG_START, SEG_END, OP, LSE,
-    T, C, H, G,
+    T, C, H, G, NTB,
     stride_qb, stride_qt, stride_qh,
     stride_kb, stride_kt, stride_kh,
     stride_vb, stride_vt, stride_vh,
     qk_scale,
     S: tl.constexpr, D: tl.constexpr, TOPK: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
-    SINK: tl.constexpr, STORE_LSE: tl.constexpr, PREC: tl.constexpr,
+    SINK: tl.constexpr, STORE_LSE: tl.constexpr, PREC: tl.constexpr, ATOMIC: tl.constexpr,
 ):
     """Chunk-outer forward for one segment of one chunk's inverse list.
 
     The chunk's K/V tile is loaded once and reused by every (token, slot) pair that chose it; each pair's
     queries are gathered (G*D elements instead of the 2*S*D of a K/V tile) and its weighted output
     w_j O_j goes to a per-pair buffer OP (B,T,H,K,G,D) that a reduce kernel sums over slots in order.
+
+    ATOMIC: w_j O_j is instead added with fp32 atomics into OP = o32 (B,T,HQ,D), zero-initialised (no
+    per-pair buffer, no reduce; not bitwise deterministic: the order of the adds varies). The segment
+    table's groups are then flat (b, h, token block, c) with NTB token blocks per (b, h) (index.py,
+    ``token_block``), so that the accumulators of the tokens in flight stay in L2; NTB = 1 is the plain
+    (b, h, c) layout. The LSE is written per pair exactly as without ATOMIC.
     """
     sid = tl.program_id(0).to(tl.int64)
-    chunk = tl.load(SEG_CHUNK + sid).to(tl.int64)
+    chunk = tl.load(SEG_CHUNK + sid).to(tl.int64)  # flat group ((b*H + h)*NTB + token block)*C + c
     if chunk < 0:
         return
     start = tl.load(SEG_START + sid).to(tl.int64)
     end = tl.load(SEG_END + sid).to(tl.int64)
-    bh = chunk // C
+    bh = chunk // (C * NTB)
     c = chunk % C
     b = bh // H
     h = bh % H
@@ -427,7 +434,13 @@ def _hsa_fwd_chunk_kernel(
         if SINK:
             den += tl.exp2(-m)
         o = tl.dot(p.to(vt.dtype), vt, input_precision=PREC) * (w / den)[:, None]
-        tl.store(OP + (pair * G + r_head)[:, None] * D + offs_d[None, :], o.to(OP.dtype.element_ty), mask=rmask)
+        if ATOMIC:
+            bt = pair // (TOPK * H)  # flat (b, t) of the pair; OP row (b, t, h*G + head) of (B,T,HQ,D)
+            tl.atomic_add(OP + ((bt * H + h) * G + r_head)[:, None] * D + offs_d[None, :], o, mask=rmask,
+                          sem="relaxed")
+        else:
+            tl.store(OP + (pair * G + r_head)[:, None] * D + offs_d[None, :], o.to(OP.dtype.element_ty),
+                     mask=rmask)
         if STORE_LSE:
             tl.store(LSE + pair * G + r_head, m + tl.log2(den), mask=rvalid)
 

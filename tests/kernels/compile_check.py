@@ -43,8 +43,9 @@ _BWD_ALL = {"_hsa_bwd_fused_kernel", "_hsa_bwd_q_kernel", "_hsa_bwd_kv_kernel", 
 
 
 def _attention_case(dtype: str, G: int, D: int, S: int = 64, sink: bool = False, tma: bool = True):
-    """Forward in every fwd_mode (query, chunk, query+TMA when D is a power of two) and backward in both
-    bwd_modes, inverse index by the Triton kernels (and once by torch, as the default CONFIG does)."""
+    """Forward in every fwd_mode (query, chunk, chunk_atomic, query+TMA when D is a power of two) and
+    backward in both bwd_modes, inverse index by the Triton kernels (plain and token-blocked) and once by
+    torch, as the default CONFIG does."""
 
     def run() -> None:
         import torch
@@ -61,10 +62,14 @@ def _attention_case(dtype: str, G: int, D: int, S: int = 64, sink: bool = False,
         scale = D ** -0.5
         saved = dict(F.CONFIG)
         try:
+            F.CONFIG["index_impl"] = "triton"
+            F.build_inverse_index(idx, C, F.CONFIG["bwd_kv_seg"], token_block=16)
             for impl in ("triton", "torch"):
                 F.CONFIG["index_impl"] = impl
                 inv = F.build_inverse_index(idx, C, F.CONFIG["bwd_kv_seg"])
-            for mode, use_tma in (("query", False), ("chunk", False), ("query", True)):
+            # chunk_atomic over blocks of 16 tokens: NTB = 4 (NTB = 1 would be specialised as a constant)
+            F.CONFIG["fwd_token_block"] = 16
+            for mode, use_tma in (("query", False), ("chunk", False), ("chunk_atomic", False), ("query", True)):
                 if use_tma and not tma:
                     continue
                 F.CONFIG.update(fwd_mode=mode, use_tma=use_tma)

@@ -88,6 +88,10 @@ def test_attention_variants_labels_and_config_changes() -> None:
         ("other inverse index", {"index_impl": "triton"})]
     assert benchmark.attention_variants({**base, "index_impl": "triton"}, {"index"}) == [
         ("other inverse index", {"index_impl": "torch"})]
+    # "atomic": the chunk-outer forward with fp32 atomics, opt-in (not a default column)
+    assert benchmark.attention_variants(base, {"atomic"}) == [("chunk-outer atomic fwd", {"fwd_mode": "chunk_atomic"})]
+    assert "atomic" not in benchmark.parse_variants(benchmark.DEFAULT_VARIANTS)
+    assert benchmark.parse_variants("chunk,atomic") == {"chunk", "atomic"}
     # every key of VARIANTS selects exactly its label
     for key, label in benchmark.VARIANTS.items():
         assert [lab for lab, _ in benchmark.attention_variants(base, {key})] == [label]
