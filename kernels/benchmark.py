@@ -50,7 +50,7 @@ DEFAULT_OUT = "bench/results/h200"
 DEFAULT_PUBLISHED = "third_party/hsa_pub/hsa_triton.py"
 #: Extra columns of this project's kernel, by the key ``--variants`` takes -> column label.
 VARIANTS = {"chunk": "chunk-outer fwd", "tma": "TMA fwd", "index": "other inverse index",
-            "atomic": "chunk-outer atomic fwd"}
+            "atomic": "chunk-outer atomic fwd", "atomic_dq": "fused bwd, atomic dQ"}
 DEFAULT_VARIANTS = "chunk,tma,index"
 
 
@@ -103,13 +103,16 @@ def attention_variants(base: dict[str, Any], keep: Collection[str]) -> list[tupl
     query-outer forward with ``use_tma`` flipped; ``index``: the other inverse-index implementation
     (``index_impl`` torch <-> triton; it feeds the backward); ``atomic``: the chunk-outer forward with
     fp32 atomic accumulation over a token-blocked index (``fwd_mode="chunk_atomic"``; opt-in, not in
-    :data:`DEFAULT_VARIANTS`). Columns read ``ours (<label>)``.
+    :data:`DEFAULT_VARIANTS`); ``atomic_dq``: the fused backward adding dQ with fp32 atomics into
+    (B,T,HQ,D) instead of the per-pair buffer + reduce (``bwd_mode="fused_atomic"``; opt-in; its saving
+    shows in the fwd+bwd memory column). Columns read ``ours (<label>)``.
     """
     other_index = "triton" if base.get("index_impl", "torch") == "torch" else "torch"
     changes = {"chunk": {"fwd_mode": "chunk" if base["fwd_mode"] == "query" else "query"},
                "tma": {"fwd_mode": "query", "use_tma": not base["use_tma"]},
                "index": {"index_impl": other_index},
-               "atomic": {"fwd_mode": "chunk_atomic"}}
+               "atomic": {"fwd_mode": "chunk_atomic"},
+               "atomic_dq": {"bwd_mode": "fused_atomic"}}
     return [(VARIANTS[key], changes[key]) for key in VARIANTS if key in keep]
 
 
@@ -418,7 +421,8 @@ def run_sweep(T=65536, B=1):
                 for ns in (1, 2):
                     variants.append(("fused", rows, nw, ns, 256, 4, 2))
         variants += [("fused", 64, 4, 2, 1024, 4, 2), ("fused", 64, 4, 2, 128, 4, 2),
-                     ("split", 64, 4, 2, 256, 2, 2), ("split", 64, 4, 2, 256, 4, 3)]
+                     ("split", 64, 4, 2, 256, 2, 2), ("split", 64, 4, 2, 256, 4, 3),
+                     ("fused_atomic", 64, 4, 2, 256, 4, 2), ("fused_atomic", 64, 4, 2, 1024, 4, 2)]
         for mode, rows, nw, ns, seg, qw, qs in variants:
             fn.CONFIG.update(base, bwd_mode=mode, bwd_kv_rows=rows, bwd_kv_warps=nw, bwd_kv_stages=ns,
                              bwd_kv_seg=seg, bwd_q_warps=qw, bwd_q_stages=qs)

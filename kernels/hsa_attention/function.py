@@ -32,6 +32,10 @@ CONFIG = {
     "bwd_kv_rows": 64, "bwd_kv_warps": None, "bwd_kv_stages": 2, "bwd_kv_seg": 1024,
     # "fused": one chunk-outer pass does dK, dV, dW and per-pair dQ (then a slot-order reduce);
     # "split": query-side dQ/dW pass (re-reads K/V per pair) + chunk-side dK/dV pass.
+    # "fused_atomic" (opt-in, untimed): the fused pass adds each pair's dQ contribution with fp32 atomics
+    # into a (B,T,HQ,D) accumulator instead of the (B,T,H,K,G,D) per-pair buffer + reduce (1 GB at T=64K,
+    # HQ=16, D=64, K=8); dQ is then NOT bitwise deterministic (atomic order varies run to run); dK, dV,
+    # dW stay deterministic.
     "bwd_mode": "fused",
     # "query": query-outer forward (K/V tiles re-read per (token, slot) pair);
     # "chunk": chunk-outer forward over the inverse index (K/V read once per chunk segment, queries
@@ -205,21 +209,30 @@ def _kv_block_p(G: int, rows: int | None = None) -> tuple[int, int]:
 def hsa_attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, indices: Tensor, weights: Tensor,
                       lse: Tensor, chunk_size: int, scale: float,
                       inv: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Backward launches. Returns ``dq, dk, dv, dw`` (dw fp32, shaped like weights)."""
+    """Backward launches. Returns ``dq, dk, dv, dw`` (dw fp32, shaped like weights).
+
+    ``CONFIG["bwd_mode"]``: "fused" (default), "split" or "fused_atomic" (see CONFIG; in the last, dQ is
+    accumulated with fp32 atomics and is not bitwise deterministic, dK/dV/dW are).
+    """
     B, T, HQ, D = q.shape
     H, K = k.shape[2], indices.shape[-1]
     G, S, C = HQ // H, chunk_size, k.shape[1] // chunk_size
     do = _contig(do)
     prec = _prec(q.dtype)
     BLOCK_G, BLOCK_S, BLOCK_D = _block_g(G), triton.next_power_of_2(S), triton.next_power_of_2(D)
-    dq = torch.empty_like(q)
+    mode = CONFIG["bwd_mode"]
+    if mode not in ("fused", "split", "fused_atomic"):
+        raise ValueError(f"CONFIG['bwd_mode'] must be 'fused', 'split' or 'fused_atomic', not {mode!r}")
+    fused, atomic_dq = mode in ("fused", "fused_atomic"), mode == "fused_atomic"
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
-    fused = CONFIG["bwd_mode"] == "fused"
     if T == 0 or B * H == 0:
-        return dq, dk.zero_(), dv.zero_(), torch.zeros(indices.shape, device=q.device, dtype=torch.float32)
+        return (torch.empty_like(q), dk.zero_(), dv.zero_(),
+                torch.zeros(indices.shape, device=q.device, dtype=torch.float32))
     if C == 0:
-        return dq.zero_(), dk, dv, torch.zeros(indices.shape, device=q.device, dtype=torch.float32)
+        return torch.empty_like(q).zero_(), dk, dv, torch.zeros(indices.shape, device=q.device, dtype=torch.float32)
+    # "fused_atomic" makes dq from its fp32 accumulator at the end (no q-dtype buffer held meanwhile).
+    dq = None if atomic_dq else torch.empty_like(q)
     if inv is None:
         inv = build_inverse_index(indices, C, CONFIG["bwd_kv_seg"])
     n_seg = inv["seg_chunk"].numel()
@@ -231,19 +244,28 @@ def hsa_attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, indices: Tens
     if fused:
         # dW of empty slots stays 0; every valid pair's dW is written by the program that owns it.
         dw = torch.zeros(indices.shape, device=q.device, dtype=torch.float32)
-        # Per-pair dQ contributions in q's dtype (fp32 for fp32 inputs); summed in fp32 by the reduce.
-        dqp = torch.empty((B, T, H, K, G, D), device=q.device, dtype=_pair_dtype(q.dtype))
+        if atomic_dq:
+            # dq32 (B,T,HQ,D) fp32, added into (scale applied in the kernel); rows of tokens with no valid
+            # slot get no add and stay 0, as in the reduce.
+            dqp = torch.zeros((B, T, HQ, D), device=q.device, dtype=torch.float32)
+        else:
+            # Per-pair dQ contributions in q's dtype (fp32 for fp32 inputs); summed in fp32 by the reduce.
+            dqp = torch.empty((B, T, H, K, G, D), device=q.device, dtype=_pair_dtype(q.dtype))
         _hsa_bwd_fused_kernel[(n_seg,)](
             q, k, v, weights, do, lse, inv["order"], inv["seg_chunk"], inv["seg_start"], inv["seg_end"],
             ws_k, ws_v, dqp, dw,
             T, C, H, G, *strides, scale, scale * LOG2E,
             S=S, D=D, TOPK=K, BLOCK_G=bg, BLOCK_P=block_p, BLOCK_S=BLOCK_S, BLOCK_D=BLOCK_D, PREC=prec,
+            ATOMIC_DQ=atomic_dq,
             num_warps=_warps("bwd_kv_warps", BLOCK_S * BLOCK_D), num_stages=CONFIG["bwd_kv_stages"],
         )
-        _hsa_bwd_dq_reduce_kernel[(T, B * H)](
-            dqp, indices, dq, T, C, H, G, dq.stride(0), dq.stride(1), dq.stride(2),
-            D=D, TOPK=K, BLOCK_G=triton.next_power_of_2(G), BLOCK_D=BLOCK_D, num_warps=4,
-        )
+        if atomic_dq:
+            dq = dqp.to(q.dtype)
+        else:
+            _hsa_bwd_dq_reduce_kernel[(T, B * H)](
+                dqp, indices, dq, T, C, H, G, dq.stride(0), dq.stride(1), dq.stride(2),
+                D=D, TOPK=K, BLOCK_G=triton.next_power_of_2(G), BLOCK_D=BLOCK_D, num_warps=4,
+            )
     else:
         dw = torch.empty(indices.shape, device=q.device, dtype=torch.float32)
         delta = torch.empty((B, T, H, K, G), device=q.device, dtype=torch.float32)

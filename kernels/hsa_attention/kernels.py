@@ -18,7 +18,9 @@ Schedules (defaults in function.CONFIG, chosen by measurement: bench/results/h20
     backward, fused (default)       `_hsa_bwd_fused_kernel`, chunk-outer over the inverse index: dK/dV
                       partial per segment (workspace, then `_hsa_bwd_kv_reduce_kernel` adds a chunk's
                       segments in order), dW and a per-pair dQ contribution written by the program that
-                      owns the pair (no atomics: deterministic), dQ summed in slot order.
+                      owns the pair (no atomics: deterministic), dQ summed in slot order. With
+                      ATOMIC_DQ (bwd_mode "fused_atomic") dQ is added with fp32 atomics into (B,T,HQ,D)
+                      instead (no per-pair buffer, no reduce; dQ not deterministic).
     backward, split                 `_hsa_bwd_q_kernel` (query-side dQ, dW, delta) + `_hsa_bwd_kv_kernel`
                       (chunk-side dK/dV). Both are linear in T; a popular chunk is split into segments,
                       so it does not serialise the backward.
@@ -261,7 +263,7 @@ def _hsa_bwd_fused_kernel(
     scale, qk_scale,
     S: tl.constexpr, D: tl.constexpr, TOPK: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
-    PREC: tl.constexpr,
+    PREC: tl.constexpr, ATOMIC_DQ: tl.constexpr,
 ):
     """The whole backward, chunk-outer, for one segment of one chunk's inverse list.
 
@@ -271,6 +273,10 @@ def _hsa_bwd_fused_kernel(
     buffer DQP (B,T,H,K,G,D) that a reduce kernel sums over slots in order. dK/dV accumulate in
     registers (partial per segment, as in the split path).
     Compared with the query-side pass this avoids re-reading each chosen chunk's K/V tile per pair.
+
+    ATOMIC_DQ (bwd_mode "fused_atomic"): the pair's dQ contribution is instead added with fp32 atomics
+    into DQP = dq32 (B,T,HQ,D), zero-initialised (no per-pair buffer, no reduce; dQ is then not bitwise
+    deterministic: the order of the adds varies). dK, dV and dW are unchanged (deterministic).
     """
     sid = tl.program_id(0).to(tl.int64)
     chunk = tl.load(SEG_CHUNK + sid).to(tl.int64)
@@ -332,8 +338,13 @@ def _hsa_bwd_fused_kernel(
         dsc = ds.to(qr.dtype)
         dk += tl.dot(tl.trans(dsc), qr, input_precision=PREC)
         dqp = tl.dot(dsc, kt, input_precision=PREC) * scale  # this pair's dQ contribution
-        tl.store(DQP + (pair * G + r_head)[:, None] * D + offs_d[None, :], dqp.to(DQP.dtype.element_ty),
-                 mask=rmask)
+        if ATOMIC_DQ:
+            bt = pair // (TOPK * H)  # flat (b, t) of the pair; DQP row (b, t, h*G + head) of (B,T,HQ,D)
+            tl.atomic_add(DQP + ((bt * H + h) * G + r_head)[:, None] * D + offs_d[None, :], dqp, mask=rmask,
+                          sem="relaxed")
+        else:
+            tl.store(DQP + (pair * G + r_head)[:, None] * D + offs_d[None, :], dqp.to(DQP.dtype.element_ty),
+                     mask=rmask)
     ws_off = sid * (BLOCK_S * BLOCK_D) + offs_s[:, None] * BLOCK_D + offs_d[None, :]
     tl.store(WS_K + ws_off, dk * scale)
     tl.store(WS_V + ws_off, dv)

@@ -42,10 +42,11 @@ _BWD_ALL = {"_hsa_bwd_fused_kernel", "_hsa_bwd_q_kernel", "_hsa_bwd_kv_kernel", 
             "_hsa_bwd_dq_reduce_kernel"}
 
 
-def _attention_case(dtype: str, G: int, D: int, S: int = 64, sink: bool = False, tma: bool = True):
+def _attention_case(dtype: str, G: int, D: int, S: int = 64, sink: bool = False, tma: bool = True,
+                    atomic_dq: bool = False):
     """Forward in every fwd_mode (query, chunk, chunk_atomic, query+TMA when D is a power of two) and
-    backward in both bwd_modes, inverse index by the Triton kernels (plain and token-blocked) and once by
-    torch, as the default CONFIG does."""
+    backward in both deterministic bwd_modes (fused, split; ``atomic_dq``: also "fused_atomic"), inverse
+    index by the Triton kernels (plain and token-blocked) and once by torch, as the default CONFIG does."""
 
     def run() -> None:
         import torch
@@ -76,7 +77,7 @@ def _attention_case(dtype: str, G: int, D: int, S: int = 64, sink: bool = False,
                 F.hsa_attention_fwd(q, k, v, idx, w, S, scale, sink, store_lse=True)
             F.CONFIG.update(fwd_mode="query", use_tma=False)
             lse = torch.zeros(B, T, H, K, G)
-            for bwd in ("fused", "split"):
+            for bwd in ("fused", "split") + (("fused_atomic",) if atomic_dq else ()):
                 F.CONFIG["bwd_mode"] = bwd
                 F.hsa_attention_bwd(do, q, k, v, idx, w, lse, S, scale, inv=inv)
         finally:
@@ -132,11 +133,18 @@ def _select_case(dtype: str, dr: int, topk: int, weighting: str, merge: int | No
     return run, {"_hsa_select_kernel"}
 
 
+#: The cases that also compile the backward's "fused_atomic" mode (``_hsa_bwd_fused_kernel`` ATOMIC_DQ=True).
+ATOMIC_DQ_CASES = ("attn-bf16-G16-D64", "attn-bf16-G1-D128", "attn-bf16-G3-D64-sink")
+#: The PTX of every atomic kernel variant (ATOMIC / ATOMIC_DQ) holds exactly this global atomic: the fp32
+#: relaxed add of 4 contiguous elements per instruction; every other kernel holds none (deterministic).
+ATOMIC_PTX = ["atom.global.gpu.relaxed.add.v4.f32"]
+
 CASES: dict[str, Callable[[], tuple[Callable[[], None], set[str]]]] = {
     # attention: bf16 / fp32, G = 1, 3, 16, D = 64, 128 (and a non-power-of-two D: no TMA, BLOCK_D != D)
-    "attn-bf16-G16-D64": lambda: _attention_case("bfloat16", 16, 64),
-    "attn-bf16-G1-D128": lambda: _attention_case("bfloat16", 1, 128, sink=True),
-    "attn-bf16-G3-D64-sink": lambda: _attention_case("bfloat16", 3, 64, sink=True),
+    # (atomic_dq: the backward's "fused_atomic" mode too, in the bf16 cases: its fp32 compiles take ~8 s each)
+    "attn-bf16-G16-D64": lambda: _attention_case("bfloat16", 16, 64, atomic_dq=True),
+    "attn-bf16-G1-D128": lambda: _attention_case("bfloat16", 1, 128, sink=True, atomic_dq=True),
+    "attn-bf16-G3-D64-sink": lambda: _attention_case("bfloat16", 3, 64, sink=True, atomic_dq=True),
     "attn-fp32-G3-D128": lambda: _attention_case("float32", 3, 128),
     "attn-fp32-G16-D64-sink": lambda: _attention_case("float32", 16, 64, sink=True),
     "attn-fp32-G1-D64": lambda: _attention_case("float32", 1, 64),
@@ -229,6 +237,8 @@ def _compile(rec: _Recorder, launch: dict) -> dict:
         compiled = triton.compile(src, target=rec.target, options=options.__dict__)
         out["stage"] = [s for s in ("ttir", "ttgir", "llir", "ptx", "cubin") if compiled.asm.get(s)][-1]
         out["shared"] = compiled.metadata.shared
+        # global atomic / reduction instructions of the PTX (what tl.atomic_add became), sorted, distinct
+        out["atomics"] = sorted(set(re.findall(r"\b(?:atom|red)\.global\.[\w.]+", compiled.asm.get("ptx", ""))))
     except Exception as e:  # every compile error is a test failure, reported whole
         out["error"] = f"{type(e).__name__}: {e}"
     out["seconds"] = round(time.perf_counter() - t0, 2)

@@ -92,6 +92,12 @@ def test_attention_variants_labels_and_config_changes() -> None:
     assert benchmark.attention_variants(base, {"atomic"}) == [("chunk-outer atomic fwd", {"fwd_mode": "chunk_atomic"})]
     assert "atomic" not in benchmark.parse_variants(benchmark.DEFAULT_VARIANTS)
     assert benchmark.parse_variants("chunk,atomic") == {"chunk", "atomic"}
+    # "atomic_dq": the fused backward with fp32 atomic dQ, opt-in too
+    assert benchmark.attention_variants(base, {"atomic_dq"}) == [("fused bwd, atomic dQ", {"bwd_mode": "fused_atomic"})]
+    assert "atomic_dq" not in benchmark.parse_variants(benchmark.DEFAULT_VARIANTS)
+    assert benchmark.parse_variants("atomic,atomic_dq") == {"atomic", "atomic_dq"}
+    assert [lab for lab, _ in benchmark.attention_variants(base, {"atomic", "atomic_dq"})] == [
+        "chunk-outer atomic fwd", "fused bwd, atomic dQ"]
     # every key of VARIANTS selects exactly its label
     for key, label in benchmark.VARIANTS.items():
         assert [lab for lab, _ in benchmark.attention_variants(base, {key})] == [label]
