@@ -31,6 +31,8 @@ def main(argv=None) -> int:
     p.add_argument("--variants", default=benchmark.DEFAULT_VARIANTS,
                    help="extra columns of ours: chunk (other fwd schedule), tma")
     p.add_argument("--no-correctness", action="store_true")
+    p.add_argument("--selection", default="uniform", choices=benchmark.SELECTIONS,
+                   help="uniform (each token its own selection) or block (shared per 64-token block)")
     args = p.parse_args(argv)
     try:
         shapes = benchmark.parse_shapes(args.shapes)
@@ -46,7 +48,7 @@ def main(argv=None) -> int:
         return 3
     results = benchmark.run_benchmark(shapes, args.out, published=args.published, variants=variants,
                                       correctness=not args.no_correctness, sweep=args.sweep,
-                                      mini_sweep=args.mini_sweep)
+                                      mini_sweep=args.mini_sweep, selection=args.selection)
     if not args.sweep:
         print(benchmark.markdown(results))
     return 0

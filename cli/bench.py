@@ -57,6 +57,8 @@ def kernels(
     no_correctness: bool = typer.Option(False, "--no-correctness", help="Skip the bf16-vs-fp32 error check."),
     sweep: bool = typer.Option(False, "--sweep", help="Only sweep launch settings (T=64K) into sweep.json."),
     mini_sweep: bool = typer.Option(False, "--mini-sweep", help="After the table: a few extra settings."),
+    selection: str = typer.Option("uniform", "--selection", help="How the table's selections are drawn: uniform "
+                                  "(each token its own; the worst case) or block (shared per 64-token block)."),
 ) -> None:
     """Our Triton HSA kernels vs the published HSA kernel, fla's NSA and dense SDPA, on one CUDA GPU.
 
@@ -70,13 +72,16 @@ def kernels(
 
     shape_list = _shapes(shapes)
     keep = _variants(variants)
+    if selection not in benchmark.SELECTIONS:
+        raise typer.BadParameter(f"{selection!r} is not one of {', '.join(benchmark.SELECTIONS)}",
+                                 param_hint="--selection")
     problem = benchmark.cuda_problem()
     if problem:
         fail(problem, EXIT_MISSING_DEP)
     command = " ".join(["hsa", *sys.argv[1:]])
     results = benchmark.run_benchmark(shape_list, out, published=published, variants=keep,
                                       correctness=not no_correctness, sweep=sweep, mini_sweep=mini_sweep,
-                                      command=command)
+                                      command=command, selection=selection)
     if sweep:
         typer.echo(f"wrote {out / 'sweep.json'}")
         return

@@ -169,9 +169,20 @@ def safe(label, fn, *args, **kwargs):
 
 
 # ------------------------------------------------------------------------------------------- inputs
-def make_inputs(T: int, B: int, dtype=torch.bfloat16, seed: int = 0):
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    dev = "cuda"
+#: How the precomputed selection is drawn: ``uniform`` (each token its own K distinct visible chunks,
+#: the issue's protocol and the worst case: no two tokens share a K/V tile) or ``block`` (all tokens
+#: of a 64-token block share one draw: the best case for K/V reuse, closer to trained models, whose
+#: neighbouring tokens mostly pick the same chunks).
+SELECTIONS = ("uniform", "block")
+
+
+def make_inputs(T: int, B: int, dtype=torch.bfloat16, seed: int = 0, selection: str = "uniform",
+                device: str = "cuda"):
+    """``q (B,T,HQ,D), k, v (B,T,H,D), idx (B,T,H,K) int32, w (B,T,H,K)``; see :data:`SELECTIONS`."""
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+    g = torch.Generator(device=device).manual_seed(seed)
+    dev = device
     C = T // S
     q = torch.randn(B, T, HQ, D, device=dev, dtype=dtype, generator=g)
     k = torch.randn(B, C * S, H, D, device=dev, dtype=dtype, generator=g)
@@ -181,9 +192,12 @@ def make_inputs(T: int, B: int, dtype=torch.bfloat16, seed: int = 0):
     # published kernel rejects -1).
     pos = torch.arange(T, device=dev)
     nvis = (pos // S).clamp(min=1)
-    r = torch.rand(B, T, H, C, device=dev, generator=g) if T * C * B <= 2**31 else None
-    if r is None:
+    if T * C * B > 2**31:
         raise ValueError("shape too large for this selection generator")
+    if selection == "block":  # one draw per 64-token block (nvis is constant inside a block)
+        r = torch.rand(B, C, H, C, device=dev, generator=g)[:, pos // S]
+    else:
+        r = torch.rand(B, T, H, C, device=dev, generator=g)
     r = r.masked_fill(torch.arange(C, device=dev)[None, None, None, :] >= nvis[None, :, None, None], -1.0)
     top = r.topk(K, dim=-1)
     idx = torch.where(top.values >= 0, top.indices, torch.zeros_like(top.indices))
@@ -256,11 +270,11 @@ def time_attention(name, f, inputs, grads_of, B, T, do, with_bwd=True):
     return row
 
 
-def bench_shape(T, B, published, nsa, variants: Collection[str] = ()):
+def bench_shape(T, B, published, nsa, variants: Collection[str] = (), selection: str = "uniform"):
     """One shape: every attention contender (``variants``: keys of :data:`VARIANTS`), then selection."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    q, k, v, idx, w = make_inputs(T, B)
+    q, k, v, idx, w = make_inputs(T, B, selection=selection)
     do = torch.randn_like(q)
     rows = []
     big = T >= 131072
@@ -518,11 +532,16 @@ def variant_names(results) -> list[str]:
     return [r["name"] for r in sh["attention"] if r["name"].startswith("ours (")]
 
 
+_SELECTION_TEXT = {"uniform": "uniform over visible chunks",
+                   "block": "one uniform draw per 64-token block, shared by its tokens"}
+
+
 def markdown(results) -> str:
     """``results.md``: the tables of a :func:`run_benchmark` results dict."""
     lines = [f"# HSA kernels on {results['device']} ({results['date']})", "",
-             f"bf16, HQ={HQ} over H={H} KV head, D={D}, S={S}, top-{K}; selection precomputed (uniform over "
-             f"visible chunks); median ms over CUDA events; command: `{results['command']}`", ""]
+             f"bf16, HQ={HQ} over H={H} KV head, D={D}, S={S}, top-{K}; selection precomputed "
+             f"({_SELECTION_TEXT[results.get('selection', 'uniform')]}); median ms over CUDA events; "
+             f"command: `{results['command']}`", ""]
     lines += ["## Forward / forward+backward (ms)", "",
               f"| T (batch) | ours (default: {results['fwd_mode']}-outer fwd) | "
               + " | ".join(variant_names(results)) + " | published HSA |"
@@ -626,6 +645,7 @@ def run_benchmark(
     sweep: bool = False,
     mini_sweep: bool = False,
     command: str | None = None,
+    selection: str = "uniform",
 ) -> dict:
     """Run the benchmark on the current CUDA device and write its files into ``out_dir`` (created).
 
@@ -634,9 +654,12 @@ def run_benchmark(
     ``correctness=False``), the table over ``shapes`` (``results.json`` rewritten after every shape),
     ``results.md``, the extra settings of ``mini_sweep`` (into ``results.json``), ``results.png``;
     returns the results dict that :func:`markdown` formats. ``command`` is recorded in the results
-    (default: ``python`` + ``sys.argv``). Progress goes to stdout. The caller checks
-    :func:`cuda_problem` first.
+    (default: ``python`` + ``sys.argv``). ``selection``: how the table's selections are drawn
+    (:data:`SELECTIONS`; the correctness check and the sweeps always use ``uniform``). Progress goes to
+    stdout. The caller checks :func:`cuda_problem` first.
     """
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if sweep:
@@ -651,13 +674,13 @@ def run_benchmark(
                "torch": torch.__version__,
                "triton": __import__("triton").__version__, "python": platform.python_version(),
                "published_kernel": bool(published_mod), "fla_nsa": bool(nsa), "shapes": [],
-               "fwd_mode": _attention_config()["fwd_mode"]}
+               "fwd_mode": _attention_config()["fwd_mode"], "selection": selection}
     if correctness:
         results["correctness"] = safe("correctness", check_correctness)
         print(json.dumps(results["correctness"], indent=1), flush=True)
     for T, B in shapes:
         print(f"== T={T} B={B}", flush=True)
-        sh = bench_shape(T, B, published_mod, nsa, variants)
+        sh = bench_shape(T, B, published_mod, nsa, variants, selection)
         results["shapes"].append(sh)
         for r in sh["attention"]:
             print(f"  {r['name']:18s} fwd {fmt(r.get('fwd_ms'))} ms  fwd+bwd {fmt(r.get('fwdbwd_ms'))} ms  "

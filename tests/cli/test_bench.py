@@ -57,6 +57,7 @@ def test_without_cuda_one_line_error_exit_3(runner: CliRunner, monkeypatch: pyte
     (["--shapes", "4000x1"], "--shapes", "4000x1"),
     (["--shapes", ""], "--shapes", "no shapes"),
     (["--variants", "chunk,fast"], "--variants", "fast"),
+    (["--selection", "local"], "--selection", "local"),
 ])
 def test_bad_option_values_are_usage_errors(runner: CliRunner, monkeypatch: pytest.MonkeyPatch,
                                             args: list[str], option: str, value: str) -> None:
@@ -90,6 +91,7 @@ def test_options_reach_run_benchmark(runner: CliRunner, monkeypatch: pytest.Monk
     assert seen["variants"] == {"tma"} and seen["correctness"] is False and seen["mini_sweep"] is True
     assert seen["sweep"] is False and seen["published"] == tmp_path / "absent.py"
     assert seen["command"].split()[0] == "hsa"  # recorded in results.json as the command that ran
+    assert seen["selection"] == "uniform"
     assert benchmark.markdown(data) in result.stdout
     assert "| - / - | - / - |" in result.stdout  # absent competitors read '-'
     assert "note: published HSA kernel" in result.stdout and "note: fla NSA" in result.stdout

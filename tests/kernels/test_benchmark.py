@@ -128,6 +128,11 @@ def test_markdown_tables_from_a_hand_made_results_dict() -> None:
     assert md.endswith("|\n")
 
 
+def test_markdown_names_the_selection_and_old_results_read_uniform() -> None:
+    assert "selection precomputed (uniform over visible chunks)" in benchmark.markdown(_results())
+    assert "shared by its tokens" in benchmark.markdown({**_results(), "selection": "block"})
+
+
 def test_markdown_absent_competitors_read_dash() -> None:
     md = benchmark.markdown(_results(with_competitors=False, correctness=False))
     assert ("| 4K (4) | 1.000 / 4.00 | 1.250 / 4.50 | - / - | - / - | 8.000 / 30.00 | 6.000 / 24.00 | - / - | - / - |"
@@ -147,8 +152,8 @@ def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> dict:
     """Replace every GPU part of run_benchmark; record what bench_shape was asked."""
     calls: dict = {"shapes": []}
 
-    def bench_shape(T, B, published, nsa, variants=()):
-        calls["shapes"].append((T, B, published, nsa, set(variants)))
+    def bench_shape(T, B, published, nsa, variants=(), selection="uniform"):
+        calls["shapes"].append((T, B, published, nsa, set(variants), selection))
         sh = _results()["shapes"][0]
         return {**sh, "T": T, "B": B}
 
@@ -170,9 +175,9 @@ def test_run_benchmark_writes_the_same_files(fake_gpu: dict, tmp_path: Path) -> 
     res = benchmark.run_benchmark([(4096, 4), (8192, 1)], out, published=tmp_path / "absent.py",
                                   variants=["tma"], command="cmd", mini_sweep=True)
     assert [c[:2] for c in fake_gpu["shapes"]] == [(4096, 4), (8192, 1)]
-    assert all(c[2] is None and c[3] is None and c[4] == {"tma"} for c in fake_gpu["shapes"])
+    assert all(c[2] is None and c[3] is None and c[4] == {"tma"} and c[5] == "uniform" for c in fake_gpu["shapes"])
     assert list(res) == ["device", "date", "command", "torch", "triton", "python", "published_kernel", "fla_nsa",
-                         "shapes", "fwd_mode", "correctness", "mini_sweep"]
+                         "shapes", "fwd_mode", "selection", "correctness", "mini_sweep"]
     assert res["published_kernel"] is False and res["fla_nsa"] is False and res["command"] == "cmd"
     assert json.loads((out / "results.json").read_text()) == res
     assert (out / "results.md").read_text() == benchmark.markdown({k: v for k, v in res.items() if k != "mini_sweep"})
@@ -191,6 +196,13 @@ def test_run_benchmark_without_correctness_and_sweep(fake_gpu: dict, tmp_path: P
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["sweep.json"]
     with pytest.raises(ValueError, match="unknown variant"):
         benchmark.run_benchmark([(4096, 4)], tmp_path / "c", variants=["bogus"])
+    # block selections reach every shape and are named in results.md
+    res = benchmark.run_benchmark([(4096, 4)], tmp_path / "d", published=None, variants="", correctness=False,
+                                  selection="block")
+    assert fake_gpu["shapes"][-1][5] == "block" and res["selection"] == "block"
+    assert "one uniform draw per 64-token block" in (tmp_path / "d" / "results.md").read_text()
+    with pytest.raises(ValueError, match="selection must be one of uniform, block"):
+        benchmark.run_benchmark([(4096, 4)], tmp_path / "e", selection="local")
 
 
 def test_load_published_absent_or_broken_is_none(tmp_path: Path) -> None:
@@ -207,3 +219,18 @@ def test_load_published_absent_or_broken_is_none(tmp_path: Path) -> None:
 def test_cuda_problem_without_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert "needs a CUDA GPU" in benchmark.cuda_problem()
+
+
+def test_make_inputs_selections() -> None:
+    T, C = 1024, 1024 // benchmark.S
+    for selection in benchmark.SELECTIONS:
+        _, _, _, idx, w = benchmark.make_inputs(T, 2, dtype=torch.float32, selection=selection, device="cpu")
+        assert idx.shape == (2, T, benchmark.H, benchmark.K) and idx.dtype == torch.int32 and w.shape == idx.shape
+        t = torch.arange(T)
+        nvis = (t // benchmark.S).clamp(min=1)
+        assert (idx >= 0).all() and (idx < nvis[None, :, None, None]).all()  # causal: visible chunks only
+        late = idx[:, t // benchmark.S >= benchmark.K]  # tokens that see >= K chunks: K distinct ones
+        assert (late.sort(-1).values.diff(dim=-1) > 0).all()
+        blocks = idx.view(2, C, benchmark.S, benchmark.H, benchmark.K)
+        same = (blocks == blocks[:, :, :1]).all()
+        assert bool(same) == (selection == "block")  # block: one draw shared by the 64 tokens of a block
