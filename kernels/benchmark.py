@@ -536,6 +536,18 @@ _SELECTION_TEXT = {"uniform": "uniform over visible chunks",
                    "block": "one uniform draw per 64-token block, shared by its tokens"}
 
 
+def _fwd_bwd_table(results, title: str, key: str) -> list[str]:
+    """A ``fwd_<key> / fwdbwd_<key>`` table (integers) over the shapes, for the fixed contender columns."""
+    names = ("ours", "published HSA", "fla NSA selected", "SDPA flash", "SDPA cuDNN")
+    lines = ["", f"## {title}", "", "| T (batch) | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for sh in results["shapes"]:
+        by = {r["name"]: r for r in sh["attention"]}
+        cells = [f"{fmt(by.get(n, {}).get(f'fwd_{key}'), 0)} / {fmt(by.get(n, {}).get(f'fwdbwd_{key}'), 0)}"
+                 for n in names]
+        lines.append(f"| {sh['T'] // 1024}K ({sh['B']}) | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(results) -> str:
     """``results.md``: the tables of a :func:`run_benchmark` results dict."""
     lines = [f"# HSA kernels on {results['device']} ({results['date']})", "",
@@ -564,22 +576,9 @@ def markdown(results) -> str:
             f"{cell('fla NSA selected')} | {cell('SDPA flash')} | {cell('SDPA cuDNN')} | "
             f"{ratio('published HSA', 'fwd_ms')} / {ratio('published HSA', 'fwdbwd_ms')} | "
             f"{ratio('fla NSA selected', 'fwd_ms')} / {ratio('fla NSA selected', 'fwdbwd_ms')} |")
-    lines += ["", "## Effective TFLOP/s (fwd / fwd+bwd; selected-attention work for sparse, causal for dense)", "",
-              "| T (batch) | ours | published HSA | fla NSA selected | SDPA flash | SDPA cuDNN |",
-              "|---|---|---|---|---|---|"]
-    for sh in results["shapes"]:
-        by = {r["name"]: r for r in sh["attention"]}
-        cells = [f"{fmt(by.get(n, {}).get('fwd_tflops'), 0)} / {fmt(by.get(n, {}).get('fwdbwd_tflops'), 0)}"
-                 for n in ("ours", "published HSA", "fla NSA selected", "SDPA flash", "SDPA cuDNN")]
-        lines.append(f"| {sh['T'] // 1024}K ({sh['B']}) | " + " | ".join(cells) + " |")
-    lines += ["", "## Peak extra GPU memory, MiB (fwd / fwd+bwd)", "",
-              "| T (batch) | ours | published HSA | fla NSA selected | SDPA flash | SDPA cuDNN |",
-              "|---|---|---|---|---|---|"]
-    for sh in results["shapes"]:
-        by = {r["name"]: r for r in sh["attention"]}
-        cells = [f"{fmt(by.get(n, {}).get('fwd_mem_mb'), 0)} / {fmt(by.get(n, {}).get('fwdbwd_mem_mb'), 0)}"
-                 for n in ("ours", "published HSA", "fla NSA selected", "SDPA flash", "SDPA cuDNN")]
-        lines.append(f"| {sh['T'] // 1024}K ({sh['B']}) | " + " | ".join(cells) + " |")
+    lines += _fwd_bwd_table(results, "Effective TFLOP/s (fwd / fwd+bwd; selected-attention work for sparse, "
+                            "causal for dense)", "tflops")
+    lines += _fwd_bwd_table(results, "Peak extra GPU memory, MiB (fwd / fwd+bwd)", "mem_mb")
     lines += ["", f"## Selection (d_r={DR}, top-{K}, stick-breaking weights in the fused kernel)", "",
               "| T (batch) | fused ms | dense scores + topk ms | speed-up | fused MiB | dense MiB | ids equal (last 8K)"
               " |", "|---|---|---|---|---|---|---|"]
