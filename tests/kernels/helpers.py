@@ -35,6 +35,24 @@ def random_selection(B: int, T: int, H: int, K: int, S: int, device="cpu", q_off
     return idx, w
 
 
+def one_chunk_case(B: int, T: int, HQ: int, H: int, D: int, S: int, K: int, device="cpu",
+                   every_slot_rows: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """A selection over a single chunk (C = 1): random slots in {-1, 0}, every 4th row all empty, the
+    next ones with chunk 0 in slot 0, and (``every_slot_rows``) the row after with chunk 0 in every slot,
+    so one program adds several contributions to the same output row. Weights of empty slots are
+    random: kernels must ignore them. Returns ``q, k, v, idx, w``."""
+    q = torch.randn(B, T, HQ, D, device=device)
+    k = torch.randn(B, S, H, D, device=device)
+    v = torch.randn(B, S, H, D, device=device)
+    idx = torch.randint(-1, 1, (B, T, H, K), dtype=torch.int32, device=device)
+    idx[:, ::4] = -1  # all-empty rows
+    idx[:, 1::4, :, 0] = 0
+    if every_slot_rows:
+        idx[:, 2::4] = 0
+    w = torch.rand(B, T, H, K, device=device)
+    return q, k, v, idx, w
+
+
 class PoisonTorch:
     """Stand-in for the ``torch`` module inside a kernel wrapper: fresh buffers come back filled with
     NaN (float) or -7 (int), so any element a kernel forgets to write shows up in the result."""

@@ -14,7 +14,7 @@ import torch
 from hsa_kernels.hsa_attention import hsa_attention_naive, hsa_attention_triton
 
 from . import test_hsa_attention as base
-from .helpers import PoisonTorch, rel_err
+from .helpers import PoisonTorch, one_chunk_case, rel_err
 
 DEV = base.DEV
 _check, _inputs, _run = base._check, base._inputs, base._run
@@ -72,14 +72,8 @@ def test_atomic_all_empty_rows_and_one_chunk(bwd_mode, atomic, monkeypatch):
     # whole rows of empty slots, whose output must be exactly 0.
     atomic(8)
     monkeypatch.setitem(fn.CONFIG, "bwd_mode", bwd_mode)
-    B, T, HQ, H, D, S, K = 2, 37, 3, 1, 16, 16, 3
-    q = torch.randn(B, T, HQ, D, device=DEV)
-    k = torch.randn(B, S, H, D, device=DEV)
-    v = torch.randn(B, S, H, D, device=DEV)
-    idx = torch.randint(-1, 1, (B, T, H, K), dtype=torch.int32, device=DEV)
-    idx[:, ::4] = -1  # all-empty rows
-    idx[:, 1::4, :, 0] = 0
-    w = torch.rand(B, T, H, K, device=DEV)  # weights of empty slots must be ignored
+    S = 16
+    q, k, v, idx, w = one_chunk_case(2, 37, 3, 1, 16, S, 3, device=DEV)
     for sink in (False, True):
         o, _ = _check_idx(q, k, v, idx, w, S, sink, 1e-5)
         assert torch.equal(o[:, ::4], torch.zeros_like(o[:, ::4]))

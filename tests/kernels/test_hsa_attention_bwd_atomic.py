@@ -16,7 +16,7 @@ import torch
 from hsa_kernels.hsa_attention import hsa_attention_naive, hsa_attention_triton
 
 from . import test_hsa_attention as base
-from .helpers import PoisonTorch, rel_err
+from .helpers import PoisonTorch, one_chunk_case, rel_err
 
 DEV = base.DEV
 _inputs, _run = base._inputs, base._run
@@ -130,15 +130,8 @@ def test_fused_atomic_all_empty_rows_and_one_chunk(fwd_mode, modes, monkeypatch)
     # contributions to the same dq32 row; whole rows of empty slots must get dq exactly 0.
     modes(fwd_mode, 8)
     monkeypatch.setitem(fn.CONFIG, "bwd_kv_seg", 4)
-    B, T, HQ, H, D, S, K = 2, 37, 3, 1, 16, 16, 3
-    q = torch.randn(B, T, HQ, D, device=DEV)
-    k = torch.randn(B, S, H, D, device=DEV)
-    v = torch.randn(B, S, H, D, device=DEV)
-    idx = torch.randint(-1, 1, (B, T, H, K), dtype=torch.int32, device=DEV)
-    idx[:, ::4] = -1  # all-empty rows
-    idx[:, 1::4, :, 0] = 0
-    idx[:, 2::4] = 0  # chunk 0 in every slot
-    w = torch.rand(B, T, H, K, device=DEV)  # weights of empty slots must be ignored
+    S = 16
+    q, k, v, idx, w = one_chunk_case(2, 37, 3, 1, 16, S, 3, device=DEV, every_slot_rows=True)
     for sink in (False, True):
         _, grads = _check(q, k, v, idx, w, S, sink, 1e-5, monkeypatch)
         assert torch.equal(grads[0][:, ::4], torch.zeros_like(grads[0][:, ::4]))
