@@ -35,13 +35,24 @@ def _run(q, k, v, idx, w, S, sink, fn_attn, dtype=None, do=None):
     return o, [x.grad for x in xs], do
 
 
-def _check(B, T, HQ, H, D, S, K, dtype, sink, tol, **kw):
-    q, k, v, idx, w = _inputs(B, T, HQ, H, D, S, K, dtype, **kw)
-    o, grads, do = _run(q, k, v, idx, w, S, sink, hsa_attention_triton)
+def _assert_matches_naive(q, k, v, idx, w, S, sink, tol, o, grads, do) -> None:
+    """``o`` and ``grads`` (dq, dk, dv, dw of a Triton run with upstream ``do``) within ``tol`` of the fp64 twin."""
     ro, rgrads, _ = _run(q, k, v, idx, w, S, sink, hsa_attention_naive, dtype=torch.float64, do=do.double())
-    assert o.dtype == dtype and o.shape == (B, T, HQ, D)
     errs = {"o": rel_err(o, ro)} | {n: rel_err(g, r) for n, g, r in zip("qkvw", grads, rgrads)}
     assert all(e < tol for e in errs.values()), errs
+
+
+def _check_idx(q, k, v, idx, w, S, sink, tol):
+    """The Triton op on given inputs against the fp64 twin, forward and backward."""
+    o, grads, do = _run(q, k, v, idx, w, S, sink, hsa_attention_triton)
+    _assert_matches_naive(q, k, v, idx, w, S, sink, tol, o, grads, do)
+    return o, grads
+
+
+def _check(B, T, HQ, H, D, S, K, dtype, sink, tol, **kw):
+    q, k, v, idx, w = _inputs(B, T, HQ, H, D, S, K, dtype, **kw)
+    o, grads = _check_idx(q, k, v, idx, w, S, sink, tol)
+    assert o.dtype == dtype and o.shape == (B, T, HQ, D)
     return o, grads
 
 

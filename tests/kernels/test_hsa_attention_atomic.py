@@ -17,7 +17,7 @@ from . import test_hsa_attention as base
 from .helpers import PoisonTorch, one_chunk_case, rel_err
 
 DEV = base.DEV
-_check, _inputs, _run = base._check, base._inputs, base._run
+_check, _check_idx, _inputs, _run = base._check, base._check_idx, base._inputs, base._run
 
 
 @pytest.fixture
@@ -29,14 +29,6 @@ def atomic(monkeypatch):
         monkeypatch.setitem(fn.CONFIG, "fwd_token_block", token_block)
 
     return set_block
-
-
-def _check_idx(q, k, v, idx, w, S, sink, tol):
-    o, grads, do = _run(q, k, v, idx, w, S, sink, hsa_attention_triton)
-    ro, rgrads, _ = _run(q, k, v, idx, w, S, sink, hsa_attention_naive, dtype=torch.float64, do=do.double())
-    errs = {"o": rel_err(o, ro)} | {n: rel_err(g, r) for n, g, r in zip("qkvw", grads, rgrads)}
-    assert all(e < tol for e in errs.values()), errs
-    return o, grads
 
 
 @pytest.mark.triton
