@@ -3,8 +3,8 @@
 Times, for the bar's shapes (bf16, HQ=16 over H=1, D=64, S=64, top-8, uniform selection):
   - the default query-outer forward;
   - the inverse index alone (torch twin / Triton; plain and token-blocked);
-  - the chunk-outer forwards' kernel alone (prebuilt index): "chunk_last" over token block, rows, warps,
-    stages and segment length, "chunk_atomic" at its best settings; then each end to end (index included);
+  - the atomic chunk-outer forward's kernel alone (prebuilt index) over token block, rows, warps,
+    stages and segment length, then the best one end to end (index included);
 and prints every figure it measured. Usage (GPU machine, after ``. bench/device_env.sh``):
 
     python3 bench/sweep_fwd.py --out $OUT/sweep_fwd.json [--shapes 65536x1,131072x1] [--quick]
@@ -29,7 +29,7 @@ def sweep_shape(T: int, B: int, quick: bool) -> dict:
     scale = bm.D ** -0.5
     C = T // bm.S
     q, k, v, idx, w = bm.make_inputs(T, B)
-    r: dict = {"index": {}, "chunk_kernel": [], "end_to_end": {}}
+    r: dict = {"index": {}, "atomic_kernel": [], "end_to_end": {}}
 
     def fwd(mode, inv=None):
         return fn.hsa_attention_fwd(q, k, v, idx, w, bm.S, scale, False, store_lse=False, inv=inv, mode=mode)
@@ -45,45 +45,45 @@ def sweep_shape(T: int, B: int, quick: bool) -> dict:
             r["index"][f"{impl} tb={tb}"] = ms
             print(f"[{T}x{B}] index {impl} token_block={tb}: {bm.fmt(ms)} ms", flush=True)
         fn.CONFIG.update(base)
-        best = {}
+        tbs = (1024, 4096, None) if quick else (512, 1024, 2048, 4096, 8192, 16384, None)
+        grid = [(tb, 64, 4, 2, 1024) for tb in tbs]
+        best = None
 
-        def run(mode, tb, rows, nw, ns, seg):
+        def run(tb, rows, nw, ns, seg):
+            nonlocal best
             fn.CONFIG.update(base, fwd_rows=rows, fwd_chunk_warps=nw, fwd_chunk_stages=ns, bwd_kv_seg=seg,
                              fwd_token_block=tb)
             inv = fn.build_inverse_index(idx, C, seg, token_block=tb)
-            err = (fwd(mode, inv)[0].float() - ref).abs().max().item()
-            ms = bm.safe(mode, bm.bench, lambda: fwd(mode, inv))
-            row = {"mode": mode, "token_block": tb, "rows": rows, "warps": nw, "stages": ns, "seg": seg, "ms": ms,
+            err = (fwd("chunk_atomic", inv)[0].float() - ref).abs().max().item()
+            ms = bm.safe("atomic", bm.bench, lambda: fwd("chunk_atomic", inv))
+            row = {"token_block": tb, "rows": rows, "warps": nw, "stages": ns, "seg": seg, "ms": ms,
                    "max_abs_diff_vs_query": err}
-            r["chunk_kernel"].append(row)
-            print(f"[{T}x{B}] {mode} (index prebuilt) tb={tb} rows={rows} warps={nw} stages={ns} "
+            r["atomic_kernel"].append(row)
+            print(f"[{T}x{B}] chunk_atomic (index prebuilt) tb={tb} rows={rows} warps={nw} stages={ns} "
                   f"seg={seg}: {bm.fmt(ms)} ms  (max|o - query-outer o| {err:.2e})", flush=True)
-            if ms is not None and (mode not in best or ms < best[mode][0]):
-                best[mode] = (ms, (tb, rows, nw, ns, seg))
+            if ms is not None and (best is None or ms < best[0]):
+                best = (ms, (tb, rows, nw, ns, seg))
 
-        run("chunk_atomic", 2048, 64, 4, 1, 1024)  # the best atomic settings of sweep_fwd.log's first run
-        tbs = (512, 2048, None) if quick else (256, 512, 1024, 2048, 4096, None)
-        for tb in tbs:
-            run("chunk_last", tb, 64, 4, 2, 1024)
-        tb = best["chunk_last"][1][0]
-        more = [(64, 4, 1), (64, 4, 3), (32, 4, 2), (128, 8, 2), (64, 8, 2), (64, 2, 2), (32, 2, 2)]
+        for cfg in grid:
+            run(*cfg)
+        tb = best[1][0]
+        more = [(16, 4, 2), (32, 4, 2), (128, 8, 2), (64, 8, 2), (64, 2, 2), (64, 4, 1), (64, 4, 3),
+                (128, 4, 2), (32, 2, 2)]
         if quick:
-            more = more[:3]
+            more = more[:4]
         for rows, nw, ns in more:
-            run("chunk_last", tb, rows, nw, ns, 1024)
-        _, (tb, rows, nw, ns, _) = best["chunk_last"]
-        for seg in (128, 256):
-            run("chunk_last", tb, rows, nw, ns, seg)
-        for mode in best:
-            _, (tb, rows, nw, ns, seg) = best[mode]
-            r[f"best_{mode}"] = dict(zip(("token_block", "rows", "warps", "stages", "seg"), best[mode][1]))
-            fn.CONFIG.update(base, fwd_rows=rows, fwd_chunk_warps=nw, fwd_chunk_stages=ns, bwd_kv_seg=seg,
-                             fwd_token_block=tb, fwd_mode=mode)
+            run(tb, rows, nw, ns, 1024)
+        _, (tb, rows, nw, ns, _) = best
+        for seg in (128, 256, 4096):
+            run(tb, rows, nw, ns, seg)
+        _, (tb, rows, nw, ns, seg) = best
+        r["best_atomic"] = dict(zip(("token_block", "rows", "warps", "stages", "seg"), best[1]))
+        for impl in ("torch", "triton"):
+            fn.CONFIG.update(base, index_impl=impl, fwd_rows=rows, fwd_chunk_warps=nw, fwd_chunk_stages=ns,
+                             bwd_kv_seg=seg, fwd_token_block=tb, fwd_mode="chunk_atomic")
             ms = bm.safe("e2e", bm.bench, lambda: bm.ours(q, k, v, idx, w))
-            mem = bm.safe("mem", bm.peak_mem_mb, lambda: bm.ours(q, k, v, idx, w))
-            r["end_to_end"][mode] = {"ms": ms, "peak_mem_mb": mem}
-            print(f"[{T}x{B}] {mode} end to end (Triton index) best settings: {bm.fmt(ms)} ms, "
-                  f"{bm.fmt(mem, 0)} MiB", flush=True)
+            r["end_to_end"][f"chunk_atomic index={impl}"] = ms
+            print(f"[{T}x{B}] chunk_atomic end to end (index {impl}) best settings: {bm.fmt(ms)} ms", flush=True)
         fn.CONFIG.update(base)
     return r
 

@@ -50,8 +50,7 @@ DEFAULT_OUT = "bench/results/h200"
 DEFAULT_PUBLISHED = "third_party/hsa_pub/hsa_triton.py"
 #: Extra columns of this project's kernel, by the key ``--variants`` takes -> column label.
 VARIANTS = {"chunk": "chunk-outer fwd", "tma": "TMA fwd", "index": "other inverse index",
-            "atomic": "chunk-outer atomic fwd", "last": "chunk-outer last-arriver fwd",
-            "atomic_dq": "fused bwd, atomic dQ"}
+            "atomic": "chunk-outer atomic fwd", "atomic_dq": "fused bwd, atomic dQ"}
 DEFAULT_VARIANTS = "chunk,tma,index"
 
 
@@ -104,9 +103,7 @@ def attention_variants(base: dict[str, Any], keep: Collection[str]) -> list[tupl
     query-outer forward with ``use_tma`` flipped; ``index``: the other inverse-index implementation
     (``index_impl`` torch <-> triton; it feeds the backward); ``atomic``: the chunk-outer forward with
     fp32 atomic accumulation over a token-blocked index (``fwd_mode="chunk_atomic"``; opt-in, not in
-    :data:`DEFAULT_VARIANTS`); ``last``: the chunk-outer forward over a token-blocked index whose
-    last-arriving program sums each row (``fwd_mode="chunk_last"``, deterministic); ``atomic_dq``: the
-    fused backward adding dQ with fp32 atomics into
+    :data:`DEFAULT_VARIANTS`); ``atomic_dq``: the fused backward adding dQ with fp32 atomics into
     (B,T,HQ,D) instead of the per-pair buffer + reduce (``bwd_mode="fused_atomic"``; opt-in; its saving
     shows in the fwd+bwd memory column). Columns read ``ours (<label>)``.
     """
@@ -115,7 +112,6 @@ def attention_variants(base: dict[str, Any], keep: Collection[str]) -> list[tupl
                "tma": {"fwd_mode": "query", "use_tma": not base["use_tma"]},
                "index": {"index_impl": other_index},
                "atomic": {"fwd_mode": "chunk_atomic"},
-               "last": {"fwd_mode": "chunk_last"},
                "atomic_dq": {"bwd_mode": "fused_atomic"}}
     return [(VARIANTS[key], changes[key]) for key in VARIANTS if key in keep]
 

@@ -2,7 +2,8 @@
 
     ncu --clock-control none -k regex:_hsa_fwd --section SpeedOfLight --section MemoryWorkloadAnalysis \
         --section WarpStateStats --section Occupancy python3 bench/profile/ncu_fwd.py
-(kernels: query-outer, chunk-outer atomic, chunk-outer last-arriver, chunk-outer with per-pair buffer)
+(kernels: query-outer, chunk-outer atomic, chunk-outer with per-pair buffer, in that order;
+bench/results/h200/ncu_fwd.txt is its output. ncu_chunk_last.txt came from commit 500e91f's version.)
 """
 
 import hsa_kernels.hsa_attention.function as fn
@@ -17,8 +18,6 @@ with torch.no_grad():
     fn.CONFIG.update(fwd_token_block=2048, fwd_chunk_stages=1)
     inv = fn.build_inverse_index(idx, T // bm.S, 1024, token_block=2048)
     fn.hsa_attention_fwd(q, k, v, idx, w, bm.S, scale, False, store_lse=False, inv=inv, mode="chunk_atomic")
-    inv = fn.build_inverse_index(idx, T // bm.S, 1024, token_block=1024)
-    fn.hsa_attention_fwd(q, k, v, idx, w, bm.S, scale, False, store_lse=False, inv=inv, mode="chunk_last")
     fn.CONFIG.update(fwd_chunk_stages=2)
     inv = fn.build_inverse_index(idx, T // bm.S, 1024)
     fn.hsa_attention_fwd(q, k, v, idx, w, bm.S, scale, False, store_lse=False, inv=inv, mode="chunk")

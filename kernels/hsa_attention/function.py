@@ -24,8 +24,6 @@ from .kernels import (
 )
 
 LOG2E = 1.4426950408889634
-#: Forward schedules (``CONFIG["fwd_mode"]``; see the comments there).
-FWD_MODES = ("query", "chunk", "chunk_atomic", "chunk_last")
 
 # Launch settings, chosen by measurement on the H200 (bench/results/); overridable for sweeps.
 CONFIG = {
@@ -46,10 +44,6 @@ CONFIG = {
     # (B,T,HQ,D) accumulator (no per-pair buffer round trip, no reduce); NOT bitwise deterministic (the
     # order of the atomic adds varies run to run). Its index is grouped by fwd_token_block (below) and is
     # not shared with the backward, which builds the plain one.
-    # "chunk_last" (opt-in): chunk-outer over a token-blocked index (fwd_token_block), per-pair outputs to
-    # the per-pair buffer as in "chunk", and the program that completes a (token, head) row's count of
-    # arrivals (int32 acquire-release counters) sums that row in slot order: no reduce launch, bitwise
-    # the result of "chunk" (deterministic), the buffer rows still in L2 when read back.
     # use_tma: query-outer forward loads K/V tiles through TMA descriptors (Hopper+; D a power of two)
     "fwd_mode": "query", "use_tma": False, "fwd_rows": 64, "fwd_chunk_warps": 4, "fwd_chunk_stages": 2,
     # "chunk_atomic": segments are ordered (b, h, token block, chunk) with blocks of this many tokens, so
@@ -105,7 +99,7 @@ def hsa_attention_fwd(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, weights:
                       ) -> tuple[Tensor, Tensor | None]:
     """Forward launch. Returns ``o`` (B,T,HQ,D) in q's dtype and ``lse`` (B,T,H,K,G) fp32 (log2 units).
 
-    ``mode`` (default ``CONFIG["fwd_mode"]``): one of :data:`FWD_MODES` (see CONFIG; "chunk_atomic"
+    ``mode`` (default ``CONFIG["fwd_mode"]``): "query", "chunk" or "chunk_atomic" (see CONFIG; the last
     is not bitwise deterministic). ``inv``: a prebuilt inverse index for the chunk-outer modes (for
     "chunk_atomic" it may be token-blocked; its block count is read off ``seg_first``'s length).
     """
@@ -117,41 +111,30 @@ def hsa_attention_fwd(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, weights:
     lse = torch.empty((B, T, H, K, G), device=q.device, dtype=torch.float32) if store_lse else o
     if T == 0 or B * H == 0:
         return o, lse
-    if mode not in FWD_MODES:
-        raise ValueError(f"fwd_mode must be one of {FWD_MODES}, not {mode!r}")
-    if mode != "query" and C > 0:
-        atomic, last = mode == "chunk_atomic", mode == "chunk_last"
+    if mode in ("chunk", "chunk_atomic") and C > 0:
+        atomic = mode == "chunk_atomic"
         if inv is None:
             inv = build_inverse_index(indices, C, CONFIG["bwd_kv_seg"],
-                                      token_block=CONFIG["fwd_token_block"] if atomic or last else None)
+                                      token_block=CONFIG["fwd_token_block"] if atomic else None)
         ntb = inv["seg_first"].numel() // (B * H * C)  # groups (b, h, token block, c); 1 = plain (b, h, c)
-        if mode == "chunk" and ntb != 1:
+        if not atomic and ntb != 1:
             raise ValueError("fwd_mode 'chunk' needs an index without token_block")
         bg, block_p = _kv_block_p(G, CONFIG["fwd_rows"])
-        cnt = o  # placeholder pointer when not LAST
         if atomic:
             op = torch.zeros((B, T, HQ, D), device=q.device, dtype=torch.float32)  # o32, added into
         else:
             op = torch.empty((B, T, H, K, G, D), device=q.device, dtype=_pair_dtype(q.dtype))
-        if last:
-            o = torch.zeros_like(q)  # rows of tokens with no valid slot are never written
-            cnt = torch.zeros((B, T, HQ), device=q.device, dtype=torch.int32)
         _hsa_fwd_chunk_kernel[(inv["seg_chunk"].numel(),)](
             q, k, v, weights, inv["order"], inv["seg_chunk"], inv["seg_start"], inv["seg_end"], op, lse,
-            indices, cnt, o,
             T, C, H, G, ntb,
             q.stride(0), q.stride(1), q.stride(2),
             k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2),
-            o.stride(0), o.stride(1), o.stride(2),
             scale * LOG2E,
-            S=S, D=D, TOPK=K, BLOCK_K=triton.next_power_of_2(K), BLOCK_G=bg, BLOCK_P=block_p,
-            BLOCK_S=triton.next_power_of_2(S), BLOCK_D=triton.next_power_of_2(D), SINK=sink,
-            STORE_LSE=store_lse, PREC=_prec(q.dtype), ATOMIC=atomic, LAST=last,
-            num_warps=CONFIG["fwd_chunk_warps"], num_stages=CONFIG["fwd_chunk_stages"],
+            S=S, D=D, TOPK=K, BLOCK_G=bg, BLOCK_P=block_p, BLOCK_S=triton.next_power_of_2(S),
+            BLOCK_D=triton.next_power_of_2(D), SINK=sink, STORE_LSE=store_lse, PREC=_prec(q.dtype),
+            ATOMIC=atomic, num_warps=CONFIG["fwd_chunk_warps"], num_stages=CONFIG["fwd_chunk_stages"],
         )
-        if last:
-            return o, (lse if store_lse else None)
         if atomic:
             # The sink only enlarges each chunk's softmax denominator (done in the kernel); it adds no
             # output, so empty rows stay 0, as in the reduce of "chunk" and in the reference.
@@ -320,8 +303,8 @@ class HSAAttentionFunction(torch.autograd.Function):
         C = k.shape[1] // chunk_size
         inv = None
         mode = CONFIG["fwd_mode"]
-        tb = CONFIG["fwd_token_block"] if mode in ("chunk_atomic", "chunk_last") else None
-        if mode != "query" and C > 0 and q.shape[1] > 0:
+        tb = CONFIG["fwd_token_block"] if mode == "chunk_atomic" else None
+        if mode in ("chunk", "chunk_atomic") and C > 0 and q.shape[1] > 0:
             inv = build_inverse_index(indices, C, CONFIG["bwd_kv_seg"], token_block=tb)
         o, lse = hsa_attention_fwd(q, k, v, indices, weights, chunk_size, scale, sink, store_lse=need_lse,
                                    inv=inv, mode=mode)

@@ -13,10 +13,8 @@ Schedules (defaults in function.CONFIG, chosen by measurement: bench/results/h20
                       chunk, LSE stored. `_hsa_fwd_tma_kernel` is the same with TMA tile loads.
     forward, chunk-outer            `_hsa_fwd_chunk_kernel`: one program = one segment of the pairs that
                       chose one chunk; K/V loaded once, queries gathered, per-pair outputs summed in slot
-                      order by `_hsa_bwd_dq_reduce_kernel`. With LAST (fwd_mode "chunk_last") the program
-                      that completes a row's count sums it instead (no reduce launch; deterministic).
-                      With ATOMIC (fwd_mode "chunk_atomic") the outputs are added with fp32 atomics into
-                      (B,T,HQ,D) instead (not deterministic).
+                      order by `_hsa_bwd_dq_reduce_kernel`. With ATOMIC (fwd_mode "chunk_atomic") the
+                      outputs are added with fp32 atomics into (B,T,HQ,D) instead (not deterministic).
     backward, fused (default)       `_hsa_bwd_fused_kernel`, chunk-outer over the inverse index: dK/dV
                       partial per segment (workspace, then `_hsa_bwd_kv_reduce_kernel` adds a chunk's
                       segments in order), dW and a per-pair dQ contribution written by the program that
@@ -380,17 +378,15 @@ def _hsa_bwd_dq_reduce_kernel(
 
 @triton.jit
 def _hsa_fwd_chunk_kernel(
-    Q, K, V, W, ORDER, SEG_CHUNK, SEG_START, SEG_END, OP, LSE, IDX, CNT, OUT,
+    Q, K, V, W, ORDER, SEG_CHUNK, SEG_START, SEG_END, OP, LSE,
     T, C, H, G, NTB,
     stride_qb, stride_qt, stride_qh,
     stride_kb, stride_kt, stride_kh,
     stride_vb, stride_vt, stride_vh,
-    stride_ob, stride_ot, stride_oh,
     qk_scale,
-    S: tl.constexpr, D: tl.constexpr, TOPK: tl.constexpr, BLOCK_K: tl.constexpr,
+    S: tl.constexpr, D: tl.constexpr, TOPK: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
     SINK: tl.constexpr, STORE_LSE: tl.constexpr, PREC: tl.constexpr, ATOMIC: tl.constexpr,
-    LAST: tl.constexpr,
 ):
     """Chunk-outer forward for one segment of one chunk's inverse list.
 
@@ -403,14 +399,6 @@ def _hsa_fwd_chunk_kernel(
     table's groups are then flat (b, h, token block, c) with NTB token blocks per (b, h) (index.py,
     ``token_block``), so that the accumulators of the tokens in flight stay in L2; NTB = 1 is the plain
     (b, h, c) layout. The LSE is written per pair exactly as without ATOMIC.
-
-    LAST (fwd_mode "chunk_last"; deterministic): as without ATOMIC, w_j O_j goes to the per-pair buffer
-    OP (over a token-blocked index, so a token's K pairs are written close together in time and its
-    buffer rows are still in L2 when read back). Then each row (token, head) counts its arrivals in CNT
-    (B,T,HQ) int32, zero-initialised, with an acquire-release atomic; the program whose add completes the
-    row's count of valid slots sums the row's K buffer entries in slot order (as the reduce kernel does)
-    and writes OUT (B,T,HQ,D), zero-initialised for tokens with no valid slot. No reduce launch, no
-    float atomics; the result is bitwise that of "chunk" (same per-pair values, same summation order).
     """
     sid = tl.program_id(0).to(tl.int64)
     chunk = tl.load(SEG_CHUNK + sid).to(tl.int64)  # flat group ((b*H + h)*NTB + token block)*C + c
@@ -466,29 +454,6 @@ def _hsa_fwd_chunk_kernel(
                      mask=rmask)
         if STORE_LSE:
             tl.store(LSE + pair * G + r_head, m + tl.log2(den), mask=rvalid)
-        if LAST:
-            # Every thread's buffer stores are issued before the counters move (barrier), and the
-            # release half of the atomic publishes them at GPU scope (cumulative over the barrier).
-            tl.debug_barrier()
-            row = pair // TOPK  # flat (b, t, h): the slots of this row are row*TOPK .. row*TOPK+TOPK-1
-            old = tl.atomic_add(CNT + row * G + r_head, 1, mask=rvalid, sem="acq_rel")
-            offs_k = tl.arange(0, BLOCK_K)
-            ids = tl.load(IDX + row[:, None] * TOPK + offs_k[None, :],
-                          mask=rvalid[:, None] & (offs_k < TOPK)[None, :], other=-1)
-            n_valid = tl.sum(((ids >= 0) & (ids < C)).to(tl.int32), 1)
-            last = rvalid & (old == n_valid - 1)
-            tl.debug_barrier()  # the acquiring threads' view before any thread reads the other pairs' rows
-            acc = tl.zeros([BLOCK_P * BLOCK_G, BLOCK_D], dtype=tl.float32)
-            for j in range(TOPK):
-                cj = tl.load(IDX + row * TOPK + j, mask=last, other=-1)
-                vj = last & (cj >= 0) & (cj < C)
-                # .cg: read at L2 (the rows were written by other multiprocessors)
-                acc += tl.load(OP + ((row * TOPK + j) * G + r_head)[:, None] * D + offs_d[None, :],
-                               mask=vj[:, None] & dmask[None, :], other=0.0, cache_modifier=".cg").to(tl.float32)
-            tt = row // H
-            o_row = (tt // T) * stride_ob + (tt % T) * stride_ot + (h * G + r_head) * stride_oh
-            tl.store(OUT + o_row[:, None] + offs_d[None, :], acc.to(OUT.dtype.element_ty),
-                     mask=last[:, None] & dmask[None, :])
 
 
 @triton.jit

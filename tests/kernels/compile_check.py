@@ -44,7 +44,7 @@ _BWD_ALL = {"_hsa_bwd_fused_kernel", "_hsa_bwd_q_kernel", "_hsa_bwd_kv_kernel", 
 
 def _attention_case(dtype: str, G: int, D: int, S: int = 64, sink: bool = False, tma: bool = True,
                     atomic_dq: bool = False):
-    """Forward in every fwd_mode (query, chunk, chunk_atomic, chunk_last, query+TMA when D is a power of two) and
+    """Forward in every fwd_mode (query, chunk, chunk_atomic, query+TMA when D is a power of two) and
     backward in both deterministic bwd_modes (fused, split; ``atomic_dq``: also "fused_atomic"), inverse
     index by the Triton kernels (plain and token-blocked) and once by torch, as the default CONFIG does."""
 
@@ -70,8 +70,7 @@ def _attention_case(dtype: str, G: int, D: int, S: int = 64, sink: bool = False,
                 inv = F.build_inverse_index(idx, C, F.CONFIG["bwd_kv_seg"])
             # chunk_atomic over blocks of 16 tokens: NTB = 4 (NTB = 1 would be specialised as a constant)
             F.CONFIG["fwd_token_block"] = 16
-            for mode, use_tma in (("query", False), ("chunk", False), ("chunk_atomic", False), ("chunk_last", False),
-                                  ("query", True)):
+            for mode, use_tma in (("query", False), ("chunk", False), ("chunk_atomic", False), ("query", True)):
                 if use_tma and not tma:
                     continue
                 F.CONFIG.update(fwd_mode=mode, use_tma=use_tma)
@@ -139,9 +138,6 @@ ATOMIC_DQ_CASES = ("attn-bf16-G16-D64", "attn-bf16-G1-D128", "attn-bf16-G3-D64-s
 #: The PTX of every atomic kernel variant (ATOMIC / ATOMIC_DQ) holds exactly this global atomic: the fp32
 #: relaxed add of 4 contiguous elements per instruction; every other kernel holds none (deterministic).
 ATOMIC_PTX = ["atom.global.gpu.relaxed.add.v4.f32"]
-#: The PTX of the LAST forward (fwd_mode "chunk_last") holds only the int32 arrival counter's add, with
-#: acquire-release ordering at GPU scope (what publishes the per-pair rows to the program that sums them).
-LAST_PTX = ["atom.global.gpu.acq_rel.add.u32"]
 
 CASES: dict[str, Callable[[], tuple[Callable[[], None], set[str]]]] = {
     # attention: bf16 / fp32, G = 1, 3, 16, D = 64, 128 (and a non-power-of-two D: no TMA, BLOCK_D != D)

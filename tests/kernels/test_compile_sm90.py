@@ -45,15 +45,12 @@ def test_compiles_for_sm90(case: str) -> None:
     assert got == set(out["want"]), f"launched {sorted(got)}, case expects {out['want']}"
     assert all(r["stage"] == "cubin" for r in out["results"])
     # Atomics only in the opt-in atomic variants (ATOMIC: fwd "chunk_atomic"; ATOMIC_DQ: bwd
-    # "fused_atomic"), and there the vectorized fp32 add; LAST (fwd "chunk_last") has only its int32
-    # counter; the default kernels have none (deterministic).
+    # "fused_atomic"), and there the vectorized fp32 add; the default kernels have none (deterministic).
     seen_atomic_dq = False
     for r in out["results"]:
         flags = {r["constexprs"].get("ATOMIC"), r["constexprs"].get("ATOMIC_DQ")}
         seen_atomic_dq |= r["kernel"] == "_hsa_bwd_fused_kernel" and r["constexprs"].get("ATOMIC_DQ") == "True"
         want = compile_check.ATOMIC_PTX if "True" in flags else []
-        if r["constexprs"].get("LAST") == "True":
-            want = compile_check.LAST_PTX
         assert r["atomics"] == want, (r["kernel"], r["constexprs"], r["atomics"])
     assert seen_atomic_dq == (case in compile_check.ATOMIC_DQ_CASES)
 

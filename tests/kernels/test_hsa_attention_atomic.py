@@ -1,11 +1,9 @@
-"""The token-blocked chunk-outer forwards vs the fp64 naive twin: ``CONFIG["fwd_mode"]`` "chunk_atomic"
-(fp32 atomic accumulation) and "chunk_last" (per-pair buffer summed by the last-arriving program).
+"""The atomic chunk-outer forward (``CONFIG["fwd_mode"] = "chunk_atomic"``) vs the fp64 naive twin.
 
-Forward through the chunk-outer kernel over a token-blocked inverse index (``CONFIG["fwd_token_block"]``),
+Forward through the atomic kernel over a token-blocked inverse index (``CONFIG["fwd_token_block"]``),
 backward through the normal (fused / split) backward, which must build its own plain index. CPU: Triton
 interpreter; 16-bit inputs in fp16 (bf16 tl.dot is wrong in the interpreter; bf16 runs under ``-m gpu``).
-"chunk_atomic" is not bitwise deterministic on a GPU (atomic order), so only tolerances are checked for
-both; "chunk_last" must also equal "chunk" bit for bit.
+The forward is not bitwise deterministic on a GPU (atomic order), so only tolerances are checked.
 """
 
 from __future__ import annotations
@@ -22,9 +20,9 @@ DEV = base.DEV
 _check, _check_idx, _inputs, _run = base._check, base._check_idx, base._inputs, base._run
 
 
-@pytest.fixture(params=["chunk_atomic", "chunk_last"])
-def atomic(request, monkeypatch):
-    monkeypatch.setitem(fn.CONFIG, "fwd_mode", request.param)
+@pytest.fixture
+def atomic(monkeypatch):
+    monkeypatch.setitem(fn.CONFIG, "fwd_mode", "chunk_atomic")
     monkeypatch.setattr(fn, "_hsa_fwd_kernel", None)  # the query-outer forward must not run
 
     def set_block(token_block):
@@ -127,31 +125,9 @@ def test_chunk_mode_rejects_blocked_index():
     inv = fn.build_inverse_index(idx, k.shape[1] // 16, 1024, token_block=8)
     with pytest.raises(ValueError, match="token_block"):
         fn.hsa_attention_fwd(q, k, v, idx, w, 16, 0.25, False, inv=inv, mode="chunk")
+    o, _ = fn.hsa_attention_fwd(q, k, v, idx, w, 16, 0.25, False, inv=inv, mode="chunk_atomic")
     ref = hsa_attention_naive(q.double(), k.double(), v.double(), idx, w.double(), chunk_size=16, scale=0.25)
-    for mode in ("chunk_atomic", "chunk_last"):
-        o, _ = fn.hsa_attention_fwd(q, k, v, idx, w, 16, 0.25, False, inv=inv, mode=mode)
-        assert rel_err(o, ref) < 1e-5
-    with pytest.raises(ValueError, match="fwd_mode"):
-        fn.hsa_attention_fwd(q, k, v, idx, w, 16, 0.25, False, mode="chunk_lats")
-
-
-@pytest.mark.triton
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("G,sink,seg", [(16, False, 1024), (3, True, 4)])
-def test_last_equals_chunk_bitwise(dtype, G, sink, seg, monkeypatch):
-    # Same per-pair values, same slot-order sum: "chunk_last" is "chunk" bit for bit, whatever the token
-    # blocking or segmenting (the order in which pairs arrive must not matter).
-    monkeypatch.setitem(fn.CONFIG, "bwd_kv_seg", seg)
-    q, k, v, idx, w = _inputs(1, 45, G, 1, 16, 16, 3, dtype, empty_frac=0.2)
-    idx, w = idx.to(torch.int32).contiguous(), w.to(dtype)
-    C = k.shape[1] // 16
-    want, lse_want = fn.hsa_attention_fwd(q, k, v, idx, w, 16, 0.25, sink, mode="chunk")
-    for tb in (None, 7, 16, 64):
-        inv = fn.build_inverse_index(idx, C, seg, token_block=tb)
-        got, lse = fn.hsa_attention_fwd(q, k, v, idx, w, 16, 0.25, sink, inv=inv, mode="chunk_last")
-        assert torch.equal(got, want), tb
-        valid = idx >= 0  # the LSE of an empty slot is never written (nobody reads it)
-        assert torch.equal(lse[valid], lse_want[valid]), tb
+    assert rel_err(o, ref) < 1e-5
 
 
 # ---------------------------------------------------------------------------------------------- GPU
@@ -160,17 +136,3 @@ def test_last_equals_chunk_bitwise(dtype, G, sink, seg, monkeypatch):
 def test_atomic_gpu_bf16(HQ, token_block, atomic, monkeypatch):
     atomic(token_block)
     base.test_attention_gpu_bf16_vs_torch_bf16(1, 8192, HQ, 1, 64, 64, 8, False, monkeypatch)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("T,HQ,token_block", [(8192, 16, 1024), (4099, 3, 512)])
-def test_last_equals_chunk_gpu(T, HQ, token_block, monkeypatch):
-    # On the GPU the arrival order really varies from run to run: the result must not.
-    monkeypatch.setitem(fn.CONFIG, "fwd_token_block", token_block)
-    S = 64
-    q, k, v, idx, w = _inputs(1, T, HQ, 1, 64, S, 8, torch.bfloat16, empty_frac=0.05)
-    idx, w = idx.to(torch.int32).contiguous(), w.to(torch.bfloat16)
-    want, _ = fn.hsa_attention_fwd(q, k, v, idx, w, S, 0.125, False, mode="chunk")
-    for _ in range(3):
-        got, _ = fn.hsa_attention_fwd(q, k, v, idx, w, S, 0.125, False, mode="chunk_last")
-        assert torch.equal(got, want)
