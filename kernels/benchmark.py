@@ -49,7 +49,8 @@ DEFAULT_SHAPES = ",".join(f"{t}x{b}" for t, b in SHAPES)
 DEFAULT_OUT = "bench/results/h200"
 DEFAULT_PUBLISHED = "third_party/hsa_pub/hsa_triton.py"
 #: Extra columns of this project's kernel, by the key ``--variants`` takes -> column label.
-VARIANTS = {"chunk": "chunk-outer fwd", "tma": "TMA fwd", "index": "other inverse index",
+VARIANTS = {"chunk": "chunk-outer fwd", "tma": "TMA fwd", "block": "token-block fwd",
+            "index": "other inverse index",
             "atomic": "chunk-outer atomic fwd", "atomic_dq": "fused bwd, atomic dQ"}
 DEFAULT_VARIANTS = "chunk,tma,index"
 
@@ -100,7 +101,8 @@ def attention_variants(base: dict[str, Any], keep: Collection[str]) -> list[tupl
     """The extra runs of this project's kernel: ``(column label, CONFIG change)`` for each key in ``keep``.
 
     ``chunk``: the other forward schedule than the default (``base["fwd_mode"]``); ``tma``: the
-    query-outer forward with ``use_tma`` flipped; ``index``: the other inverse-index implementation
+    query-outer forward with ``use_tma`` flipped; ``block``: the token-block forward (``"block"``; or
+    "query" when that is the default); ``index``: the other inverse-index implementation
     (``index_impl`` torch <-> triton; it feeds the backward); ``atomic``: the chunk-outer forward with
     fp32 atomic accumulation over a token-blocked index (``fwd_mode="chunk_atomic"``; opt-in, not in
     :data:`DEFAULT_VARIANTS`); ``atomic_dq``: the fused backward adding dQ with fp32 atomics into
@@ -110,6 +112,7 @@ def attention_variants(base: dict[str, Any], keep: Collection[str]) -> list[tupl
     other_index = "triton" if base.get("index_impl", "torch") == "torch" else "torch"
     changes = {"chunk": {"fwd_mode": "chunk" if base["fwd_mode"] == "query" else "query"},
                "tma": {"fwd_mode": "query", "use_tma": not base["use_tma"]},
+               "block": {"fwd_mode": "block" if base["fwd_mode"] != "block" else "query"},
                "index": {"index_impl": other_index},
                "atomic": {"fwd_mode": "chunk_atomic"},
                "atomic_dq": {"bwd_mode": "fused_atomic"}}

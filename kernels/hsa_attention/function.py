@@ -18,6 +18,7 @@ from .kernels import (
     _hsa_bwd_kv_kernel,
     _hsa_bwd_kv_reduce_kernel,
     _hsa_bwd_q_kernel,
+    _hsa_fwd_block_kernel,
     _hsa_fwd_chunk_kernel,
     _hsa_fwd_kernel,
     _hsa_fwd_tma_kernel,
@@ -44,6 +45,10 @@ CONFIG = {
     # (B,T,HQ,D) accumulator (no per-pair buffer round trip, no reduce); NOT bitwise deterministic (the
     # order of the atomic adds varies run to run). Its index is grouped by fwd_token_block (below) and is
     # not shared with the backward, which builds the plain one.
+    # "block": query-outer over blocks of fwd_block_rows // BLOCK_G tokens; a block whose tokens chose at
+    # most fwd_block_share_max distinct chunks loads each distinct tile once for all its rows, any other
+    # block runs token by token as "query" does (with fwd_block_warps warps).
+    "fwd_block_rows": 64, "fwd_block_share_max": 16, "fwd_block_warps": 2, "fwd_block_stages": 3,
     # use_tma: query-outer forward loads K/V tiles through TMA descriptors (Hopper+; D a power of two)
     "fwd_mode": "query", "use_tma": False, "fwd_rows": 64, "fwd_chunk_warps": 4, "fwd_chunk_stages": 2,
     # "chunk_atomic": segments are ordered (b, h, token block, chunk) with blocks of this many tokens, so
@@ -142,6 +147,23 @@ def hsa_attention_fwd(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, weights:
         _hsa_bwd_dq_reduce_kernel[(T, B * H)](
             op, indices, o, T, C, H, G, o.stride(0), o.stride(1), o.stride(2),
             D=D, TOPK=K, BLOCK_G=bg, BLOCK_D=triton.next_power_of_2(D), num_warps=4,
+        )
+        return o, (lse if store_lse else None)
+    if mode == "block":
+        bg = _block_g(G)
+        block_t = max(1, CONFIG["fwd_block_rows"] // bg)
+        _hsa_fwd_block_kernel[(triton.cdiv(T, block_t), B * H)](
+            q, k, v, indices, weights, o, lse,
+            T, C, H, G, CONFIG["fwd_block_share_max"],
+            q.stride(0), q.stride(1), q.stride(2),
+            k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2),
+            o.stride(0), o.stride(1), o.stride(2),
+            scale * LOG2E,
+            S=S, D=D, TOPK=K, BLOCK_K=triton.next_power_of_2(K), BLOCK_T=block_t, BLOCK_G=bg,
+            BLOCK_S=triton.next_power_of_2(S), BLOCK_D=triton.next_power_of_2(D), SINK=sink,
+            STORE_LSE=store_lse, PREC=_prec(q.dtype),
+            num_warps=CONFIG["fwd_block_warps"], num_stages=CONFIG["fwd_block_stages"],
         )
         return o, (lse if store_lse else None)
     grid = (T, B * H)

@@ -37,14 +37,15 @@ ARCH = 90
 # module only for the names).
 
 _IDX = {"_index_keys_kernel", "_index_bounds_kernel", "_index_segments_kernel"}
-_FWD_ALL = {"_hsa_fwd_kernel", "_hsa_fwd_tma_kernel", "_hsa_fwd_chunk_kernel", "_hsa_bwd_dq_reduce_kernel"}
+_FWD_ALL = {"_hsa_fwd_kernel", "_hsa_fwd_tma_kernel", "_hsa_fwd_block_kernel", "_hsa_fwd_chunk_kernel",
+            "_hsa_bwd_dq_reduce_kernel"}
 _BWD_ALL = {"_hsa_bwd_fused_kernel", "_hsa_bwd_q_kernel", "_hsa_bwd_kv_kernel", "_hsa_bwd_kv_reduce_kernel",
             "_hsa_bwd_dq_reduce_kernel"}
 
 
 def _attention_case(dtype: str, G: int, D: int, S: int = 64, sink: bool = False, tma: bool = True,
                     atomic_dq: bool = False):
-    """Forward in every fwd_mode (query, chunk, chunk_atomic, query+TMA when D is a power of two) and
+    """Forward in every fwd_mode (query, block, chunk, chunk_atomic, query+TMA when D is a power of two) and
     backward in both deterministic bwd_modes (fused, split; ``atomic_dq``: also "fused_atomic"), inverse
     index by the Triton kernels (plain and token-blocked) and once by torch, as the default CONFIG does."""
 
@@ -70,7 +71,8 @@ def _attention_case(dtype: str, G: int, D: int, S: int = 64, sink: bool = False,
                 inv = F.build_inverse_index(idx, C, F.CONFIG["bwd_kv_seg"])
             # chunk_atomic over blocks of 16 tokens: NTB = 4 (NTB = 1 would be specialised as a constant)
             F.CONFIG["fwd_token_block"] = 16
-            for mode, use_tma in (("query", False), ("chunk", False), ("chunk_atomic", False), ("query", True)):
+            for mode, use_tma in (("query", False), ("block", False), ("chunk", False), ("chunk_atomic", False),
+                                  ("query", True)):
                 if use_tma and not tma:
                     continue
                 F.CONFIG.update(fwd_mode=mode, use_tma=use_tma)
