@@ -23,9 +23,10 @@ def sweep(T: int, B: int, selection: str) -> list[dict]:
     q, k, v, idx, w = bm.make_inputs(T, B, selection=selection)
     rows = []
     settings = [("query", None, None, None, None)]
-    for share in (0, 8, 12, 16, 24, 32):
-        settings.append(("block", 64, share, 2, 3))
-    settings += [("block", 64, 16, 4, 3), ("block", 64, 16, 2, 2), ("block", 32, 8, 2, 3), ("block", 128, 32, 4, 3)]
+    for share in (0, 8, 16, 24, 32):
+        settings.append(("block", 64, share, 4, 3))
+    settings += [("block", 64, 16, 8, 3), ("block", 64, 16, 4, 2), ("block", 32, 8, 2, 3), ("block", 32, 16, 4, 3),
+                 ("block", 128, 32, 8, 3), ("block", 128, 16, 8, 2)]
     with torch.no_grad():
         ref = None
         for mode, nrows, share, nw, ns in settings:

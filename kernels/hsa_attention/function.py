@@ -45,10 +45,11 @@ CONFIG = {
     # (B,T,HQ,D) accumulator (no per-pair buffer round trip, no reduce); NOT bitwise deterministic (the
     # order of the atomic adds varies run to run). Its index is grouped by fwd_token_block (below) and is
     # not shared with the backward, which builds the plain one.
-    # "block": query-outer over blocks of fwd_block_rows // BLOCK_G tokens; a block whose tokens chose at
-    # most fwd_block_share_max distinct chunks loads each distinct tile once for all its rows, any other
-    # block runs token by token as "query" does (with fwd_block_warps warps).
-    "fwd_block_rows": 64, "fwd_block_share_max": 16, "fwd_block_warps": 2, "fwd_block_stages": 3,
+    # "block": blocks of fwd_block_rows // BLOCK_G tokens whose tokens chose at most fwd_block_share_max
+    # distinct chunks go to a kernel that loads each distinct tile once for all the block's rows (with
+    # fwd_block_warps warps); every other token runs as in "query" (two launches, each skipping the
+    # other's blocks).
+    "fwd_block_rows": 64, "fwd_block_share_max": 16, "fwd_block_warps": 4, "fwd_block_stages": 3,
     # use_tma: query-outer forward loads K/V tiles through TMA descriptors (Hopper+; D a power of two)
     "fwd_mode": "query", "use_tma": False, "fwd_rows": 64, "fwd_chunk_warps": 4, "fwd_chunk_stages": 2,
     # "chunk_atomic": segments are ordered (b, h, token block, chunk) with blocks of this many tokens, so
@@ -149,9 +150,13 @@ def hsa_attention_fwd(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, weights:
             D=D, TOPK=K, BLOCK_G=bg, BLOCK_D=triton.next_power_of_2(D), num_warps=4,
         )
         return o, (lse if store_lse else None)
+    block_kw = {}
     if mode == "block":
+        # Blocks whose tokens share chunks go to the block kernel, the others token by token to the
+        # query-outer kernel below; both evaluate the same predicate, each skips the other's blocks.
         bg = _block_g(G)
         block_t = max(1, CONFIG["fwd_block_rows"] // bg)
+        block_kw = dict(SKIP_SHARED=True, BLOCK_T=block_t, BLOCK_K=triton.next_power_of_2(K))
         _hsa_fwd_block_kernel[(triton.cdiv(T, block_t), B * H)](
             q, k, v, indices, weights, o, lse,
             T, C, H, G, CONFIG["fwd_block_share_max"],
@@ -165,9 +170,8 @@ def hsa_attention_fwd(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, weights:
             STORE_LSE=store_lse, PREC=_prec(q.dtype),
             num_warps=CONFIG["fwd_block_warps"], num_stages=CONFIG["fwd_block_stages"],
         )
-        return o, (lse if store_lse else None)
     grid = (T, B * H)
-    if CONFIG["use_tma"] and triton.next_power_of_2(D) == D and k.is_contiguous() and v.is_contiguous():
+    if CONFIG["use_tma"] and not block_kw and triton.next_power_of_2(D) == D and k.is_contiguous() and v.is_contiguous():
         from triton.tools.tensor_descriptor import TensorDescriptor
 
         L = k.shape[1]
@@ -193,11 +197,11 @@ def hsa_attention_fwd(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, weights:
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         o.stride(0), o.stride(1), o.stride(2),
-        scale * LOG2E,
+        scale * LOG2E, CONFIG["fwd_block_share_max"],
         S=S, D=D, TOPK=K, BLOCK_G=_block_g(G), BLOCK_S=triton.next_power_of_2(S),
         BLOCK_D=triton.next_power_of_2(D), SINK=sink, STORE_LSE=store_lse, PREC=_prec(q.dtype),
         num_warps=_warps("fwd_warps", _block_g(G) * triton.next_power_of_2(max(S, D))),
-        num_stages=CONFIG["fwd_stages"],
+        num_stages=CONFIG["fwd_stages"], **block_kw,
     )
     return o, (lse if store_lse else None)
 

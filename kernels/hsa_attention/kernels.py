@@ -33,6 +33,28 @@ import triton.language as tl
 
 
 @triton.jit
+def _block_distinct(IDX, b, h, t0, T, H, C, TOPK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The selection of tokens t0 .. t0+BLOCK_T-1 (one KV head) and its distinct chunks.
+
+    Returns ``slots`` (BLOCK_T,) flat (b, t, h, 0) offsets into idx / w, ``ids`` and ``valid``
+    (BLOCK_T, BLOCK_K), ``ids_f`` / ``first`` (BLOCK_T*BLOCK_K,) the flattened ids (-1 when not valid)
+    and whether each entry is the first valid use of its chunk, and their count (a scalar).
+    """
+    offs_t = tl.arange(0, BLOCK_T)
+    offs_k = tl.arange(0, BLOCK_K)
+    toks = t0 + offs_t
+    slots = ((b * T + toks) * H + h) * TOPK
+    emask = (toks < T)[:, None] & (offs_k < TOPK)[None, :]
+    ids = tl.load(IDX + slots[:, None] + offs_k[None, :], mask=emask, other=-1)
+    valid = emask & (ids >= 0) & (ids < C)
+    ids_f = tl.reshape(tl.where(valid, ids, -1), [BLOCK_T * BLOCK_K])
+    offs_e = tl.arange(0, BLOCK_T * BLOCK_K)
+    same = (ids_f[:, None] == ids_f[None, :]) & (offs_e[None, :] < offs_e[:, None])
+    first = (ids_f >= 0) & (tl.max(same.to(tl.int32), 1) == 0)
+    return slots, ids, valid, ids_f, first, tl.sum(first.to(tl.int32), 0)
+
+
+@triton.jit
 def _hsa_fwd_kernel(
     Q, K, V, IDX, W, OUT, LSE,
     T, C, H, G,
@@ -40,15 +62,25 @@ def _hsa_fwd_kernel(
     stride_kb, stride_kt, stride_kh,
     stride_vb, stride_vt, stride_vh,
     stride_ob, stride_ot, stride_oh,
-    qk_scale,
+    qk_scale, SHARE_MAX,
     S: tl.constexpr, D: tl.constexpr, TOPK: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
     SINK: tl.constexpr, STORE_LSE: tl.constexpr, PREC: tl.constexpr,
+    SKIP_SHARED: tl.constexpr = False, BLOCK_T: tl.constexpr = 1, BLOCK_K: tl.constexpr = 1,
 ):
+    """Query-outer forward: one program = one token x the G heads of one KV head.
+
+    SKIP_SHARED (fwd_mode "block"): return at once when the token's block of BLOCK_T tokens chose at
+    most SHARE_MAX distinct chunks; `_hsa_fwd_block_kernel` does those blocks.
+    """
     t = tl.program_id(0).to(tl.int64)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // H
     h = bh % H
+    if SKIP_SHARED:
+        n_distinct = _block_distinct(IDX, b, h, (t // BLOCK_T) * BLOCK_T, T, H, C, TOPK, BLOCK_T, BLOCK_K)[5]
+        if n_distinct <= SHARE_MAX:
+            return
     offs_g = tl.arange(0, BLOCK_G)
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_D)
@@ -106,116 +138,73 @@ def _hsa_fwd_block_kernel(
     BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
     SINK: tl.constexpr, STORE_LSE: tl.constexpr, PREC: tl.constexpr,
 ):
-    """Query-outer forward over BLOCK_T consecutive tokens x the G heads of one KV head.
+    """Forward of a block of BLOCK_T consecutive tokens x the G heads of one KV head whose tokens chose
+    at most SHARE_MAX distinct chunks (other blocks return at once: `_hsa_fwd_kernel` with SKIP_SHARED
+    does them, token by token).
 
-    The program first counts the distinct chunks U among its BLOCK_T*K (token, slot) entries. When the
-    tokens share chunks (U <= SHARE_MAX) it loads each distinct K/V tile once and runs it against all
-    BLOCK_T*BLOCK_G rows, each row weighted by its token's total weight on that chunk (0 when the token
-    did not choose it): U tile loads instead of BLOCK_T*K, at BLOCK_T times the matrix work per tile.
-    Otherwise it does what `_hsa_fwd_kernel` does, one token after another (no wasted rows). The shared
-    path adds a token's chunks in first-use order within the block rather than slot order, so the two
-    paths agree to rounding, not bit for bit; which path runs is a function of the selection only, so
-    the result is deterministic.
+    Each distinct K/V tile is loaded once and run against all BLOCK_T*BLOCK_G rows, each row weighted by
+    its token's total weight on that chunk (0 when the token did not choose it): U tile loads instead of
+    BLOCK_T*K, at BLOCK_T times the matrix work per tile. A token's chunks are added in first-use order
+    within the block rather than slot order, so this agrees with the token-by-token kernel to rounding,
+    not bit for bit; which kernel handles a block depends on the selection only (deterministic).
     """
     pid = tl.program_id(0).to(tl.int64)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // H
     h = bh % H
     t0 = pid * BLOCK_T
-    offs_t = tl.arange(0, BLOCK_T)
+    slots, ids, valid, ids_f, first, n_distinct = _block_distinct(IDX, b, h, t0, T, H, C, TOPK, BLOCK_T, BLOCK_K)
+    if n_distinct > SHARE_MAX:
+        return
     offs_k = tl.arange(0, BLOCK_K)
+    offs_e = tl.arange(0, BLOCK_T * BLOCK_K)
     offs_g = tl.arange(0, BLOCK_G)
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_D)
     gmask = offs_g < G
     dmask = offs_d < D
     smask = offs_s < S
-    kvmask0 = smask[:, None] & dmask[None, :]
+    kvmask = smask[:, None] & dmask[None, :]
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
-    toks = t0 + offs_t
-    tmask = toks < T
-    slots = ((b * T + toks) * H + h) * TOPK  # (BLOCK_T,) flat (b, t, h, 0) in idx / w
-    emask = tmask[:, None] & (offs_k < TOPK)[None, :]
-    ids = tl.load(IDX + slots[:, None] + offs_k[None, :], mask=emask, other=-1)  # (BLOCK_T, BLOCK_K)
-    valid = emask & (ids >= 0) & (ids < C)
     ws = tl.where(valid, tl.load(W + slots[:, None] + offs_k[None, :], mask=valid, other=0.0).to(tl.float32), 0.0)
-    # distinct chunks: entry e is a first use when no earlier valid entry has the same id
-    ids_f = tl.reshape(tl.where(valid, ids, -1), [BLOCK_T * BLOCK_K])
-    offs_e = tl.arange(0, BLOCK_T * BLOCK_K)
-    same = (ids_f[:, None] == ids_f[None, :]) & (offs_e[None, :] < offs_e[:, None])
-    first = (ids_f >= 0) & (tl.max(same.to(tl.int32), 1) == 0)
-    n_distinct = tl.sum(first.to(tl.int32), 0)
-    if n_distinct <= SHARE_MAX:
-        offs_r = tl.arange(0, BLOCK_T * BLOCK_G)
-        r_tok = offs_r // BLOCK_G
-        r_g = offs_r % BLOCK_G
-        rmask = ((t0 + r_tok) < T) & (r_g < G)
-        q = tl.load(Q + b * stride_qb + (t0 + r_tok)[:, None] * stride_qt + (h * G + r_g)[:, None] * stride_qh
-                    + offs_d[None, :], mask=rmask[:, None] & dmask[None, :], other=0.0)
-        acc = tl.zeros([BLOCK_T * BLOCK_G, BLOCK_D], dtype=tl.float32)
-        for e in range(BLOCK_T * BLOCK_K):
-            is_first = tl.sum(tl.where((offs_e == e) & first, 1, 0), 0)
-            if is_first > 0:
-                cid = tl.sum(tl.where(offs_e == e, ids_f, 0), 0)
-                rows = cid.to(tl.int64) * S + offs_s
-                kt = tl.load(k_base + rows[:, None] * stride_kt + offs_d[None, :], mask=kvmask0, other=0.0)
-                vt = tl.load(v_base + rows[:, None] * stride_vt + offs_d[None, :], mask=kvmask0, other=0.0)
-                s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale
-                if BLOCK_S != S:
-                    s = tl.where(smask[None, :], s, float("-inf"))
-                m = tl.max(s, 1)
-                if SINK:
-                    m = tl.maximum(m, 0.0)
-                p = tl.exp2(s - m[:, None])
-                den = tl.sum(p, 1)
-                if SINK:
-                    den += tl.exp2(-m)
-                o = tl.dot(p.to(vt.dtype), vt, input_precision=PREC)
-                match = valid & (ids == cid)  # (BLOCK_T, BLOCK_K): the slots that chose this chunk
-                w_tok = tl.sum(tl.where(match, ws, 0.0), 1)  # (BLOCK_T,)
-                w_row = tl.reshape(tl.broadcast_to(w_tok[:, None], [BLOCK_T, BLOCK_G]), [BLOCK_T * BLOCK_G])
-                acc += o * (w_row / den)[:, None]
-                if STORE_LSE:
-                    lse = tl.reshape(m + tl.log2(den), [BLOCK_T, 1, BLOCK_G])
-                    lse_ptr = LSE + ((slots[:, None] + offs_k[None, :]) * G)[:, :, None] + offs_g[None, None, :]
-                    tl.store(lse_ptr, tl.broadcast_to(lse, [BLOCK_T, BLOCK_K, BLOCK_G]),
-                             mask=match[:, :, None] & gmask[None, None, :])
-        o_ptrs = (OUT + b * stride_ob + (t0 + r_tok)[:, None] * stride_ot + (h * G + r_g)[:, None] * stride_oh
-                  + offs_d[None, :])
-        tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=rmask[:, None] & dmask[None, :])
-    else:
-        for i in range(BLOCK_T):
-            t = t0 + i
-            if t < T:
-                slot = ((b * T + t) * H + h) * TOPK
-                q = tl.load(Q + b * stride_qb + t * stride_qt + (h * G + offs_g)[:, None] * stride_qh
-                            + offs_d[None, :], mask=gmask[:, None] & dmask[None, :], other=0.0)
-                acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
-                for j in range(TOPK):
-                    cid = tl.load(IDX + slot + j)
-                    ok = (cid >= 0) & (cid < C)
-                    w = tl.where(ok, tl.load(W + slot + j).to(tl.float32), 0.0)
-                    rows = cid.to(tl.int64) * S + offs_s
-                    kvmask = kvmask0 & ok
-                    kt = tl.load(k_base + rows[:, None] * stride_kt + offs_d[None, :], mask=kvmask, other=0.0)
-                    vt = tl.load(v_base + rows[:, None] * stride_vt + offs_d[None, :], mask=kvmask, other=0.0)
-                    s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale
-                    if BLOCK_S != S:
-                        s = tl.where(smask[None, :], s, float("-inf"))
-                    m = tl.max(s, 1)
-                    if SINK:
-                        m = tl.maximum(m, 0.0)
-                    p = tl.exp2(s - m[:, None])
-                    den = tl.sum(p, 1)
-                    if SINK:
-                        den += tl.exp2(-m)
-                    o = tl.dot(p.to(vt.dtype), vt, input_precision=PREC)
-                    acc += o * (w / den)[:, None]
-                    if STORE_LSE:
-                        tl.store(LSE + (slot + j) * G + offs_g, m + tl.log2(den), mask=gmask & ok)
-                tl.store(OUT + b * stride_ob + t * stride_ot + (h * G + offs_g)[:, None] * stride_oh
-                         + offs_d[None, :], acc.to(OUT.dtype.element_ty), mask=gmask[:, None] & dmask[None, :])
+    offs_r = tl.arange(0, BLOCK_T * BLOCK_G)
+    r_tok = offs_r // BLOCK_G
+    r_g = offs_r % BLOCK_G
+    rmask = ((t0 + r_tok) < T) & (r_g < G)
+    q = tl.load(Q + b * stride_qb + (t0 + r_tok)[:, None] * stride_qt + (h * G + r_g)[:, None] * stride_qh
+                + offs_d[None, :], mask=rmask[:, None] & dmask[None, :], other=0.0)
+    acc = tl.zeros([BLOCK_T * BLOCK_G, BLOCK_D], dtype=tl.float32)
+    for e in range(BLOCK_T * BLOCK_K):
+        is_first = tl.sum(tl.where((offs_e == e) & first, 1, 0), 0)
+        if is_first > 0:
+            cid = tl.sum(tl.where(offs_e == e, ids_f, 0), 0)
+            rows = cid.to(tl.int64) * S + offs_s  # int64: contexts beyond 2^31 / (H*D) tokens
+            kt = tl.load(k_base + rows[:, None] * stride_kt + offs_d[None, :], mask=kvmask, other=0.0)
+            vt = tl.load(v_base + rows[:, None] * stride_vt + offs_d[None, :], mask=kvmask, other=0.0)
+            s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale
+            if BLOCK_S != S:
+                s = tl.where(smask[None, :], s, float("-inf"))
+            m = tl.max(s, 1)
+            if SINK:
+                m = tl.maximum(m, 0.0)
+            p = tl.exp2(s - m[:, None])
+            den = tl.sum(p, 1)
+            if SINK:
+                den += tl.exp2(-m)
+            o = tl.dot(p.to(vt.dtype), vt, input_precision=PREC)
+            match = valid & (ids == cid)  # (BLOCK_T, BLOCK_K): the slots that chose this chunk
+            w_tok = tl.sum(tl.where(match, ws, 0.0), 1)  # (BLOCK_T,)
+            w_row = tl.reshape(tl.broadcast_to(w_tok[:, None], [BLOCK_T, BLOCK_G]), [BLOCK_T * BLOCK_G])
+            acc += o * (w_row / den)[:, None]
+            if STORE_LSE:
+                lse = tl.reshape(m + tl.log2(den), [BLOCK_T, 1, BLOCK_G])
+                lse_ptr = LSE + ((slots[:, None] + offs_k[None, :]) * G)[:, :, None] + offs_g[None, None, :]
+                tl.store(lse_ptr, tl.broadcast_to(lse, [BLOCK_T, BLOCK_K, BLOCK_G]),
+                         mask=match[:, :, None] & gmask[None, None, :])
+    o_ptrs = (OUT + b * stride_ob + (t0 + r_tok)[:, None] * stride_ot + (h * G + r_g)[:, None] * stride_oh
+              + offs_d[None, :])
+    tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=rmask[:, None] & dmask[None, :])
 
 
 @triton.jit
