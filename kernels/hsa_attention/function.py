@@ -171,7 +171,8 @@ def hsa_attention_fwd(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, weights:
             num_warps=CONFIG["fwd_block_warps"], num_stages=CONFIG["fwd_block_stages"],
         )
     grid = (T, B * H)
-    if CONFIG["use_tma"] and not block_kw and triton.next_power_of_2(D) == D and k.is_contiguous() and v.is_contiguous():
+    tma_ok = triton.next_power_of_2(D) == D and k.is_contiguous() and v.is_contiguous()
+    if CONFIG["use_tma"] and not block_kw and tma_ok:
         from triton.tools.tensor_descriptor import TensorDescriptor
 
         L = k.shape[1]
