@@ -156,9 +156,11 @@ def hsa_attention_fwd(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, weights:
         # query-outer kernel below; both evaluate the same predicate, each skips the other's blocks.
         bg = _block_g(G)
         block_t = max(1, CONFIG["fwd_block_rows"] // bg)
-        block_kw = dict(SKIP_SHARED=True, BLOCK_T=block_t, BLOCK_K=triton.next_power_of_2(K))
-        _hsa_fwd_block_kernel[(triton.cdiv(T, block_t), B * H)](
-            q, k, v, indices, weights, o, lse,
+        nb = triton.cdiv(T, block_t)
+        shared = torch.empty((B * H, nb), device=q.device, dtype=torch.int8)  # every entry written
+        block_kw = dict(SKIP_SHARED=True, BLOCK_T=block_t)
+        _hsa_fwd_block_kernel[(nb, B * H)](
+            q, k, v, indices, weights, o, lse, shared,
             T, C, H, G, CONFIG["fwd_block_share_max"],
             q.stride(0), q.stride(1), q.stride(2),
             k.stride(0), k.stride(1), k.stride(2),
@@ -198,7 +200,7 @@ def hsa_attention_fwd(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, weights:
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         o.stride(0), o.stride(1), o.stride(2),
-        scale * LOG2E, CONFIG["fwd_block_share_max"],
+        scale * LOG2E, shared if block_kw else o, nb if block_kw else 0,
         S=S, D=D, TOPK=K, BLOCK_G=_block_g(G), BLOCK_S=triton.next_power_of_2(S),
         BLOCK_D=triton.next_power_of_2(D), SINK=sink, STORE_LSE=store_lse, PREC=_prec(q.dtype),
         num_warps=_warps("fwd_warps", _block_g(G) * triton.next_power_of_2(max(S, D))),

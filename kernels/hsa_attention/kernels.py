@@ -62,24 +62,23 @@ def _hsa_fwd_kernel(
     stride_kb, stride_kt, stride_kh,
     stride_vb, stride_vt, stride_vh,
     stride_ob, stride_ot, stride_oh,
-    qk_scale, SHARE_MAX,
+    qk_scale, SHARED, NB,
     S: tl.constexpr, D: tl.constexpr, TOPK: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
     SINK: tl.constexpr, STORE_LSE: tl.constexpr, PREC: tl.constexpr,
-    SKIP_SHARED: tl.constexpr = False, BLOCK_T: tl.constexpr = 1, BLOCK_K: tl.constexpr = 1,
+    SKIP_SHARED: tl.constexpr = False, BLOCK_T: tl.constexpr = 1,
 ):
     """Query-outer forward: one program = one token x the G heads of one KV head.
 
-    SKIP_SHARED (fwd_mode "block"): return at once when the token's block of BLOCK_T tokens chose at
-    most SHARE_MAX distinct chunks; `_hsa_fwd_block_kernel` does those blocks.
+    SKIP_SHARED (fwd_mode "block"): return at once when SHARED (B*H, NB) int8, written by
+    `_hsa_fwd_block_kernel` just before, flags the token's block of BLOCK_T tokens as done there.
     """
     t = tl.program_id(0).to(tl.int64)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // H
     h = bh % H
-    if SKIP_SHARED:
-        n_distinct = _block_distinct(IDX, b, h, (t // BLOCK_T) * BLOCK_T, T, H, C, TOPK, BLOCK_T, BLOCK_K)[5]
-        if n_distinct <= SHARE_MAX:
+    if SKIP_SHARED:  # noqa: SIM102 (a constexpr branch, compiled out when False)
+        if tl.load(SHARED + bh * NB + t // BLOCK_T) != 0:
             return
     offs_g = tl.arange(0, BLOCK_G)
     offs_s = tl.arange(0, BLOCK_S)
@@ -127,7 +126,7 @@ def _hsa_fwd_kernel(
 
 @triton.jit
 def _hsa_fwd_block_kernel(
-    Q, K, V, IDX, W, OUT, LSE,
+    Q, K, V, IDX, W, OUT, LSE, SHARED,
     T, C, H, G, SHARE_MAX,
     stride_qb, stride_qt, stride_qh,
     stride_kb, stride_kt, stride_kh,
@@ -139,8 +138,9 @@ def _hsa_fwd_block_kernel(
     SINK: tl.constexpr, STORE_LSE: tl.constexpr, PREC: tl.constexpr,
 ):
     """Forward of a block of BLOCK_T consecutive tokens x the G heads of one KV head whose tokens chose
-    at most SHARE_MAX distinct chunks (other blocks return at once: `_hsa_fwd_kernel` with SKIP_SHARED
-    does them, token by token).
+    at most SHARE_MAX distinct chunks. Every program writes its verdict to SHARED (B*H, NB) int8; the
+    other blocks return at once and `_hsa_fwd_kernel` with SKIP_SHARED, launched next, does them token
+    by token.
 
     Each distinct K/V tile is loaded once and run against all BLOCK_T*BLOCK_G rows, each row weighted by
     its token's total weight on that chunk (0 when the token did not choose it): U tile loads instead of
@@ -154,6 +154,7 @@ def _hsa_fwd_block_kernel(
     h = bh % H
     t0 = pid * BLOCK_T
     slots, ids, valid, ids_f, first, n_distinct = _block_distinct(IDX, b, h, t0, T, H, C, TOPK, BLOCK_T, BLOCK_K)
+    tl.store(SHARED + bh * tl.num_programs(0) + pid, (n_distinct <= SHARE_MAX).to(tl.int8))
     if n_distinct > SHARE_MAX:
         return
     offs_k = tl.arange(0, BLOCK_K)
