@@ -176,33 +176,35 @@ def _hsa_fwd_block_kernel(
     q = tl.load(Q + b * stride_qb + (t0 + r_tok)[:, None] * stride_qt + (h * G + r_g)[:, None] * stride_qh
                 + offs_d[None, :], mask=rmask[:, None] & dmask[None, :], other=0.0)
     acc = tl.zeros([BLOCK_T * BLOCK_G, BLOCK_D], dtype=tl.float32)
-    for e in range(BLOCK_T * BLOCK_K):
-        is_first = tl.sum(tl.where((offs_e == e) & first, 1, 0), 0)
-        if is_first > 0:
-            cid = tl.sum(tl.where(offs_e == e, ids_f, 0), 0)
-            rows = cid.to(tl.int64) * S + offs_s  # int64: contexts beyond 2^31 / (H*D) tokens
-            kt = tl.load(k_base + rows[:, None] * stride_kt + offs_d[None, :], mask=kvmask, other=0.0)
-            vt = tl.load(v_base + rows[:, None] * stride_vt + offs_d[None, :], mask=kvmask, other=0.0)
-            s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale
-            if BLOCK_S != S:
-                s = tl.where(smask[None, :], s, float("-inf"))
-            m = tl.max(s, 1)
-            if SINK:
-                m = tl.maximum(m, 0.0)
-            p = tl.exp2(s - m[:, None])
-            den = tl.sum(p, 1)
-            if SINK:
-                den += tl.exp2(-m)
-            o = tl.dot(p.to(vt.dtype), vt, input_precision=PREC)
-            match = valid & (ids == cid)  # (BLOCK_T, BLOCK_K): the slots that chose this chunk
-            w_tok = tl.sum(tl.where(match, ws, 0.0), 1)  # (BLOCK_T,)
-            w_row = tl.reshape(tl.broadcast_to(w_tok[:, None], [BLOCK_T, BLOCK_G]), [BLOCK_T * BLOCK_G])
-            acc += o * (w_row / den)[:, None]
-            if STORE_LSE:
-                lse = tl.reshape(m + tl.log2(den), [BLOCK_T, 1, BLOCK_G])
-                lse_ptr = LSE + ((slots[:, None] + offs_k[None, :]) * G)[:, :, None] + offs_g[None, None, :]
-                tl.store(lse_ptr, tl.broadcast_to(lse, [BLOCK_T, BLOCK_K, BLOCK_G]),
-                         mask=match[:, :, None] & gmask[None, None, :])
+    # The distinct chunks packed in first-use order, so that the loop below has no branch (a branch in
+    # the loop body keeps Triton from pipelining the tile loads across iterations).
+    pos = tl.cumsum(first.to(tl.int32), 0) - 1
+    uniq = tl.sum(tl.where(first[:, None] & (pos[:, None] == offs_e[None, :]), ids_f[:, None], 0), 0)
+    for u in range(n_distinct):
+        cid = tl.sum(tl.where(offs_e == u, uniq, 0), 0)
+        rows = cid.to(tl.int64) * S + offs_s  # int64: contexts beyond 2^31 / (H*D) tokens
+        kt = tl.load(k_base + rows[:, None] * stride_kt + offs_d[None, :], mask=kvmask, other=0.0)
+        vt = tl.load(v_base + rows[:, None] * stride_vt + offs_d[None, :], mask=kvmask, other=0.0)
+        s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale
+        if BLOCK_S != S:
+            s = tl.where(smask[None, :], s, float("-inf"))
+        m = tl.max(s, 1)
+        if SINK:
+            m = tl.maximum(m, 0.0)
+        p = tl.exp2(s - m[:, None])
+        den = tl.sum(p, 1)
+        if SINK:
+            den += tl.exp2(-m)
+        o = tl.dot(p.to(vt.dtype), vt, input_precision=PREC)
+        match = valid & (ids == cid)  # (BLOCK_T, BLOCK_K): the slots that chose this chunk
+        w_tok = tl.sum(tl.where(match, ws, 0.0), 1)  # (BLOCK_T,)
+        w_row = tl.reshape(tl.broadcast_to(w_tok[:, None], [BLOCK_T, BLOCK_G]), [BLOCK_T * BLOCK_G])
+        acc += o * (w_row / den)[:, None]
+        if STORE_LSE:
+            lse = tl.reshape(m + tl.log2(den), [BLOCK_T, 1, BLOCK_G])
+            lse_ptr = LSE + ((slots[:, None] + offs_k[None, :]) * G)[:, :, None] + offs_g[None, None, :]
+            tl.store(lse_ptr, tl.broadcast_to(lse, [BLOCK_T, BLOCK_K, BLOCK_G]),
+                     mask=match[:, :, None] & gmask[None, None, :])
     o_ptrs = (OUT + b * stride_ob + (t0 + r_tok)[:, None] * stride_ot + (h * G + r_g)[:, None] * stride_oh
               + offs_d[None, :])
     tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=rmask[:, None] & dmask[None, :])
