@@ -11,6 +11,10 @@ Schedules (defaults in function.CONFIG, chosen by measurement: bench/results/h20
                       to BLOCK_G >= 16 for tl.dot); it loops over the K chosen chunks and loads each
                       chunk's K/V tile straight from k/v at row id*S (no gathered copy); one softmax per
                       chunk, LSE stored. `_hsa_fwd_tma_kernel` is the same with TMA tile loads.
+    forward, token-block (opt-in)   `_hsa_fwd_block_kernel`: one program = a block of BLOCK_T tokens;
+                      when they chose few distinct chunks, each distinct K/V tile is loaded once for all
+                      the block's rows; it flags the blocks it did, and `_hsa_fwd_kernel` (SKIP_SHARED),
+                      launched next, does the other tokens one by one.
     forward, chunk-outer            `_hsa_fwd_chunk_kernel`: one program = one segment of the pairs that
                       chose one chunk; K/V loaded once, queries gathered, per-pair outputs summed in slot
                       order by `_hsa_bwd_dq_reduce_kernel`. With ATOMIC (fwd_mode "chunk_atomic") the
