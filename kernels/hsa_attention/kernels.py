@@ -37,6 +37,30 @@ import triton.language as tl
 
 
 @triton.jit
+def _chunk_attend(q, kt, vt, smask, qk_scale, S: tl.constexpr, BLOCK_S: tl.constexpr, SINK: tl.constexpr,
+                  PREC: tl.constexpr):
+    """Softmax attention of the rows of ``q`` (R, BLOCK_D) over one chunk's tile ``kt``, ``vt``
+    (BLOCK_S, BLOCK_D), in log2 units (``qk_scale`` includes log2(e)).
+
+    Returns ``o`` (R, BLOCK_D) fp32 = exp2(s - m) @ V, not yet divided by ``den``; ``m`` (R,) the row max
+    (at least 0 with SINK, the sink logit); ``den`` (R,) the softmax denominator (with the sink's
+    exp2(-m)). LSE = m + log2(den). One softmax per chunk: HSA combines chunk outputs linearly with
+    weights that are already normalised, so no online rescaling across chunks is needed.
+    """
+    s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale  # (R, BLOCK_S)
+    if BLOCK_S != S:
+        s = tl.where(smask[None, :], s, float("-inf"))
+    m = tl.max(s, 1)
+    if SINK:
+        m = tl.maximum(m, 0.0)  # the sink logit is 0
+    p = tl.exp2(s - m[:, None])
+    den = tl.sum(p, 1)
+    if SINK:
+        den += tl.exp2(-m)
+    return tl.dot(p.to(vt.dtype), vt, input_precision=PREC), m, den
+
+
+@triton.jit
 def _block_distinct(IDX, b, h, t0, T, H, C, TOPK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr):
     """The selection of tokens t0 .. t0+BLOCK_T-1 (one KV head) and its distinct chunks.
 
@@ -108,19 +132,7 @@ def _hsa_fwd_kernel(
         kvmask = (smask[:, None] & dmask[None, :]) & valid
         kt = tl.load(k_base + rows[:, None] * stride_kt + offs_d[None, :], mask=kvmask, other=0.0)
         vt = tl.load(v_base + rows[:, None] * stride_vt + offs_d[None, :], mask=kvmask, other=0.0)
-        s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale  # (BLOCK_G, BLOCK_S), log2 units
-        if BLOCK_S != S:
-            s = tl.where(smask[None, :], s, float("-inf"))
-        m = tl.max(s, 1)
-        if SINK:
-            m = tl.maximum(m, 0.0)  # the sink logit is 0
-        p = tl.exp2(s - m[:, None])
-        den = tl.sum(p, 1)
-        if SINK:
-            den += tl.exp2(-m)
-        o = tl.dot(p.to(vt.dtype), vt, input_precision=PREC)
-        # One softmax per chunk: chunk outputs are combined linearly with weights that are already
-        # normalised, so no online rescaling across chunks is needed.
+        o, m, den = _chunk_attend(q, kt, vt, smask, qk_scale, S, BLOCK_S, SINK, PREC)
         acc += o * (w / den)[:, None]
         if STORE_LSE:
             tl.store(LSE + (slot + j) * G + offs_g, m + tl.log2(den), mask=gmask)
@@ -189,17 +201,7 @@ def _hsa_fwd_block_kernel(
         rows = cid.to(tl.int64) * S + offs_s  # int64: contexts beyond 2^31 / (H*D) tokens
         kt = tl.load(k_base + rows[:, None] * stride_kt + offs_d[None, :], mask=kvmask, other=0.0)
         vt = tl.load(v_base + rows[:, None] * stride_vt + offs_d[None, :], mask=kvmask, other=0.0)
-        s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale
-        if BLOCK_S != S:
-            s = tl.where(smask[None, :], s, float("-inf"))
-        m = tl.max(s, 1)
-        if SINK:
-            m = tl.maximum(m, 0.0)
-        p = tl.exp2(s - m[:, None])
-        den = tl.sum(p, 1)
-        if SINK:
-            den += tl.exp2(-m)
-        o = tl.dot(p.to(vt.dtype), vt, input_precision=PREC)
+        o, m, den = _chunk_attend(q, kt, vt, smask, qk_scale, S, BLOCK_S, SINK, PREC)
         match = valid & (ids == cid)  # (BLOCK_T, BLOCK_K): the slots that chose this chunk
         w_tok = tl.sum(tl.where(match, ws, 0.0), 1)  # (BLOCK_T,)
         w_row = tl.reshape(tl.broadcast_to(w_tok[:, None], [BLOCK_T, BLOCK_G]), [BLOCK_T * BLOCK_G])
@@ -555,17 +557,8 @@ def _hsa_fwd_chunk_kernel(
         qr = tl.load(Q + b * stride_qb + t[:, None] * stride_qt + (h * G + r_head)[:, None] * stride_qh
                      + offs_d[None, :], mask=rmask, other=0.0)
         w = tl.load(W + pair, mask=rvalid, other=0.0).to(tl.float32)
-        s = tl.dot(qr, tl.trans(kt), input_precision=PREC) * qk_scale
-        if BLOCK_S != S:
-            s = tl.where(smask[None, :], s, float("-inf"))
-        m = tl.max(s, 1)
-        if SINK:
-            m = tl.maximum(m, 0.0)
-        p = tl.exp2(s - m[:, None])
-        den = tl.sum(p, 1)
-        if SINK:
-            den += tl.exp2(-m)
-        o = tl.dot(p.to(vt.dtype), vt, input_precision=PREC) * (w / den)[:, None]
+        o, m, den = _chunk_attend(qr, kt, vt, smask, qk_scale, S, BLOCK_S, SINK, PREC)
+        o = o * (w / den)[:, None]
         if ATOMIC:
             bt = pair // (TOPK * H)  # flat (b, t) of the pair; OP row (b, t, h*G + head) of (B,T,HQ,D)
             tl.atomic_add(OP + ((bt * H + h) * G + r_head)[:, None] * D + offs_d[None, :], o, mask=rmask,
@@ -615,17 +608,7 @@ def _hsa_fwd_tma_kernel(
         row = tl.where(valid, b * L + cid * S, L_TOTAL).to(tl.int32)
         kt = k_desc.load([row, h.to(tl.int32), 0]).reshape(BLOCK_S, BLOCK_D)
         vt = v_desc.load([row, h.to(tl.int32), 0]).reshape(BLOCK_S, BLOCK_D)
-        s = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale
-        if BLOCK_S != S:
-            s = tl.where(smask[None, :], s, float("-inf"))
-        m = tl.max(s, 1)
-        if SINK:
-            m = tl.maximum(m, 0.0)
-        p = tl.exp2(s - m[:, None])
-        den = tl.sum(p, 1)
-        if SINK:
-            den += tl.exp2(-m)
-        o = tl.dot(p.to(vt.dtype), vt, input_precision=PREC)
+        o, m, den = _chunk_attend(q, kt, vt, smask, qk_scale, S, BLOCK_S, SINK, PREC)
         acc += o * (w / den)[:, None]
         if STORE_LSE:
             tl.store(LSE + (slot + j) * G + offs_g, m + tl.log2(den), mask=gmask)
