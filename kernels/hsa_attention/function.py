@@ -47,8 +47,8 @@ CONFIG = {
     # not shared with the backward, which builds the plain one.
     # "block": blocks of fwd_block_rows // BLOCK_G tokens whose tokens chose at most fwd_block_share_max
     # distinct chunks go to a kernel that loads each distinct tile once for all the block's rows (with
-    # fwd_block_warps warps); every other token runs as in "query" (two launches, each skipping the
-    # other's blocks).
+    # fwd_block_warps warps), which flags them; every other token runs as in "query" (a second launch that
+    # reads the flags).
     "fwd_block_rows": 64, "fwd_block_share_max": 16, "fwd_block_warps": 4, "fwd_block_stages": 3,
     # use_tma: query-outer forward loads K/V tiles through TMA descriptors (Hopper+; D a power of two)
     "fwd_mode": "query", "use_tma": False, "fwd_rows": 64, "fwd_chunk_warps": 4, "fwd_chunk_stages": 2,
@@ -150,10 +150,10 @@ def hsa_attention_fwd(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, weights:
             D=D, TOPK=K, BLOCK_G=bg, BLOCK_D=triton.next_power_of_2(D), num_warps=4,
         )
         return o, (lse if store_lse else None)
-    block_kw = {}
+    shared, nb, block_kw = o, 0, {}  # SHARED / NB placeholders of the query-outer kernel outside "block"
     if mode == "block":
-        # Blocks whose tokens share chunks go to the block kernel, the others token by token to the
-        # query-outer kernel below; both evaluate the same predicate, each skips the other's blocks.
+        # Blocks whose tokens share chunks are done by the block kernel, which writes a verdict per block
+        # to `shared`; the query-outer kernel below reads it and does the other tokens one by one.
         bg = _block_g(G)
         block_t = max(1, CONFIG["fwd_block_rows"] // bg)
         nb = triton.cdiv(T, block_t)
@@ -200,7 +200,7 @@ def hsa_attention_fwd(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, weights:
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         o.stride(0), o.stride(1), o.stride(2),
-        scale * LOG2E, shared if block_kw else o, nb if block_kw else 0,
+        scale * LOG2E, shared, nb,
         S=S, D=D, TOPK=K, BLOCK_G=_block_g(G), BLOCK_S=triton.next_power_of_2(S),
         BLOCK_D=triton.next_power_of_2(D), SINK=sink, STORE_LSE=store_lse, PREC=_prec(q.dtype),
         num_warps=_warps("fwd_warps", _block_g(G) * triton.next_power_of_2(max(S, D))),
