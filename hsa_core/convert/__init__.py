@@ -40,9 +40,9 @@ __all__ = [
     "config_from_spec",
     "conversion_rules",
     "export_published",
-    "load_published",
     "layout_from_config",
     "load_checkpoint",
+    "load_published",
     "published_groups",
     "published_shapes",
     "reference_forward",
@@ -156,8 +156,9 @@ def load_published(checkpoint: str | os.PathLike[str], spec: Mapping[str, Any]) 
     model = HSALanguageModel.from_spec(spec, device="meta")
     if set(dict(model.named_buffers())) - set(model.state_dict()):
         model = HSALanguageModel.from_spec(spec, device="cpu")  # non-persistent buffers need real init
+    tied = model.tied  # assigning the embedding unties the head: re-tie it
     missing, unexpected = model.load_state_dict(toolkit, strict=False, assign=True)
-    if model.tied:
+    if tied:
         model.lm_head.weight = model.embedding.weight
     missing = [k for k in missing if k != "lm_head.weight"]
     if missing or unexpected:  # pragma: no cover - to_toolkit_state produced exactly the model's keys

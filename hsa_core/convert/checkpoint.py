@@ -95,7 +95,8 @@ def conversion_rules(spec: Mapping[str, Any]) -> list[Rule]:
     mem = next(iter(spec["memories"].values()))
     enc = mem["encoder"]
     head_dim = spec["model"]["d_model"] // enc["heads"] if enc["layers"] else 0
-    qkv_split = (enc["heads"] * head_dim, enc["kv_heads"] * head_dim, enc["kv_heads"] * head_dim) if enc["layers"] else ()
+    qkv_split = ((enc["heads"] * head_dim, enc["kv_heads"] * head_dim, enc["kv_heads"] * head_dim)
+                 if enc["layers"] else ())
     rules = []
     for key, shape in shapes.items():
         if key == "embedding.weight":

@@ -60,7 +60,7 @@ def layout_from_config(config: Mapping[str, Any], *, name: str | None = None,
             raise ConvertError(f"{source}: {flag}: {config[flag]!r} is not supported (only {ok!r})")
     if config.get("enable_enc_cls", True) is False and config.get("encoder_layers", 0) > 0:
         raise ConvertError(f"{source}: enable_enc_cls: false with an encoder is not supported")
-    g = lambda key: _need(config, key, source)  # noqa: E731
+    g = lambda key: _need(config, key, source)
     d, hq, kv = int(g("hidden_size")), int(g("num_attention_heads")), int(g("num_kv_heads"))
     lower, upper = int(g("num_lower_layers")), int(g("num_upper_layers"))
     groups, per_hsa = int(g("num_upper_groups")), int(g("num_mamba_per_gca"))
@@ -71,6 +71,10 @@ def layout_from_config(config: Mapping[str, Any], *, name: str | None = None,
     if d % hq or hq % kv:
         raise ConvertError(f"{source}: num_attention_heads: {hq} must divide hidden_size ({d}) and be a "
                            f"multiple of num_kv_heads ({kv})")
+    ssm_heads = int(g("expand")) * d // int(g("head_dim"))
+    if int(config.get("num_heads", ssm_heads)) != ssm_heads:
+        raise ConvertError(f"{source}: num_heads: {config['num_heads']} is not expand x hidden_size / head_dim "
+                           f"({ssm_heads}); their Mamba2 blocks need both to agree")
     enc_layers = int(g("encoder_layers"))
     window = None
     if config.get("mask_slide_window", False):
@@ -228,13 +232,14 @@ def config_from_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     elif not mem["chunk_norm"] or mem["landmark"] != "mean":
         raise _fail(f"{p}.chunk_norm", "without an encoder theirs is an RMSNorm and the mean landmark")
     after = mem["after_layer"]
-    if any(x["role"] != "backbone" for x in layers[:after]) or any(x["role"] != "retrieval" for x in layers[after:after + 1]):
+    if (any(x["role"] != "backbone" for x in layers[:after])
+            or any(x["role"] != "retrieval" for x in layers[after:after + 1])):
         raise _fail(f"{p}.after_layer", f"{after}; theirs follows the lower Mamba2 blocks, right before an HSA layer")
     # Upper part: groups of [HSA + m Mamba2] with the same m everywhere.
     upper = layers[after:]
     per = None
     run = 0
-    for x in upper[1:] + [None]:
+    for x in [*upper[1:], None]:
         if x is None or x["role"] == "retrieval":
             if per is None:
                 per = run

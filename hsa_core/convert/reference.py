@@ -110,12 +110,14 @@ def _mamba2(p: Mapping[str, Tensor], pre: str, x: Tensor, config: Mapping[str, A
     s = x.new_zeros(B, nh, hd, N)
     ys = []
     for t in range(T):
-        s = s * torch.exp(dt[:, t] * A)[:, :, None, None] + (dt[:, t, :, None] * xs[:, t])[..., None] * Bm[:, t, :, None, :]
+        decay = torch.exp(dt[:, t] * A)[:, :, None, None]
+        s = s * decay + (dt[:, t, :, None] * xs[:, t])[..., None] * Bm[:, t, :, None, :]
         ys.append(torch.einsum("bhpn,bhn->bhp", s, Cm[:, t]) + Dskip[:, None] * xs[:, t])
     y = torch.stack(ys, 1).reshape(B, T, d_inner) * F.silu(z)
     gs = d_inner // ng
     y = y.view(B, T, ng, gs)
-    y = (y / torch.sqrt(y.pow(2).mean(-1, keepdim=True) + float(config.get("layer_norm_epsilon", 1e-5)))).reshape(B, T, d_inner)
+    eps = float(config.get("layer_norm_epsilon", 1e-5))
+    y = (y / torch.sqrt(y.pow(2).mean(-1, keepdim=True) + eps)).reshape(B, T, d_inner)
     y = y * p[pre + "norm.weight"]
     out = y @ p[pre + "out_proj.weight"].T
     if pre + "out_proj.bias" in p:

@@ -15,7 +15,8 @@ from .published_params import published_parameter_table
 
 #: A small RAMba in their keys: 2 lower Mamba2 blocks, memory, 3 x (HSA + 1 Mamba2); S=16, top-2.
 SMALL: dict[str, Any] = {
-    **CONFIG_ENC1_4096, "hidden_size": 64, "head_dim": 16, "state_size": 16, "vocab_size": 101,
+    **CONFIG_ENC1_4096, "hidden_size": 64, "head_dim": 16, "num_heads": 8, "intermediate_size": 128,
+    "state_size": 16, "vocab_size": 101, "lmk_token_id": 100,
     "num_lower_layers": 2, "num_upper_layers": 3, "num_mamba_per_gca": 1, "chunk_size": 16, "chunk_topk": 2,
     "retrieval_dim": 32, "num_attention_heads": 4, "num_key_value_heads": 4, "num_kv_heads": 1,
     "mamba_chunk_size": 32,
