@@ -21,6 +21,7 @@ TASK_OPTION = typer.Option(
 
 @guarded
 def train(
+    ctx: typer.Context,
     spec: str = typer.Argument(..., help="Layout YAML file or preset name (e.g. ramba-cpu)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (checkpoints, metrics.jsonl, model/)."),
     task: str = typer.Option("passkey", "--task", help="Registered task name."),
@@ -62,6 +63,9 @@ def train(
     time_limit: float | None = typer.Option(
         None, "--time-limit", min=0, help="Stop after this many seconds of wall time: checkpoint, publish the "
         "model, exit 0 (the schedule is not shortened; --resume continues)."),
+    recipe: str | None = typer.Option(
+        None, "--recipe", help="Training recipe (name or YAML) whose settings replace the defaults of the flags "
+        "not given, e.g. ramba-paper (the RAMba paper's optimizer and training tricks)."),
     set_: list[str] | None = SET_OPTION,
     plugin: list[Path] | None = PLUGIN_OPTION,
 ) -> None:
@@ -75,7 +79,7 @@ def train(
     load_plugins(plugin)
     _, spec_dict = load_spec_from(spec, set_)
     try:
-        cfg = TrainConfig(
+        values = dict(
             task=task, task_options=parse_task_options(task_option), seq_len=seq_len, batch_size=batch_size,
             loss_on=loss_on, concat_segments=concat_segments, steps=steps or 1000, lr=lr, min_lr_ratio=min_lr_ratio,
             warmup=warmup, weight_decay=weight_decay, grad_clip=grad_clip, state_reset_every=state_reset_every,
@@ -84,6 +88,14 @@ def train(
             eval_every=eval_every, eval_samples=eval_samples,
             eval_lengths=parse_lengths(eval_lengths) if eval_lengths else None,
             checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, fsdp=fsdp, compile=compile_)
+        if recipe is not None:
+            values = _with_recipe(ctx, recipe, values)
+        cfg = TrainConfig(**values)
+        if recipe is not None and os.environ.get("RANK", "0") == "0":
+            console().print(f"recipe {recipe}: " + ", ".join(
+                f"{k} {getattr(cfg, k)}" for k in ("lr", "min_lr_ratio", "warmup", "weight_decay", "beta1", "beta2",
+                                                  "state_reset_every", "carry_state", "memory_reset_every",
+                                                  "concat_segments", "dtype")))
         result = run_training(cfg, spec_dict, out, resume=resume, progress=not no_progress, resume_steps=steps,
                                    time_limit=time_limit)
     except RunExistsError as exc:
@@ -97,3 +109,18 @@ def train(
                       f"model in {out / 'model'}, metrics in {out / 'metrics.jsonl'}")
         if result.eval:
             console().print("eval exact match: " + ", ".join(f"{k} {v:.3f}" for k, v in result.eval.items()))
+
+
+def _with_recipe(ctx: typer.Context, recipe: str, values: dict) -> dict:
+    """The recipe's settings for every flag left at its default (flags given on the command line win)."""
+    import click
+
+    from hsa_core.recipes import RecipeError, apply_recipe, load_recipe
+
+    try:
+        settings = load_recipe(recipe)
+    except RecipeError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--recipe") from None
+    explicit = {name for name in values if ctx.get_parameter_source(name) not in
+                (None, click.core.ParameterSource.DEFAULT)}
+    return apply_recipe(settings, values, explicit)
