@@ -113,14 +113,13 @@ def train(
 
 def _with_recipe(ctx: typer.Context, recipe: str, values: dict) -> dict:
     """The recipe's settings for every flag left at its default (flags given on the command line win)."""
-    import click
-
     from hsa_core.recipes import RecipeError, apply_recipe, load_recipe
 
     try:
         settings = load_recipe(recipe)
     except RecipeError as exc:
         raise typer.BadParameter(str(exc), param_hint="--recipe") from None
-    explicit = {name for name in values if ctx.get_parameter_source(name) not in
-                (None, click.core.ParameterSource.DEFAULT)}
+    # By name: typer may bring its own copy of click's ParameterSource enum.
+    sources = {name: ctx.get_parameter_source(name) for name in values}
+    explicit = {name for name, src in sources.items() if src is not None and src.name not in ("DEFAULT", "DEFAULT_MAP")}
     return apply_recipe(settings, values, explicit)
