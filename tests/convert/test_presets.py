@@ -88,3 +88,23 @@ def test_published_init(preset: str) -> None:
     for p in (mem.k_proj.weight, mem.landmark_proj.weight, model.layers[2].layer.q_proj.weight):
         assert abs(p.std().item() - 0.02) < 0.004
     assert torch.count_nonzero(mem.encoder.layers[0].qkv.bias) == 0
+
+
+# The presets at reduced width (every published setting kept; only sizes shrunk).
+SHRINK = ["model.d_model=64", "model.vocab_size=64", "layers=M*2 | (H M*1)*3", "memories.mid.after_layer=2",
+          "memories.mid.head_dim=4", "memories.mid.chunk_size=16", "retrieval.mid_sel.retrieval_dim=64",
+          "retrieval.mid_sel.topk=2", "defaults.mamba2.headdim=32", "defaults.mamba2.d_state=8",
+          "defaults.mamba2.chunk_size=32"]
+
+
+@pytest.mark.parametrize("preset", ["ramba-370m", "ramba-370m-enc2", "ramba-370m-multihop"])
+def test_preset_equals_the_float64_published_math(preset: str) -> None:
+    from hsa_core.convert import check_conversion
+
+    model = HSALanguageModel.from_spec(load_spec(preset_path(preset), overrides=SHRINK))
+    with torch.no_grad():  # weights of unit scale, so that every path (HSA included) moves the logits
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, p.shape[-1] ** -0.5)
+    result = check_conversion(model, tokens=6 * 16)
+    assert result.relative <= 1e-5
