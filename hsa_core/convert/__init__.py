@@ -135,6 +135,8 @@ def _float64_copy(model: Any) -> Any:
     from ..model import HSALanguageModel
 
     copy = HSALanguageModel.from_spec(model.spec, device="meta")
+    if set(dict(copy.named_buffers())) - set(copy.state_dict()):
+        copy = HSALanguageModel.from_spec(model.spec, device="cpu")  # non-persistent buffers need real init
     copy.load_state_dict({k: v.detach().to("cpu", torch.float64) for k, v in model.state_dict().items()},
                          assign=True)
     if copy.spec["model"]["tie_embeddings"]:
