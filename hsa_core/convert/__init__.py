@@ -170,7 +170,7 @@ def load_published(checkpoint: str | os.PathLike[str], spec: Mapping[str, Any]) 
 
 def export_published(model: Any, out: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """Write ``model`` in the authors' layout: ``out/model.safetensors`` (their names, the tied head
-    included as a copy, as their ``state_dict()`` has it) and ``out/config.json`` (their keys).
+    included as a copy, as their ``state_dict()`` has it) and ``config.json`` (their keys) in ``out``.
 
     Raises:
         ConvertError: the model is not one their code builds (the field is named).
