@@ -39,6 +39,7 @@ def collect() -> dict[str, Any]:
     """Everything ``hsa info`` reports, as a JSON-ready dict."""
     import torch
 
+    from hsa_core.errors import HSAError
     from hsa_core.ops import backend_for
     from hsa_core.ops.dispatch import TRITON_ENTRY_POINTS
 
@@ -51,7 +52,7 @@ def collect() -> dict[str, Any]:
         for device in devices:
             try:
                 backends[op][device] = backend_for(op, device)
-            except (RuntimeError, ValueError) as exc:  # e.g. HSA_BACKEND=triton without kernels
+            except HSAError as exc:  # e.g. HSA_BACKEND=triton without kernels, or on CPU
                 backends[op][device] = f"unavailable ({exc})"
     return {
         "python": platform.python_version(),

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from ..errors import MissingDependencyError, UsageError, truncate
+
 BACKENDS = ("auto", "torch", "triton")
 
 # op name -> "module:function" of its Triton entry point in hsa_kernels.
@@ -26,10 +28,20 @@ TRITON_ENTRY_POINTS: dict[str, str] = {
 
 
 def requested_backend() -> str:
+    """``HSA_BACKEND`` (default ``auto``).
+
+    Raises:
+        UsageError: any other value (exit code 2 in the CLI).
+    """
     value = os.environ.get("HSA_BACKEND", "auto").strip().lower() or "auto"
     if value not in BACKENDS:
-        raise ValueError(f"environment variable HSA_BACKEND={value!r} is not one of {', '.join(BACKENDS)}")
+        raise UsageError(f"environment variable HSA_BACKEND={truncate(repr(value), 40)} is not one of "
+                         f"{', '.join(BACKENDS)}")
     return value
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0")
 
 
 @functools.cache
@@ -50,13 +62,16 @@ def backend_for(op: str, device: torch.device | str) -> str:
     choice = requested_backend()
     if choice == "torch":
         return "torch"
-    available = _load_triton(op) is not None
+    dev = torch.device(device)
     if choice == "triton":
-        if not available:
-            raise RuntimeError(f"HSA_BACKEND=triton but no Triton kernel for '{op}' could be imported "
-                               "(install the 'triton' extra)")
+        # Triton compiles for GPUs; on any other device only its interpreter runs the kernels.
+        if dev.type != "cuda" and not _interpreting():
+            raise UsageError(f"HSA_BACKEND=triton cannot run '{op}' on {dev.type}: Triton kernels need CUDA, or "
+                             "TRITON_INTERPRET=1 (slow, for tests); use HSA_BACKEND=auto or torch")
+        if _load_triton(op) is None:
+            raise MissingDependencyError(f"HSA_BACKEND=triton ('{op}')", "triton", "triton")
         return "triton"
-    return "triton" if available and torch.device(device).type == "cuda" else "torch"
+    return "triton" if dev.type == "cuda" and _load_triton(op) is not None else "torch"
 
 
 def triton_impl(op: str) -> Callable[..., Any]:
