@@ -19,7 +19,8 @@ def show(value: Any) -> str:
     if value is None or isinstance(value, bool | float):
         return str(value)
     if isinstance(value, int):
-        return short_repr(value, 60)
+        # (str() of an int over 4,300 digits raises; no one means a number that long)
+        return short_repr(value, 60) if value.bit_length() < 200 else f"an integer of {value.bit_length():,} bits"
     if isinstance(value, str):
         return short_repr(value, 80)
     return f"{type(value).__name__} {short_repr(value, 80)}"

@@ -35,7 +35,7 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
         parts = _parse_key_path(key.strip())
         try:
             value = yaml.safe_load(text) if text.strip() else None
-        except (yaml.YAMLError, RecursionError) as exc:
+        except (yaml.YAMLError, RecursionError, ValueError) as exc:
             raise SpecError(key, f"--set value {truncate(repr(text), 80)} is not valid YAML "
                                  f"({exc.__class__.__name__})") from None
         node: Any = out
@@ -117,6 +117,8 @@ def _read_yaml(path: Path) -> Any:
                             "a layout is YAML text", str(path)) from None
     try:
         return yaml.safe_load(text)
+    except ValueError as exc:  # e.g. an integer literal past Python's 4,300-digit conversion limit
+        raise SpecError("", f"invalid value in the YAML: {exc}", str(path)) from None
     except RecursionError:
         raise SpecError("", f"the YAML is nested more than Python can parse (limit {MAX_DEPTH} levels)",
                         str(path)) from None
