@@ -176,7 +176,8 @@ def test_unwritable_out_fails_before_building(runner: CliRunner, blocked: Path,
     assert "--out is not writable" in line and not built
 
 
-def test_unwritable_out_fails_before_training(runner: CliRunner, blocked: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unwritable_out_fails_before_training(runner: CliRunner, blocked: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     import hsa_core.training as training
 
     monkeypatch.setattr(training, "train", lambda *a, **k: pytest.fail("trained"))

@@ -87,7 +87,7 @@ def test_a_correct_mixer_passes() -> None:
 
 @pytest.mark.parametrize("broken", [ZeroesItsInput, UpdatesInPlace])
 def test_modifying_the_given_state_in_place_fails(broken: type[Mixer]) -> None:
-    with pytest.raises(AssertionError, match="modified in place|added or removed in place"):
+    with pytest.raises(AssertionError, match=r"modified in place|added or removed in place"):
         check_mixer(broken, d_model=8, seq_len=10)
 
 
