@@ -46,7 +46,11 @@ def one_line(message: object) -> str:
     """``message`` as one line of at most :data:`MAX_MESSAGE` characters."""
     from hsa_core.errors import truncate
 
-    return truncate(re.sub(r"\s*\n\s*", "; ", str(message).strip()), MAX_MESSAGE)
+    # Every character str.splitlines() breaks at (\r, \v, \x1c, \u2028, ...), not only \n: a key
+    # written by the user may hold any of them.
+    parts = [part.strip() for part in str(message).splitlines()]
+    text = "; ".join(part for part in parts if part)
+    return truncate(re.sub(r"[\x00-\x08\x0e-\x1f\x7f]", "?", text), MAX_MESSAGE)
 
 
 def fail(message: str, code: int) -> NoReturn:
