@@ -77,8 +77,8 @@ plausible = st.one_of(st.integers(1, 64), st.sampled_from([1, 2, 4, 8, 16, 32]),
                       st.floats(0.01, 0.99), st.sampled_from(["E", "H", "E*2 H E", "(H E)*2", "E*3"]))
 
 NUMERIC = ["model.vocab_size", "model.d_model", "memories.mid.after_layer", "memories.mid.chunk_size",
-           "memories.mid.kv_heads", "memories.mid.head_dim", "retrieval.mid_sel.topk", "retrieval.mid_sel.retrieval_dim",
-           "retrieval.mid_sel.retrieval_heads", "symbols.H.num_heads"]
+           "memories.mid.kv_heads", "memories.mid.head_dim", "retrieval.mid_sel.topk",
+           "retrieval.mid_sel.retrieval_dim", "retrieval.mid_sel.retrieval_heads", "symbols.H.num_heads"]
 
 PATHS = [
     "name", "version", "model", "model.vocab_size", "model.d_model", "model.tie_embeddings", "model.norm_eps",
