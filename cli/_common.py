@@ -238,6 +238,12 @@ def load_plugins(paths: list[Path] | None) -> None:
             host.load_path(path)
         except RegistryError as exc:  # file missing or registered twice
             raise typer.BadParameter(str(exc), param_hint="--plugin") from None
+        except MissingDependencyError:
+            raise
+        except Exception as exc:  # the file itself fails: a syntax error, an import it lacks...
+            from hsa_core.errors import UsageError
+
+            raise UsageError(f"--plugin {path}: the file could not be loaded: {type(exc).__name__}: {exc}") from None
 
 
 def load_spec_from(spec: str, overrides: list[str] | None) -> tuple[Path, dict[str, Any]]:

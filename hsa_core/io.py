@@ -111,15 +111,18 @@ def _umask() -> int:
 
 
 def apply_umask_modes(directory: Path) -> None:
-    """Give ``directory`` and the files in it the modes the umask allows (``0o777``/``0o666``).
+    """Give ``directory``, its subdirectories and files the modes the umask allows (``0o777``/``0o666``).
 
-    ``tempfile.mkdtemp`` creates ``0o700`` directories (and some writers ``0o600`` files); a model
-    directory renamed into place from there would be private while the configs beside it are not.
+    ``tempfile.mkdtemp`` creates ``0o700`` directories and safetensors writes ``0o600`` files; a model
+    directory or checkpoint renamed into place from there would have private weights beside
+    world-readable configs. Called on the temporary directory just before its rename.
     """
     mask = _umask()
-    for f in directory.iterdir():
-        if f.is_file():
-            f.chmod(0o666 & ~mask)
+    for root, dirs, files in os.walk(directory):
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~mask)
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask)
     directory.chmod(0o777 & ~mask)
 
 

@@ -250,7 +250,10 @@ def begin(run: Path, step: int) -> Path:
 
 def commit(run: Path, tmp: Path, step: int, keep: int) -> Path:
     """Seal ``tmp`` as the checkpoint of ``step``: fsync, rename, switch ``latest``, prune old ones."""
+    from ..io import apply_umask_modes
+
     (tmp / COMPLETE).write_text(f"{step}\n")
+    apply_umask_modes(tmp)  # safetensors writes 0600; a checkpoint's files all get the umask's modes
     fsync_tree(tmp)
     ckdir = run / "checkpoints"
     final = ckdir / step_dir_name(step)

@@ -86,6 +86,9 @@ def test_checkpoint_files_are_safetensors_and_json_only(finished_run: Path) -> N
             if f.is_file() and f.suffix not in (".json", ".safetensors", ".yaml", ""):
                 raise AssertionError(f"unexpected file {f}")
         assert json.loads((step / "trainer.json").read_text())["format"] == ckpt.FORMAT
+        # every file with the same mode (from the umask), weights included
+        modes = {oct(f.stat().st_mode & 0o777) for f in step.rglob("*") if f.is_file()}
+        assert len(modes) == 1, modes
 
 
 def test_tree_round_trip_keeps_types_exactly(tmp_path: Path) -> None:
