@@ -118,11 +118,20 @@ class _Logger:
     def __init__(self, path: Path, enabled: bool, resume_step: int | None) -> None:
         self.path, self.enabled = path, enabled
         self.records: list[dict[str, Any]] = []
+        self.dropped = 0  # unreadable lines left out on resume (e.g. a line cut by kill -9)
         if not enabled:
             return
         if resume_step is not None and path.is_file():
-            kept = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            kept = [r for r in kept if r.get("step", 0) <= resume_step]
+            kept = []
+            for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+                try:
+                    record = json.loads(line) if line.strip() else None
+                except json.JSONDecodeError:
+                    record = None
+                    self.dropped += 1
+                if isinstance(record, dict):
+                    kept.append(record)
+            kept = [r for r in kept if isinstance(r.get("step", 0), int) and r.get("step", 0) <= resume_step]
             ckpt.write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
             self.records = kept
         elif path.exists():
@@ -269,6 +278,8 @@ def _train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: Path, resume: 
                                       betas=(cfg.beta1, cfg.beta2))
 
     logger = _Logger(run / "metrics.jsonl", env.is_main, start_step if state is not None else None)
+    if logger.dropped:
+        say(f"metrics.jsonl: left out {logger.dropped} unreadable line(s)")
     if env.is_main:
         run.mkdir(parents=True, exist_ok=True)
         ckpt.write_text_atomic(run / "train_config.json", json.dumps(

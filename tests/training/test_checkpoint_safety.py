@@ -243,3 +243,14 @@ def test_legacy_pickle_checkpoint_is_reported_not_loaded(tmp_path: Path, finishe
         (step / "optimizer.pt").write_bytes(pickle.dumps({"x": 1}))
     with pytest.raises(InvalidFileError, match="format 1"):
         train(small_cfg(), None, run, resume=True, progress=False, log=quiet)
+
+
+def test_a_metrics_line_cut_by_a_kill_does_not_block_resume(tmp_path: Path, finished_run: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    with open(run / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 5, "loss": 0.')  # the kill came mid-write
+    said: list[str] = []
+    res = train(small_cfg(), None, run, resume=True, progress=False, log=said.append)
+    assert res.step == 4 and any("left out 1 unreadable line" in m for m in said)
+    assert train_losses(run) == train_losses(finished_run)
