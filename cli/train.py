@@ -141,7 +141,10 @@ def train(
         None, "--init-from", help="Start from the weights of this run or model directory (curriculum stage)."),
     fsdp: bool = typer.Option(False, "--fsdp", help="FSDP2 (fully_shard) instead of DDP under torchrun."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the model."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint in --out."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue from the newest intact checkpoint in --out (a corrupt newer one is set "
+        "aside, saying so). Refused without a checkpoint, or when SPEC, --set or an option differs from the run's "
+        "(only --steps, --time-limit, --device may change)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (logs only)."),
     time_limit: float | None = typer.Option(
         None, "--time-limit", min=0, help="Stop after this many seconds of wall time: checkpoint, publish the "
