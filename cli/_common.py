@@ -73,7 +73,8 @@ def _find_in_chain(exc: BaseException, kind: type[BaseException] | tuple[type[Ba
         if isinstance(current, kind):
             return current
         seen.add(id(current))
-        current = current.__cause__ or current.__context__
+        # ``raise X from None`` means "X replaces what was being handled": do not look behind it.
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
     return None
 
 
@@ -108,9 +109,15 @@ def classify(exc: BaseException) -> tuple[str, int]:
 
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted", EXIT_INTERRUPTED
-    for kind, code in ((MissingDependencyError, EXIT_MISSING_DEP), (DeviceUnavailableError, EXIT_MISSING_DEP),
-                       (SpecError, EXIT_SPEC), (RegistryError, EXIT_SPEC), (UsageError, EXIT_USAGE),
-                       (InvalidFileError, EXIT_INVALID_FILE), (ResourceLimitError, EXIT_RESOURCES)):
+    missing = _find_in_chain(exc, MissingDependencyError)  # also when wrapped (a factory's build error)
+    if missing is not None:
+        return str(missing), EXIT_MISSING_DEP
+    own = ((DeviceUnavailableError, EXIT_MISSING_DEP), (SpecError, EXIT_SPEC), (RegistryError, EXIT_SPEC),
+           (UsageError, EXIT_USAGE), (InvalidFileError, EXIT_INVALID_FILE), (ResourceLimitError, EXIT_RESOURCES))
+    for kind, code in own:  # the exception itself first: its class says what happened
+        if isinstance(exc, kind):
+            return str(exc), code
+    for kind, code in own:  # then a toolkit error it wraps
         found = _find_in_chain(exc, kind)
         if found is not None:
             return str(found), code

@@ -277,6 +277,9 @@ def _train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: Path, resume: 
         optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                       betas=(cfg.beta1, cfg.beta2))
 
+    if resumed is not None:  # loaded into the model and optimizer: free the host copies
+        resumed.weights, resumed.optimizer, resumed.per_rank = {}, None, {}
+
     logger = _Logger(run / "metrics.jsonl", env.is_main, start_step if state is not None else None)
     if logger.dropped:
         say(f"metrics.jsonl: left out {logger.dropped} unreadable line(s)")

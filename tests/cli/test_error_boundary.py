@@ -263,3 +263,23 @@ def test_eval_on_a_corrupt_model_directory_is_exit_6(runner: CliRunner, model_di
         weights.unlink()
     result = runner.invoke(app, ["eval", "passkey", str(model_dir), "--lengths", "64", "--samples", "1"])
     assert str(model_dir) in _one_error_line(result, 6)
+
+
+def test_the_outermost_toolkit_error_decides_and_from_none_hides_the_rest() -> None:
+    from hsa_core.errors import MissingDependencyError, SpecError
+
+    try:
+        try:
+            raise SpecError("x", "inner")
+        except SpecError:
+            raise InvalidFileError("outer") from None
+    except InvalidFileError as exc:
+        assert _common.classify(exc) == ("outer", 6)
+    try:
+        try:
+            raise MissingDependencyError("backbone 'g'", "fla", "fla")
+        except MissingDependencyError as inner:
+            raise SpecError("", "building the model failed") from inner
+    except SpecError as exc:
+        message, code = _common.classify(exc)
+        assert code == 3 and "hsa-toolkit[fla]" in message
