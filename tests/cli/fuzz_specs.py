@@ -224,6 +224,7 @@ def main() -> int:
         for command in counts:
             run_case(command, yaml.safe_dump(TOY_LAYOUT), [], Path(tmp))
         LIMITS["s"] = LIMIT_S
+        EXIT_COUNTS.clear()  # the counts are of generated cases only
         for command, n in counts.items():
             start = time.perf_counter()
             property_for(command, n, Path(tmp))
