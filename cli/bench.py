@@ -13,6 +13,7 @@ from pathlib import Path
 
 import typer
 
+from . import bench_model
 from ._common import EXIT_MISSING_DEP, fail, guarded
 
 app = typer.Typer(
@@ -91,3 +92,6 @@ def kernels(
         if not present:
             typer.echo(f"note: {what}: its columns read '-'")
     typer.echo(f"wrote {out / 'results.json'}, {out / 'results.md'} and {out / 'results.png'}")
+
+
+app.command("model")(bench_model.model)

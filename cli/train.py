@@ -57,6 +57,9 @@ def train(
         None, "--init-from", help="Start from the weights of this run or model directory (curriculum stage)."),
     fsdp: bool = typer.Option(False, "--fsdp", help="FSDP2 (fully_shard) instead of DDP under torchrun."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+    checkpoint_activations: bool = typer.Option(False, "--checkpoint-activations",
+                                                help="Recompute each block in backward (activation checkpointing): "
+                                                "far less memory for long sequences, about a third more compute."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint in --out."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (logs only)."),
     time_limit: float | None = typer.Option(
@@ -83,7 +86,8 @@ def train(
             init_from=str(init_from) if init_from else None,
             eval_every=eval_every, eval_samples=eval_samples,
             eval_lengths=parse_lengths(eval_lengths) if eval_lengths else None,
-            checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, fsdp=fsdp, compile=compile_)
+            checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, fsdp=fsdp, compile=compile_,
+            checkpoint_activations=checkpoint_activations)
         result = run_training(cfg, spec_dict, out, resume=resume, progress=not no_progress, resume_steps=steps,
                                    time_limit=time_limit)
     except RunExistsError as exc:

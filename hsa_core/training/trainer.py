@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..tasks import Task, TaskBatch, make_task
@@ -207,6 +206,10 @@ def _train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: Path, resume: 
 
     torch.manual_seed(cfg.seed)  # same initial weights on every rank and every run
     model = factory(spec).to(device)
+    if cfg.checkpoint_activations:
+        if not hasattr(model, "gradient_checkpointing"):
+            raise ValueError("checkpoint_activations needs a model with a 'gradient_checkpointing' switch")
+        model.gradient_checkpointing = True
     spec = getattr(model, "spec", spec)
     if cfg.init_from and state is None:
         from ..evaluation.runner import model_dir_of
@@ -275,11 +278,13 @@ def _train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: Path, resume: 
                 # memory reset: every memory_reset_every batches the carried state is replaced by zeros
                 init_states = carried if (carried is not None and carry_count % cfg.memory_reset_every) else None
             with _autocast(device, amp):
-                logits, final_states = wrapped(batch.input_ids, init_states, return_states=cfg.carry_state)
+                step_loss, answer_logits, final_states = wrapped(
+                    batch.input_ids, init_states, return_states=cfg.carry_state, targets=batch.targets,
+                    loss_mask=batch.loss_mask(cfg.loss_on), answer_positions=batch.answer_positions)
             if cfg.carry_state:
                 carried = detach_states(final_states)
                 carry_count += 1
-            loss, loss_sum, n_tok, correct = _loss(logits, batch, cfg.loss_on, env)
+            loss, loss_sum, n_tok, correct = _loss(step_loss, answer_logits, batch, cfg.loss_on, env)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = _clip(wrapped, cfg.grad_clip)
@@ -338,22 +343,19 @@ def _autocast(device: torch.device, amp: torch.dtype | None):
     return torch.autocast(device.type, dtype=amp)
 
 
-def _loss(logits: Tensor, batch: TaskBatch, on: str, env: DistEnv) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Cross-entropy over the loss positions of the *global* batch.
+def _loss(loss_sum: Tensor, answer_logits: Tensor, batch: TaskBatch, on: str,
+          env: DistEnv) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The cross-entropy over the loss positions of the *global* batch, from this rank's summed loss.
 
     Returns ``(loss for backward, global loss sum, global token count, global answer exact-match rate)``.
     Each rank divides its local sum by the global token count and multiplies by the world size,
     because DDP averages gradients over ranks: the resulting gradient is exactly that of the
     global-batch mean, whatever the split.
     """
-    mask = batch.loss_mask(on)
-    picked = logits[mask].float()
-    loss_sum = F.cross_entropy(picked, batch.targets[mask], reduction="sum")
     with torch.no_grad():
-        pred = logits.gather(1, batch.answer_positions.unsqueeze(-1).expand(-1, -1, logits.shape[-1])).argmax(-1)
-        exact = (pred == batch.answers()).all(1).float().sum()
-        stats = torch.stack([loss_sum.detach().float(), mask.sum().float(), exact,
-                             torch.tensor(float(batch.batch_size), device=logits.device)])
+        exact = (answer_logits.argmax(-1) == batch.answers()).all(1).float().sum()
+        stats = torch.stack([loss_sum.detach().float(), batch.loss_mask(on).sum().float(), exact,
+                             torch.tensor(float(batch.batch_size), device=loss_sum.device)])
         stats = all_reduce_sum(stats, env)
     loss = loss_sum / stats[1] * env.world_size
     return loss, stats[0], stats[1], stats[2] / stats[3]
