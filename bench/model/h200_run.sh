@@ -2,7 +2,7 @@
 # One H200 call: GPU tests of the backbone fast paths, `hsa info`, then `hsa bench model` rows.
 # Usage (on the device, from the repo root, with .whl carried): bash bench/model/h200_run.sh STAGE
 #   STAGE = tests | ramba | compare | all   (logs and JSON go to $OUT)
-set -u
+set +u
 . bench/device_env.sh
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
