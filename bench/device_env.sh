@@ -17,4 +17,6 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH=/tmp/pkgs:$PYTHONPATH
 export PYTHONUNBUFFERED=1
+# Keep autotuning results on disk too (Triton >= 3.2): later processes on this machine skip re-tuning.
+export TRITON_CACHE_AUTOTUNING=1
 set +e

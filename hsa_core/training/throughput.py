@@ -11,10 +11,9 @@ every position, backward, gradient clipping, fused AdamW. Per layout and shape i
 * ``tflops`` and ``mfu``: model FLOPs per token ``6 * N_matmul + 6 * attention`` (below), times
   tokens/s; MFU against the dense bf16 peak given (H200 SXM datasheet: 989 TFLOP/s);
 * ``peak_gib``: ``torch.cuda.max_memory_allocated`` over the timed steps;
-* ``parts_ms``: forward+backward time of each part measured alone on the inputs it received in
-  the model (one instance timed, times the number of instances): the backbone blocks by kind, the
-  HSA layers, the chunk-memory encoder, the selection, the LM head + loss, and the optimizer step.
-  ``other`` is the step minus their sum (embedding, final norm, gradient clipping, launch gaps).
+* ``parts_ms``: where the GPU time of one profiled step goes, by kernel family (:data:`KERNEL_FAMILIES`:
+  the SSD scan, HSA kernels, matmuls, norms, ...), from ``torch.profiler``; the step time not spent
+  in any kernel is reported as idle (launch gaps, host work). ``top_kernels``: the 25 costliest.
 
 FLOPs counted (the convention of the PaLM/Megatron MFU formula): every ``nn.Linear`` and embedding
 used as the LM head, 6 per parameter per token (forward 2, backward 4); the HSA attention,
@@ -34,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 __all__ = ["ModelBenchResult", "bench_layout", "equal_transformer_spec", "model_flops_per_token",
            "no_hsa_spec"]
@@ -58,6 +57,7 @@ class ModelBenchResult:
     first_step_s: float | None = None
     loss: float | None = None
     parts_ms: dict[str, float] = field(default_factory=dict)
+    top_kernels: list[tuple[str, float, int]] = field(default_factory=list)
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -129,97 +129,51 @@ def _sync() -> None:
     torch.cuda.synchronize()
 
 
-def _time_ms(fn: Callable[[], Any], reps: int = 5) -> float:
-    """Median CUDA-event time of ``fn`` over ``reps`` runs, after one warm-up run."""
-    fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
+# Kernel families of a profiled step, matched in this order against the kernel name (lower case).
+KERNEL_FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("HSA attention + selection", ("_hsa_", "hsa_", "inverse_index", "_select")),
+    ("Mamba2 SSD scan", ("chunk_scan", "chunk_state", "state_passing", "bmm_chunk", "chunk_cumsum", "ssd")),
+    ("gated RMSNorm (mamba-ssm)", ("_layer_norm_fwd", "_layer_norm_bwd")),
+    ("causal conv", ("causal_conv", "conv1d", "conv_depthwise", "depthwise")),
+    ("attention (SDPA)", ("flash", "fmha", "attention", "cudnn")),
+    ("matmul (projections, LM head)", ("gemm", "sm90", "cutlass", "nvjet", "xmma", "matmul", "cublas")),
+    ("optimizer", ("adam", "multi_tensor", "foreach")),
+    ("reductions (norms, softmax, loss)", ("reduce", "softmax", "logsumexp", "norm")),
+    ("elementwise and copies", ("elementwise", "vectorized", "copy", "cat", "index", "scatter", "gather",
+                                "fill", "unrolled", "triton_")),
+)
+
+
+def _family(kernel: str) -> str:
+    name = kernel.lower()
+    for family, keys in KERNEL_FAMILIES:
+        if any(k in name for k in keys):
+            return family
+    return "other kernels"
+
+
+def profile_step(step: Callable[[], Any]) -> tuple[dict[str, float], list[tuple[str, float, int]]]:
+    """GPU time of one training step by kernel family, and the 25 most expensive kernels.
+
+    Returns ``({family: ms}, [(kernel name, ms, calls), ...])`` from ``torch.profiler`` (CUDA activity
+    only: the time the GPU spent in each kernel; gaps between kernels are not in it).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
         _sync()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
-
-
-def _leaf(x: Any) -> Any:
-    """A detached copy of ``x`` whose floating tensors require grad (inputs of an isolated replay)."""
-    if isinstance(x, Tensor):
-        return x.detach().requires_grad_(x.is_floating_point())
-    if hasattr(x, "_fields"):  # NamedTuple (Selection)
-        return type(x)(*(_leaf(v) for v in x))
-    if hasattr(x, "__dataclass_fields__"):  # MemoryState
-        import dataclasses
-
-        return dataclasses.replace(x, **{f: _leaf(getattr(x, f)) for f in x.__dataclass_fields__})
-    return x
-
-
-def _first_tensor(out: Any) -> Tensor:
-    if isinstance(out, Tensor):
-        return out
-    if isinstance(out, (tuple, list)):
-        return _first_tensor(out[0])
-    if hasattr(out, "__dataclass_fields__"):  # MemoryState: k, v and landmarks all carry gradient
-        return out.k.float().sum() + out.v.float().sum() + out.landmarks.float().sum()
-    if hasattr(out, "weights"):  # Selection
-        return out.weights
-    raise TypeError(f"cannot time the output {type(out).__name__}")
-
-
-def _part_of(name: str, module: nn.Module, spec: Mapping[str, Any]) -> str | None:
-    from ..model import Block, RetrievalBlock
-
-    if name.startswith("layers.") and name.count(".") == 1:
-        i = int(name.split(".")[1])
-        if isinstance(module, Block):
-            return f"backbone:{spec['layers'][i]['kind']}"
-        if isinstance(module, RetrievalBlock):
-            return f"retrieval:{spec['layers'][i]['kind']}" + (" (+selection)" if module.retrieval else "")
-    if name.startswith("memories.") and name.count(".") == 1:
-        return "memory encoder"
-    if name.startswith("selections.") and name.count(".") == 1:
-        return "selection"
-    return None
-
-
-def _parts_ms(model: nn.Module, run_forward: Callable[[], Any], amp: torch.dtype) -> dict[str, float]:
-    """Each part's fwd+bwd time alone, times its number of instances (see the module docstring)."""
-    captured: dict[str, tuple[nn.Module, tuple, dict]] = {}
-    counts: dict[str, int] = {}
-    hooks = []
-    for name, module in model.named_modules():
-        part = _part_of(name, module, model.spec)
-        if part is None:
+    families: dict[str, float] = {}
+    kernels: list[tuple[str, float, int]] = []
+    for evt in prof.key_averages():
+        ms = getattr(evt, "device_time_total", getattr(evt, "cuda_time_total", 0.0)) / 1e3
+        device_type = str(getattr(evt, "device_type", "CUDA"))
+        if ms <= 0 or not device_type.endswith("CUDA"):
             continue
-        counts[part] = counts.get(part, 0) + 1
-
-        def pre(mod: nn.Module, args: tuple, kwargs: dict, part: str = part) -> None:
-            if part not in captured:
-                captured[part] = (mod, tuple(_leaf(a) for a in args), {k: _leaf(v) for k, v in kwargs.items()})
-
-        hooks.append(module.register_forward_pre_hook(pre, with_kwargs=True))
-    try:
-        with torch.no_grad():
-            run_forward()
-    finally:
-        for h in hooks:
-            h.remove()
-    times: dict[str, float] = {}
-    for part, (mod, args, kwargs) in captured.items():
-        def fwd_bwd(mod: nn.Module = mod, args: tuple = args, kwargs: dict = kwargs) -> None:
-            with torch.autocast("cuda", dtype=amp):
-                out = _first_tensor(mod(*args, **kwargs))
-            out.backward(torch.ones_like(out) if out.dim() else None)
-
-        try:
-            times[part] = _time_ms(fwd_bwd) * counts[part]
-        except Exception as exc:  # a part that cannot run alone is reported, not fatal
-            times[part] = float("nan")
-            print(f"  (part {part!r} not timed alone: {type(exc).__name__}: {exc})")
-    model.zero_grad(set_to_none=True)
-    return times
+        families[_family(evt.key)] = families.get(_family(evt.key), 0.0) + ms
+        kernels.append((evt.key[:120], ms, evt.count))
+    kernels.sort(key=lambda k: -k[1])
+    return dict(sorted(families.items(), key=lambda kv: -kv[1])), kernels[:25]
 
 
 def bench_layout(spec: Mapping[str, Any], *, name: str, variant: str, seq_len: int, batch: int,
@@ -227,9 +181,8 @@ def bench_layout(spec: Mapping[str, Any], *, name: str, variant: str, seq_len: i
                  peak_tflops: float = H200_BF16_PEAK_TFLOPS, seed: int = 0) -> ModelBenchResult:
     """Build ``spec`` on the current CUDA device and time training steps (see the module docstring).
 
-    Out of memory is a result (``error="out of memory"``), not an exception.
+    Out of memory, or any error while training, is a result (``error``: its first line), not an exception.
     """
-    from ..losses import linear_cross_entropy
     from ..model import HSALanguageModel
     from .segments import SegmentedForward
 
@@ -283,21 +236,10 @@ def bench_layout(spec: Mapping[str, Any], *, name: str, variant: str, seq_len: i
         res.tflops = model_flops_per_token(model, seq_len) * res.tokens_per_s / 1e12
         res.mfu = res.tflops / peak_tflops
         if parts:
-            res.parts_ms = _parts_ms(model, lambda: model.forward_hidden(inputs), amp)
-            hidden = torch.randn(batch * seq_len, model.d_model, device=device, requires_grad=True)
-
-            def head() -> None:
-                with torch.autocast("cuda", dtype=amp):
-                    out = linear_cross_entropy(hidden, model.lm_head.weight, targets.reshape(-1))
-                out.backward()
-
-            res.parts_ms["LM head + loss"] = _time_ms(head)
-            model.zero_grad(set_to_none=True)
-            for p in model.parameters():
-                p.grad = torch.zeros_like(p)
-            res.parts_ms["optimizer"] = _time_ms(optimizer.step)
-            measured = sum(v for v in res.parts_ms.values() if v == v)
-            res.parts_ms["other"] = ms - measured
+            res.parts_ms, res.top_kernels = profile_step(step)
+            res.parts_ms["idle (launch gaps, host)"] = max(0.0, ms - sum(res.parts_ms.values()))
     except torch.OutOfMemoryError:
         res.error = "out of memory"
+    except Exception as exc:  # a row that cannot train is a result too (its message, first line)
+        res.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
     return res
