@@ -11,7 +11,7 @@ Compares, at bf16, 16 query heads over 1 KV head, D=64, chunk 64, top-8, on the 
 selection:
   * this project's Triton HSA attention (forward, forward+backward; default ``schedule="auto"``, and
     the ``--variants`` columns: forced schedules, the atomic-dQ backward) and fused selection;
-  * the published HSA Triton kernel (``ops/hsa_triton.py`` of RamstorageAI/long-context-modeling), read
+  * the published HSA Triton kernel (the file ops/hsa_triton.py of RamstorageAI/long-context-modeling), read
     from a git-ignored folder (``--published``; never committed);
   * fla's NSA selected-branch kernel (``ParallelNSAFunction``, what ``parallel_nsa`` runs for the
     selected branch) with the same block indices;
@@ -176,7 +176,7 @@ def safe(label, fn, *args, **kwargs):
 
 # ------------------------------------------------------------------------------------------- inputs
 #: How the precomputed selection is drawn: ``uniform`` (each token its own K distinct visible chunks,
-#: the issue's protocol and the worst case: no two tokens share a K/V tile) or ``block`` (all tokens
+#: the kernel bar's protocol and the worst case: no two tokens share a K/V tile) or ``block`` (all tokens
 #: of a 64-token block share one draw: the best case for K/V reuse, closer to trained models, whose
 #: neighbouring tokens mostly pick the same chunks).
 SELECTIONS = ("uniform", "block")
@@ -370,7 +370,7 @@ def bench_selection(T, B):
 
 # ------------------------------------------------------------------------------------- correctness
 def check_correctness(T=8192, B=1):
-    """bf16 kernel error vs fp32 reference, next to plain PyTorch in bf16 (the issue's error bar)."""
+    """bf16 kernel error vs fp32 reference, next to plain PyTorch in bf16 (the kernel bar's error limit)."""
     from hsa_kernels.hsa_attention import hsa_attention_naive
 
     q, k, v, idx, w = make_inputs(T, B, dtype=torch.float32, seed=3)

@@ -261,9 +261,9 @@ class HSALanguageModel(nn.Module):
     def from_pretrained(cls, directory: str | Path, *, device: torch.device | str | None = None,
                         dtype: torch.dtype | None = None, host: PluginHost | None = None) -> HSALanguageModel:
         """Load a model directory written by :meth:`save_pretrained` (see :mod:`hsa_core.io`)."""
-        from .io import load_pretrained
+        from .io import load_model
 
-        return load_pretrained(directory, device=device, dtype=dtype, host=host)
+        return load_model(cls, directory, device=device, dtype=dtype, host=host)
 
     def save_pretrained(self, directory: str | Path, *, overwrite: bool = False) -> Path:
         """Write ``config.yaml``, ``config.json`` and ``model.safetensors`` atomically (:mod:`hsa_core.io`)."""

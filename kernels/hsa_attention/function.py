@@ -75,9 +75,9 @@ def hsa_attention_triton(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, weigh
     weights = weights.contiguous()
     needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, weights))
     if q.shape[1] == 1 and not needs_grad and q.is_cuda:
-        from ..hsa_decode import hsa_decode_triton  # one token x G heads: the decode path
-
-        return hsa_decode_triton(q, k, v, indices, weights, chunk_size=chunk_size, scale=scale, sink=sink)
+        # Decoding (hsa_kernels.hsa_decode): one token x G heads, query-outer, no LSE store.
+        return hsa_attention_fwd(q, k, v, indices, weights, chunk_size, scale, sink, schedule="query",
+                                 store_lse=False, launch=launch)[0]
     return HSAAttentionFunction.apply(q, k, v, indices, weights, chunk_size, scale, sink, schedule, atomic_dq,
                                       launch)
 
