@@ -45,8 +45,8 @@ NAMES = {p.name for p in TRACKED}
 
 def _docs() -> list[Path]:
     return sorted(p for p in TRACKED if p.suffix == ".md" and (
-        p.parent == ROOT or p.parent == ROOT / "docs" or p.name == "README.md"
-        and p.relative_to(ROOT).parts[0] in ("bench", "plugins")))
+        p.parent == ROOT or p.parent == ROOT / "docs" or (p.name == "README.md"
+        and p.relative_to(ROOT).parts[0] in ("bench", "plugins"))))
 
 
 def _docstrings(path: Path) -> list[tuple[int, str]]:

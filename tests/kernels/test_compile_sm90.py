@@ -32,6 +32,7 @@ def _run(case: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.triton
 @pytest.mark.parametrize("case", list(compile_check.CASES))
 def test_compiles_for_sm90(case: str) -> None:

@@ -46,6 +46,7 @@ def poisoned(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bwd_mod, "torch", PoisonTorch())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", SHAPES)
 def test_query_outer_fp32(shape: Shape, poisoned: None) -> None:
     check_attention(shape, torch.float32, 1e-5, empty_frac=0.2, schedule="query")

@@ -49,6 +49,7 @@ def _fwd(q, k, v, idx, w, schedule, launch):
     return fwd_mod.hsa_attention_fwd(q, k, v, idx.contiguous(), w, 16, 0.25, False, schedule=schedule, launch=launch)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("share", SHARES)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_block_fp32(shape: Shape, share: int, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -57,6 +58,7 @@ def test_block_fp32(shape: Shape, share: int, monkeypatch: pytest.MonkeyPatch) -
                     launch=AttentionLaunch(block_share_max=share))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("share", SHARES)
 @pytest.mark.parametrize("HQ,rows", [pytest.param(16, 64, id="G16-4-tokens"), pytest.param(4, 32, id="G4-2-tokens")])
 def test_block_shared_selection(share: int, HQ: int, rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -76,6 +78,7 @@ def test_block_fp16(share: int) -> None:
                     schedule="block", launch=AttentionLaunch(block_share_max=share))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("share", SHARES[:2])
 def test_block_one_chunk_repeated_slots(share: int) -> None:
     # C = 1, chunk 0 repeated across the slots of a row (a chunk a token counts twice), whole empty rows.
@@ -86,6 +89,7 @@ def test_block_one_chunk_repeated_slots(share: int) -> None:
         assert torch.equal(o[:, ::4], torch.zeros_like(o[:, ::4]))
 
 
+@pytest.mark.slow
 def test_block_paths_agree_and_are_deterministic() -> None:
     q, k, v, idx, w = attention_inputs(Shape(B=1, T=45, HQ=16, H=1, D=16, S=16, K=3), torch.float32, empty_frac=0.2)
     outs = {}
@@ -125,6 +129,7 @@ def _verdicts(monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
     return seen
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("selection", "min_repeated", "takes_blocks"), [
     pytest.param("shared", 0.5, True, id="shared-chunks-take-the-block-forward"),
     pytest.param("distinct", 0.5, False, id="distinct-chunks-stay-token-by-token"),
@@ -158,6 +163,7 @@ def test_auto_without_neighbours_runs_query_outer(monkeypatch: pytest.MonkeyPatc
     assert verdicts == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", SHAPES[:3])
 def test_auto_fp32_random_and_shared(shape: Shape) -> None:
     q, k, v, _, _ = attention_inputs(shape, torch.float32)
