@@ -30,6 +30,13 @@ from .launch import AttentionLaunch, contiguous_rows, dot_precision, settings_fo
 
 
 @triton.jit
+def _chunk_coords(chunk, C, H):
+    """(b, h, c) of the flat chunk id ``(b*H + h)*C + c`` of the inverse index."""
+    bh = chunk // C
+    return bh // H, bh % H, chunk % C
+
+
+@triton.jit
 def _hsa_bwd_fused_kernel(
     Q, K, V, W, DO, LSE, ORDER, SEG_CHUNK, SEG_START, SEG_END, WS_K, WS_V, DQP, DW,
     T, C, H, G,
@@ -60,10 +67,7 @@ def _hsa_bwd_fused_kernel(
         return
     start = tl.load(SEG_START + sid).to(tl.int64)
     end = tl.load(SEG_END + sid).to(tl.int64)
-    bh = chunk // C
-    c = chunk % C
-    b = bh // H
-    h = bh % H
+    b, h, c = _chunk_coords(chunk, C, H)
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_D)
     offs_r = tl.arange(0, BLOCK_P * BLOCK_G)
@@ -164,10 +168,7 @@ def _hsa_bwd_kv_reduce_kernel(
     chunk = tl.program_id(0).to(tl.int64)
     first = tl.load(SEG_FIRST + chunk).to(tl.int64)
     count = tl.load(SEG_COUNT + chunk)
-    bh = chunk // C
-    c = chunk % C
-    b = bh // H
-    h = bh % H
+    b, h, c = _chunk_coords(chunk, C, H)
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_D)
     tile = offs_s[:, None] * BLOCK_D + offs_d[None, :]

@@ -63,6 +63,15 @@ def _chunk_attend(q, kt, vt, smask, qk_scale, S: tl.constexpr, BLOCK_S: tl.const
 
 
 @triton.jit
+def _tile_offsets(G, S, D, BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Offsets of a tile's head rows, chunk rows and feature columns, and their in-range masks."""
+    offs_g = tl.arange(0, BLOCK_G)
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    return offs_g, offs_s, offs_d, offs_g < G, offs_s < S, offs_d < D
+
+
+@triton.jit
 def _block_distinct(IDX, b, h, t0, T, H, C, TOPK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr):
     """The selection of tokens t0 .. t0+BLOCK_T-1 (one KV head) and its distinct chunks.
 
@@ -127,12 +136,7 @@ def _hsa_fwd_kernel(
     if SKIP_SHARED:  # noqa: SIM102 (a constexpr branch, compiled out when False)
         if tl.load(SHARED + bh * NB + t // BLOCK_T) != 0:
             return
-    offs_g = tl.arange(0, BLOCK_G)
-    offs_s = tl.arange(0, BLOCK_S)
-    offs_d = tl.arange(0, BLOCK_D)
-    gmask = offs_g < G
-    dmask = offs_d < D
-    smask = offs_s < S
+    offs_g, offs_s, offs_d, gmask, smask, dmask = _tile_offsets(G, S, D, BLOCK_G, BLOCK_S, BLOCK_D)
 
     q_ptrs = Q + b * stride_qb + t * stride_qt + (h * G + offs_g)[:, None] * stride_qh + offs_d[None, :]
     q = tl.load(q_ptrs, mask=gmask[:, None] & dmask[None, :], other=0.0)
@@ -202,12 +206,7 @@ def _hsa_fwd_block_kernel(
         return
     offs_k = tl.arange(0, BLOCK_K)
     offs_e = tl.arange(0, BLOCK_T * BLOCK_K)
-    offs_g = tl.arange(0, BLOCK_G)
-    offs_s = tl.arange(0, BLOCK_S)
-    offs_d = tl.arange(0, BLOCK_D)
-    gmask = offs_g < G
-    dmask = offs_d < D
-    smask = offs_s < S
+    offs_g, offs_s, offs_d, gmask, smask, dmask = _tile_offsets(G, S, D, BLOCK_G, BLOCK_S, BLOCK_D)
     kvmask = smask[:, None] & dmask[None, :]
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh

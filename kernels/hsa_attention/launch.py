@@ -11,13 +11,14 @@ Also here: the small helpers both directions use (rows per program, dot precisio
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from types import MappingProxyType
 
 import torch
 import triton
 from torch import Tensor
+
+from ..arch import check_counts, row_for
 
 
 @dataclass(frozen=True)
@@ -59,17 +60,10 @@ class AttentionLaunch:
     bwd_seg: int = 1024
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name == "auto_min_repeated":
-                if not 0.0 <= value <= 1.0:
-                    raise ValueError(f"AttentionLaunch.auto_min_repeated must be in [0, 1], got {value!r}")
-            elif f.name == "block_share_max":
-                if not isinstance(value, int) or value < 0:
-                    raise ValueError(f"AttentionLaunch.block_share_max must be an int >= 0, got {value!r}")
-            elif not (value is None and f.name in ("fwd_warps", "bwd_warps")) and (
-                    not isinstance(value, int) or value < 1):
-                raise ValueError(f"AttentionLaunch.{f.name} must be an int >= 1, got {value!r}")
+        check_counts(self, optional=("fwd_warps", "bwd_warps"), minimum={"block_share_max": 0},
+                     skip=("auto_min_repeated",))
+        if not 0.0 <= self.auto_min_repeated <= 1.0:
+            raise ValueError(f"AttentionLaunch.auto_min_repeated must be in [0, 1], got {self.auto_min_repeated!r}")
 
 
 #: compute capability major*10 + minor -> settings measured there.
@@ -80,10 +74,7 @@ FALLBACK = AttentionLaunch()
 
 def settings_for(device: torch.device) -> AttentionLaunch:
     """The launch settings for ``device`` (its architecture's row of :data:`MEASURED`, else :data:`FALLBACK`)."""
-    if device.type != "cuda":
-        return FALLBACK
-    major, minor = torch.cuda.get_device_capability(device)
-    return MEASURED.get(major * 10 + minor, FALLBACK)
+    return row_for(device, MEASURED, FALLBACK)
 
 
 def block_g(G: int) -> int:

@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..arch import check_counts, row_for
 from .naive import fusion_weights, hsa_select_naive
 
 
@@ -131,9 +132,7 @@ class SelectLaunch:
     stages: int = 3
 
     def __post_init__(self) -> None:
-        for name, value in vars(self).items():
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"SelectLaunch.{name} must be an int >= 1, got {value!r}")
+        check_counts(self)
 
 
 #: compute capability major*10 + minor -> settings measured there (H200 at T=128K, d_r=1024: 128x128
@@ -145,10 +144,7 @@ FALLBACK = SelectLaunch()
 
 def select_settings_for(device: torch.device) -> SelectLaunch:
     """The launch settings for ``device`` (its architecture's row of :data:`MEASURED`, else :data:`FALLBACK`)."""
-    if device.type != "cuda":
-        return FALLBACK
-    major, minor = torch.cuda.get_device_capability(device)
-    return MEASURED.get(major * 10 + minor, FALLBACK)
+    return row_for(device, MEASURED, FALLBACK)
 
 
 # Tokens per block of the gather-based backward (bounds its (Tb, K, dr) temporaries).

@@ -28,6 +28,16 @@ class Shape:
     sink: bool = False
 
 
+#: The interpreter-sized attention cases, by the corner each covers (ids through ``pytest.param`` there).
+SMALL_SHAPES: dict[str, Shape] = {
+    "G16-oddT": Shape(B=1, T=37, HQ=16, H=1, D=32, S=16, K=3),
+    "G3-padded-rows-sink-B2": Shape(B=2, T=41, HQ=3, H=1, D=16, S=16, K=2, sink=True),
+    "G1-two-kv-heads": Shape(B=1, T=45, HQ=2, H=2, D=32, S=16, K=4),
+    "D24-K3-not-pow2": Shape(B=1, T=33, HQ=4, H=1, D=24, S=16, K=3),
+    "S24-not-pow2-sink": Shape(B=1, T=40, HQ=2, H=1, D=16, S=24, K=2, sink=True),
+}
+
+
 def rel_err(a: Tensor, ref: Tensor) -> float:
     """||a - ref|| / ||ref|| in fp64 (NaN anywhere -> inf)."""
     a, ref = a.double(), ref.double()

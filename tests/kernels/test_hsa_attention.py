@@ -18,6 +18,7 @@ from hsa_kernels.hsa_attention import AttentionLaunch, hsa_attention_naive, hsa_
 
 from .helpers import (
     DEV,
+    SMALL_SHAPES,
     PoisonTorch,
     Shape,
     attention_inputs,
@@ -29,13 +30,7 @@ from .helpers import (
 
 pytestmark = pytest.mark.triton
 
-SHAPES = [
-    pytest.param(Shape(B=1, T=37, HQ=16, H=1, D=32, S=16, K=3), id="G16-oddT"),
-    pytest.param(Shape(B=2, T=41, HQ=3, H=1, D=16, S=16, K=2, sink=True), id="G3-padded-rows-sink-B2"),
-    pytest.param(Shape(B=1, T=45, HQ=2, H=2, D=32, S=16, K=4), id="G1-two-kv-heads"),
-    pytest.param(Shape(B=1, T=33, HQ=4, H=1, D=24, S=16, K=2), id="D24-not-pow2"),
-    pytest.param(Shape(B=1, T=40, HQ=2, H=1, D=16, S=24, K=2, sink=True), id="S24-not-pow2-sink"),
-]
+SHAPES = [pytest.param(shape, id=name) for name, shape in SMALL_SHAPES.items()]
 SMALL = Shape(B=1, T=36, HQ=4, H=1, D=16, S=16, K=2, sink=True)
 
 

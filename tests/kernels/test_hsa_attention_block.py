@@ -19,6 +19,7 @@ from hsa_kernels.hsa_attention import AttentionLaunch, hsa_attention_naive
 
 from .helpers import (
     DEV,
+    SMALL_SHAPES,
     PoisonTorch,
     Shape,
     attention_inputs,
@@ -36,13 +37,7 @@ pytestmark = pytest.mark.triton
 ALWAYS, NEVER = 1 << 20, 0
 SHARES = [pytest.param(ALWAYS, id="every-block-shared"), pytest.param(NEVER, id="no-block-shared"),
           pytest.param(16, id="share-max-16")]
-SHAPES = [
-    pytest.param(Shape(B=1, T=37, HQ=16, H=1, D=32, S=16, K=3), id="G16-4-tokens-per-block-oddT"),
-    pytest.param(Shape(B=2, T=41, HQ=3, H=1, D=16, S=16, K=2, sink=True), id="G3-padded-rows-sink-B2"),
-    pytest.param(Shape(B=1, T=45, HQ=2, H=2, D=32, S=16, K=4), id="G1-two-kv-heads"),
-    pytest.param(Shape(B=1, T=33, HQ=4, H=1, D=24, S=16, K=3), id="D24-K3-not-pow2"),
-    pytest.param(Shape(B=1, T=40, HQ=2, H=1, D=16, S=24, K=2, sink=True), id="S24-not-pow2-sink"),
-]
+SHAPES = [pytest.param(shape, id=name) for name, shape in SMALL_SHAPES.items()]
 
 
 def _fwd(q, k, v, idx, w, schedule, launch):

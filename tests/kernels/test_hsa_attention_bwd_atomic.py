@@ -65,6 +65,7 @@ def _check(q, k, v, idx, w, S, sink, tol, monkeypatch, seg: int = 1024):
     return o, grads
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("shape", "seg", "empty_frac"), [
     pytest.param(Shape(B=1, T=37, HQ=16, H=1, D=16, S=16, K=3), 1024, 0.2, id="G16-oddT"),
     pytest.param(Shape(B=2, T=41, HQ=3, H=1, D=16, S=16, K=2, sink=True), 4, 0.3, id="G3-sink-B2-seg4"),
@@ -85,6 +86,7 @@ def test_atomic_dq_fp16(G: int, sink: bool, seg: int, monkeypatch: pytest.Monkey
     _check(q, k, v, idx, w, 16, sink, 3e-3, monkeypatch, seg=seg)
 
 
+@pytest.mark.slow
 def test_atomic_dq_all_empty_rows_and_one_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
     # C = 1: every valid slot is chunk 0, repeated across slots, so one atomic_add call carries several
     # contributions to the same dq32 row; whole rows of empty slots must get dq exactly 0.

@@ -32,6 +32,7 @@ def _check(B, T, Hr, dr, C, S, K, q_offset, window, weighting, dtype=torch.float
     return idx, w
 
 
+@pytest.mark.slow
 @pytest.mark.triton
 @pytest.mark.parametrize(
     "B,T,Hr,dr,C,S,K,q_offset,window,weighting",

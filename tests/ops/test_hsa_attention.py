@@ -27,9 +27,9 @@ def _case(B, T, S, H, G, D, topk, q_offset=0, dtype=torch.float64):
 @pytest.mark.parametrize(
     "B,T,S,H,G,D,topk,q_offset",
     [
-        (2, 23, 4, 1, 1, 8, 3, 0),    # G = 1
-        (1, 19, 3, 2, 3, 4, 8, 0),    # G = 3, topk > visible chunks
-        (1, 11, 4, 1, 16, 8, 2, 9),   # G = 16, q_offset > 0
+        pytest.param(2, 23, 4, 1, 1, 8, 3, 0, id="G1"),
+        pytest.param(1, 19, 3, 2, 3, 4, 8, 0, id="G3-topk-above-visible-chunks"),
+        pytest.param(1, 11, 4, 1, 16, 8, 2, 9, id="G16-q-offset"),
     ],
 )
 def test_matches_brute_force(B, T, S, H, G, D, topk, q_offset, sink):
