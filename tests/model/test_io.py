@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+import hsa_core
 from hsa_core.errors import HSAError
 from hsa_core.io import read_config, save_pretrained
 from hsa_core.layout import resolve
@@ -62,7 +63,7 @@ def test_refuses_then_replaces_atomically(tiny: Layout, host: PluginHost, tmp_pa
     save_pretrained(other, target, overwrite=True)
     assert not (target / "notes.txt").exists()  # the whole directory was swapped, not patched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
-    assert HSALanguageModel.from_pretrained(target, host=host).vocab_size == 50
+    assert hsa_core.load_pretrained(target, host=host).vocab_size == 50
 
 
 def test_dtype_and_mismatch(tiny: Layout, host: PluginHost, tmp_path: Path) -> None:
