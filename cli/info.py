@@ -39,19 +39,18 @@ def collect() -> dict[str, Any]:
     """Everything ``hsa info`` reports, as a JSON-ready dict."""
     import torch
 
-    from hsa_core.ops import backend_for
-    from hsa_core.ops.dispatch import TRITON_ENTRY_POINTS
+    from hsa_core.ops import KERNEL_OPS, backend_for
 
     cuda = torch.cuda.is_available()
     devices = ["cpu"] + (["cuda"] if cuda else [])
     backends: dict[str, dict[str, str]] = {}
     # Every op with a dispatch point (hsa_select, hsa_attention, hsa_decode, ... as kernels land).
-    for op in sorted(TRITON_ENTRY_POINTS):
+    for op in sorted(KERNEL_OPS):
         backends[op] = {}
         for device in devices:
             try:
                 backends[op][device] = backend_for(op, device)
-            except (RuntimeError, ValueError) as exc:  # e.g. HSA_BACKEND=triton without kernels
+            except (ImportError, RuntimeError, ValueError) as exc:  # e.g. HSA_BACKEND=triton without Triton
                 backends[op][device] = f"unavailable ({exc})"
     return {
         "python": platform.python_version(),

@@ -37,7 +37,7 @@ from .interfaces import Mixer, MixerState
 from .modules import ChunkMemory, MemoryState, Retrieval, RMSNorm, Selection, SwiGLU
 from .plugins import PluginHost, get_host
 
-__all__ = ["Block", "HSALanguageModel", "ModelCache", "ModelOutput", "RetrievalBlock"]
+__all__ = ["Block", "HSALanguageModel", "ModelCache", "ModelOutput", "RetrievalBlock", "load_pretrained"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -264,9 +264,9 @@ class HSALanguageModel(nn.Module):
     def from_pretrained(cls, directory: str | Path, *, device: torch.device | str | None = None,
                         dtype: torch.dtype | None = None, host: PluginHost | None = None) -> HSALanguageModel:
         """Load a model directory written by :meth:`save_pretrained` (see :mod:`hsa_core.io`)."""
-        from .io import load_pretrained
+        from .io import load_model
 
-        return load_pretrained(directory, device=device, dtype=dtype, host=host)
+        return load_model(cls, directory, device=device, dtype=dtype, host=host)
 
     def save_pretrained(self, directory: str | Path, *, overwrite: bool = False) -> Path:
         """Write ``config.yaml``, ``config.json`` and ``model.safetensors`` atomically (:mod:`hsa_core.io`)."""
@@ -427,3 +427,9 @@ class HSALanguageModel(nn.Module):
             logits = logits.masked_fill(logits < kth, float("-inf"))
         probs = torch.softmax(logits, dim=-1)
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def load_pretrained(directory: str | Path, *, device: torch.device | str | None = None,
+                    dtype: torch.dtype | None = None, host: PluginHost | None = None) -> HSALanguageModel:
+    """Load a model directory written by ``save_pretrained``: :meth:`HSALanguageModel.from_pretrained`."""
+    return HSALanguageModel.from_pretrained(directory, device=device, dtype=dtype, host=host)

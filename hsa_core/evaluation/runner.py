@@ -63,7 +63,7 @@ def run_eval(run: str | Path, task: str, lengths: list[int], depths: list[float 
     Returns:
         ``(result, json path, png path)``.
     """
-    from ..io import load_pretrained
+    from ..model import HSALanguageModel
     from ..tasks import make_task
     from ..training.distributed import resolve_device
     from .report import heatmap, write_json
@@ -72,7 +72,7 @@ def run_eval(run: str | Path, task: str, lengths: list[int], depths: list[float 
     mdir = model_dir_of(run)
     dev = resolve_device(device)
     amp = torch.bfloat16 if (dtype == "bf16" or (dtype == "auto" and dev.type == "cuda")) else None
-    model = load_pretrained(mdir, device=dev)
+    model = HSALanguageModel.from_pretrained(mdir, device=dev)
     opts, train_len = task_options_for(run, task, model.spec, dict(task_overrides or {}))
     t = make_task(task, **opts)
     too_short = [n for n in lengths if n < t.min_length()]

@@ -460,9 +460,7 @@ def _load_weights(model: nn.Module, directory: Path, device: torch.device) -> No
     from safetensors.torch import load_model
 
     if hasattr(model, "save_pretrained"):
-        from ..io import load_pretrained
-
-        loaded = load_pretrained(directory, device=device)
+        loaded = type(model).from_pretrained(directory, device=device)
         model.load_state_dict(loaded.state_dict())
         return
     load_model(model, str(directory / "model.safetensors"), device=str(device))

@@ -1,5 +1,6 @@
-"""``hsa_kernels.benchmark`` on CPU: option parsing, variants, the markdown writer, and run_benchmark's
-files with the GPU parts replaced (the timings themselves need a CUDA GPU and are not tested here)."""
+"""``bench/bench_kernels.py`` (the kernel benchmark harness) on CPU: option parsing, variants, the markdown
+writer, and run_benchmark's files with the GPU parts replaced (the timings themselves need a CUDA GPU
+and are not tested here). Loaded the way ``hsa bench kernels`` loads it, from the checkout."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from hsa_kernels import benchmark
+from hsa_cli.bench import load_kernel_bench
 from optional_deps import skip_unless_required
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results" / "h200"
+benchmark = load_kernel_bench()
 
 
 def _row(name: str, fwd: float | None, fwdbwd: float | None = None, **extra) -> dict:
@@ -28,13 +30,13 @@ def _row(name: str, fwd: float | None, fwdbwd: float | None = None, **extra) -> 
 
 def _results(*, with_competitors: bool = True, correctness: bool = True) -> dict:
     """A hand-made results dict: one shape (T=4096, B=4), ours + one variant, optional competitors."""
-    rows = [_row("ours", 1.0, 4.0), _row("ours (TMA fwd)", 1.25, 4.5)]
+    rows = [_row("ours", 1.0, 4.0), _row("ours (token-block fwd)", 1.25, 4.5)]
     if with_competitors:
         rows += [_row("published HSA", 2.0, 20.0), _row("fla NSA selected", 1.5, None)]
     rows += [_row("SDPA flash", 8.0, 30.0, dense=True), _row("SDPA cuDNN", 6.0, 24.0, dense=True)]
     res = {"device": "Test GPU", "date": "2026-01-01 00:00 UTC", "command": "hsa bench kernels", "torch": "x",
            "triton": "y", "python": "3", "published_kernel": with_competitors, "fla_nsa": with_competitors,
-           "fwd_mode": "query",
+           "schedule": "auto",
            "shapes": [{"T": 4096, "B": 4, "attention": rows,
                        "selection": {"fused_ms": 0.5, "fused_mem_mb": 6.0, "dense_ms": 2.0, "dense_mem_mb": 320.0,
                                      "idx_agree_last8k": 1.0}}]}
@@ -67,44 +69,31 @@ def test_parse_shapes_errors_name_the_item(spec: str, needle: str) -> None:
 
 
 def test_parse_variants() -> None:
-    assert benchmark.parse_variants("chunk,tma") == {"chunk", "tma"}
-    assert benchmark.parse_variants(" TMA ") == {"tma"}
+    assert benchmark.parse_variants("query,block") == {"query", "block"}
+    assert benchmark.parse_variants(" BLOCK ") == {"block"}
     assert benchmark.parse_variants("") == set() and benchmark.parse_variants(None) == set()
-    with pytest.raises(ValueError, match=r"unknown variant.*foo.*known: chunk, tma"):
-        benchmark.parse_variants("chunk,foo")
+    assert benchmark.parse_variants(benchmark.DEFAULT_VARIANTS) == {"query", "block"}
+    # the deleted schedules are unknown now
+    with pytest.raises(ValueError, match=r"unknown variant.*chunk, tma.*known: query, block, atomic_dq"):
+        benchmark.parse_variants("query,tma,chunk")
 
 
-def test_attention_variants_labels_and_config_changes() -> None:
-    base = {"fwd_mode": "query", "use_tma": False}
-    both = benchmark.attention_variants(base, {"chunk", "tma"})
-    assert both == [("chunk-outer fwd", {"fwd_mode": "chunk"}), ("TMA fwd", {"fwd_mode": "query", "use_tma": True})]
-    assert benchmark.attention_variants(base, {"tma"}) == [both[1]]
-    assert benchmark.attention_variants(base, set()) == []
-    # with the chunk-outer forward as the default, the "chunk" variant is the other schedule
-    assert benchmark.attention_variants({"fwd_mode": "chunk", "use_tma": True}, {"chunk"}) == [
-        ("chunk-outer fwd", {"fwd_mode": "query"})]
-    # "index" flips the inverse-index implementation the backward uses
-    assert benchmark.attention_variants({**base, "index_impl": "torch"}, {"index"}) == [
-        ("other inverse index", {"index_impl": "triton"})]
-    assert benchmark.attention_variants({**base, "index_impl": "triton"}, {"index"}) == [
-        ("other inverse index", {"index_impl": "torch"})]
-    # "atomic": the chunk-outer forward with fp32 atomics, opt-in (not a default column)
-    assert benchmark.attention_variants(base, {"atomic"}) == [("chunk-outer atomic fwd", {"fwd_mode": "chunk_atomic"})]
-    assert "atomic" not in benchmark.parse_variants(benchmark.DEFAULT_VARIANTS)
-    assert benchmark.parse_variants("chunk,atomic") == {"chunk", "atomic"}
-    # "atomic_dq": the fused backward with fp32 atomic dQ, opt-in too
-    assert benchmark.attention_variants(base, {"atomic_dq"}) == [("fused bwd, atomic dQ", {"bwd_mode": "fused_atomic"})]
-    assert "atomic_dq" not in benchmark.parse_variants(benchmark.DEFAULT_VARIANTS)
-    assert benchmark.parse_variants("atomic,atomic_dq") == {"atomic", "atomic_dq"}
-    assert [lab for lab, _ in benchmark.attention_variants(base, {"atomic", "atomic_dq"})] == [
-        "chunk-outer atomic fwd", "fused bwd, atomic dQ"]
-    # every key of VARIANTS selects exactly its label
-    for key, label in benchmark.VARIANTS.items():
-        assert [lab for lab, _ in benchmark.attention_variants(base, {key})] == [label]
+def test_attention_variants_are_keyword_arguments_of_the_entry_point() -> None:
+    assert benchmark.attention_variants({"block", "query"}) == [("query-outer fwd", {"schedule": "query"}),
+                                                                ("token-block fwd", {"schedule": "block"})]
+    assert benchmark.attention_variants({"atomic_dq"}) == [("fused bwd, atomic dQ", {"atomic_dq": True})]
+    assert benchmark.attention_variants(set()) == []
+    import inspect
+
+    from hsa_kernels.hsa_attention import hsa_attention_triton
+
+    params = inspect.signature(hsa_attention_triton).parameters
+    for _, kwargs in benchmark.VARIANTS.values():
+        assert set(kwargs) <= set(params)
 
 
 def test_variant_names_from_results() -> None:
-    assert benchmark.variant_names(_results()) == ["ours (TMA fwd)"]
+    assert benchmark.variant_names(_results()) == ["ours (token-block fwd)"]
     assert benchmark.variant_names({"shapes": []}) == []
 
 
@@ -114,7 +103,7 @@ def test_markdown_tables_from_a_hand_made_results_dict() -> None:
     lines = md.splitlines()
     assert lines[0] == "# HSA kernels on Test GPU (2026-01-01 00:00 UTC)"
     assert "command: `hsa bench kernels`" in md
-    header = ("| T (batch) | ours (default: query-outer fwd) | ours (TMA fwd) | published HSA | fla NSA selected |"
+    header = ("| T (batch) | ours (default: auto fwd) | ours (token-block fwd) | published HSA | fla NSA selected |"
               " SDPA flash | SDPA cuDNN | ours vs published | ours vs NSA |")
     assert header in lines
     assert lines[lines.index(header) + 1] == "|---|---|---|---|---|---|---|---|---|"
@@ -140,10 +129,11 @@ def test_markdown_absent_competitors_read_dash() -> None:
     assert "Error vs fp32" not in md
 
 
-def test_markdown_reproduces_the_committed_run3_file() -> None:
-    """The writer moved from bench/bench_kernels.py unchanged: same markdown for a committed run."""
-    data = json.loads((RESULTS / "run3_final_64k.json").read_text())
-    assert benchmark.markdown(data) == (RESULTS / "run3_final_64k.md").read_text()
+@pytest.mark.parametrize("run", ["run7", "run7_block"])
+def test_markdown_reproduces_the_committed_tables(run: str) -> None:
+    """The committed results.md of the current tables is what the writer makes of their results.json."""
+    data = json.loads((RESULTS / run / "results.json").read_text())
+    assert benchmark.markdown(data) == (RESULTS / run / "results.md").read_text()
 
 
 # ------------------------------------------------------------------------------------- run_benchmark
@@ -161,9 +151,7 @@ def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> dict:
     monkeypatch.setattr(benchmark, "check_correctness", lambda: {"o": {"triton_bf16": 1.0, "torch_bf16": 1.0,
                                                                         "ratio": 1.0}})
     monkeypatch.setattr(benchmark, "load_nsa", lambda: None)
-    monkeypatch.setattr(benchmark, "run_mini_sweep", lambda: {"fwd": [], "select": []})
     monkeypatch.setattr(benchmark, "run_sweep", lambda: {"fwd": [1], "bwd": [], "select": []})
-    monkeypatch.setattr(benchmark, "_attention_config", lambda: {"fwd_mode": "query", "use_tma": False})
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU")
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     monkeypatch.setitem(__import__("sys").modules, "triton", types.SimpleNamespace(__version__="9.9"))
@@ -173,14 +161,15 @@ def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> dict:
 def test_run_benchmark_writes_the_same_files(fake_gpu: dict, tmp_path: Path) -> None:
     out = tmp_path / "h200"
     res = benchmark.run_benchmark([(4096, 4), (8192, 1)], out, published=tmp_path / "absent.py",
-                                  variants=["tma"], command="cmd", mini_sweep=True)
+                                  variants=["block"], command="cmd")
     assert [c[:2] for c in fake_gpu["shapes"]] == [(4096, 4), (8192, 1)]
-    assert all(c[2] is None and c[3] is None and c[4] == {"tma"} and c[5] == "uniform" for c in fake_gpu["shapes"])
+    assert all(c[2] is None and c[3] is None and c[4] == {"block"} and c[5] == "uniform" for c in fake_gpu["shapes"])
     assert list(res) == ["device", "date", "command", "torch", "triton", "python", "published_kernel", "fla_nsa",
-                         "shapes", "fwd_mode", "selection", "correctness", "mini_sweep"]
+                         "shapes", "schedule", "selection", "correctness"]
     assert res["published_kernel"] is False and res["fla_nsa"] is False and res["command"] == "cmd"
+    assert res["schedule"] == "auto"
     assert json.loads((out / "results.json").read_text()) == res
-    assert (out / "results.md").read_text() == benchmark.markdown({k: v for k, v in res.items() if k != "mini_sweep"})
+    assert (out / "results.md").read_text() == benchmark.markdown(res)
     try:
         import matplotlib  # noqa: F401
     except ImportError:
