@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ._common import EXIT_USAGE, PLUGIN_OPTION, console, fail, guarded, load_plugins
+from ._common import EXIT_USAGE, PLUGIN_OPTION, check_writable, console, fail, guarded, load_plugins
 
 
 @guarded
@@ -42,6 +42,8 @@ def eval_task(
         fail(str(exc), EXIT_USAGE)
     if not run.exists():
         fail(f"{run} does not exist", EXIT_USAGE)
+    # Before the evaluation, not after it: a long grid must not be lost to an unwritable folder.
+    check_writable(out if out is not None else run, option="--out" if out is not None else "RUN (the output folder)")
 
     def show(cell) -> None:
         d = "random" if cell.depth is None else f"{cell.depth:.2f}"

@@ -39,6 +39,7 @@ def collect() -> dict[str, Any]:
     """Everything ``hsa info`` reports, as a JSON-ready dict."""
     import torch
 
+    from hsa_core.errors import HSAError
     from hsa_core.ops import KERNEL_OPS, backend_for
 
     cuda = torch.cuda.is_available()
@@ -50,7 +51,7 @@ def collect() -> dict[str, Any]:
         for device in devices:
             try:
                 backends[op][device] = backend_for(op, device)
-            except (ImportError, RuntimeError, ValueError) as exc:  # e.g. HSA_BACKEND=triton without Triton
+            except (HSAError, ImportError, RuntimeError, ValueError) as exc:  # e.g. HSA_BACKEND=triton on CPU
                 backends[op][device] = f"unavailable ({exc})"
     return {
         "python": platform.python_version(),

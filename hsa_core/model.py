@@ -147,10 +147,16 @@ class RetrievalBlock(nn.Module):
         self.layer = layer
         self.retrieval = retrieval
         self.mlp = _MLP(d_model, mlp_hidden, norm_eps) if mlp_hidden else None
+        # The contract passes ``position=``; layers written before it was added do not take it.
+        self._pass_position = _accepts(layer.forward, "position")
 
-    def forward(self, h: Tensor, memory: MemoryState, selection: Selection) -> Tensor:
-        """h ``(B, T, d)``, the memory and the selection of these T tokens -> ``(B, T, d)``."""
-        h = h + self.layer(h, memory, selection).to(h.dtype)
+    def forward(self, h: Tensor, memory: MemoryState, selection: Selection, position: int = 0) -> Tensor:
+        """h ``(B, T, d)`` at absolute positions ``position..position+T-1``, the memory and the selection
+        of these T tokens -> ``(B, T, d)``."""
+        if self._pass_position:
+            h = h + self.layer(h, memory, selection, position=position).to(h.dtype)
+        else:
+            h = h + self.layer(h, memory, selection).to(h.dtype)
         if self.mlp is not None:
             h = h + self.mlp(h)
         return h
@@ -349,9 +355,9 @@ class HSALanguageModel(nn.Module):
                         shared[sel_name] = self.selections[sel_name](h, memory, position)
                     selection = shared[sel_name]
                 if ckpt:
-                    h = checkpoint(block, h, memory, selection, use_reentrant=False)
+                    h = checkpoint(block, h, memory, selection, position, use_reentrant=False)
                 else:
-                    h = block(h, memory, selection)
+                    h = block(h, memory, selection, position)
             self._build_memories(i + 1, h, mems)
         new_cache = ModelCache(states, mems, position + input_ids.shape[1]) if keep else None
         return self.norm_f(h), new_cache

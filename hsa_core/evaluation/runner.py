@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any
 
 import torch
 
+from ..errors import InvalidFileError
 from .core import CellResult, EvalResult, evaluate
 
 
@@ -26,7 +26,7 @@ def model_dir_of(run: str | Path) -> Path:
     latest = latest_checkpoint(run)
     if latest is not None:
         return latest / "model"
-    raise FileNotFoundError(f"{run} is neither a run directory (no model/ or checkpoints/) nor a model directory")
+    raise InvalidFileError(f"{run} is neither a run directory (no model/ or checkpoints/) nor a model directory")
 
 
 def task_options_for(run: Path, task: str, spec: dict[str, Any], overrides: dict[str, Any]) -> tuple[
@@ -40,9 +40,14 @@ def task_options_for(run: Path, task: str, spec: dict[str, Any], overrides: dict
     train_len = None
     cfg_file = run / "train_config.json"
     if cfg_file.is_file():
-        saved = json.loads(cfg_file.read_text())
-        train_len = saved["config"].get("seq_len")
-        if saved["config"].get("task") == task:
+        from ..training.checkpoint import read_json
+
+        saved = read_json(cfg_file)
+        config = saved.get("config") if isinstance(saved, dict) else None
+        if not isinstance(config, dict) or not isinstance(saved.get("task_options", {}), dict):
+            raise InvalidFileError(f"{cfg_file}: expected an object with 'config' and 'task_options'")
+        train_len = config.get("seq_len")
+        if config.get("task") == task:
             opts.update(saved.get("task_options", {}))
     opts.update(overrides)
     if "vocab_size" in info.defaults:

@@ -17,17 +17,28 @@ from typing import Any
 import hsa_kernels
 import torch
 
+from ..errors import MissingDependencyError, UsageError, truncate
+
 BACKENDS = ("auto", "torch", "triton")
 #: The ops with a Triton implementation (what ``hsa info`` reports a backend for).
 KERNEL_OPS: tuple[str, ...] = hsa_kernels.OPS
 
 
 def requested_backend() -> str:
-    """``HSA_BACKEND`` (default ``auto``). Raises ValueError for any other value."""
+    """``HSA_BACKEND`` (default ``auto``).
+
+    Raises:
+        UsageError: any other value (exit code 2 in the CLI).
+    """
     value = os.environ.get("HSA_BACKEND", "auto").strip().lower() or "auto"
     if value not in BACKENDS:
-        raise ValueError(f"environment variable HSA_BACKEND={value!r} is not one of {', '.join(BACKENDS)}")
+        raise UsageError(f"environment variable HSA_BACKEND={truncate(repr(value), 40)} is not one of "
+                         f"{', '.join(BACKENDS)}")
     return value
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0")
 
 
 def backend_for(op: str, device: torch.device | str) -> str:
@@ -40,12 +51,17 @@ def backend_for(op: str, device: torch.device | str) -> str:
     choice = requested_backend()
     if choice == "torch":
         return "torch"
+    dev = torch.device(device)
     if not hsa_kernels.triton_available():
         if choice == "triton":
-            raise RuntimeError(f"HSA_BACKEND=triton but Triton is not installed, so no kernel for '{op}' "
-                               "(install it with: pip install 'hsa-toolkit[triton]')")
+            raise MissingDependencyError(f"HSA_BACKEND=triton ('{op}')", "triton", "triton")
         return "torch"
-    if choice == "auto" and torch.device(device).type != "cuda":
+    if choice == "triton":
+        # Triton compiles for GPUs; on any other device only its interpreter runs the kernels.
+        if dev.type != "cuda" and not _interpreting():
+            raise UsageError(f"HSA_BACKEND=triton cannot run '{op}' on {dev.type}: Triton kernels need CUDA, or "
+                             "TRITON_INTERPRET=1 (slow, for tests); use HSA_BACKEND=auto or torch")
+    elif dev.type != "cuda":
         return "torch"
     hsa_kernels.triton_entry(op)  # imported now: a broken kernel module raises here
     return "triton"

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..errors import InvalidFileError, UsageError
 from ..tasks import Task, TaskBatch, make_task
 from . import checkpoint as ckpt
 from .config import TrainConfig, lr_at
@@ -30,18 +31,30 @@ from .segments import SegmentedForward, detach_states
 ModelFactory = Callable[[Mapping[str, Any]], nn.Module]
 
 
-class RunExistsError(RuntimeError):
+class RunExistsError(UsageError):
     """The run directory already has checkpoints and ``resume`` was not asked for."""
+
+
+class NoCheckpointError(UsageError):
+    """``resume`` was asked for, but the run directory has no complete checkpoint."""
 
 
 @dataclass
 class TrainResult:
+    """What a call of :func:`train` did: steps ``start_step + 1 .. step`` of ``total_steps``.
+
+    ``final_loss`` is the loss of the last step *of the run* (from ``metrics.jsonl`` when this call
+    had nothing left to do); ``seconds`` is this call's wall time.
+    """
+
     run: Path
     step: int
     final_loss: float
     metrics: list[dict[str, Any]]
     seconds: float
     eval: dict[str, Any] | None = None
+    start_step: int = 0
+    total_steps: int | None = None
 
 
 def default_model_factory(spec: Mapping[str, Any]) -> nn.Module:
@@ -104,11 +117,20 @@ class _Logger:
     def __init__(self, path: Path, enabled: bool, resume_step: int | None) -> None:
         self.path, self.enabled = path, enabled
         self.records: list[dict[str, Any]] = []
+        self.dropped = 0  # unreadable lines left out on resume (e.g. a line cut by kill -9)
         if not enabled:
             return
         if resume_step is not None and path.is_file():
-            kept = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            kept = [r for r in kept if r.get("step", 0) <= resume_step]
+            kept = []
+            for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+                try:
+                    record = json.loads(line) if line.strip() else None
+                except json.JSONDecodeError:
+                    record = None
+                    self.dropped += 1
+                if isinstance(record, dict):
+                    kept.append(record)
+            kept = [r for r in kept if isinstance(r.get("step", 0), int) and r.get("step", 0) <= resume_step]
             ckpt.write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
             self.records = kept
         elif path.exists():
@@ -149,7 +171,8 @@ def train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: str | Path, *, 
         cfg: the training configuration (on resume the checkpoint's configuration is used instead).
         spec: the layout (canonical or raw); on resume ``None`` = the checkpoint's.
         run: run directory.
-        resume: continue from the newest complete checkpoint (start fresh when there is none).
+        resume: continue from the newest intact checkpoint (an unusable newer one is set aside, saying
+            so); :class:`NoCheckpointError` when there is none (never a silent fresh start).
         model_factory: ``spec -> model`` (default :meth:`HSALanguageModel.from_spec`).
         progress: show the rich progress bar (main rank).
         stop_after: stop (as if killed) after this many optimizer steps in total, without a final
@@ -183,19 +206,24 @@ def train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: str | Path, *, 
 def _train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: Path, resume: bool, factory: ModelFactory,
            show_progress: bool, stop_after: int | None, env: DistEnv, say: Callable[[str], None],
            t_start: float, resume_steps: int | None, time_limit: float | None = None) -> TrainResult:
-    latest = ckpt.latest_checkpoint(run)
+    candidates = ckpt.complete_checkpoints(run)
     state: dict[str, Any] | None = None
-    if latest is not None and not resume:
-        raise RunExistsError(f"{run} already has checkpoints ({latest.name}); pass --resume to continue "
+    resumed: _Resumed | None = None
+    latest: Path | None = None
+    if candidates and not resume:
+        raise RunExistsError(f"{run} already has checkpoints ({candidates[0].name}); pass --resume to continue "
                              f"or choose another --out")
-    if latest is not None:
-        state = ckpt.read_trainer_state(latest)
+    if resume and not candidates:
+        # Never a silent fresh start: it would overwrite the run's metrics.jsonl and model/.
+        raise NoCheckpointError(f"--resume: {run} has no complete checkpoint to resume from; run without "
+                                f"--resume to start a new run there")
+    if candidates:
+        resumed = _load_newest_intact(run, candidates, env, say)
+        latest, state = resumed.path, resumed.trainer
         cfg = TrainConfig.from_dict(state["config"])
         if resume_steps is not None:  # the only setting a resume may change (to extend a run)
             cfg.steps = resume_steps
-        from ..io import read_config
-
-        spec = read_config(latest / "model")
+        spec = resumed.spec
         say(f"resuming {run} from {latest.name} (step {state['step']})")
     if spec is None:
         raise ValueError("no spec given and no checkpoint to resume from")
@@ -224,14 +252,16 @@ def _train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: Path, resume: 
 
     start_step, tokens_seen, carry_count = 0, 0, 0
     carried: list[Any] | None = None
-    if state is not None and latest is not None:
-        _load_weights(model, latest / "model", device)
-        optimizer.load_state_dict(torch.load(latest / "optimizer.pt", map_location=device, weights_only=False))
+    if state is not None and resumed is not None:
+        model.load_state_dict(resumed.weights)
+        try:
+            optimizer.load_state_dict(resumed.optimizer)
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise InvalidFileError(f"{resumed.path}: the optimizer state does not fit the model ({exc})") from None
         start_step, tokens_seen = int(state["step"]), int(state["tokens"])
         carry_count = int(state.get("carry_count", 0))
-        per_rank = torch.load(latest / f"rank_{env.rank:05d}.pt", map_location=device, weights_only=False)
-        ckpt.set_rng_state(per_rank["rng"], device)
-        carried = per_rank.get("carried")
+        ckpt.set_rng_state(resumed.per_rank["rng"], device)
+        carried = _to_device(resumed.per_rank.get("carried"), device)
 
     forward = SegmentedForward(model, cfg.state_reset_every)
     if cfg.compile:
@@ -242,7 +272,7 @@ def _train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: Path, resume: 
         # load the full optimizer state into it.
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-        full = torch.load(latest / "optimizer.pt", map_location=device, weights_only=False)  # type: ignore[operator]
+        full = resumed.optimizer  # type: ignore[union-attr]
         optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                       betas=(cfg.beta1, cfg.beta2))
         set_optimizer_state_dict(wrapped, optimizer, full, options=StateDictOptions(full_state_dict=True))
@@ -250,7 +280,12 @@ def _train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: Path, resume: 
         optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                       betas=(cfg.beta1, cfg.beta2))
 
+    if resumed is not None:  # loaded into the model and optimizer: free the host copies
+        resumed.weights, resumed.optimizer, resumed.per_rank = {}, None, {}
+
     logger = _Logger(run / "metrics.jsonl", env.is_main, start_step if state is not None else None)
+    if logger.dropped:
+        say(f"metrics.jsonl: left out {logger.dropped} unreadable line(s)")
     if env.is_main:
         run.mkdir(parents=True, exist_ok=True)
         ckpt.write_text_atomic(run / "train_config.json", json.dumps(
@@ -262,7 +297,8 @@ def _train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: Path, resume: 
 
     local = slice(env.rank * cfg.batch_size // env.world_size, (env.rank + 1) * cfg.batch_size // env.world_size)
     progress, pid = _progress(show_progress and env.is_main, cfg.steps, start_step)
-    last_loss = float("nan")
+    # The run's last loss so far: what a resume with nothing left to do reports.
+    last_loss = next((float(r["loss"]) for r in reversed(logger.records) if "loss" in r), float("nan"))
     eval_result: dict[str, Any] | None = None
     window_t, window_tokens = time.perf_counter(), 0
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
@@ -324,7 +360,85 @@ def _train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: Path, resume: 
         if final is not None:
             _publish_final(run, final)
     barrier(env)
-    return TrainResult(run, end, last_loss, logger.records, time.perf_counter() - t_start, eval_result)
+    return TrainResult(run, max(end, start_step), last_loss, logger.records, time.perf_counter() - t_start,
+                       eval_result, start_step=start_step, total_steps=cfg.steps)
+
+
+@dataclass
+class _Resumed:
+    """Everything read from one checkpoint, validated before the model is touched."""
+
+    path: Path
+    trainer: dict[str, Any]
+    spec: dict[str, Any]
+    weights: dict[str, Tensor]
+    optimizer: Any
+    per_rank: dict[str, Any]
+
+
+def _read_checkpoint(path: Path, rank: int) -> _Resumed:
+    """Read and check one checkpoint completely (JSON and safetensors only; no pickle).
+
+    Raises:
+        InvalidFileError / SpecError / OSError: anything missing, corrupt or inconsistent.
+    """
+    from ..io import load_pretrained, read_config
+
+    trainer = ckpt.read_trainer_state(path)
+    TrainConfig.from_dict(trainer["config"])
+    spec = read_config(path / "model")
+    weights = load_pretrained(path / "model").state_dict()  # checks the file and every shape
+    optimizer = ckpt.load_tree(path, "optimizer")
+    if not isinstance(optimizer, dict):
+        raise InvalidFileError(f"{path}: the optimizer state is not a mapping")
+    per_rank = ckpt.load_tree(path, f"rank_{rank:05d}")
+    if not isinstance(per_rank, dict) or not isinstance(per_rank.get("rng"), dict):
+        raise InvalidFileError(f"{path}: rank_{rank:05d} has no RNG state")
+    return _Resumed(path, trainer, spec, weights, optimizer, per_rank)
+
+
+def _load_newest_intact(run: Path, candidates: list[Path], env: DistEnv, say: Callable[[str], None]) -> _Resumed:
+    """The newest checkpoint every rank can read; unusable newer ones are set aside, saying so.
+
+    Raises:
+        InvalidFileError: no checkpoint is intact (each one's problem is listed).
+    """
+    from ..errors import HSAError
+
+    problems: list[str] = []
+    for i, path in enumerate(candidates):
+        loaded: _Resumed | None = None
+        problem = ""
+        try:
+            loaded = _read_checkpoint(path, env.rank)
+        except (HSAError, OSError, ValueError, KeyError, TypeError) as exc:
+            problem = str(exc)
+        if env.distributed:  # every rank must resume from the same step
+            bad = torch.tensor([0.0 if loaded is not None else 1.0], device=env.device)
+            if all_reduce_sum(bad, env).item() > 0 and loaded is not None:
+                loaded, problem = None, "unreadable on another rank"
+        if loaded is not None:
+            if problems and env.is_main:
+                for older in candidates[:i]:
+                    moved = ckpt.set_aside(older) if older.exists() else older
+                    say(f"set aside unusable checkpoint {older.name} as {moved.name}")
+            return loaded
+        problems.append(f"{path.name}: {problem}")
+        nxt = f"falling back to {candidates[i + 1].name}" if i + 1 < len(candidates) else "no older checkpoint"
+        say(f"checkpoint {path.name} is unusable ({problem}); {nxt}")
+        barrier(env)
+    raise InvalidFileError(f"{run}: no intact checkpoint to resume from: " + "; ".join(problems))
+
+
+def _to_device(obj: Any, device: torch.device) -> Any:
+    """Carried states (lists of dicts of tensors) moved to the training device."""
+    if isinstance(obj, Tensor):
+        return obj.to(device)
+    if isinstance(obj, list):
+        return [_to_device(v, device) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    return obj
 
 
 def _agree(flag: bool, env: DistEnv) -> bool:
@@ -420,10 +534,10 @@ def _save(run: Path, model: nn.Module, wrapped: nn.Module, optimizer: torch.opti
         tmp = ckpt.begin(run, step)
         tmp_name = tmp.name
         _write_model(model, msd, tmp / "model")
-        torch.save(osd, tmp / "optimizer.pt")
+        ckpt.save_tree(osd, tmp, "optimizer")  # no pickle: safetensors + JSON
         (tmp / "trainer.json").write_text(json.dumps(
             {"step": step, "tokens": tokens, "carry_count": carry_count, "config": cfg.to_dict(),
-             "world_size": env.world_size}, indent=2))
+             "world_size": env.world_size, "format": ckpt.FORMAT}, indent=2))
     if env.distributed:
         import torch.distributed as dist
 
@@ -431,7 +545,7 @@ def _save(run: Path, model: nn.Module, wrapped: nn.Module, optimizer: torch.opti
         dist.broadcast_object_list(box, src=0)
         tmp_name = box[0]
     tmp = run / "checkpoints" / str(tmp_name)
-    torch.save({"rng": ckpt.rng_state(env.device), "carried": carried}, tmp / f"rank_{env.rank:05d}.pt")
+    ckpt.save_tree({"rng": ckpt.rng_state(env.device), "carried": carried}, tmp, f"rank_{env.rank:05d}")
     barrier(env)
     if env.is_main:
         ckpt.commit(run, tmp, step, cfg.keep_checkpoints)
@@ -497,4 +611,5 @@ def train_losses(run: str | Path) -> list[float]:
     return [r["loss"] for r in read_metrics(run) if "loss" in r]
 
 
-__all__ = ["RunExistsError", "TrainConfig", "TrainResult", "lr_at", "read_metrics", "train", "train_losses"]
+__all__ = ["NoCheckpointError", "RunExistsError", "TrainConfig", "TrainResult", "lr_at", "read_metrics", "train",
+           "train_losses"]

@@ -34,10 +34,12 @@ def test_list_json_reports_provenance_and_availability(runner: CliRunner) -> Non
     assert tasks["passkey"]["plugin"] == "hsa_builtin_tasks" and "num_symbols" in tasks["passkey"]["options"]
 
 
-def test_list_table_names_the_extra_for_missing_deps(runner: CliRunner) -> None:
-    result = runner.invoke(app, ["list", "--plugin", str(TOY_PLUGIN)], env={"COLUMNS": "200"})
+def test_list_table_names_what_to_install_for_missing_deps(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["list", "--plugin", str(TOY_PLUGIN)], env={"COLUMNS": "300"})
     assert result.exit_code == 0, result.output
-    assert "hsa-toolkit[imaginary]" in result.stdout
+    # a --plugin file has no package: the missing module itself, never the toolkit's extra
+    assert "pip install hsa_test_module_that_does_not_exist" in result.stdout
+    assert "hsa-toolkit[imaginary]" not in result.stdout
 
 
 def test_info_reports_versions_and_backends(runner: CliRunner) -> None:

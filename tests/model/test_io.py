@@ -77,5 +77,6 @@ def test_dtype_and_mismatch(tiny: Layout, host: PluginHost, tmp_path: Path) -> N
     spec = json.loads((d / "config.json").read_text())
     spec["memories"]["mid"]["head_dim"] = 16
     (d / "config.json").write_text(json.dumps(spec))
+    (d / "config.yaml").unlink()  # (an edit of one config alone is refused: tests/model/test_io_errors.py)
     with pytest.raises(HSAError, match="does not match its config"):
         HSALanguageModel.from_pretrained(d, host=host)
