@@ -382,7 +382,8 @@ def _read_checkpoint(path: Path, rank: int) -> _Resumed:
     Raises:
         InvalidFileError / SpecError / OSError: anything missing, corrupt or inconsistent.
     """
-    from ..io import load_pretrained, read_config
+    from ..io import read_config
+    from ..model import load_pretrained
 
     trainer = ckpt.read_trainer_state(path)
     TrainConfig.from_dict(trainer["config"])

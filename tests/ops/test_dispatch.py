@@ -5,6 +5,7 @@ from __future__ import annotations
 import hsa_kernels
 import pytest
 
+from hsa_core.errors import MissingDependencyError
 from hsa_core.ops import KERNEL_OPS, backend_for
 
 
@@ -39,7 +40,7 @@ def test_without_triton_auto_runs_the_reference(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(hsa_kernels, "triton_entry", _broken)  # never reached
     assert backend_for("hsa_attention", "cuda") == "torch"
     monkeypatch.setenv("HSA_BACKEND", "triton")
-    with pytest.raises(RuntimeError, match=r"HSA_BACKEND=triton but Triton is not installed.*hsa-toolkit\[triton\]"):
+    with pytest.raises(MissingDependencyError, match=r"HSA_BACKEND=triton.*hsa-toolkit\[triton\]"):
         backend_for("hsa_attention", "cuda")
 
 
