@@ -152,6 +152,9 @@ def train(
     time_limit: float | None = typer.Option(
         None, "--time-limit", min=0, help="Stop after this many seconds of wall time: checkpoint, publish the "
         "model, exit 0 (the schedule is not shortened; --resume continues)."),
+    recipe: str | None = typer.Option(
+        None, "--recipe", help="Training recipe (name or YAML) whose settings replace the defaults of the flags "
+        "not given, e.g. ramba-paper (the RAMba paper's optimizer and training tricks)."),
     set_: list[str] | None = SET_OPTION,
     plugin: list[Path] | None = PLUGIN_OPTION,
 ) -> None:
@@ -174,7 +177,7 @@ def train(
         del meta
     check_writable(out)  # before any work: checkpoints and the model go there
     try:
-        cfg = TrainConfig(
+        values = dict(
             task=task, task_options=parse_task_options(task_option), seq_len=seq_len, batch_size=batch_size,
             loss_on=loss_on, concat_segments=concat_segments, steps=steps or 1000, lr=lr, min_lr_ratio=min_lr_ratio,
             warmup=warmup, weight_decay=weight_decay, grad_clip=grad_clip, state_reset_every=state_reset_every,
@@ -184,6 +187,14 @@ def train(
             eval_lengths=parse_lengths(eval_lengths) if eval_lengths else None,
             checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, fsdp=fsdp, compile=compile_,
             checkpoint_activations=checkpoint_activations)
+        if recipe is not None:
+            values = _with_recipe(ctx, recipe, values)
+        cfg = TrainConfig(**values)
+        if recipe is not None and os.environ.get("RANK", "0") == "0":
+            console().print(f"recipe {recipe}: " + ", ".join(
+                f"{k} {getattr(cfg, k)}" for k in ("lr", "min_lr_ratio", "warmup", "weight_decay", "beta1", "beta2",
+                                                  "state_reset_every", "carry_state", "memory_reset_every",
+                                                  "concat_segments", "dtype")))
         if resume:
             check_resume(ctx, out, cfg, spec_dict)
         result = run_training(cfg, spec_dict, out, resume=resume, progress=not no_progress, resume_steps=steps,
@@ -207,3 +218,17 @@ def train(
                         f"model in {out / 'model'}, metrics in {out / 'metrics.jsonl'}")
         if result.eval:
             console().print("eval exact match: " + ", ".join(f"{k} {v:.3f}" for k, v in result.eval.items()))
+
+
+def _with_recipe(ctx: typer.Context, recipe: str, values: dict) -> dict:
+    """The recipe's settings for every flag left at its default (flags given on the command line win)."""
+    from hsa_core.recipes import RecipeError, apply_recipe, load_recipe
+
+    try:
+        settings = load_recipe(recipe)
+    except RecipeError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--recipe") from None
+    # By name: typer may bring its own copy of click's ParameterSource enum.
+    sources = {name: ctx.get_parameter_source(name) for name in values}
+    explicit = {name for name, src in sources.items() if src is not None and src.name not in ("DEFAULT", "DEFAULT_MAP")}
+    return apply_recipe(settings, values, explicit)

@@ -35,6 +35,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .interfaces import Mixer, MixerState
 from .modules import ChunkMemory, MemoryState, Retrieval, RMSNorm, Selection, SwiGLU
+from .modules.init import apply_init
 from .plugins import PluginHost, get_host
 
 __all__ = ["Block", "HSALanguageModel", "ModelCache", "ModelOutput", "RetrievalBlock", "load_pretrained"]
@@ -139,6 +140,8 @@ class RetrievalBlock(nn.Module):
     """``h + layer(h, memory, selection)`` (the layer norms its own input), then an optional MLP.
 
     A multi-hop layer (non-shared selection) owns its :class:`~hsa_core.modules.Retrieval` here.
+    A layer with ``residual = False`` (an ``hsa`` option) is not added to the stream itself; it only
+    feeds the MLP: ``h + MLP(RMSNorm(h + layer(h)))`` (the authors' HSA+MLP sub-layer).
     """
 
     def __init__(self, d_model: int, layer: nn.Module, *, retrieval: Retrieval | None = None,
@@ -152,14 +155,17 @@ class RetrievalBlock(nn.Module):
 
     def forward(self, h: Tensor, memory: MemoryState, selection: Selection, position: int = 0) -> Tensor:
         """h ``(B, T, d)`` at absolute positions ``position..position+T-1``, the memory and the selection
-        of these T tokens -> ``(B, T, d)``."""
+        of these T tokens -> ``(B, T, d)``. A layer with ``residual = False`` (the published HSA-after-MLP
+        variant) feeds its residual sum to the MLP but adds only the MLP's output to ``h``."""
         if self._pass_position:
-            h = h + self.layer(h, memory, selection, position=position).to(h.dtype)
+            y = h + self.layer(h, memory, selection, position=position).to(h.dtype)
         else:
-            h = h + self.layer(h, memory, selection).to(h.dtype)
-        if self.mlp is not None:
-            h = h + self.mlp(h)
-        return h
+            y = h + self.layer(h, memory, selection).to(h.dtype)
+        if self.mlp is None:
+            return y
+        if getattr(self.layer, "residual", True):
+            return y + self.mlp(y)
+        return h + self.mlp(y)
 
 
 def _accepts(factory: Any, name: str) -> bool:
@@ -170,10 +176,11 @@ def _accepts(factory: Any, name: str) -> bool:
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
-def _make_retrieval(d_model: int, sel: Mapping[str, Any], mem: Mapping[str, Any], eps: float) -> Retrieval:
+def _make_retrieval(d_model: int, sel: Mapping[str, Any], mem: Mapping[str, Any]) -> Retrieval:
     return Retrieval(d_model, retrieval_dim=sel["retrieval_dim"], retrieval_heads=sel["retrieval_heads"],
                      topk=sel["topk"], chunk_size=mem["chunk_size"], weighting=sel["weighting"],
-                     gumbel=sel["gumbel"], window=sel["window"], norm_eps=eps)
+                     gumbel=sel["gumbel"], window=sel["window"], landmark_norm=sel["landmark_norm"],
+                     norm_eps=sel["norm_eps"])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -209,11 +216,13 @@ class HSALanguageModel(nn.Module):
                               landmark_dim=mem["landmark_dim"], retrieval_heads=mem["retrieval_heads"],
                               landmark=mem["landmark"], encoder_layers=mem["encoder"]["layers"],
                               encoder_heads=mem["encoder"]["heads"],
-                              encoder_mlp_hidden=mem["encoder"]["mlp_hidden"], chunk_norm=mem["chunk_norm"],
-                              k_norm=mem["k_norm"], norm_eps=eps)
+                              encoder_mlp_hidden=mem["encoder"]["mlp_hidden"],
+                              encoder_kv_heads=mem["encoder"]["kv_heads"],
+                              encoder_qkv_bias=mem["encoder"]["qkv_bias"], chunk_norm=mem["chunk_norm"],
+                              k_norm=mem["k_norm"], norm_eps=mem["norm_eps"])
             for name, mem in spec["memories"].items()})
         self.selections = nn.ModuleDict({
-            name: _make_retrieval(d, sel, spec["memories"][sel["memory"]], eps)
+            name: _make_retrieval(d, sel, spec["memories"][sel["memory"]])
             for name, sel in spec["retrieval"].items()
             if sel["shared"] and any(layer.get("selection") == name for layer in spec["layers"])})
         layers: list[nn.Module] = []
@@ -231,7 +240,7 @@ class HSALanguageModel(nn.Module):
                        "norm_eps": eps}
             kwargs = dict(layer["options"])
             kwargs.update({k: v for k, v in derived.items() if k not in kwargs and _accepts(factory, k)})
-            own = None if sel["shared"] else _make_retrieval(d, sel, mem, eps)
+            own = None if sel["shared"] else _make_retrieval(d, sel, mem)
             layers.append(RetrievalBlock(d, factory(d, **kwargs), retrieval=own, mlp_hidden=mlp_hidden,
                                          norm_eps=eps))
         self.layers = nn.ModuleList(layers)
@@ -244,6 +253,7 @@ class HSALanguageModel(nn.Module):
             self.lm_head.weight = self.embedding.weight
         else:
             nn.init.normal_(self.lm_head.weight, std=m["init_std"])
+        apply_init(self, m["init"], std=m["init_std"])
         # memories built after i layers, i = 0..L (0 = from the embeddings)
         self._built_after: dict[int, list[str]] = {}
         for name, mem in spec["memories"].items():
