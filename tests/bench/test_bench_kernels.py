@@ -158,6 +158,7 @@ def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> dict:
     return calls
 
 
+@pytest.mark.slow
 def test_run_benchmark_writes_the_same_files(fake_gpu: dict, tmp_path: Path) -> None:
     out = tmp_path / "h200"
     res = benchmark.run_benchmark([(4096, 4), (8192, 1)], out, published=tmp_path / "absent.py",
@@ -177,6 +178,7 @@ def test_run_benchmark_writes_the_same_files(fake_gpu: dict, tmp_path: Path) -> 
     assert (out / "results.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_run_benchmark_without_correctness_and_sweep(fake_gpu: dict, tmp_path: Path) -> None:
     res = benchmark.run_benchmark([(4096, 4)], tmp_path / "a", published=None, variants="", correctness=False)
     assert "correctness" not in res and fake_gpu["shapes"][0][4] == set()

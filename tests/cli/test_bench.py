@@ -123,6 +123,7 @@ def _script(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=120, env=env, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_script_wrapper_same_errors() -> None:
     bad = _script("--shapes", "4096xq")
     assert bad.returncode == 2 and "--shapes" in bad.stderr and "4096xq" in bad.stderr

@@ -60,6 +60,7 @@ def test_select_extreme_scores():
     _check(1, 40, 1, 16, 6, 8, 4, 0, None, "stick_breaking", scale=25.0)
 
 
+@pytest.mark.slow
 @pytest.mark.triton
 def test_select_launch_settings_shrink_and_validate():
     # Smaller tiles than the defaults: several landmark tiles and token tiles per program grid.

@@ -50,6 +50,7 @@ def test_bad_backend_value(monkeypatch: pytest.MonkeyPatch) -> None:
         backend_for("hsa_select", "cpu")
 
 
+@pytest.mark.slow
 def test_the_naive_references_import_without_triton() -> None:
     """Each op folder's naive.py and hsa_kernels itself import nothing of Triton (a CPU install without it)."""
     import subprocess
