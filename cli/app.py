@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import bench, build, demo, info, listing, train, validate
+from . import bench, build, data, demo, generate, info, listing, train, validate
 from . import eval as eval_cmd
 
 app = typer.Typer(
@@ -24,6 +24,8 @@ app.command("info")(info.info)
 app.command("demo")(demo.demo)
 app.command("train")(train.train)
 app.command("eval")(eval_cmd.eval_task)
+app.command("generate")(generate.generate)
+app.add_typer(data.app, name="data")
 app.add_typer(bench.app, name="bench")
 
 
