@@ -207,7 +207,7 @@ class _ShardWriter:
 
     def _open(self) -> None:
         name = f"tokens_{len(self.shards):05d}.bin"
-        self._fh = open(self.dir / name, "wb")
+        self._fh = open(self.dir / name, "wb")  # noqa: SIM115 - closed by _close()
         self._hash = hashlib.sha256()
         self._count = 0
         self.shards.append({"file": f"{self.split}/{name}", "tokens": 0, "sha256": ""})

@@ -14,6 +14,7 @@ Buckets: the table's are ``[0, l1), [l1, l2), ...`` from ``--lengths``; the plot
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import time
@@ -74,7 +75,7 @@ def fine_edges(length: int, first: int = 128) -> list[int]:
 
 def bucketize(nll_sum: np.ndarray, count: np.ndarray, edges: Sequence[int]) -> list[Bucket]:
     out = []
-    for a, b in zip(edges[:-1], edges[1:]):
+    for a, b in itertools.pairwise(edges):
         n = int(count[a:b].sum())
         out.append(Bucket(int(a), int(b), n, float(nll_sum[a:b].sum() / n) if n else float("nan")))
     return out
