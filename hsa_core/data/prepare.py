@@ -279,7 +279,7 @@ def prepare(options: PrepareOptions, out: str | Path, *, workers: int = 1, force
     signature = _input_signature(units)
     work = out / WORK
     units_dir = work / "units"
-    plan = {"options": key, "inputs": signature, "units": [u.to_dict() for u in units]}
+    plan = json.loads(json.dumps({"options": key, "inputs": signature, "units": [u.to_dict() for u in units]}))
     plan_path = work / "plan.json"
     resumed = 0
     if plan_path.is_file():
