@@ -297,6 +297,8 @@ def prepare(options: PrepareOptions, out: str | Path, *, workers: int = 1, force
     # -- tokenizer ---------------------------------------------------------------------------------
     tok_path = work / TOKENIZER_FILE
     tok_kind, tok_arg = parse_tokenizer_spec(options.tokenizer)
+    if tok_kind == "bpe":
+        token_dtype(tok_arg, options.dtype)  # a BPE too large for --dtype is refused before training it
     tok_seconds = 0.0
     if not tok_path.is_file():
         t0 = time.perf_counter()

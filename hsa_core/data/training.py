@@ -186,14 +186,17 @@ def text_data_for(cfg: Any, spec: Mapping[str, Any], run: Path, is_main: bool) -
 
 
 def find_run_tokenizer(run: Path) -> Path | None:
-    """The tokenizer of a run or model directory: ``RUN/tokenizer.json``, the model directory's own,
-    or its parent's (``RUN/model`` -> ``RUN``); ``None`` when there is none."""
+    """The tokenizer of a run or model directory: ``RUN/tokenizer.json``, ``RUN/model/tokenizer.json``,
+    or that of the run a model directory belongs to (``RUN/model``, ``RUN/checkpoints/step_N/model``);
+    ``None`` when there is none."""
     run = Path(run)
-    for cand in (run / RUN_TOKENIZER, run.parent / RUN_TOKENIZER if run.name == "model" else None):
-        if cand is not None and cand.is_file():
-            return cand
-    if (run / "model" / RUN_TOKENIZER).is_file():
-        return run / "model" / RUN_TOKENIZER
+    for cand in (run, run / "model"):
+        if (cand / RUN_TOKENIZER).is_file():
+            return cand / RUN_TOKENIZER
+    if (run / "config.json").is_file():  # a model directory: look in the run above it
+        for parent in list(run.resolve().parents)[:3]:
+            if (parent / RUN_TOKENIZER).is_file() and (parent / "train_config.json").is_file():
+                return parent / RUN_TOKENIZER
     return None
 
 
