@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
-
 from hsa_cli.app import app
+from typer.testing import CliRunner
 
 TINY = Path(__file__).parents[1] / "training" / "tiny.yaml"
 
 
 def _corpus(root: Path, docs: int = 16) -> Path:
     rng = random.Random(1)
-    words = "the model reads chunks of the past and the state carries the rest; café 東京".split()
+    words = ["the", "model", "reads", "chunks", "of", "the", "past", "and", "the", "state", "carries", "the",
+             "rest;", "café", "東京"]
     corpus = root / "corpus"
     corpus.mkdir()
     for i in range(docs):

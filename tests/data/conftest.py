@@ -10,8 +10,9 @@ import pytest
 import torch
 
 TINY = Path(__file__).parents[1] / "training" / "tiny.yaml"
-WORDS = ("the state of a recurrent model is a fixed size summary; chunk memory keeps the past exactly and "
-         "sparse attention reads the chunks a token selects — naïve café, 東京, ✓").split()
+WORDS = ["the", "state", "of", "a", "recurrent", "model", "is", "a", "fixed", "size", "summary;", "chunk", "memory",
+         "keeps", "the", "past", "exactly", "and", "sparse", "attention", "reads", "the", "chunks", "a", "token",
+         "selects", "—", "naïve", "café,", "東京,", "✓"]
 
 
 def write_corpus(root: Path, docs: int = 24, seed: int = 0, min_words: int = 40, max_words: int = 900) -> Path:

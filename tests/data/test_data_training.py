@@ -70,7 +70,7 @@ def test_resume_refuses_data_that_changed(tmp_path: Path, data: Path, corpus: Pa
 
 def test_model_vocabulary_must_hold_the_tokenizer(tmp_path: Path, data: Path) -> None:
     small = load_spec(TINY)  # vocab 96 < 257 bytes
-    with pytest.raises(DataError, match=r"model.vocab_size 96 is smaller than .* \(257, .*use --set model.vocab_size=257"):
+    with pytest.raises(DataError, match=r"model.vocab_size 96 is smaller than .* \(257, .*--set model.vocab_size=257"):
         train(_cfg(data), small, tmp_path / "run", progress=False, log=lambda m: None)
 
 

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from optional_deps import skip_unless_required
 
 from hsa_core.data import PrepareOptions, open_data, prepare
 from hsa_core.data import sources as sources_mod
 from hsa_core.data.errors import DataError
 from hsa_core.data.prepare import choose_validation
-
-from optional_deps import skip_unless_required
 
 
 def _texts(out: Path) -> list[str]:
@@ -72,7 +71,7 @@ def test_output_is_the_same_for_any_worker_count_and_after_an_interruption(
     with pytest.raises(KeyboardInterrupt):
         prepare(opts, tmp_path / "cut", workers=1, progress=False, _stop_after_units=2)
     assert not (tmp_path / "cut" / "manifest.json").exists()
-    with pytest.raises(DataError, match="no manifest.json; not a prepared data folder .an interrupted prepare"):
+    with pytest.raises(DataError, match=r"no manifest.json; not a prepared data folder \(an interrupted prepare"):
         open_data(tmp_path / "cut")
     resumed = prepare(opts, tmp_path / "cut", workers=2, progress=False)
     assert resumed.resumed_units == 2 and resumed.manifest["fingerprint"] == one["fingerprint"]
@@ -102,7 +101,8 @@ def test_parquet_arrow_and_saved_datasets(tmp_path: Path) -> None:
         skip_unless_required("datasets/pyarrow (the data extra) not installed")
     texts = [f"parquet document {i}: " + "abc " * i for i in range(30)]
     pq.write_table(pa.table({"content": texts}), tmp_path / "a.parquet", row_group_size=7)
-    with pa.OSFile(str(tmp_path / "b.arrow"), "wb") as sink, pa.ipc.new_file(sink, pa.schema([("content", pa.string())])) as w:
+    schema = pa.schema([("content", pa.string())])
+    with pa.OSFile(str(tmp_path / "b.arrow"), "wb") as sink, pa.ipc.new_file(sink, schema) as w:
         w.write_table(pa.table({"content": ["arrow one", "arrow two"]}))
     datasets.Dataset.from_dict({"content": ["saved one", "saved two", "saved three"]}).save_to_disk(tmp_path / "ds")
     inputs = [str(tmp_path / "a.parquet"), str(tmp_path / "b.arrow"), str(tmp_path / "ds")]
@@ -135,7 +135,8 @@ def test_bad_input_is_one_clear_error(tmp_path: Path, case: str) -> None:
         target, match = src / "x.jsonl", r"x.jsonl \(byte 15\): not a JSON line"
     else:
         (src / "x.jsonl").write_text('{"body": "ok"}\n')
-        target, match = src / "x.jsonl", r"x.jsonl \(byte 0\): no field 'text' \(has: body\); choose one with --text-field"
+        target = src / "x.jsonl"
+        match = r"x.jsonl \(byte 0\): no field 'text' \(has: body\); choose one with --text-field"
     with pytest.raises(DataError, match=match) as e:
         prepare(PrepareOptions([str(target)]), tmp_path / "out", progress=False)
     assert e.value.exit_code == code and "\n" not in str(e.value)

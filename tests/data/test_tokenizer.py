@@ -70,7 +70,7 @@ def test_long_texts_are_encoded_in_pieces_cut_after_newlines() -> None:
 def test_specs_and_dtypes(tmp_path: Path) -> None:
     assert parse_tokenizer_spec("bytes") == ("bytes", None)
     assert parse_tokenizer_spec("bpe:32k") == ("bpe", 32000)
-    with pytest.raises(DataError, match="not 'bytes', 'bpe:N' or an existing tokenizer.json") as e:
+    with pytest.raises(DataError, match=r"not 'bytes', 'bpe:N' or an existing tokenizer\.json") as e:
         parse_tokenizer_spec(str(tmp_path / "missing.json"))
     assert e.value.exit_code == 2
     assert token_dtype(257) == np.uint16 and token_dtype(65536) == np.uint16 and token_dtype(65537) == np.uint32
