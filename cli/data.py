@@ -34,7 +34,7 @@ def prepare_cmd(
              "path to a tokenizer.json."),
     val_fraction: float = typer.Option(
         0.01, "--val-fraction", help="About this fraction of the documents go to validation, stratified by "
-        "length (the second longest first)."),
+        "length (the middle one of every round(1/F) documents by length)."),
     text_field: str = typer.Option("text", "--text-field", help="Field/column holding the text (JSONL, Parquet, "
                                    "Arrow, saved datasets)."),
     workers: int = typer.Option(1, "--workers", "-w", min=1, help="Tokenizer processes."),

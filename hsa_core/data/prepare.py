@@ -12,10 +12,12 @@ Output folder::
 Steps: plan the work units (:mod:`.sources`), make the tokenizer (train a BPE on the input when
 asked), tokenize the units in ``workers`` processes into ``DIR/.work/units/`` (each unit written
 atomically; a re-run after an interruption skips the finished ones), then assemble the splits in
-document order and write the manifest last. The split is made by document, stratified by length
-(documents sorted by length, every ``k``-th to validation, ``k = round(1 / val_fraction)``, starting
-with the second longest), so validation holds long documents whenever the corpus has them. The output
-depends only on the inputs and options, not on ``workers`` or on interruptions.
+document order and write the manifest last. The split is made by document, stratified by length:
+documents sorted by length (longest first) go to validation one in every ``k = round(1 / val_fraction)``,
+the middle one of each group of ``k`` (ranks ``k//2, k//2 + k, ...``; the second longest when there are
+fewer than ``k // 2 + 1`` documents), so validation holds long documents whenever the corpus has them,
+while the very longest stay in training. The output depends only on the inputs and options, not on
+``workers`` or on interruptions.
 """
 
 from __future__ import annotations
@@ -186,9 +188,10 @@ def choose_validation(lengths: list[int], keys: list[str], fraction: float) -> n
     if fraction <= 0 or n < 2:
         return val
     k = max(2, round(1 / fraction))
+    phase = k // 2 if n > k // 2 else 1
     order = sorted(range(n), key=lambda i: (-lengths[i], zlib.crc32(keys[i].encode()), i))
     for rank, i in enumerate(order):
-        if rank % k == 1 % k:
+        if rank % k == phase:
             val[i] = True
     return val
 

@@ -54,8 +54,9 @@ def test_split_is_stratified_by_length() -> None:
     lengths = list(range(100, 0, -1))
     keys = [f"d{i}" for i in range(100)]
     val = choose_validation(lengths, keys, 0.1)
-    assert val.sum() == 10 and val[1] and val[11] and not val[0]  # 2nd longest, then every 10th
+    assert val.sum() == 10 and val[5] and val[15] and val[95] and not val[0]  # the middle of every 10
     assert choose_validation([5, 3], ["a", "b"], 0.01).tolist() == [False, True]  # at least one when possible
+    assert choose_validation([9, 8, 7, 6], list("abcd"), 0.25).tolist() == [False, False, True, False]
     assert choose_validation([5], ["a"], 0.5).sum() == 0 and choose_validation(lengths, keys, 0.0).sum() == 0
 
 
