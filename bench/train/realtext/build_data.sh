@@ -16,7 +16,7 @@ WORKERS=${WORKERS:-$(nproc)}
 VAL=${VAL:-0.1}                    # stratified by length: the 6th, 16th, 26th ... longest documents
 SAMPLE_MB=${SAMPLE_MB:-400}        # the BPE is trained on the first SAMPLE_MB of text
 SITE=${SITE:-}                     # site-packages folder(s) to read Python projects from (default: this python's)
-EXTRA=${EXTRA:---stdlib}           # more build_corpus.py options, e.g. "--stdlib --exclude transformers"
+EXTRA=${EXTRA---stdlib}            # more build_corpus.py options, e.g. "--stdlib --exclude transformers"
 [ -n "$DEB" ] || { echo "error: no linux-doc .deb: run bench/data/fetch_linux_doc.sh where apt works, carry bench/data/cache/" >&2; exit 2; }
 site_args=(); for s in $SITE; do site_args+=(--site "$s"); done
 if [ ! -f "$CORPUS/corpus.json" ]; then

@@ -12,10 +12,10 @@ spec="$LAYOUTS/${LAYOUT[$name]:?unknown layout name $name (ramba, mamba2, swa-hs
 DATA=${DATA:-runs/realtext/data}
 RUNS=${RUNS:-runs/realtext}
 SEQ=${SEQ:-4096}; BATCH=${BATCH:-16}; LR=${LR:-1e-3}; WARMUP=${WARMUP:-200}; STEPS=${STEPS:-100000}
-TRAIN_TIME=${TRAIN_TIME:-1080}     # seconds of LM training (the bar: <= 20 minutes)
+TRAIN_TIME=${TRAIN_TIME:-1080}     # seconds of LM training (the bar: <= 20 minutes); STEPS caps the fitted count
 CALIB_STEPS=${CALIB_STEPS:-30}     # a short run measures tokens/s; the step count is fitted to TRAIN_TIME
 EVAL_EVERY=${EVAL_EVERY:-200}; EVAL_SAMPLES=${EVAL_SAMPLES:-32}; CKPT_EVERY=${CKPT_EVERY:-200}
-PK=${PK:-1}; PK_TIME=${PK_TIME:-280}; PK_MIX=${PK_MIX:-0.5}; PK_LR=${PK_LR:-3e-4}; PK_DIGITS=${PK_DIGITS:-5}
+PK=${PK:-1}; PK_TIME=${PK_TIME:-280}; PK_STEPS_MAX=${PK_STEPS_MAX:-100000}; PK_MIX=${PK_MIX:-0.5}; PK_LR=${PK_LR:-3e-4}; PK_DIGITS=${PK_DIGITS:-5}
 PACKING=${PACKING:-concat}
 run="$RUNS/$name"
 mkdir -p "$RUNS"
@@ -47,7 +47,7 @@ hsa train "$spec" "${common[@]}" --lr "$LR" --warmup "$WARMUP" --eval-every "$EV
 
 if [ "$PK" = 1 ]; then
   pk="$run.pk"
-  PK_STEPS=$(fit_steps "$run/metrics.jsonl" "$PK_TIME" 100000)
+  PK_STEPS=$(fit_steps "$run/metrics.jsonl" "$PK_TIME" "$PK_STEPS_MAX")
   echo "=== $name passkey fine-tune: mix $PK_MIX, $PK_STEPS steps, at most ${PK_TIME}s ($(date -u +%H:%M:%S))"
   resume=(--steps "$PK_STEPS"); [ -d "$pk/checkpoints" ] && resume=(--resume)
   hsa train "$spec" "${common[@]}" --passkey-mix "$PK_MIX" --task-option "digits=$PK_DIGITS" --init-from "$run" \
