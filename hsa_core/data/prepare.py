@@ -312,7 +312,7 @@ def prepare(options: PrepareOptions, out: str | Path, *, workers: int = 1, force
         else:
             say(f"training a byte-level BPE of {tok_arg:,} ids on up to "
                 f"{options.tokenizer_sample_bytes / 1e6:,.0f} MB of the input")
-            tok = train_bpe(_sample_texts(units, options), tok_arg)
+            tok = train_bpe(_sample_texts(units, options), tok_arg, progress=progress)
         tok.save(work)
         tok_seconds = time.perf_counter() - t0
     tok = load_tokenizer(tok_path)

@@ -145,9 +145,10 @@ def split_pieces(text: str, size: int = PIECE_CHARS) -> list[str]:
     return out
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int) -> HFTokenizer:
-    """A byte-level BPE with ``vocab_size`` ids trained on ``texts`` (HF ``tokenizers``' trainer);
-    id 0 is ``<|endoftext|>``. Deterministic for the same texts in the same order."""
+def train_bpe(texts: Iterable[str], vocab_size: int, *, progress: bool = False) -> HFTokenizer:
+    """A byte-level BPE with ``vocab_size`` ids trained on ``texts`` (HF ``tokenizers``' trainer, with
+    its own progress bar when ``progress``); id 0 is ``<|endoftext|>``. Deterministic for the same
+    texts in the same order."""
     tokenizers = _require_tokenizers("training a BPE tokenizer (--tokenizer bpe:N)")
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
@@ -159,7 +160,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> HFTokenizer:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS_TOKEN], initial_alphabet=alphabet,
-                                  show_progress=False)
+                                  show_progress=progress)
 
     def pieces() -> Iterable[str]:
         for t in texts:

@@ -82,3 +82,26 @@ def test_passkey_steps_in_text(tmp_path: Path, data: Path, spec: dict[str, Any])
     with_acc = [r for r in recs if "acc" in r]
     assert 0 < len(with_acc) < len(recs)  # some passkey steps, some LM steps (hash of the step)
     assert set(res.eval) == {"val_loss", "val_ppl", "passkey@320"}
+
+
+def test_two_processes_match_one_on_text(tmp_path: Path, data: Path, spec: dict[str, Any]) -> None:
+    """torchrun with 2 gloo processes (FSDP2, whose collectives need the same number of forwards on
+    every rank, also in the validation pass) gives the 1-process losses and validation loss."""
+    import os
+    import subprocess
+    import sys
+
+    single = tmp_path / "single"
+    train(_cfg(data, steps=4, eval_every=4, eval_samples=3, device="cpu"), spec, single, progress=False,
+          log=lambda m: None)
+    out = tmp_path / "fsdp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "hsa_cli",
+           "train", str(TINY), "--data", str(data), "--set", "model.vocab_size=257", "--out", str(out), "--fsdp",
+           "--seq-len", "48", "--batch-size", "4", "--steps", "4", "--lr", "3e-3", "--warmup", "2",
+           "--checkpoint-every", "2", "--eval-every", "4", "--eval-samples", "3", "--no-progress", "--device", "cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert train_losses(out) == pytest.approx(train_losses(single), abs=1e-5, rel=0)
+    val = [r["eval"]["val_loss"] for r in _records(out) if "eval" in r]
+    assert val == pytest.approx([r["eval"]["val_loss"] for r in _records(single) if "eval" in r], abs=1e-5)
