@@ -66,15 +66,13 @@ class PackedSequences:
             n = (split.num_tokens - 1) // seq_len
             self.starts = np.arange(n, dtype=np.int64) * seq_len
             self.ends = self.starts + seq_len + 1
-        else:
-            starts, ends = [], []
-            for o, d in zip(split.doc_offsets[:-1].tolist(), split.doc_lengths.tolist()):
-                for j in range(max(0, -(-(d - 1) // seq_len))):
-                    s = o + j * seq_len
-                    starts.append(s)
-                    ends.append(min(s + seq_len + 1, o + d))
-            self.starts = np.asarray(starts, dtype=np.int64)
-            self.ends = np.asarray(ends, dtype=np.int64)
+        else:  # per document: ceil((d - 1) / L) windows at o, o + L, ...; the last one ends with the document
+            offsets, lengths = split.doc_offsets[:-1], split.doc_lengths
+            counts = np.maximum(0, -(-(lengths - 1) // seq_len))
+            first = np.repeat(np.cumsum(counts) - counts, counts)  # index of each document's first window
+            j = np.arange(int(counts.sum()), dtype=np.int64) - first
+            self.starts = np.repeat(offsets, counts) + j * seq_len
+            self.ends = np.minimum(self.starts + seq_len + 1, np.repeat(offsets + lengths, counts))
         if self.starts.size == 0:
             raise DataError(f"the {split.name} split has {split.num_tokens:,} tokens: not one training sequence of "
                             f"{seq_len} tokens (+1 target) fits; use a shorter --seq-len or more data")
