@@ -10,8 +10,8 @@ from . import eval as eval_cmd
 app = typer.Typer(
     name="hsa",
     help="Hierarchical Sparse Attention toolkit: compose, check and run HSA hybrids from YAML layouts.\n\n"
-    "Exit codes: 0 ok, 1 invalid spec, 2 usage, 3 missing optional dependency (or no CUDA GPU for `hsa bench`), "
-    "4 demo self-check failed.",
+    "Exit codes: 0 ok, 1 invalid spec or data, 2 usage, 3 missing optional dependency (or no CUDA GPU for "
+    "`hsa bench`), 4 demo self-check failed.",
     no_args_is_help=True,
     add_completion=False,
     # Tracebacks are for bugs only; expected failures are one `error:` line (see _common.guarded).

@@ -75,7 +75,8 @@ def train(
     set_: list[str] | None = SET_OPTION,
     plugin: list[Path] | None = PLUGIN_OPTION,
 ) -> None:
-    """Train a layout on a synthetic long-context task (AdamW, warm-up + cosine, atomic checkpoints)."""
+    """Train a layout on a synthetic long-context task, or a language model on text (--data); AdamW, warm-up +
+    cosine, atomic checkpoints, exact resume."""
     from hsa_core.data.errors import DataError
     from hsa_core.evaluation import parse_lengths
     from hsa_core.tasks import parse_task_options
