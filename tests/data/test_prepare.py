@@ -158,3 +158,22 @@ def test_uint32_when_asked_and_index_offsets(tmp_path: Path, corpus: Path) -> No
     assert split.read(990, 1010).size == 20  # across a shard boundary
     offsets = np.load(tmp_path / "out" / "train" / "docs.npy")
     assert offsets[-1] == train["tokens"] and (split.read(0, split.num_tokens)[offsets[1:] - 1] == 256).all()
+
+
+def test_text_works_without_the_data_extra_and_its_absence_is_named(tmp_path: Path, corpus: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from hsa_core.errors import MissingDependencyError
+
+    for name in ("tokenizers", "datasets", "pyarrow"):
+        monkeypatch.setitem(sys.modules, name, None)  # import fails as if not installed
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"text": "one"}\n{"text": "two"}\n')
+    res = prepare(PrepareOptions([str(corpus), str(rows)]), tmp_path / "out", progress=False)
+    assert res.manifest["inputs"]["documents"] == 26
+    with pytest.raises(MissingDependencyError, match=r"pip install 'hsa-toolkit\[data\]'"):
+        prepare(PrepareOptions([str(corpus)], tokenizer="bpe:300"), tmp_path / "o2", progress=False)
+    (tmp_path / "x.parquet").write_bytes(b"PAR1")
+    with pytest.raises(MissingDependencyError, match=r"pip install 'hsa-toolkit\[data\]'"):
+        prepare(PrepareOptions([str(tmp_path / "x.parquet")]), tmp_path / "o3", progress=False)
