@@ -84,6 +84,8 @@ def task_for_spec(cfg: TrainConfig, spec: Mapping[str, Any]) -> Task:
 
 def global_batch(task: Task, cfg: TrainConfig, step: int) -> TaskBatch:
     """The global batch of ``step`` (identical on every rank and on resume)."""
+    if hasattr(task, "global_batch"):  # language-model data (hsa_core.data.training.TextData)
+        return task.global_batch(step)
     n = cfg.concat_segments
     if n == 1:
         return task.sample(cfg.batch_size, cfg.seq_len, step_seed(cfg.seed, step))
@@ -244,7 +246,12 @@ def _train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: Path, resume: 
 
         _load_weights(model, model_dir_of(cfg.init_from), device)
         say(f"initialised from {model_dir_of(cfg.init_from)}")
-    task = task_for_spec(cfg, spec)
+    if cfg.data:  # a language model on prepared text instead of a synthetic task
+        from ..data.training import text_data_for
+
+        task = text_data_for(cfg, spec, run, env.is_main)  # sets cfg.task = "text"
+    else:
+        task = task_for_spec(cfg, spec)
     if cfg.seq_len < task.min_length():
         raise ValueError(f"--seq-len {cfg.seq_len} is shorter than task '{cfg.task}' needs ({task.min_length()})")
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
@@ -333,18 +340,23 @@ def _train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: Path, resume: 
             done = step + 1
             now = time.perf_counter()
             tps = window_tokens / max(1e-9, now - window_t)
+            # language-model batches have no answer positions: no exact-match figure for them
+            acc = {"acc": float(correct)} if batch.answer_positions.shape[1] else {}
             if done % cfg.log_every == 0 or done == end:
-                logger.log({"step": done, "loss": last_loss, "acc": float(correct), "lr": lr,
+                logger.log({"step": done, "loss": last_loss, **acc, "lr": lr,
                             "grad_norm": float(grad_norm), "tokens": tokens_seen, "tokens_per_s": round(tps, 1),
-                            "time": round(now - t_start, 3)})
+                            "time": round(now - t_start, 3),
+                            **(task.log_fields(done) if hasattr(task, "log_fields") else {})})
                 window_t, window_tokens = now, 0
             progress.update(pid, completed=done,
-                            info=f"loss {last_loss:.4f} acc {float(correct):.2f} {tps:,.0f} tok/s lr {lr:.2e}")
+                            info=f"loss {last_loss:.4f}{f' acc {float(correct):.2f}' if acc else ''} {tps:,.0f} tok/s "
+                                 f"lr {lr:.2e}")
             if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
                 res = _periodic_eval(wrapped, task, cfg, env, amp)
                 eval_result = res
                 logger.log({"step": done, "eval": res})
-                say(f"step {done}: eval exact-match " + ", ".join(f"{k}: {v:.3f}" for k, v in res.items()))
+                say(f"step {done}: eval {'' if cfg.data else 'exact-match '}"
+                    + ", ".join(f"{k}: {v:.3f}" for k, v in res.items()))
             out_of_time = time_limit is not None and done < end and _agree(now - t_start >= time_limit, env)
             if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps or out_of_time:
                 _save(run, model, wrapped, optimizer, cfg, env, done, tokens_seen, carry_count, carried)
@@ -488,6 +500,8 @@ def _periodic_eval(wrapped: nn.Module, task: Task, cfg: TrainConfig, env: DistEn
                    amp: torch.dtype | None) -> dict[str, float]:
     from ..evaluation.core import evaluate
 
+    if hasattr(task, "periodic_eval"):  # language-model data: validation loss (hsa_core.data.training)
+        return task.periodic_eval(wrapped, env, amp)
     lengths = cfg.eval_lengths or [cfg.seq_len]
     device = env.device
     reduce = (lambda t: all_reduce_sum(t.to(device), env).cpu()) if env.distributed else None
