@@ -17,9 +17,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"hsa_core": "hsa_core", "hsa_kernels": "kernels", "hsa_backbones": "backbones", "hsa_cli": "cli"}
-#: Known subpackage cycles, to be removed by moving training/evaluation/tasks into an application package:
-#: hsa_core.training imports hsa_core.evaluation (evaluate during training) and back (checkpoints, devices).
-KNOWN_SUBPACKAGE_CYCLES = [{"hsa_core.evaluation", "hsa_core.training"}]
+#: Known subpackage cycles, to be removed by moving training/evaluation/tasks/data into an application package:
+#: hsa_core.training imports hsa_core.evaluation (evaluate during training) and back (checkpoints, devices);
+#: hsa_core.data feeds training (text batches) and evaluation (perplexity, passkey in text) and uses both.
+KNOWN_SUBPACKAGE_CYCLES = [{"hsa_core.data", "hsa_core.evaluation", "hsa_core.training"}]
 
 
 def _modules() -> dict[str, Path]:

@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _inside(path: str) -> str:
-    """``/.../site-packages/torch/nn/x.py`` -> ``torch/nn/x.py``."""
+    """A path inside ``site-packages`` (or ``dist-packages``) -> the part after it (``torch`` then the rest)."""
     for marker in ("site-packages/", "dist-packages/"):
         if marker in path:
             return path.split(marker, 1)[1]

@@ -61,7 +61,7 @@ class Tokenizer:
         return f"{self.kind} (vocabulary {self.vocab_size:,}, eos {self.eos_id})"
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``directory/tokenizer.json`` atomically; returns its path."""
+        """Write the tokenizer as ``tokenizer.json`` inside ``directory``, atomically; returns its path."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / TOKENIZER_FILE

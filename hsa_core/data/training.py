@@ -82,7 +82,7 @@ class TextData:
         passkey batch on a passkey step)."""
         cfg = self.cfg
         if self.passkey is not None and self.is_passkey_step(step):
-            from ..training.trainer import step_seed
+            from ..training.segments import step_seed
 
             return self.passkey.sample(cfg.batch_size, cfg.seq_len, step_seed(cfg.seed, step, 1))
         return self.train.batch(step * cfg.batch_size, cfg.batch_size)
@@ -125,7 +125,7 @@ class TextData:
                 out["val_ppl"] = math.exp(min(loss, 50.0))
             if self.passkey is not None:
                 from ..evaluation.core import evaluate
-                from ..training.trainer import _EvalAdapter
+                from ..training.segments import EvalAdapter as _EvalAdapter
 
                 reduce = (lambda t: all_reduce_sum(t.to(env.device), env).cpu()) if env.distributed else None
                 lengths = cfg.eval_lengths or [cfg.seq_len]

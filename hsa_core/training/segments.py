@@ -16,6 +16,7 @@ sees exactly one forward per backward.
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import torch
@@ -110,3 +111,20 @@ def detach_states(states: list[MixerState | None] | None) -> list[MixerState | N
     if states is None:
         return None
     return [None if s is None else {k: v.detach().clone() for k, v in s.items()} for s in states]
+
+
+def step_seed(seed: int, step: int, part: int = 0) -> int:
+    """Seed of the data of ``step`` (stable across machines and processes)."""
+    return zlib.crc32(f"train:{seed}:{step}:{part}".encode()) & 0x7FFFFFFF
+
+
+class EvalAdapter(nn.Module):
+    """``(ids, cache, return_cache) -> ModelOutput`` through the (possibly wrapped) training module
+    (evaluation during training, through DDP/FSDP2's hooks)."""
+
+    def __init__(self, wrapped: nn.Module) -> None:
+        super().__init__()
+        self.wrapped = wrapped
+
+    def forward(self, input_ids: Tensor, cache: Any = None, return_cache: bool = False) -> Any:
+        return self.wrapped(input_ids, cache=cache, passthrough=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,8 @@ from ..tasks import Task, TaskBatch, make_task
 from . import checkpoint as ckpt
 from .config import TrainConfig, lr_at
 from .distributed import DistEnv, all_reduce_sum, barrier, init_distributed, shutdown, wrap_model
-from .segments import SegmentedForward, detach_states
+from .segments import EvalAdapter as _EvalAdapter
+from .segments import SegmentedForward, detach_states, step_seed
 
 ModelFactory = Callable[[Mapping[str, Any]], nn.Module]
 
@@ -61,11 +61,6 @@ def default_model_factory(spec: Mapping[str, Any]) -> nn.Module:
     from ..model import HSALanguageModel
 
     return HSALanguageModel.from_spec(spec)
-
-
-def step_seed(seed: int, step: int, part: int = 0) -> int:
-    """Seed of the data of ``step`` (stable across machines and processes)."""
-    return zlib.crc32(f"train:{seed}:{step}:{part}".encode()) & 0x7FFFFFFF
 
 
 def task_for_spec(cfg: TrainConfig, spec: Mapping[str, Any]) -> Task:
@@ -510,17 +505,6 @@ def _periodic_eval(wrapped: nn.Module, task: Task, cfg: TrainConfig, env: DistEn
                    segment_len=cfg.eval_segment_len, device=device, autocast_dtype=amp,
                    rank=env.rank, world_size=env.world_size, reduce=reduce)
     return {f"acc@{n}": a for n, a in res.by_length().items()}
-
-
-class _EvalAdapter(nn.Module):
-    """``(ids, cache, return_cache) -> ModelOutput`` through the (possibly wrapped) training module."""
-
-    def __init__(self, wrapped: nn.Module) -> None:
-        super().__init__()
-        self.wrapped = wrapped
-
-    def forward(self, input_ids: Tensor, cache: Any = None, return_cache: bool = False) -> Any:
-        return self.wrapped(input_ids, cache=cache, passthrough=True)
 
 
 def _full_state(model: nn.Module, wrapped: nn.Module, optimizer: torch.optim.Optimizer,
