@@ -1,4 +1,5 @@
-"""``hsa train SPEC --task passkey --seq-len 512 --steps N --out RUN``: train on a synthetic task.
+"""``hsa train SPEC --task passkey --seq-len 512 --steps N --out RUN``: train on a synthetic task;
+``hsa train SPEC --data DIR ...``: train a language model on text prepared by ``hsa data prepare``.
 
 Multi-GPU: launch the same command under ``torchrun --nproc-per-node N -m hsa_cli ...`` (or
 ``torchrun ... $(which hsa) train ...``); the process group is set up from torchrun's environment.
@@ -108,6 +109,15 @@ def train(
     spec: str = typer.Argument(..., help="Layout YAML file or preset name (e.g. ramba-cpu)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (checkpoints, metrics.jsonl, model/)."),
     task: str = typer.Option("passkey", "--task", help="Registered task name."),
+    data: Path | None = typer.Option(
+        None, "--data", help="Train a language model on this `hsa data prepare` folder instead of a task "
+        "(model.vocab_size is set from its tokenizer unless --set gives it)."),
+    packing: str = typer.Option(
+        "concat", "--packing", help="With --data: concat (documents joined with EOS; state and chunk memory run "
+        "across documents inside a sequence) or document (a sequence never crosses a document; padded)."),
+    passkey_mix: float = typer.Option(
+        0.0, "--passkey-mix", min=0.0, max=0.99, help="With --data: this fraction of the steps are passkey "
+        "batches in natural-text filler (loss on the answer; --task-option digits=N, min_gap=N)."),
     task_option: list[str] | None = TASK_OPTION,
     seq_len: int = typer.Option(512, "--seq-len", min=8, help="Training sequence length (tokens)."),
     steps: int | None = typer.Option(
@@ -141,6 +151,9 @@ def train(
         None, "--init-from", help="Start from the weights of this run or model directory (curriculum stage)."),
     fsdp: bool = typer.Option(False, "--fsdp", help="FSDP2 (fully_shard) instead of DDP under torchrun."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+    checkpoint_activations: bool = typer.Option(False, "--checkpoint-activations",
+                                                help="Recompute each block in backward (activation checkpointing): "
+                                                "far less memory for long sequences, about a third more compute."),
     resume: bool = typer.Option(
         False, "--resume", help="Continue from the newest intact checkpoint in --out (a corrupt newer one is set "
         "aside, saying so). Refused without a checkpoint, or when SPEC, --set or an option differs from the run's "
@@ -149,10 +162,15 @@ def train(
     time_limit: float | None = typer.Option(
         None, "--time-limit", min=0, help="Stop after this many seconds of wall time: checkpoint, publish the "
         "model, exit 0 (the schedule is not shortened; --resume continues)."),
+    recipe: str | None = typer.Option(
+        None, "--recipe", help="Training recipe (name or YAML) whose settings replace the defaults of the flags "
+        "not given, e.g. ramba-paper (the RAMba paper's optimizer and training tricks)."),
     set_: list[str] | None = SET_OPTION,
     plugin: list[Path] | None = PLUGIN_OPTION,
 ) -> None:
-    """Train a layout on a synthetic long-context task (AdamW, warm-up + cosine, atomic checkpoints)."""
+    """Train a layout on a synthetic long-context task, or a language model on text (--data); AdamW, warm-up +
+    cosine, atomic checkpoints, exact resume."""
+    from hsa_core.data.errors import DataError
     from hsa_core.evaluation import parse_lengths
     from hsa_core.tasks import parse_task_options
     from hsa_core.training import TrainConfig
@@ -160,7 +178,17 @@ def train(
     from hsa_core.training.trainer import RunExistsError
 
     load_plugins(plugin)
-    path, spec_dict = load_spec_from(spec, set_)
+    overrides = list(set_ or [])
+    if data is not None and not resume:
+        from hsa_core.data import open_data
+
+        from ._data import data_errors
+
+        with data_errors():
+            vocab = open_data(data, verify=False).vocab_size
+        if not any(o.split("=", 1)[0].strip() == "model.vocab_size" for o in overrides):
+            overrides.append(f"model.vocab_size={-(-vocab // 64) * 64}")  # the tokenizer's, padded to 64
+    path, spec_dict = load_spec_from(spec, overrides)
     if not resume:
         # The checks of `hsa build`, on meta (free), and the size against the device's free memory.
         from hsa_core.limits import check_fits
@@ -171,19 +199,31 @@ def train(
         del meta
     check_writable(out)  # before any work: checkpoints and the model go there
     try:
-        cfg = TrainConfig(
+        values = dict(
             task=task, task_options=parse_task_options(task_option), seq_len=seq_len, batch_size=batch_size,
-            loss_on=loss_on, concat_segments=concat_segments, steps=steps or 1000, lr=lr, min_lr_ratio=min_lr_ratio,
+            loss_on=loss_on, concat_segments=concat_segments, data=str(data.resolve()) if data else None,
+            packing=packing, passkey_mix=passkey_mix, steps=steps or 1000, lr=lr, min_lr_ratio=min_lr_ratio,
             warmup=warmup, weight_decay=weight_decay, grad_clip=grad_clip, state_reset_every=state_reset_every,
             carry_state=carry_state, memory_reset_every=memory_reset_every, device=device, dtype=dtype, seed=seed,
             init_from=str(init_from) if init_from else None,
             eval_every=eval_every, eval_samples=eval_samples,
             eval_lengths=parse_lengths(eval_lengths) if eval_lengths else None,
-            checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, fsdp=fsdp, compile=compile_)
+            checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, fsdp=fsdp, compile=compile_,
+            checkpoint_activations=checkpoint_activations)
+        if recipe is not None:
+            values = _with_recipe(ctx, recipe, values)
+        cfg = TrainConfig(**values)
+        if recipe is not None and os.environ.get("RANK", "0") == "0":
+            console().print(f"recipe {recipe}: " + ", ".join(
+                f"{k} {getattr(cfg, k)}" for k in ("lr", "min_lr_ratio", "warmup", "weight_decay", "beta1", "beta2",
+                                                  "state_reset_every", "carry_state", "memory_reset_every",
+                                                  "concat_segments", "dtype")))
         if resume:
             check_resume(ctx, out, cfg, spec_dict)
         result = run_training(cfg, spec_dict, out, resume=resume, progress=not no_progress, resume_steps=steps,
                                    time_limit=time_limit)
+    except DataError as exc:
+        fail(str(exc), exc.exit_code)
     except RunExistsError as exc:
         fail(str(exc), EXIT_USAGE)
     except ValueError as exc:
@@ -202,4 +242,20 @@ def train(
         console().print(f"{what}, final loss {result.final_loss:.4f}; "
                         f"model in {out / 'model'}, metrics in {out / 'metrics.jsonl'}")
         if result.eval:
-            console().print("eval exact match: " + ", ".join(f"{k} {v:.3f}" for k, v in result.eval.items()))
+            console().print(f"eval{'' if data else ' exact match'}: "
+                            + ", ".join(f"{k} {v:.3f}" for k, v in result.eval.items()))
+
+
+
+def _with_recipe(ctx: typer.Context, recipe: str, values: dict) -> dict:
+    """The recipe's settings for every flag left at its default (flags given on the command line win)."""
+    from hsa_core.recipes import RecipeError, apply_recipe, load_recipe
+
+    try:
+        settings = load_recipe(recipe)
+    except RecipeError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--recipe") from None
+    # By name: typer may bring its own copy of click's ParameterSource enum.
+    sources = {name: ctx.get_parameter_source(name) for name in values}
+    explicit = {name for name, src in sources.items() if src is not None and src.name not in ("DEFAULT", "DEFAULT_MAP")}
+    return apply_recipe(settings, values, explicit)

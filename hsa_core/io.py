@@ -6,6 +6,9 @@ files are never overwritten in place (``overwrite=True`` swaps the whole directo
 
 Tied weights: safetensors refuses tensors that share storage, and a tied head is the embedding
 anyway, so ``lm_head.weight`` is not stored when the spec ties it; loading re-ties it.
+
+This module sits below :mod:`hsa_core.model` and never imports it: the model class comes in as an
+argument (:func:`load_model`), and ``HSALanguageModel.from_pretrained`` is how callers load.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ if TYPE_CHECKING:
     from .model import HSALanguageModel
     from .plugins import PluginHost
 
-__all__ = ["CONFIG_JSON", "CONFIG_YAML", "WEIGHTS", "load_pretrained", "read_config", "save_pretrained"]
+__all__ = ["CONFIG_JSON", "CONFIG_YAML", "WEIGHTS", "load_model", "read_config", "save_pretrained"]
 
 CONFIG_YAML = "config.yaml"
 CONFIG_JSON = "config.json"
@@ -199,11 +202,14 @@ def read_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
     return config
 
 
-def load_pretrained(directory: str | os.PathLike[str], *, device: torch.device | str | None = None,
-                    dtype: torch.dtype | None = None, host: PluginHost | None = None) -> HSALanguageModel:
-    """Load a model directory written by :func:`save_pretrained`.
+def load_model(model_class: type[HSALanguageModel], directory: str | os.PathLike[str], *,
+               device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+               host: PluginHost | None = None) -> HSALanguageModel:
+    """Load a model directory written by :func:`save_pretrained` as a ``model_class`` (what
+    ``HSALanguageModel.from_pretrained`` calls).
 
     Args:
+        model_class: the model class (``HSALanguageModel`` or a subclass), built by its ``from_spec``.
         device: where to put the weights (default CPU).
         dtype: cast floating weights to this dtype (default: as stored).
 
@@ -220,7 +226,6 @@ def load_pretrained(directory: str | os.PathLike[str], *, device: torch.device |
     from safetensors.torch import load_file
 
     from .limits import check_fits
-    from .model import HSALanguageModel
 
     d = Path(directory)
     if not d.is_dir():
@@ -228,11 +233,11 @@ def load_pretrained(directory: str | os.PathLike[str], *, device: torch.device |
     try:
         spec = read_config(d)
         # Built on meta and filled by assignment: no throw-away initialisation of a large model...
-        model = HSALanguageModel.from_spec(spec, device="meta", host=host)
+        model = model_class.from_spec(spec, device="meta", host=host)
         check_fits(model, device or "cpu", what=f"the model in {d}")
         if set(dict(model.named_buffers())) - set(model.state_dict()):
             # ...unless some module has non-persistent buffers (not in the file): build it for real.
-            model = HSALanguageModel.from_spec(spec, device=device or "cpu", host=host)
+            model = model_class.from_spec(spec, device=device or "cpu", host=host)
     except SpecError as exc:
         raise exc.with_source(str(d / CONFIG_JSON)) from None
     except (ValueError, TypeError) as exc:  # a backbone's constructor refusing the stored options

@@ -78,7 +78,7 @@ def check_fits(model: nn.Module, device: torch.device | str, *, what: str = "the
     if free is None or need <= FIT_FRACTION * free:
         return
     n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    from .summary import format_count
+    from .units import format_count
 
     raise ResourceLimitError(
         f"{what} is too large for {torch.device(device)}: its {format_count(n_params)} parameters need "

@@ -16,6 +16,7 @@ from torch import nn
 
 from .model import Block, HSALanguageModel, RetrievalBlock
 from .plugins import PluginHost
+from .units import format_bytes, format_count
 
 __all__ = ["ModelSummary", "SummaryRow", "describe", "format_bytes", "format_count"]
 
@@ -97,26 +98,6 @@ class ModelSummary:
             f"{format_bytes(self.state_bytes)}, chunk memory {format_bytes(self.memory_bytes)}",
         ]
         return "\n".join(lines)
-
-
-def format_count(n: int) -> str:
-    """``368_300_000 -> '368.30M'``; ``T`` up to 1000T, then ``6.05e+17`` (no ``605000177.85B``)."""
-    if abs(n) >= 1e15:
-        return f"{n:.2e}"
-    for unit, div in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{unit}"
-    return str(n)
-
-
-def format_bytes(n: int) -> str:
-    """``1536 -> '1.50 KiB'``."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if value < 1024 or unit == "PiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
-        value /= 1024
-    raise AssertionError  # pragma: no cover
 
 
 def _count(module: nn.Module | None) -> int:

@@ -3,10 +3,12 @@
 The canonical spec is a plain JSON-able ``dict``::
 
     {"version": 1, "name": ..., "description": ...,
-     "model": {vocab_size, d_model, tie_embeddings, norm_eps, mlp_hidden, init_std},
+     "model": {vocab_size, d_model, tie_embeddings, norm_eps, mlp_hidden, init_std, init},
      "memories": {name: {after_layer, chunk_size, kv_heads, head_dim, landmark, landmark_dim,
-                         retrieval_heads, encoder: {layers, heads, mlp_hidden}, chunk_norm, k_norm}},
-     "retrieval": {name: {memory, topk, retrieval_dim, retrieval_heads, weighting, shared, gumbel, window}},
+                         retrieval_heads, encoder: {layers, heads, kv_heads, qkv_bias, mlp_hidden,
+                         mlp_rounding}, chunk_norm, k_norm, norm_eps}},
+     "retrieval": {name: {memory, topk, retrieval_dim, retrieval_heads, weighting, shared, gumbel, window,
+                          landmark_norm, norm_eps}},
      "layers": [{index, kind, role: backbone|retrieval, plugin, options: {...}, mlp,
                  selection, memory}, ...]}     # selection/memory only on retrieval layers
 
@@ -25,7 +27,8 @@ from typing import Any
 from ..errors import SpecError
 from ..limits import MAX_LAYERS
 from ..modules.chunk_memory import LANDMARKS
-from ..modules.common import swiglu_hidden
+from ..modules.common import MLP_ROUNDINGS, swiglu_hidden
+from ..modules.init import INIT_SCHEMES
 from ..ops import WEIGHTINGS
 from ..plugins import PluginHost, get_host
 from .checks import (
@@ -66,6 +69,7 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "norm_eps": 1e-5,
     "mlp_hidden": None,      # None -> swiglu_hidden(d_model)
     "init_std": 0.02,        # embedding (and untied head) init; mixers initialise themselves
+    "init": "toolkit",       # initialisation scheme (hsa_core.modules.init): toolkit | published
 }
 
 MEMORY_DEFAULTS: dict[str, Any] = {
@@ -79,9 +83,17 @@ MEMORY_DEFAULTS: dict[str, Any] = {
     "encoder": None,
     "chunk_norm": True,
     "k_norm": False,
+    "norm_eps": None,        # None -> model.norm_eps (chunk norm, encoder norms, k_norm)
 }
 
-ENCODER_DEFAULTS: dict[str, Any] = {"layers": 1, "heads": None, "mlp_hidden": None}
+ENCODER_DEFAULTS: dict[str, Any] = {
+    "layers": 1,
+    "heads": None,           # None -> d_model / 64 (or the largest count dividing d_model)
+    "kv_heads": None,        # None -> heads (no GQA); the published default config uses 4 of 16
+    "qkv_bias": False,       # biases on the q/k/v projections (the published encoder has them)
+    "mlp_hidden": None,      # None -> 8/3 d rounded to a multiple of 64 as mlp_rounding says
+    "mlp_rounding": "up",    # up: ceil (toolkit default); down: floor (the published encoder)
+}
 
 SELECTION_DEFAULTS: dict[str, Any] = {
     "memory": REQUIRED,
@@ -92,6 +104,8 @@ SELECTION_DEFAULTS: dict[str, Any] = {
     "shared": True,
     "gumbel": False,
     "window": None,
+    "landmark_norm": False,  # per-head RMSNorm on retrieval queries and landmarks before scoring
+    "norm_eps": None,        # None -> model.norm_eps (the retrieval query's RMSNorm)
 }
 
 
@@ -154,6 +168,7 @@ def _resolve_model(raw: Any) -> dict[str, Any]:
     hidden = as_int("model.mlp_hidden", m["mlp_hidden"], allow_none=True)
     m["mlp_hidden"] = swiglu_hidden(m["d_model"]) if hidden is None else hidden
     m["init_std"] = as_float("model.init_std", m["init_std"])
+    m["init"] = as_choice("model.init", m["init"], INIT_SCHEMES)
     return m
 
 
@@ -169,7 +184,11 @@ def _default_encoder_heads(d_model: int) -> int:
     return 1
 
 
-def _resolve_memory_base(name: str, raw: Any, d_model: int) -> dict[str, Any]:
+def _eps(path: str, value: Any, model_eps: float) -> float:
+    return model_eps if value is None else as_float(path, value)
+
+
+def _resolve_memory_base(name: str, raw: Any, d_model: int, model_eps: float) -> dict[str, Any]:
     p = f"memories.{name}"
     m = fill_defaults(p, as_mapping(p, raw, allow_none=False), MEMORY_DEFAULTS)
     m["after_layer"] = as_int(f"{p}.after_layer", m["after_layer"], minimum=0)
@@ -179,14 +198,21 @@ def _resolve_memory_base(name: str, raw: Any, d_model: int) -> dict[str, Any]:
     m["retrieval_heads"] = as_int(f"{p}.retrieval_heads", m["retrieval_heads"], allow_none=True)
     m["chunk_norm"] = as_bool(f"{p}.chunk_norm", m["chunk_norm"])
     m["k_norm"] = as_bool(f"{p}.k_norm", m["k_norm"])
+    m["norm_eps"] = _eps(f"{p}.norm_eps", m["norm_eps"], model_eps)
     enc = fill_defaults(f"{p}.encoder", as_mapping(f"{p}.encoder", m["encoder"]), ENCODER_DEFAULTS)
     enc["layers"] = as_int(f"{p}.encoder.layers", enc["layers"], minimum=0)
     heads = as_int(f"{p}.encoder.heads", enc["heads"], allow_none=True)
     enc["heads"] = _default_encoder_heads(d_model) if heads is None else heads
     if d_model % enc["heads"]:
         raise SpecError(f"{p}.encoder.heads", f"{enc['heads']} does not divide model.d_model ({d_model})")
+    kv = as_int(f"{p}.encoder.kv_heads", enc["kv_heads"], allow_none=True)
+    enc["kv_heads"] = enc["heads"] if kv is None else kv
+    if enc["heads"] % enc["kv_heads"]:
+        raise SpecError(f"{p}.encoder.kv_heads", f"{enc['kv_heads']} does not divide encoder.heads ({enc['heads']})")
+    enc["qkv_bias"] = as_bool(f"{p}.encoder.qkv_bias", enc["qkv_bias"])
+    enc["mlp_rounding"] = as_choice(f"{p}.encoder.mlp_rounding", enc["mlp_rounding"], MLP_ROUNDINGS)
     hidden = as_int(f"{p}.encoder.mlp_hidden", enc["mlp_hidden"], allow_none=True)
-    enc["mlp_hidden"] = swiglu_hidden(d_model) if hidden is None else hidden
+    enc["mlp_hidden"] = swiglu_hidden(d_model, rounding=enc["mlp_rounding"]) if hidden is None else hidden
     m["encoder"] = enc
     if m["landmark"] is None:
         m["landmark"] = "cls" if enc["layers"] > 0 else "mean"
@@ -197,7 +223,7 @@ def _resolve_memory_base(name: str, raw: Any, d_model: int) -> dict[str, Any]:
     return m
 
 
-def _resolve_selection_base(name: str, raw: Any, memories: Mapping[str, Any]) -> dict[str, Any]:
+def _resolve_selection_base(name: str, raw: Any, memories: Mapping[str, Any], model_eps: float) -> dict[str, Any]:
     p = f"retrieval.{name}"
     s = fill_defaults(p, as_mapping(p, raw, allow_none=False), SELECTION_DEFAULTS)
     mem = as_str(f"{p}.memory", s["memory"])
@@ -210,6 +236,8 @@ def _resolve_selection_base(name: str, raw: Any, memories: Mapping[str, Any]) ->
     s["shared"] = as_bool(f"{p}.shared", s["shared"])
     s["gumbel"] = as_bool(f"{p}.gumbel", s["gumbel"])
     s["window"] = as_int(f"{p}.window", s["window"], allow_none=True)
+    s["landmark_norm"] = as_bool(f"{p}.landmark_norm", s["landmark_norm"])
+    s["norm_eps"] = _eps(f"{p}.norm_eps", s["norm_eps"], model_eps)
     return s
 
 
@@ -445,8 +473,10 @@ def resolve(raw: Mapping[str, Any], *, host: PluginHost | None = None) -> dict[s
     model = _resolve_model(raw.get("model"))
     d_model = model["d_model"]
 
-    memories = {n: _resolve_memory_base(n, v, d_model) for n, v in as_mapping("memories", raw.get("memories")).items()}
-    selections = {n: _resolve_selection_base(n, v, memories)
+    eps = model["norm_eps"]
+    memories = {n: _resolve_memory_base(n, v, d_model, eps)
+                for n, v in as_mapping("memories", raw.get("memories")).items()}
+    selections = {n: _resolve_selection_base(n, v, memories, eps)
                   for n, v in as_mapping("retrieval", raw.get("retrieval")).items()}
     _wire_retrieval_dims(memories, selections, d_model)
 
@@ -469,7 +499,7 @@ def resolve(raw: Mapping[str, Any], *, host: PluginHost | None = None) -> dict[s
         for where, override in overrides.get(i, ()):
             _check_partial(where, override, item["kind"], kinds)
             item = _merge_layer(item, override)
-        layers.append(_resolve_layer(i, item, symbol, kinds, kind_defaults, memories, selections))
+        layers.append(_resolve_layer(i, item, symbol, kinds, kind_defaults, memories, selections, eps))
 
     n = len(layers)
     for mname, mem in memories.items():
@@ -496,7 +526,7 @@ def resolve(raw: Mapping[str, Any], *, host: PluginHost | None = None) -> dict[s
 
 def _resolve_layer(i: int, item: dict[str, Any], symbol: str | None, kinds: _Kinds,
                    kind_defaults: Mapping[str, dict[str, Any]], memories: Mapping[str, dict[str, Any]],
-                   selections: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+                   selections: Mapping[str, dict[str, Any]], model_eps: float) -> dict[str, Any]:
     p = f"layers[{i}]"
     origin = f" (from symbol '{symbol}')" if symbol else ""
     kind = item["kind"]
@@ -544,6 +574,11 @@ def _resolve_layer(i: int, item: dict[str, Any], symbol: str | None, kinds: _Kin
     if isinstance(num_heads, int) and num_heads % mem["kv_heads"]:
         raise SpecError(f"{p}.num_heads", f"{num_heads}{origin} is not a multiple of memories.{mem_name}.kv_heads "
                                           f"({mem['kv_heads']})")
+    if "norm_eps" in registered:  # a retrieval layer's own norms; None -> model.norm_eps
+        options["norm_eps"] = _eps(f"{p}.norm_eps", options["norm_eps"], model_eps)
+    if options.get("residual") is False and not mlp:
+        raise SpecError(f"{p}.residual", f"false{origin} needs mlp: true (the layer's output would reach the "
+                                         f"stream only through its MLP, and there is none)")
     layer["selection"] = sel_name
     layer["memory"] = mem_name
     return layer

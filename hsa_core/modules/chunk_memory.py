@@ -62,14 +62,18 @@ class ChunkMemory(nn.Module):
             (W_lmk on the mean of the chunk's encoded tokens).
         encoder_layers: 0 (no encoder) to a few; RAMba uses 1.
         encoder_heads, encoder_mlp_hidden: encoder geometry (defaults: d/64 heads, 8/3 d SwiGLU).
-        chunk_norm: RMSNorm the source states before encoding.
+        encoder_kv_heads, encoder_qkv_bias: the encoder's KV heads (GQA) and q/k/v biases.
+        chunk_norm: RMSNorm the source states before encoding (the published RAMba has none when
+            it has an encoder, and one, before the mean, when it has none).
         k_norm: per-head RMSNorm on the keys (paired with an HSA layer's ``qk_norm``).
+        norm_eps: epsilon of the chunk norm, the encoder's norms and ``k_norm``.
     """
 
     def __init__(self, d_model: int, *, chunk_size: int = 64, kv_heads: int = 1, head_dim: int = 64,
                  landmark_dim: int | None = None, retrieval_heads: int = 1, landmark: str = "cls",
                  encoder_layers: int = 1, encoder_heads: int | None = None,
-                 encoder_mlp_hidden: int | None = None, chunk_norm: bool = True, k_norm: bool = False,
+                 encoder_mlp_hidden: int | None = None, encoder_kv_heads: int | None = None,
+                 encoder_qkv_bias: bool = False, chunk_norm: bool = True, k_norm: bool = False,
                  norm_eps: float = 1e-5) -> None:
         super().__init__()
         landmark_dim = landmark_dim or d_model
@@ -86,6 +90,7 @@ class ChunkMemory(nn.Module):
         self.retrieval_heads, self.landmark_dim, self.landmark = retrieval_heads, landmark_dim, landmark
         self.chunk_norm = RMSNorm(d_model, eps=norm_eps) if chunk_norm else nn.Identity()
         self.encoder = (ChunkEncoder(d_model, layers=encoder_layers, heads=encoder_heads,
+                                     kv_heads=encoder_kv_heads, qkv_bias=encoder_qkv_bias,
                                      mlp_hidden=encoder_mlp_hidden, eps=norm_eps)
                         if encoder_layers > 0 else None)
         self.k_proj = nn.Linear(d_model, kv_heads * head_dim, bias=False)

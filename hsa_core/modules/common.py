@@ -22,8 +22,19 @@ class RMSNorm(nn.RMSNorm):
         return F.rms_norm(x, self.normalized_shape, weight, self.eps)
 
 
-def swiglu_hidden(d_model: int, multiple_of: int = 64) -> int:
-    """Default SwiGLU width: 8/3 * d (same parameters as a 4*d GELU MLP), rounded up."""
+MLP_ROUNDINGS = ("up", "down")
+
+
+def swiglu_hidden(d_model: int, multiple_of: int = 64, rounding: str = "up") -> int:
+    """Default SwiGLU width: 8/3 * d (same parameters as a 4*d GELU MLP) to a multiple of ``multiple_of``.
+
+    ``rounding="up"`` is the toolkit's default (2752 for d=1024); ``"down"`` floors 8/3 d instead,
+    which is the width of the published RAMba chunk encoder (2688 for d=1024).
+    """
+    if rounding not in MLP_ROUNDINGS:
+        raise ValueError(f"rounding must be one of {MLP_ROUNDINGS}, got {rounding!r}")
+    if rounding == "down":
+        return max(multiple_of, int(8 * d_model / 3) // multiple_of * multiple_of)
     hidden = int(8 * d_model / 3)
     return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
 

@@ -12,7 +12,11 @@ from .common import RMSNorm
 from .retrieval import Selection
 
 # Options a layout may set on an ``hsa`` layer (the memory geometry comes from its memory).
-HSA_LAYER_DEFAULTS: dict[str, Any] = {"num_heads": 16, "qk_norm": False, "sink": False}
+# norm_eps None -> model.norm_eps. residual False: the layer's output is not added to the stream
+# but only feeds its MLP, h + MLP(RMSNorm(h + HSA(h))) (the authors' HSA+MLP sub-layer in their
+# SWA+HSA model, reset_hsa_residual off); needs `mlp: true`.
+HSA_LAYER_DEFAULTS: dict[str, Any] = {"num_heads": 16, "qk_norm": False, "sink": False, "norm_eps": None,
+                                      "residual": True}
 
 
 class HSALayer(nn.Module):
@@ -26,11 +30,17 @@ class HSALayer(nn.Module):
         kv_heads, head_dim, chunk_size: geometry of the memory this layer reads.
         qk_norm: per-head RMSNorm on the queries (pair with the memory's ``k_norm``).
         sink: one extra logit fixed at 0 with a zero value in every chunk's softmax.
+        norm_eps: epsilon of the input RMSNorm and the query norm (``None``: 1e-5).
+        residual: read by :class:`~hsa_core.model.RetrievalBlock`: add the output to the stream
+            (default), or only feed it to the block's MLP.
     """
 
     def __init__(self, d_model: int, *, kv_heads: int, head_dim: int, chunk_size: int, num_heads: int = 16,
-                 qk_norm: bool = False, sink: bool = False, norm_eps: float = 1e-5) -> None:
+                 qk_norm: bool = False, sink: bool = False, norm_eps: float | None = 1e-5,
+                 residual: bool = True) -> None:
         super().__init__()
+        norm_eps = 1e-5 if norm_eps is None else norm_eps
+        self.residual = residual
         if num_heads % kv_heads:
             raise ValueError(f"num_heads={num_heads} must be a multiple of kv_heads={kv_heads}")
         self.num_heads, self.kv_heads, self.head_dim = num_heads, kv_heads, head_dim

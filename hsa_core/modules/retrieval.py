@@ -35,11 +35,14 @@ class Retrieval(nn.Module):
         weighting: ``"stick_breaking"`` or ``"softmax"``.
         gumbel: Gumbel noise on the selection scores while training.
         window: hide chunks that a sliding window of this many tokens already covers.
+        landmark_norm: per-head RMSNorm (own weights) on the retrieval query and on the landmarks
+            before scoring (the authors' ``enable_lmk_norm``; the memory keeps raw landmarks).
+        norm_eps: epsilon of this module's RMSNorms.
     """
 
     def __init__(self, d_model: int, *, retrieval_dim: int, retrieval_heads: int = 1, topk: int = 8,
                  chunk_size: int = 64, weighting: str = "stick_breaking", gumbel: bool = False,
-                 window: int | None = None, norm_eps: float = 1e-5) -> None:
+                 window: int | None = None, landmark_norm: bool = False, norm_eps: float = 1e-5) -> None:
         super().__init__()
         if weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
@@ -49,13 +52,19 @@ class Retrieval(nn.Module):
         self.weighting, self.gumbel, self.window = weighting, gumbel, window
         self.norm = RMSNorm(d_model, eps=norm_eps)
         self.query = nn.Linear(d_model, retrieval_dim, bias=False)
+        head = retrieval_dim // retrieval_heads
+        self.q_norm = RMSNorm(head, eps=norm_eps) if landmark_norm else None
+        self.landmark_norm = RMSNorm(head, eps=norm_eps) if landmark_norm else None
 
     def forward(self, x: Tensor, memory: MemoryState, q_offset: int = 0) -> Selection:
         """x ``(B, T, d)`` at absolute positions ``q_offset..q_offset+T-1`` -> :class:`Selection`."""
         B, T, _ = x.shape
         q_r = self.query(self.norm(x)).view(B, T, self.retrieval_heads, -1)
+        landmarks = memory.landmarks.to(q_r.dtype)
+        if self.q_norm is not None and self.landmark_norm is not None:
+            q_r, landmarks = self.q_norm(q_r), self.landmark_norm(landmarks)
         indices, weights = hsa_select(
-            q_r, memory.landmarks.to(q_r.dtype), topk=self.topk, chunk_size=self.chunk_size,
+            q_r, landmarks, topk=self.topk, chunk_size=self.chunk_size,
             q_offset=q_offset, weighting=self.weighting, window=self.window,
             gumbel=self.gumbel and self.training,
         )

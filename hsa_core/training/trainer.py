@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import json
 import time
-import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InvalidFileError, UsageError
@@ -27,7 +25,8 @@ from ..tasks import Task, TaskBatch, make_task
 from . import checkpoint as ckpt
 from .config import TrainConfig, lr_at
 from .distributed import DistEnv, all_reduce_sum, barrier, init_distributed, shutdown, wrap_model
-from .segments import SegmentedForward, detach_states
+from .segments import EvalAdapter as _EvalAdapter
+from .segments import SegmentedForward, detach_states, step_seed
 
 ModelFactory = Callable[[Mapping[str, Any]], nn.Module]
 
@@ -64,11 +63,6 @@ def default_model_factory(spec: Mapping[str, Any]) -> nn.Module:
     return HSALanguageModel.from_spec(spec)
 
 
-def step_seed(seed: int, step: int, part: int = 0) -> int:
-    """Seed of the data of ``step`` (stable across machines and processes)."""
-    return zlib.crc32(f"train:{seed}:{step}:{part}".encode()) & 0x7FFFFFFF
-
-
 def task_for_spec(cfg: TrainConfig, spec: Mapping[str, Any]) -> Task:
     """The configured task, with ``vocab_size`` from the model and ``min_gap`` = two chunks."""
     from ..plugins import tasks
@@ -85,6 +79,8 @@ def task_for_spec(cfg: TrainConfig, spec: Mapping[str, Any]) -> Task:
 
 def global_batch(task: Task, cfg: TrainConfig, step: int) -> TaskBatch:
     """The global batch of ``step`` (identical on every rank and on resume)."""
+    if hasattr(task, "global_batch"):  # language-model data (hsa_core.data.training.TextData)
+        return task.global_batch(step)
     n = cfg.concat_segments
     if n == 1:
         return task.sample(cfg.batch_size, cfg.seq_len, step_seed(cfg.seed, step))
@@ -235,13 +231,22 @@ def _train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: Path, resume: 
 
     torch.manual_seed(cfg.seed)  # same initial weights on every rank and every run
     model = factory(spec).to(device)
+    if cfg.checkpoint_activations:
+        if not hasattr(model, "gradient_checkpointing"):
+            raise ValueError("checkpoint_activations needs a model with a 'gradient_checkpointing' switch")
+        model.gradient_checkpointing = True
     spec = getattr(model, "spec", spec)
     if cfg.init_from and state is None:
         from ..evaluation.runner import model_dir_of
 
         _load_weights(model, model_dir_of(cfg.init_from), device)
         say(f"initialised from {model_dir_of(cfg.init_from)}")
-    task = task_for_spec(cfg, spec)
+    if cfg.data:  # a language model on prepared text instead of a synthetic task
+        from ..data.training import text_data_for
+
+        task = text_data_for(cfg, spec, run, env.is_main)  # sets cfg.task = "text"
+    else:
+        task = task_for_spec(cfg, spec)
     if cfg.seq_len < task.min_length():
         raise ValueError(f"--seq-len {cfg.seq_len} is shorter than task '{cfg.task}' needs ({task.min_length()})")
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
@@ -311,11 +316,13 @@ def _train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: Path, resume: 
                 # memory reset: every memory_reset_every batches the carried state is replaced by zeros
                 init_states = carried if (carried is not None and carry_count % cfg.memory_reset_every) else None
             with _autocast(device, amp):
-                logits, final_states = wrapped(batch.input_ids, init_states, return_states=cfg.carry_state)
+                step_loss, answer_logits, final_states = wrapped(
+                    batch.input_ids, init_states, return_states=cfg.carry_state, targets=batch.targets,
+                    loss_mask=batch.loss_mask(cfg.loss_on), answer_positions=batch.answer_positions)
             if cfg.carry_state:
                 carried = detach_states(final_states)
                 carry_count += 1
-            loss, loss_sum, n_tok, correct = _loss(logits, batch, cfg.loss_on, env)
+            loss, loss_sum, n_tok, correct = _loss(step_loss, answer_logits, batch, cfg.loss_on, env)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = _clip(wrapped, cfg.grad_clip)
@@ -328,18 +335,23 @@ def _train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: Path, resume: 
             done = step + 1
             now = time.perf_counter()
             tps = window_tokens / max(1e-9, now - window_t)
+            # language-model batches have no answer positions: no exact-match figure for them
+            acc = {"acc": float(correct)} if batch.answer_positions.shape[1] else {}
             if done % cfg.log_every == 0 or done == end:
-                logger.log({"step": done, "loss": last_loss, "acc": float(correct), "lr": lr,
+                logger.log({"step": done, "loss": last_loss, **acc, "lr": lr,
                             "grad_norm": float(grad_norm), "tokens": tokens_seen, "tokens_per_s": round(tps, 1),
-                            "time": round(now - t_start, 3)})
+                            "time": round(now - t_start, 3),
+                            **(task.log_fields(done) if hasattr(task, "log_fields") else {})})
                 window_t, window_tokens = now, 0
             progress.update(pid, completed=done,
-                            info=f"loss {last_loss:.4f} acc {float(correct):.2f} {tps:,.0f} tok/s lr {lr:.2e}")
+                            info=f"loss {last_loss:.4f}{f' acc {float(correct):.2f}' if acc else ''} {tps:,.0f} tok/s "
+                                 f"lr {lr:.2e}")
             if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
                 res = _periodic_eval(wrapped, task, cfg, env, amp)
                 eval_result = res
                 logger.log({"step": done, "eval": res})
-                say(f"step {done}: eval exact-match " + ", ".join(f"{k}: {v:.3f}" for k, v in res.items()))
+                say(f"step {done}: eval {'' if cfg.data else 'exact-match '}"
+                    + ", ".join(f"{k}: {v:.3f}" for k, v in res.items()))
             out_of_time = time_limit is not None and done < end and _agree(now - t_start >= time_limit, env)
             if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps or out_of_time:
                 _save(run, model, wrapped, optimizer, cfg, env, done, tokens_seen, carry_count, carried)
@@ -377,7 +389,8 @@ def _read_checkpoint(path: Path, rank: int) -> _Resumed:
     Raises:
         InvalidFileError / SpecError / OSError: anything missing, corrupt or inconsistent.
     """
-    from ..io import load_pretrained, read_config
+    from ..io import read_config
+    from ..model import load_pretrained
 
     trainer = ckpt.read_trainer_state(path)
     TrainConfig.from_dict(trainer["config"])
@@ -452,22 +465,19 @@ def _autocast(device: torch.device, amp: torch.dtype | None):
     return torch.autocast(device.type, dtype=amp)
 
 
-def _loss(logits: Tensor, batch: TaskBatch, on: str, env: DistEnv) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Cross-entropy over the loss positions of the *global* batch.
+def _loss(loss_sum: Tensor, answer_logits: Tensor, batch: TaskBatch, on: str,
+          env: DistEnv) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The cross-entropy over the loss positions of the *global* batch, from this rank's summed loss.
 
     Returns ``(loss for backward, global loss sum, global token count, global answer exact-match rate)``.
     Each rank divides its local sum by the global token count and multiplies by the world size,
     because DDP averages gradients over ranks: the resulting gradient is exactly that of the
     global-batch mean, whatever the split.
     """
-    mask = batch.loss_mask(on)
-    picked = logits[mask].float()
-    loss_sum = F.cross_entropy(picked, batch.targets[mask], reduction="sum")
     with torch.no_grad():
-        pred = logits.gather(1, batch.answer_positions.unsqueeze(-1).expand(-1, -1, logits.shape[-1])).argmax(-1)
-        exact = (pred == batch.answers()).all(1).float().sum()
-        stats = torch.stack([loss_sum.detach().float(), mask.sum().float(), exact,
-                             torch.tensor(float(batch.batch_size), device=logits.device)])
+        exact = (answer_logits.argmax(-1) == batch.answers()).all(1).float().sum()
+        stats = torch.stack([loss_sum.detach().float(), batch.loss_mask(on).sum().float(), exact,
+                             torch.tensor(float(batch.batch_size), device=loss_sum.device)])
         stats = all_reduce_sum(stats, env)
     loss = loss_sum / stats[1] * env.world_size
     return loss, stats[0], stats[1], stats[2] / stats[3]
@@ -485,6 +495,8 @@ def _periodic_eval(wrapped: nn.Module, task: Task, cfg: TrainConfig, env: DistEn
                    amp: torch.dtype | None) -> dict[str, float]:
     from ..evaluation.core import evaluate
 
+    if hasattr(task, "periodic_eval"):  # language-model data: validation loss (hsa_core.data.training)
+        return task.periodic_eval(wrapped, env, amp)
     lengths = cfg.eval_lengths or [cfg.seq_len]
     device = env.device
     reduce = (lambda t: all_reduce_sum(t.to(device), env).cpu()) if env.distributed else None
@@ -493,17 +505,6 @@ def _periodic_eval(wrapped: nn.Module, task: Task, cfg: TrainConfig, env: DistEn
                    segment_len=cfg.eval_segment_len, device=device, autocast_dtype=amp,
                    rank=env.rank, world_size=env.world_size, reduce=reduce)
     return {f"acc@{n}": a for n, a in res.by_length().items()}
-
-
-class _EvalAdapter(nn.Module):
-    """``(ids, cache, return_cache) -> ModelOutput`` through the (possibly wrapped) training module."""
-
-    def __init__(self, wrapped: nn.Module) -> None:
-        super().__init__()
-        self.wrapped = wrapped
-
-    def forward(self, input_ids: Tensor, cache: Any = None, return_cache: bool = False) -> Any:
-        return self.wrapped(input_ids, cache=cache, passthrough=True)
 
 
 def _full_state(model: nn.Module, wrapped: nn.Module, optimizer: torch.optim.Optimizer,
@@ -572,9 +573,7 @@ def _load_weights(model: nn.Module, directory: Path, device: torch.device) -> No
     from safetensors.torch import load_model
 
     if hasattr(model, "save_pretrained"):
-        from ..io import load_pretrained
-
-        loaded = load_pretrained(directory, device=device)
+        loaded = type(model).from_pretrained(directory, device=device)
         model.load_state_dict(loaded.state_dict())
         return
     load_model(model, str(directory / "model.safetensors"), device=str(device))

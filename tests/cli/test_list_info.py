@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from hsa_cli.app import app
 from typer.testing import CliRunner
 
@@ -58,6 +59,7 @@ def test_no_arguments_shows_help(runner: CliRunner) -> None:
     assert "build" in result.output and "validate" in result.output
 
 
+@pytest.mark.slow
 def test_console_script_and_module_entry_points() -> None:
     """The installed `hsa` script and `python -m hsa_cli` both run the app (exit codes included)."""
     import shutil

@@ -30,6 +30,7 @@ CPU_SIZED = ("ramba-cpu.yaml", "minlstm-hsa.yaml")
 SHRINK = {
     "ramba-370m.yaml": ["layers=M*2 | (H M)*2"],
     "ramba-370m-multihop.yaml": ["layers=M*2 | (H M)*2"],
+    "ramba-370m-enc2.yaml": ["layers=M*2 | (H M)*2"],
     "swa-hsa.yaml": ["layers=S*2 | (H S)*2", "defaults.swa.num_heads=4", "defaults.swa.window=16",
                      "retrieval.sel.window=16", "symbols.H.num_heads=4", "model.mlp_hidden=64"],
     "gla-hsa.yaml": ["layers=G*2 | (H G)*2", "symbols.H.num_heads=4"],
@@ -37,7 +38,8 @@ SHRINK = {
 }
 COMMON_SHRINK = ["model.vocab_size=128", "model.d_model=64", "memories.mid.after_layer=2",
                  "memories.mid.chunk_size=8", "memories.mid.head_dim=16"]
-RETRIEVAL_DIM = {"ramba-370m.yaml": "mid_sel", "ramba-370m-multihop.yaml": "mid_sel", "gla-hsa.yaml": "mid_sel",
+RETRIEVAL_DIM = {"ramba-370m.yaml": "mid_sel", "ramba-370m-multihop.yaml": "mid_sel",
+                 "ramba-370m-enc2.yaml": "mid_sel", "gla-hsa.yaml": "mid_sel",
                  "rwkv7-hsa.yaml": "mid_sel", "swa-hsa.yaml": "sel"}
 
 
@@ -84,6 +86,7 @@ def _overrides(name: str) -> list[str]:
     return [*COMMON_SHRINK, f"retrieval.{sel}.retrieval_dim=64", *SHRINK[name]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", LAYOUTS)
 def test_example_runs_a_forward_pass_on_cpu(name: str) -> None:
     spec = load_spec(EXAMPLES / name, overrides=_overrides(name))
@@ -96,6 +99,7 @@ def test_example_runs_a_forward_pass_on_cpu(name: str) -> None:
     assert torch.isfinite(logits).all()
 
 
+@pytest.mark.slow
 def test_library_example_runs() -> None:
     result = subprocess.run([sys.executable, str(EXAMPLES / "library_use.py")], capture_output=True, text=True,
                             timeout=300, cwd=ROOT)

@@ -23,7 +23,7 @@ def test_ramba_canonical(host: PluginHost, ramba: Callable[..., dict[str, Any]])
     spec = resolve(ramba(), host=host)
     assert set(spec) == {"version", "name", "model", "memories", "retrieval", "layers"}
     assert spec["model"] == {"vocab_size": 50280, "d_model": 1024, "tie_embeddings": True, "norm_eps": 1e-5,
-                             "mlp_hidden": 2752, "init_std": 0.02}
+                             "mlp_hidden": 2752, "init_std": 0.02, "init": "toolkit"}
     layers = spec["layers"]
     assert len(layers) == 51
     assert [layer["kind"] for layer in layers].count("mamba2") == 48
@@ -32,15 +32,18 @@ def test_ramba_canonical(host: PluginHost, ramba: Callable[..., dict[str, Any]])
     hsa = [layer for layer in layers if layer["kind"] == "hsa"]
     assert [layer["index"] for layer in hsa] == [24, 33, 42]
     assert hsa[0] == {"index": 24, "kind": "hsa", "role": "retrieval", "plugin": "hsa_builtin_layers",
-                      "options": {"num_heads": 16, "qk_norm": False, "sink": False}, "mlp": False,
+                      "options": {"num_heads": 16, "qk_norm": False, "sink": False, "norm_eps": 1e-5,
+                                  "residual": True}, "mlp": False,
                       "selection": "mid_sel", "memory": "mid"}
     assert spec["memories"]["mid"] == {
         "after_layer": 24, "chunk_size": 64, "kv_heads": 1, "head_dim": 64, "landmark": "cls",
-        "landmark_dim": 1024, "retrieval_heads": 1, "encoder": {"layers": 1, "heads": 16, "mlp_hidden": 2752},
-        "chunk_norm": True, "k_norm": False}
+        "landmark_dim": 1024, "retrieval_heads": 1,
+        "encoder": {"layers": 1, "heads": 16, "kv_heads": 16, "qkv_bias": False, "mlp_hidden": 2752,
+                    "mlp_rounding": "up"},
+        "chunk_norm": True, "k_norm": False, "norm_eps": 1e-5}
     assert spec["retrieval"]["mid_sel"] == {
         "memory": "mid", "topk": 8, "retrieval_dim": 1024, "retrieval_heads": 1, "weighting": "stick_breaking",
-        "shared": True, "gumbel": False, "window": None}
+        "shared": True, "gumbel": False, "window": None, "landmark_norm": False, "norm_eps": 1e-5}
 
 
 def test_idempotent_and_json_yaml_round_trip(host: PluginHost, ramba: Callable[..., dict[str, Any]]) -> None:
@@ -182,10 +185,11 @@ ERROR_CASES: list[tuple[dict[str, Any], str, str]] = [
     ({"defaults.mamba2.expnd": 2}, "defaults.mamba2.expnd", "unknown option for 'mamba2'; did you mean 'expand'? "
                                                       "(allowed: d_state, d_conv, expand, headdim)"),
     ({"symbols.H.heads": 4}, "symbols.H.heads",
-     "unknown option for 'hsa'; did you mean 'num_heads'? (allowed: num_heads, qk_norm, sink)"),
+     "unknown option for 'hsa'; did you mean 'num_heads'? (allowed: num_heads, qk_norm, sink, norm_eps, residual)"),
     ({"layers": ["M", {"kind": "H", "heads": 2}]}, "layers[1].heads", "unknown option for 'hsa'"),
     ({"memories.mid.chunk": 64}, "memories.mid.chunk", "did you mean 'chunk_size'?"),
-    ({"memories.mid.encoder.depth": 2}, "memories.mid.encoder.depth", "allowed: layers, heads, mlp_hidden"),
+    ({"memories.mid.encoder.depth": 2}, "memories.mid.encoder.depth",
+     "allowed: layers, heads, kv_heads, qkv_bias, mlp_hidden, mlp_rounding"),
     ({"retrieval.mid_sel.top_k": 8}, "retrieval.mid_sel.top_k", "did you mean 'topk'?"),
     ({"overrides": {"30": {"expnd": 4}}}, "overrides.30.expnd", "unknown option for 'mamba2'"),
     # unknown kinds
@@ -229,6 +233,14 @@ ERROR_CASES: list[tuple[dict[str, Any], str, str]] = [
     ({"memories.mid.landmark": "max"}, "memories.mid.landmark", "expected one of cls, mean, got 'max'"),
     ({"memories.mid.encoder": {"layers": 0}}, "memories.mid.landmark", "'cls' needs a chunk encoder"),
     ({"memories.mid.encoder.heads": 7}, "memories.mid.encoder.heads", "7 does not divide model.d_model (1024)"),
+    ({"memories.mid.encoder.kv_heads": 3}, "memories.mid.encoder.kv_heads", "3 does not divide encoder.heads (16)"),
+    ({"memories.mid.encoder.mlp_rounding": "near"}, "memories.mid.encoder.mlp_rounding",
+     "expected one of up, down, got 'near'"),
+    ({"memories.mid.encoder.qkv_bias": "yes"}, "memories.mid.encoder.qkv_bias", "expected true or false"),
+    ({"memories.mid.norm_eps": 0}, "memories.mid.norm_eps", "expected a positive number, got 0"),
+    ({"retrieval.mid_sel.landmark_norm": 1}, "retrieval.mid_sel.landmark_norm", "expected true or false"),
+    ({"model.init": "random"}, "model.init", "expected one of toolkit, published, got 'random'"),
+    ({"symbols.H.norm_eps": "small"}, "layers[24].norm_eps", "expected a positive number, got 'small'"),
     ({"retrieval.mid_sel.weighting": "sum"}, "retrieval.mid_sel.weighting",
      "expected one of stick_breaking, softmax, got 'sum'"),
     ({"retrieval.mid_sel.shared": "no"}, "retrieval.mid_sel.shared", "expected true or false"),

@@ -15,8 +15,8 @@ from safetensors.torch import load_file, save_file
 
 from hsa_core import builtin_plugin
 from hsa_core.errors import HSAError, InvalidFileError, SpecError
-from hsa_core.io import load_pretrained, read_config, save_pretrained
-from hsa_core.model import HSALanguageModel
+from hsa_core.io import read_config, save_pretrained
+from hsa_core.model import HSALanguageModel, load_pretrained
 from hsa_core.plugins import PluginHost
 
 Layout = Callable[..., dict[str, Any]]

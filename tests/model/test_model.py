@@ -43,6 +43,18 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "symbols": {"T": {"kind": "toy", "mlp": True},
                     "H": {"kind": "hsa", "selection": "sel", "num_heads": 2, "qk_norm": True, "sink": True,
                           "mlp": True}}},
+    # The settings the published RAMba needs (issue 14): encoder GQA and q/k/v biases, the floor SwiGLU
+    # width, no chunk norm, per-module eps, landmark norm, the published init, and an HSA layer whose
+    # output only feeds its MLP (the authors' HSA+MLP sub-layer).
+    "published_options": {
+        "model": {"vocab_size": 97, "d_model": 32, "tie_embeddings": True, "mlp_hidden": 48, "init": "published"},
+        "memories": {"mid": {"after_layer": 2, "chunk_size": 4, "kv_heads": 2, "head_dim": 8, "chunk_norm": False,
+                             "norm_eps": 1e-6, "encoder": {"layers": 2, "heads": 4, "kv_heads": 2, "qkv_bias": True,
+                                                           "mlp_rounding": "down"}}},
+        "retrieval": {"sel": {"memory": "mid", "topk": 2, "retrieval_dim": 16, "landmark_norm": True,
+                              "norm_eps": 1e-6}},
+        "symbols": {"T": "toy", "H": {"kind": "hsa", "selection": "sel", "num_heads": 4, "norm_eps": 1e-6,
+                                      "residual": False, "mlp": True}}},
     "two_memories": {
         "memories": {"low": {"after_layer": 0, "chunk_size": 3, "head_dim": 8, "encoder": {"layers": 0}},
                      "mid": {"after_layer": 2, "chunk_size": 4, "kv_heads": 2, "head_dim": 8}},
@@ -72,6 +84,7 @@ def test_structure(tiny: Layout, host: PluginHost) -> None:
     assert model.spec["memories"]["mid"]["after_layer"] == 2
 
 
+@pytest.mark.slow
 def test_segments_equal_full_pass(variant: HSALanguageModel) -> None:
     ids = torch.randint(0, 97, (2, 29))
     full = variant(ids).logits
@@ -114,6 +127,7 @@ def test_generate_greedy_equals_full_forward(variant: HSALanguageModel) -> None:
     assert torch.equal(ids[:, 7:], full.argmax(-1))
 
 
+@pytest.mark.slow
 def test_generate_sampling_and_eos(tiny: Layout, host: PluginHost) -> None:
     model = build(tiny(), host)
     prompt = torch.randint(0, 97, (3, 5))
@@ -170,3 +184,40 @@ def test_meta_and_dtype(tiny: Layout, host: PluginHost) -> None:
     assert all(p.device.type == "meta" for p in meta.parameters())
     bf16 = HSALanguageModel.from_spec(tiny(), dtype=torch.bfloat16, host=host)
     assert bf16(torch.randint(0, 97, (1, 9))).logits.dtype == torch.bfloat16
+
+
+def test_published_options_are_built(tiny: Layout, host: PluginHost) -> None:
+    model = build(tiny(**VARIANTS["published_options"]), host)
+    enc = model.memories["mid"].encoder
+    assert enc is not None and len(enc.layers) == 2
+    layer0 = enc.layers[0]
+    assert layer0.qkv.weight.shape == ((4 + 2 * 2) * 8, 32) and layer0.qkv.bias is not None
+    assert layer0.mlp.down.weight.shape == (32, 64)  # floor(8/3 * 32 / 64) * 64 = 64
+    assert layer0.attn_norm.eps == 1e-6 and model.memories["mid"].k_proj.weight.shape == (16, 32)
+    sel = model.selections["sel"]
+    assert sel.norm.eps == 1e-6 and sel.q_norm is not None and sel.landmark_norm is not None
+    hsa_block = model.layers[2]
+    assert isinstance(hsa_block, RetrievalBlock) and hsa_block.layer.norm.eps == 1e-6
+    assert model.layers[0].norm.eps == 1e-5
+
+
+def test_hsa_output_only_feeds_the_mlp_when_residual_is_false(tiny: Layout, host: PluginHost) -> None:
+    model = build(tiny(**VARIANTS["published_options"]), host)
+    block = model.layers[2]
+    assert isinstance(block, RetrievalBlock) and block.mlp is not None
+    h = torch.randn(1, 12, 32, dtype=torch.float64)
+    mem = model.memories["mid"](h)
+    sel = model.selections["sel"](h, mem)
+    with torch.no_grad():
+        y = block.layer(h, mem, sel)
+        torch.testing.assert_close(block(h, mem, sel), h + block.mlp(h + y))
+        block.layer.residual = True
+        torch.testing.assert_close(block(h, mem, sel), h + y + block.mlp(h + y))
+
+
+def test_residual_false_needs_an_mlp(tiny: Layout, host: PluginHost) -> None:
+    from hsa_core.errors import SpecError
+
+    raw = tiny(symbols={"T": "toy", "H": {"kind": "hsa", "selection": "sel", "num_heads": 4, "residual": False}})
+    with pytest.raises(SpecError, match=r"layers\[2\]\.residual: false \(from symbol 'H'\) needs mlp: true"):
+        HSALanguageModel.from_spec(raw, host=host)

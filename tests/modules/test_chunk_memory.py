@@ -74,3 +74,22 @@ def test_ramba_memory_parameter_count():
     mem = ChunkMemory(1024, chunk_size=64, kv_heads=1, head_dim=64, encoder_layers=1, landmark="cls")
     n = sum(p.numel() for p in mem.parameters())
     assert 13.0e6 < n < 14.5e6, n
+
+
+def test_encoder_gqa_equals_repeated_kv_heads() -> None:
+    """4 query heads over 2 KV heads == 4 full heads whose k/v projections repeat each KV head twice."""
+    from hsa_core.modules.encoder import ChunkEncoder
+
+    gqa = ChunkEncoder(32, layers=1, heads=4, kv_heads=2, qkv_bias=True).double()
+    full = ChunkEncoder(32, layers=1, heads=4, qkv_bias=True).double()
+    full.load_state_dict({k: v for k, v in gqa.state_dict().items() if ".qkv." not in k}, strict=False)
+    hd = 8
+    with torch.no_grad():
+        for p_gqa, p_full in ((gqa.layers[0].qkv.weight, full.layers[0].qkv.weight),
+                              (gqa.layers[0].qkv.bias, full.layers[0].qkv.bias)):
+            q, k, v = p_gqa.split([4 * hd, 2 * hd, 2 * hd])
+            rep = [t.unflatten(0, (2, hd)).repeat_interleave(2, 0).flatten(0, 1) for t in (k, v)]
+            p_full.copy_(torch.cat([q, *rep]))
+    x = torch.randn(3, 5, 32, dtype=torch.float64)
+    torch.testing.assert_close(gqa(x), full(x))
+    assert gqa.layers[0].qkv.weight.shape == (64, 32) and torch.count_nonzero(gqa.layers[0].qkv.bias) == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import pytest
 import torch
 from torch import nn
 
@@ -39,3 +40,11 @@ def test_swiglu_shapes() -> None:
     assert swiglu_hidden(96) == 256
     mlp = SwiGLU(96, swiglu_hidden(96))
     assert mlp(torch.randn(2, 3, 96)).shape == (2, 3, 96)
+
+
+def test_swiglu_width_rounding() -> None:
+    assert swiglu_hidden(1024) == 2752  # toolkit default: 8/3 d rounded up to a multiple of 64
+    assert swiglu_hidden(1024, rounding="down") == 2688  # the published encoder: floor(8/3 d / 64) * 64
+    assert swiglu_hidden(96, rounding="down") == 256
+    with pytest.raises(ValueError, match="rounding"):
+        swiglu_hidden(64, rounding="near")

@@ -41,6 +41,7 @@ def single(tmp_path_factory: pytest.TempPathFactory) -> list[float]:
     return train_losses(run)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_two_processes_match_one(tmp_path: Path, single: list[float], mode: str) -> None:
     out = tmp_path / mode
