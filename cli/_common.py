@@ -130,7 +130,9 @@ def classify(exc: BaseException) -> tuple[str, int]:
                 f"sequence, or another device"), EXIT_RESOURCES
     if isinstance(exc, RuntimeError | AssertionError) and any(m in lowered for m in _NO_CUDA_MARKERS):
         return f"CUDA is not available on this machine ({text}); use --device cpu", EXIT_MISSING_DEP
-    if isinstance(exc, ImportError):
+    own_module = (getattr(exc, "name", None) or "").split(".")[0] in ("hsa_core", "hsa_kernels", "hsa_backbones",
+                                                                      "hsa_cli")
+    if isinstance(exc, ImportError) and not own_module:  # the toolkit's own modules are installed: a bug
         name = getattr(exc, "name", None)
         return (f"a required module is not installed: {text}" + (f"; install it with: pip install {name}"
                                                                   if name else "")), EXIT_MISSING_DEP

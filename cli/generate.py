@@ -40,7 +40,7 @@ def generate(
     from hsa_core.data.training import find_run_tokenizer
     from hsa_core.evaluation.runner import model_dir_of
     from hsa_core.generation import TextStream, stream_generate
-    from hsa_core.io import load_pretrained
+    from hsa_core.model import load_pretrained
     from hsa_core.training.distributed import resolve_device
 
     if (prompt is None) == (prompt_file is None):

@@ -161,7 +161,7 @@ def run_ppl(runs: Sequence[str | Path], data_dir: str | Path, lengths: Sequence[
     from ..data.errors import DataError
     from ..data.shards import open_data
     from ..data.training import check_tokenizer_match
-    from ..io import load_pretrained
+    from ..model import load_pretrained
     from ..training.distributed import resolve_device
     from .runner import model_dir_of
 
