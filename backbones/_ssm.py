@@ -1,4 +1,4 @@
-"""Pure-PyTorch building blocks of the Mamba backbones, and the loader of mamba-ssm's fast kernels.
+"""Pure-PyTorch building blocks of the Mamba backbones (the fast kernels: :mod:`hsa_backbones.fast_paths`).
 
 Why these exist instead of calling existing torch paths (the issue asks to prefer those):
 
@@ -19,42 +19,16 @@ and against transformers' torch path where it is installed.
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import importlib
-from types import SimpleNamespace
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-# -- fast kernels (CUDA only) --------------------------------------------------------------------------
-@functools.lru_cache(maxsize=1)
-def fast_kernels() -> SimpleNamespace | None:
-    """mamba-ssm's (and causal-conv1d's) CUDA/Triton kernels, or ``None`` when unavailable.
-
-    Only tried when CUDA is available: on CPU ``import mamba_ssm`` fails anyway (no compiled
-    extension) and the Triton kernels would run only under the interpreter. Any import failure falls
-    back to the torch path silently (it is correct, just slower).
-    """
-    if not torch.cuda.is_available():
-        return None
-    kernels = SimpleNamespace(chunk_scan=None, selective_scan=None, conv=None)
-    # Exception, not ImportError: a Triton/driver error can also be raised at import time.
-    with contextlib.suppress(Exception):
-        kernels.chunk_scan = importlib.import_module("mamba_ssm.ops.triton.ssd_combined").mamba_chunk_scan_combined
-    with contextlib.suppress(Exception):
-        kernels.selective_scan = importlib.import_module(
-            "mamba_ssm.ops.selective_scan_interface").selective_scan_fn
-    with contextlib.suppress(Exception):
-        kernels.conv = importlib.import_module("causal_conv1d").causal_conv1d_fn
-    return kernels
-
-
 # -- causal depthwise convolution with carried state ---------------------------------------------------
 def causal_conv(x: Tensor, conv_state: Tensor | None, weight: Tensor, bias: Tensor | None,
-                use_kernel: bool = False) -> tuple[Tensor, Tensor]:
+                kernel: tuple[str, Callable] | None = None) -> tuple[Tensor, Tensor]:
     """Depthwise causal conv + SiLU continuing from ``conv_state``.
 
     Args:
@@ -62,12 +36,19 @@ def causal_conv(x: Tensor, conv_state: Tensor | None, weight: Tensor, bias: Tens
         conv_state: ``(B, C, W)`` the last ``W`` inputs seen (mamba-ssm's layout; zeros at the start),
             or ``None`` for zeros.
         weight: ``(C, 1, W)`` ``nn.Conv1d`` depthwise weight; bias ``(C,)``.
+        kernel: a fused kernel from :func:`hsa_backbones.fast_paths.causal_conv_kernel` (``("fla", fn)``
+            or ``("causal-conv1d", fn)``), or ``None`` for PyTorch (cuDNN on CUDA).
 
     Returns:
         ``(silu(conv(x)) (B, T, C), new conv_state (B, C, W))``.
     """
     b, _, c = x.shape
     width = weight.shape[-1]
+    if kernel is not None and kernel[0] == "fla":
+        # fla's Triton conv reads (B, T, C) in place and carries the state itself (same layout).
+        y, new_state = kernel[1](x, weight.squeeze(1), bias, initial_state=None if conv_state is None
+                                 else conv_state.to(x.dtype), output_final_state=True, activation="silu")
+        return y, new_state
     xt = x.transpose(1, 2)  # (B, C, T)
     if conv_state is None:
         conv_state = xt.new_zeros(b, c, width)
@@ -75,9 +56,8 @@ def causal_conv(x: Tensor, conv_state: Tensor | None, weight: Tensor, bias: Tens
         conv_state = conv_state.to(xt.dtype)
     # Prepending the last W - 1 inputs turns "continue from a state" into a plain valid convolution.
     full = torch.cat([conv_state[:, :, 1:], xt], dim=-1)  # (B, C, W - 1 + T)
-    kernels = fast_kernels() if use_kernel and x.is_cuda else None
-    if kernels is not None and kernels.conv is not None:
-        y = kernels.conv(full.contiguous(), weight.squeeze(1), bias, activation="silu")[..., width - 1:]
+    if kernel is not None:  # causal-conv1d: (B, C, T) in, the W - 1 prepended inputs cut off after
+        y = kernel[1](full.contiguous(), weight.squeeze(1), bias, activation="silu")[..., width - 1:]
     elif x.is_cuda:
         y = F.silu(F.conv1d(full, weight, bias, groups=c))
     else:

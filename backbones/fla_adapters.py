@@ -32,17 +32,17 @@ starts as the identity through its residual, as in RWKV7).
 interpreter. We chose to make that work rather than raise: when CUDA is absent, the first use of an
 adapter sets ``TRITON_INTERPRET=1`` *before* importing fla (Triton decides at decoration time), unless
 fla was already imported without it, in which case a clear :class:`hsa_core.errors.HSAError` says so.
-Two interpreter gaps are patched at the same moment, only on CUDA-less machines (see
-``docs/ecosystem.md``): the autotuner's benchmark (no driver to time with) reports zero so the first
-config is used, and in fla's kernels the loop variables of ``for i in range(...)`` become interpreter
-tensors (RWKV7's chunked kernels call ``i.to(tl.int64)``). The interpreter is slow (RWKV7's chunked
-backward takes seconds even at T=16): fine for tests, not for training.
+Two interpreter gaps are worked around right after fla is imported, only on CUDA-less machines and
+only on fla's own kernel objects (:func:`prepare_fla_for_interpreter`; Triton's classes are not
+patched): their autotuners' benchmark (no driver to time with) reports zero so the first config is
+used, and their loop variables of ``for i in range(...)`` become interpreter tensors (RWKV7's chunked
+kernels call ``i.to(tl.int64)``). The interpreter is slow (RWKV7's chunked backward takes seconds even
+at T=16): fine for tests, not for training.
 """
 
 from __future__ import annotations
 
 import ast
-import contextlib
 import os
 import sys
 import warnings
@@ -103,52 +103,68 @@ RWKV7_DEFAULTS: dict[str, Any] = {
 
 
 # -- importing fla ------------------------------------------------------------------------------------
-def _patch_interpreter() -> None:
-    """Work around two Triton-interpreter gaps that fla's kernels hit (CUDA-less machines only)."""
-    from triton.runtime import autotuner, interpreter
+class _LoopVarsAsTensors(ast.NodeTransformer):
+    """``for i in range(n): body`` -> ``for i in range(n): i = to_tensor(i); body``."""
 
-    if not getattr(autotuner.Autotuner, "_hsa_zero_bench", False):
-        # Without a driver the autotuner cannot time configs and raises; report zero for every config,
-        # so the first one is used (each config is correct, only speed differs).
-        autotuner.Autotuner.do_bench = property(lambda self: (lambda fn, quantiles=None, **kw: [0.0, 0.0, 0.0]))
-        autotuner.Autotuner._hsa_zero_bench = True
+    def visit_For(self, node: ast.For) -> ast.For:
+        self.generic_visit(node)
+        it = node.iter
+        if (isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and it.func.id == "range"
+                and isinstance(node.target, ast.Name)):
+            wrap = ast.Assign(
+                targets=[ast.Name(id=node.target.id, ctx=ast.Store())],
+                value=ast.Call(
+                    func=ast.Attribute(value=ast.Name(id="interpreter_semantic", ctx=ast.Load()),
+                                       attr="to_tensor", ctx=ast.Load()),
+                    args=[ast.Name(id=node.target.id, ctx=ast.Load()), ast.Constant(value=False)],
+                    keywords=[]))
+            node.body.insert(0, wrap)
+        return node
 
-    rewriter = interpreter.FunctionRewriter
-    if getattr(rewriter, "_hsa_loop_vars", False):
-        return
-    original = rewriter._transform_ast
 
-    class _LoopVarsAsTensors(ast.NodeTransformer):
-        """``for i in range(n): body`` -> ``for i in range(n): i = to_tensor(i); body``."""
+def _zero_bench(fn: Any, quantiles: Any = None, **kwargs: Any) -> list[float]:
+    return [0.0, 0.0, 0.0]
 
-        def visit_For(self, node: ast.For) -> ast.For:
-            self.generic_visit(node)
-            it = node.iter
-            if (isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and it.func.id == "range"
-                    and isinstance(node.target, ast.Name)):
-                wrap = ast.Assign(
-                    targets=[ast.Name(id=node.target.id, ctx=ast.Store())],
-                    value=ast.Call(
-                        func=ast.Attribute(value=ast.Name(id="interpreter_semantic", ctx=ast.Load()),
-                                           attr="to_tensor", ctx=ast.Load()),
-                        args=[ast.Name(id=node.target.id, ctx=ast.Load()), ast.Constant(value=False)],
-                        keywords=[]))
-                node.body.insert(0, wrap)
-            return node
 
-    def _transform_ast(self: Any, src: str) -> Any:
-        tree = original(self, src)
-        # Only fla's kernels: other kernels (ours) may rely on loop variables being Python ints.
-        if getattr(self.fn, "__module__", "").startswith("fla."):
-            tree = ast.fix_missing_locations(_LoopVarsAsTensors().visit(tree))
-        return tree
+def prepare_fla_for_interpreter() -> int:
+    """Work around two Triton-interpreter gaps in fla's kernels (CUDA-less machines), on fla's kernel
+    objects only; returns how many were prepared.
 
-    rewriter._transform_ast = _transform_ast
-    rewriter._hsa_loop_vars = True
+    Nothing of Triton itself is patched: each ``Autotuner`` defined in an imported ``fla.*`` module gets
+    an instance-level benchmark that reports zero (without a driver the autotuner cannot time configs
+    and raises; every config is correct, the first one is used), and each of their interpreted
+    functions an instance-level rewriter that turns ``for i in range(...)`` loop variables into
+    interpreter tensors (RWKV7's chunked kernels call ``i.to(tl.int64)``). Our own kernels and anything
+    else using Triton are unaffected. Idempotent; kernels of fla modules imported later are prepared by
+    the next call (:func:`import_fla_layers` calls it after importing ``fla.layers``).
+    """
+    from triton.runtime.autotuner import Autotuner, Heuristics
+    from triton.runtime.interpreter import InterpretedFunction
+
+    prepared = 0
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("fla.") or module is None:
+            continue
+        for obj in list(vars(module).values()):
+            while isinstance(obj, Autotuner | Heuristics | InterpretedFunction):
+                if isinstance(obj, Autotuner) and obj.__dict__.get("do_bench") is not _zero_bench:
+                    obj.__dict__["do_bench"] = _zero_bench  # do_bench is a cached_property: instance wins
+                    prepared += 1
+                if isinstance(obj, InterpretedFunction) and not getattr(obj.rewriter, "_hsa_loop_vars", False):
+                    rewriter = obj.rewriter
+                    transform = rewriter._transform_ast
+                    rewriter._transform_ast = (
+                        lambda src, transform=transform: ast.fix_missing_locations(
+                            _LoopVarsAsTensors().visit(transform(src))))
+                    rewriter._hsa_loop_vars = True
+                    prepared += 1
+                obj = obj.fn
+    return prepared
 
 
 def import_fla_layers(what: str) -> ModuleType:
-    """Import ``fla.layers`` (preparing Triton's interpreter on CUDA-less machines).
+    """Import ``fla.layers``; on CUDA-less machines under Triton's interpreter, with fla's kernels prepared
+    for it (:func:`prepare_fla_for_interpreter`).
 
     Raises:
         MissingDependencyError: fla is not installed (names the ``fla`` extra).
@@ -162,11 +178,12 @@ def import_fla_layers(what: str) -> ModuleType:
                     f"{what} runs fla's Triton kernels, which need CUDA or Triton's interpreter; fla was "
                     "already imported without it. Set TRITON_INTERPRET=1 before anything imports fla.")
             os.environ["TRITON_INTERPRET"] = "1"
-        with contextlib.suppress(ImportError):  # no triton: require() below reports the missing extra
-            _patch_interpreter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fla warns about missing GPUs and RWKV's reference status
-        return require("fla.layers", what=what, extra="fla")
+        layers = require("fla.layers", what=what, extra="fla")
+    if not torch.cuda.is_available():
+        prepare_fla_for_interpreter()
+    return layers
 
 
 def _cache_module() -> ModuleType:
@@ -317,4 +334,4 @@ def build_rwkv7(d_model: int, **options: Any) -> RWKV7:
 
 
 __all__ = ["GLA", "GLA_DEFAULTS", "RWKV6", "RWKV6_DEFAULTS", "RWKV7", "RWKV7_DEFAULTS", "build_gla",
-           "build_rwkv6", "build_rwkv7", "import_fla_layers"]
+           "build_rwkv6", "build_rwkv7", "import_fla_layers", "prepare_fla_for_interpreter"]

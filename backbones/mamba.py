@@ -29,7 +29,8 @@ from torch import Tensor, nn
 
 from hsa_core.interfaces import Mixer, MixerState
 
-from ._ssm import causal_conv, causal_conv_step, fast_kernels, selective_scan
+from ._ssm import causal_conv, causal_conv_step, selective_scan
+from .fast_paths import causal_conv_kernel, forced_torch, selective_scan_kernel
 
 MAMBA_DEFAULTS: dict[str, Any] = {
     "d_state": 16,
@@ -113,16 +114,17 @@ class Mamba(Mixer):
         """Mix ``x`` ``(B, T, d_model)``, continuing from ``state``; returns ``(y (B, T, d_model), state)``."""
         cdt = self.compute_dtype
         xs, z = self.in_proj(x).chunk(2, dim=-1)
+        fast = x.is_cuda and not forced_torch()
         xc, conv_state = causal_conv(xs, None if state is None else state["conv"], self.conv1d.weight,
-                                     self.conv1d.bias, use_kernel=True)
+                                     self.conv1d.bias, kernel=causal_conv_kernel() if fast else None)
         dt, B, C = self._project(xc)
         A = -torch.exp(self.A_log.to(self.compute_dtype))
         h0 = None if state is None else state["ssm"].to(self.compute_dtype)
-        kernels = fast_kernels() if x.is_cuda else None
-        if kernels is not None and kernels.selective_scan is not None:
+        scan = selective_scan_kernel() if fast else None
+        if scan is not None:
             # Kernel layout is channels-first; dt is passed after softplus (delta_softplus=False).
             u, dtc = xc.to(cdt).transpose(1, 2).contiguous(), dt.transpose(1, 2).contiguous()
-            y, h = kernels.selective_scan(u, dtc, A, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(),
+            y, h = scan(u, dtc, A, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(),
                                           return_last_state=True)
             y = y.transpose(1, 2).to(self.compute_dtype)
             if h0 is not None:

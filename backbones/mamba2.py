@@ -6,8 +6,13 @@ layer, ``mixer.`` prefix stripped) loads with ``strict=True``.
 
 Paths:
 
-* CUDA tensors with mamba-ssm importable: its Triton ``mamba_chunk_scan_combined`` (with
-  ``initial_states`` / ``return_final_states``) and, when installed, ``causal_conv1d_fn``.
+* CUDA tensors with mamba-ssm installed (its compiled extension is *not* needed:
+  :mod:`hsa_backbones.fast_paths`): mamba-ssm's Triton kernels throughout, as in its own ``Mamba2``:
+  ``mamba_chunk_scan_combined`` (with ``D``, ``dt_bias``, softplus, ``initial_states`` /
+  ``return_final_states``), the gated RMSNorm ``rmsnorm_fn``, and ``selective_state_update`` for
+  one-token decoding; the causal conv through causal-conv1d or fla's Triton kernel when installed,
+  else cuDNN. Everything stays in the autocast dtype between kernels (no fp32 copies of activations).
+  ``HSA_MAMBA_PATH=torch`` forces the PyTorch path.
 * Everywhere else: the pure-PyTorch chunked SSD scan :func:`hsa_backbones._ssm.ssd_scan` (no loop over
   tokens; see :mod:`hsa_backbones._ssm` for why it is ours rather than mamba-ssm's or transformers').
 
@@ -27,9 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hsa_core.errors import HSAError
 from hsa_core.interfaces import Mixer, MixerState
 
-from ._ssm import GatedRMSNorm, causal_conv, causal_conv_step, fast_kernels, ssd_scan
+from ._ssm import GatedRMSNorm, causal_conv, causal_conv_step, ssd_scan
+from .fast_paths import MambaTriton, causal_conv_kernel, forced_torch, mamba_triton
 
 MAMBA2_DEFAULTS: dict[str, Any] = {
     "d_state": 128,
@@ -148,44 +155,88 @@ class Mamba2(Mixer):
         return self.out_proj(y.to(self.out_proj.weight.dtype))
 
     # -- forward -------------------------------------------------------------------------------
+    def _fast(self, x: Tensor) -> MambaTriton | None:
+        """mamba-ssm's Triton kernels for CUDA inputs (None: the PyTorch path)."""
+        if not x.is_cuda or forced_torch():
+            return None
+        return mamba_triton()
+
+    def _finish_state(self, x: Tensor, state: MixerState | None, conv_state: Tensor, ssm: Tensor) -> MixerState:
+        return {"conv": conv_state.to(x.dtype if state is None else state["conv"].dtype),
+                "ssm": ssm.to(_state_dtype(x.dtype) if state is None else state["ssm"].dtype)}
+
     def forward(self, x: Tensor, state: MixerState | None = None, *,
                 return_state: bool = False) -> tuple[Tensor, MixerState | None]:
         """Mix ``x`` ``(B, T, d_model)``, continuing from ``state``; returns ``(y (B, T, d_model), state)``."""
+        tri = self._fast(x)
+        if tri is not None:
+            return self.forward_triton(x, state, return_state=return_state, kernels=tri,
+                                       conv_kernel=causal_conv_kernel())
         cdt = self.compute_dtype
         z0, x0, z, xbc, dt = self._split(self.in_proj(x))
         xbc, conv_state = causal_conv(xbc, None if state is None else state["conv"], self.conv1d.weight,
-                                      self.conv1d.bias, use_kernel=True)
+                                      self.conv1d.bias)
         xs, B, C = torch.split(xbc, [self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
         xs = xs.unflatten(-1, (self.nheads, self.headdim))
         B = B.unflatten(-1, (self.ngroups, self.d_state))
         C = C.unflatten(-1, (self.ngroups, self.d_state))
         A = -torch.exp(self.A_log.to(self.compute_dtype))
         ssm0 = None if state is None else state["ssm"]
-        kernels = fast_kernels() if x.is_cuda else None
-        if kernels is not None and kernels.chunk_scan is not None:
-            kwargs: dict[str, Any] = {} if self.dt_limit is None else {"dt_limit": self.dt_limit}
-            y, ssm = kernels.chunk_scan(xs, dt, A, B, C, chunk_size=self.chunk_size, D=None, z=None,
-                                        dt_bias=self.dt_bias, dt_softplus=True, initial_states=ssm0,
-                                        return_final_states=True, **kwargs)
-        else:
-            # The result does not depend on the chunk length; on CPU the quadratic intra-chunk part
-            # dominates, and 64 measured fastest (chunk_size=256 is tuned for the GPU kernel).
-            chunk = self.chunk_size if x.is_cuda else min(self.chunk_size, CPU_CHUNK)
-            y, ssm = ssd_scan(xs.to(cdt), self._dt(dt), A, B.to(cdt), C.to(cdt), chunk_size=chunk,
-                              initial_state=ssm0)
+        # The result does not depend on the chunk length; on CPU the quadratic intra-chunk part
+        # dominates, and 64 measured fastest (chunk_size=256 is tuned for the GPU kernel).
+        chunk = self.chunk_size if x.is_cuda else min(self.chunk_size, CPU_CHUNK)
+        y, ssm = ssd_scan(xs.to(cdt), self._dt(dt), A, B.to(cdt), C.to(cdt), chunk_size=chunk,
+                          initial_state=ssm0)
         y = y.to(cdt) + xs.to(cdt) * self._skip()
         out = self._output(y.flatten(-2), z, z0, x0).to(x.dtype)
         if state is None and not return_state:
             return out, None
-        return out, {"conv": conv_state.to(x.dtype if state is None else state["conv"].dtype),
-                     "ssm": ssm.to(_state_dtype(x.dtype) if state is None else state["ssm"].dtype)}
+        return out, self._finish_state(x, state, conv_state, ssm)
+
+    def forward_triton(self, x: Tensor, state: MixerState | None = None, *, return_state: bool = False,
+                       kernels: MambaTriton, conv_kernel: tuple[str, Any] | None = None
+                       ) -> tuple[Tensor, MixerState | None]:
+        """:meth:`forward` through mamba-ssm's Triton kernels (what CUDA inputs take; public so that the
+        tests can run it under Triton's interpreter on CPU against the PyTorch path).
+
+        The SSD scan applies ``dt_bias``, softplus, ``dt_limit`` and the ``D`` skip itself; without
+        ``rmsnorm`` it also applies the ``silu(z)`` gate, with it the fused gated RMSNorm does.
+        """
+        z0, x0, z, xbc, dt = self._split(self.in_proj(x))
+        xbc, conv_state = causal_conv(xbc, None if state is None else state["conv"], self.conv1d.weight,
+                                      self.conv1d.bias, kernel=conv_kernel)
+        xs, B, C = torch.split(xbc, [self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+        A = -torch.exp(self.A_log.float())
+        D = self.D.view(self.nheads, self.headdim) if self.D_has_hdim else self.D
+        kwargs: dict[str, Any] = {} if self.dt_limit is None else {"dt_limit": self.dt_limit}
+        ssm0 = None if state is None else state["ssm"].float()
+        y, ssm = kernels.chunk_scan(
+            xs.unflatten(-1, (self.nheads, self.headdim)), dt, A, B.unflatten(-1, (self.ngroups, self.d_state)),
+            C.unflatten(-1, (self.ngroups, self.d_state)), chunk_size=self.chunk_size, D=D,
+            z=None if self.rmsnorm else z.unflatten(-1, (self.nheads, self.headdim)), dt_bias=self.dt_bias,
+            dt_softplus=True, initial_states=ssm0, return_final_states=True, **kwargs)
+        y = y.flatten(-2)
+        if self.norm is not None:
+            y = kernels.gated_rmsnorm(y, self.norm.weight, None, z=z, eps=self.norm.eps,
+                                      group_size=self.norm.group_size, norm_before_gate=self.norm_before_gate)
+        if self.d_mlp > 0:  # mamba-ssm puts the gated-MLP part first
+            y = torch.cat([F.silu(z0) * x0, y.to(z0.dtype)], dim=-1)
+        # Under autocast y is already in the matmul dtype; a cast to the fp32 weight would copy it twice.
+        out = self.out_proj(y if torch.is_autocast_enabled() else y.to(self.out_proj.weight.dtype)).to(x.dtype)
+        if state is None and not return_state:
+            return out, None
+        return out, self._finish_state(x, state, conv_state, ssm)
 
     def step(self, x: Tensor, state: MixerState) -> tuple[Tensor, MixerState]:
-        """One token: x ``(B, d_model)`` -> ``((B, d_model), new state)`` by the plain recurrence."""
+        """One token: x ``(B, d_model)`` -> ``((B, d_model), new state)`` by the plain recurrence
+        (mamba-ssm's Triton ``selective_state_update`` on CUDA)."""
         cdt = self.compute_dtype
         z0, x0, z, xbc, dt = self._split(self.in_proj(x))
         xbc, conv_state = causal_conv_step(xbc, state["conv"], self.conv1d.weight, self.conv1d.bias)
         xs, B, C = torch.split(xbc, [self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+        tri = self._fast(x)
+        if tri is not None:
+            return self.step_triton(x, state, tri, (z0, x0, z, xs, B, C, dt), conv_state)
         xs = xs.to(cdt).unflatten(-1, (self.nheads, self.headdim))  # (b, h, p)
         rep = self.nheads // self.ngroups
         B = B.to(cdt).unflatten(-1, (self.ngroups, self.d_state)).repeat_interleave(rep, dim=1)  # (b, h, n)
@@ -195,6 +246,33 @@ class Mamba2(Mixer):
         ssm = state["ssm"].to(cdt) * dA[:, :, None, None] + (dt[:, :, None] * xs).unsqueeze(-1) * B[:, :, None, :]
         y = torch.einsum("bhpn,bhn->bhp", ssm, C) + xs * self._skip()
         out = self._output(y.flatten(-2), z, z0, x0).to(x.dtype)
+        return out, {"conv": conv_state, "ssm": ssm.to(state["ssm"].dtype)}
+
+
+    def step_triton(self, x: Tensor, state: MixerState, kernels: MambaTriton, parts: tuple[Tensor, ...],
+                    conv_state: Tensor) -> tuple[Tensor, MixerState]:
+        """The SSM part of :meth:`step` through ``selective_state_update`` (on a copy: the given state
+        is not modified, as the Mixer contract requires)."""
+        if self.dt_limit is not None:
+            raise HSAError("Mamba2.step on CUDA with dt_limit is not supported by mamba-ssm's Triton state "
+                           "update; set HSA_MAMBA_PATH=torch")
+        z0, x0, z, xs, B, C, dt = parts
+        h, p, n = self.nheads, self.headdim, self.d_state
+        ssm = state["ssm"].float().clone()
+        D = self.D.float().view(h, p) if self.D_has_hdim else self.D.float()[:, None].expand(h, p)
+        y = kernels.state_update(
+            ssm, xs.unflatten(-1, (h, p)), dt[:, :, None].expand(-1, h, p),
+            (-torch.exp(self.A_log.float()))[:, None, None].expand(h, p, n),
+            B.unflatten(-1, (self.ngroups, n)), C.unflatten(-1, (self.ngroups, n)), D,
+            z=None if self.rmsnorm else z.unflatten(-1, (h, p)),
+            dt_bias=self.dt_bias[:, None].expand(h, p), dt_softplus=True)
+        y = y.flatten(-2)
+        if self.norm is not None:
+            y = kernels.gated_rmsnorm(y, self.norm.weight, None, z=z, eps=self.norm.eps,
+                                      group_size=self.norm.group_size, norm_before_gate=self.norm_before_gate)
+        if self.d_mlp > 0:
+            y = torch.cat([F.silu(z0) * x0, y.to(z0.dtype)], dim=-1)
+        out = self.out_proj(y.to(self.out_proj.weight.dtype)).to(x.dtype)
         return out, {"conv": conv_state, "ssm": ssm.to(state["ssm"].dtype)}
 
 

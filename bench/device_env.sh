@@ -11,10 +11,15 @@ ln -sfn "$PWD/hsa_core" /tmp/pkgs/hsa_core
 ln -sfn "$PWD/backbones" /tmp/pkgs/hsa_backbones
 ln -sfn "$PWD/cli" /tmp/pkgs/hsa_cli
 if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  if [ ! -f /tmp/site/.hsa-installed ]; then  # once per machine (parallel scripts source this file too)
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    touch /tmp/site/.hsa-installed
+  fi
   export PYTHONPATH=/tmp/site:$PYTHONPATH
   export PATH=/tmp/site/bin:$PATH
 fi
 export PYTHONPATH=/tmp/pkgs:$PYTHONPATH
 export PYTHONUNBUFFERED=1
+# Keep autotuning results on disk too (Triton >= 3.2): later processes on this machine skip re-tuning.
+export TRITON_CACHE_AUTOTUNING=1
 set +e

@@ -8,7 +8,18 @@ from pathlib import Path
 
 import typer
 
-from ._common import PLUGIN_OPTION, SET_OPTION, build_model, console, guarded, load_plugins, load_spec_from
+from hsa_core.errors import DeviceUnavailableError
+
+from ._common import (
+    PLUGIN_OPTION,
+    SET_OPTION,
+    build_model,
+    check_parent_writable,
+    console,
+    guarded,
+    load_plugins,
+    load_spec_from,
+)
 from ._summary import print_summary
 
 
@@ -32,7 +43,7 @@ def pick_device(device: Device | None, out: Path | None) -> str:
     if device is Device.meta and out is not None:
         raise typer.BadParameter("--out needs real weights; use --device cpu or cuda", param_hint="--device")
     if device is Device.cuda and not torch.cuda.is_available():
-        raise typer.BadParameter("CUDA is not available on this machine", param_hint="--device")
+        raise DeviceUnavailableError("--device cuda: CUDA is not available on this machine; use --device cpu or meta")
     return device.value
 
 
@@ -59,6 +70,8 @@ def build(
     if out is not None and out.exists() and not force:
         # Checked before building: a 370M build should not be wasted on a refusal to write.
         raise typer.BadParameter(f"'{out}' exists; use --force to replace it", param_hint="--out")
+    if out is not None:
+        check_parent_writable(out)  # before building: the weights must have somewhere to go
     path, canonical = load_spec_from(spec, set_)
     model = build_model(canonical, device=target, source=path)
     summary = describe(model, context_len=context_len)

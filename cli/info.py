@@ -39,19 +39,19 @@ def collect() -> dict[str, Any]:
     """Everything ``hsa info`` reports, as a JSON-ready dict."""
     import torch
 
-    from hsa_core.ops import backend_for
-    from hsa_core.ops.dispatch import TRITON_ENTRY_POINTS
+    from hsa_core.errors import HSAError
+    from hsa_core.ops import KERNEL_OPS, backend_for
 
     cuda = torch.cuda.is_available()
     devices = ["cpu"] + (["cuda"] if cuda else [])
     backends: dict[str, dict[str, str]] = {}
     # Every op with a dispatch point (hsa_select, hsa_attention, hsa_decode, ... as kernels land).
-    for op in sorted(TRITON_ENTRY_POINTS):
+    for op in sorted(KERNEL_OPS):
         backends[op] = {}
         for device in devices:
             try:
                 backends[op][device] = backend_for(op, device)
-            except (RuntimeError, ValueError) as exc:  # e.g. HSA_BACKEND=triton without kernels
+            except (HSAError, ImportError, RuntimeError, ValueError) as exc:  # e.g. HSA_BACKEND=triton on CPU
                 backends[op][device] = f"unavailable ({exc})"
     return {
         "python": platform.python_version(),
@@ -64,7 +64,27 @@ def collect() -> dict[str, Any]:
         },
         "env": {k: os.environ.get(k) for k in ("HSA_BACKEND", "TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES")},
         "backends": backends,
+        "backbone_paths": _backbone_paths(cuda),
     }
+
+
+def _backbone_paths(cuda: bool) -> dict[str, str]:
+    """The path each built-in backbone takes on this machine's fastest device."""
+    from hsa_backbones.fast_paths import describe_paths
+
+    from hsa_core.errors import HSAError
+
+    try:
+        paths = describe_paths(cuda)
+    except HSAError as exc:  # e.g. a bad HSA_MAMBA_PATH: shown, not fatal for an information command
+        paths = {"mamba": f"error: {exc}", "mamba2": f"error: {exc}"}
+    fla = _version("flash-linear-attention")
+    for kind in ("gla", "rwkv6", "rwkv7"):
+        paths[kind] = (("fla Triton kernels" if cuda else "fla Triton kernels under TRITON_INTERPRET (slow)")
+                       if fla else "unavailable (pip install 'hsa-toolkit[fla]')")
+    for kind in ("attention", "swa"):
+        paths[kind] = "torch SDPA (flash / cuDNN / memory-efficient)" if cuda else "torch SDPA (CPU)"
+    return paths
 
 
 @guarded
@@ -95,3 +115,10 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print JSON instead 
         ops.add_row(op, *per_device.values())
     console().print(ops)
     console().print("(HSA_BACKEND=auto|torch|triton forces a backend; auto = Triton on CUDA, PyTorch elsewhere)")
+    paths = Table(title=f"Backbone paths ({'CUDA' if cuda['available'] else 'CPU'})", title_justify="left")
+    paths.add_column("backbone")
+    paths.add_column("path")
+    for kind, path in data["backbone_paths"].items():
+        paths.add_row(kind, path)
+    console().print(paths)
+    console().print("(HSA_MAMBA_PATH=torch forces the PyTorch path of mamba/mamba2)")

@@ -15,7 +15,7 @@ from ._common import PLUGIN_OPTION, console, guarded, load_plugins
 
 def _rows(registry: Any) -> list[dict[str, Any]]:
     """One dict per kind: name, plugin, description, requires, extra, available, options."""
-    from hsa_core.plugins import is_available
+    from hsa_core.plugins import install_hint, is_available
 
     rows = []
     for name, entry in registry.items():
@@ -27,6 +27,7 @@ def _rows(registry: Any) -> list[dict[str, Any]]:
             "description": getattr(info, "description", ""),
             "requires": list(requires),
             "extra": getattr(info, "extra", None),
+            "install": install_hint(entry.plugin, getattr(info, "extra", None), requires),
             # find_spec only: importing mamba_ssm/fla here would cost seconds and could fail noisily.
             "available": is_available(requires),
             "options": dict(getattr(info, "defaults", {}) or {}),
@@ -43,9 +44,7 @@ def _table(title: str, rows: list[dict[str, Any]]) -> Table:
         if row["available"]:
             status = "[green]yes[/green]"
         else:
-            fix = (f"pip install 'hsa-toolkit[{row['extra']}]'" if row["extra"]
-                   else f"pip install {' '.join(row['requires'])}")
-            status = f"[red]no[/red]: {escape(fix)}"
+            status = f"[red]no[/red]: {escape(row['install'])}"
         table.add_row(escape(row["name"]), escape(row["plugin"]), escape(needs), escape(row["extra"] or "-"), status,
                       escape(row["description"]))
     return table

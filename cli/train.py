@@ -1,4 +1,5 @@
-"""``hsa train SPEC --task passkey --seq-len 512 --steps N --out RUN``: train on a synthetic task.
+"""``hsa train SPEC --task passkey --seq-len 512 --steps N --out RUN``: train on a synthetic task;
+``hsa train SPEC --data DIR ...``: train a language model on text prepared by ``hsa data prepare``.
 
 Multi-GPU: launch the same command under ``torchrun --nproc-per-node N -m hsa_cli ...`` (or
 ``torchrun ... $(which hsa) train ...``); the process group is set up from torchrun's environment.
@@ -6,17 +7,100 @@ Multi-GPU: launch the same command under ``torchrun --nproc-per-node N -m hsa_cl
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from ._common import EXIT_USAGE, PLUGIN_OPTION, SET_OPTION, console, fail, guarded, load_plugins, load_spec_from
+from hsa_core.errors import HSAError, UsageError, truncate
+
+from ._common import (
+    EXIT_USAGE,
+    PLUGIN_OPTION,
+    SET_OPTION,
+    build_model,
+    check_writable,
+    console,
+    fail,
+    guarded,
+    load_plugins,
+    load_spec_from,
+)
 
 TASK_OPTION = typer.Option(
     None, "--task-option", "-t", metavar="KEY=VALUE",
     help="Task option, e.g. key_len=5 or filler=random (repeatable; see `hsa list`).",
 )
+
+
+#: Options a resumed run may change (the rest is the run's configuration, saved in its checkpoints).
+RESUME_MAY_CHANGE = ("steps", "device", "no_progress", "time_limit", "plugin", "out", "resume", "spec", "set_")
+#: Command-line parameter -> TrainConfig field, where the names differ.
+_FIELD_OF = {"task_option": "task_options", "compile_": "compile"}
+
+
+def resume_conflicts(ctx: Any, cfg: Any, saved: dict[str, Any]) -> list[str]:
+    """``--flag value (checkpoint: other)`` for each option given on this command line whose value
+    differs from the run's saved configuration (``saved``: the checkpoint's ``config``)."""
+    from dataclasses import fields
+
+    names = {f.name for f in fields(cfg)}
+    out = []
+    for param in ctx.command.params:
+        if param.name in RESUME_MAY_CHANGE or param.name is None:
+            continue
+        source = ctx.get_parameter_source(param.name)
+        if getattr(source, "name", None) != "COMMANDLINE":  # typer vendors click: compare by name
+            continue
+        field = _FIELD_OF.get(param.name, param.name)
+        if field not in names or field not in saved:
+            continue
+        given, before = getattr(cfg, field), saved[field]
+        if json.loads(json.dumps(given)) != before:
+            flag = param.opts[0] if getattr(param, "opts", None) else param.name
+            out.append(f"{flag} {truncate(json.dumps(given), 60)} (checkpoint: {truncate(json.dumps(before), 60)})")
+    return out
+
+
+def check_resume(ctx: Any, out: Path, cfg: Any, spec_dict: dict[str, Any]) -> None:
+    """Refuse a ``--resume`` whose SPEC, ``--set`` or options differ from the run's checkpoint.
+
+    Raises:
+        UsageError: listing every difference (a resumed run keeps its layout and configuration).
+    """
+    from hsa_core.io import first_difference
+    from hsa_core.training import checkpoint as ckpt
+
+    saved_cfg, saved_spec = None, None
+    for path in ckpt.complete_checkpoints(out):  # the newest readable one (the trainer checks the rest)
+        try:
+            saved_cfg = ckpt.read_trainer_state(path)["config"]
+            from hsa_core.io import read_config
+
+            saved_spec = read_config(path / "model")
+            break
+        except HSAError:
+            continue
+    if saved_cfg is None or saved_spec is None:
+        return  # no checkpoint or none readable: the trainer says which
+    conflicts = resume_conflicts(ctx, cfg, saved_cfg)
+    where = first_difference(_without_provenance(spec_dict), _without_provenance(saved_spec))
+    if where is not None:
+        conflicts.insert(0, f"SPEC/--set (the layout differs from the checkpoint's at '{where}')")
+    if conflicts:
+        raise UsageError("--resume continues a run with its own layout and configuration (only --steps, "
+                         "--time-limit and --device may change), but these differ: " + "; ".join(conflicts)
+                         + "; drop them, or train into a new --out")
+
+
+def _without_provenance(spec: dict[str, Any]) -> dict[str, Any]:
+    """The layout without the informational ``plugin`` of each layer (a ``--plugin`` path may be
+    spelled differently on another invocation)."""
+    layers = [{k: v for k, v in layer.items() if k != "plugin"} if isinstance(layer, dict) else layer
+              for layer in spec.get("layers", [])]
+    return {**spec, "layers": layers}
 
 
 @guarded
@@ -25,6 +109,15 @@ def train(
     spec: str = typer.Argument(..., help="Layout YAML file or preset name (e.g. ramba-cpu)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (checkpoints, metrics.jsonl, model/)."),
     task: str = typer.Option("passkey", "--task", help="Registered task name."),
+    data: Path | None = typer.Option(
+        None, "--data", help="Train a language model on this `hsa data prepare` folder instead of a task "
+        "(model.vocab_size is set from its tokenizer unless --set gives it)."),
+    packing: str = typer.Option(
+        "concat", "--packing", help="With --data: concat (documents joined with EOS; state and chunk memory run "
+        "across documents inside a sequence) or document (a sequence never crosses a document; padded)."),
+    passkey_mix: float = typer.Option(
+        0.0, "--passkey-mix", min=0.0, max=0.99, help="With --data: this fraction of the steps are passkey "
+        "batches in natural-text filler (loss on the answer; --task-option digits=N, min_gap=N)."),
     task_option: list[str] | None = TASK_OPTION,
     seq_len: int = typer.Option(512, "--seq-len", min=8, help="Training sequence length (tokens)."),
     steps: int | None = typer.Option(
@@ -58,7 +151,13 @@ def train(
         None, "--init-from", help="Start from the weights of this run or model directory (curriculum stage)."),
     fsdp: bool = typer.Option(False, "--fsdp", help="FSDP2 (fully_shard) instead of DDP under torchrun."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the model."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint in --out."),
+    checkpoint_activations: bool = typer.Option(False, "--checkpoint-activations",
+                                                help="Recompute each block in backward (activation checkpointing): "
+                                                "far less memory for long sequences, about a third more compute."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue from the newest intact checkpoint in --out (a corrupt newer one is set "
+        "aside, saying so). Refused without a checkpoint, or when SPEC, --set or an option differs from the run's "
+        "(only --steps, --time-limit, --device may change)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (logs only)."),
     time_limit: float | None = typer.Option(
         None, "--time-limit", min=0, help="Stop after this many seconds of wall time: checkpoint, publish the "
@@ -69,7 +168,9 @@ def train(
     set_: list[str] | None = SET_OPTION,
     plugin: list[Path] | None = PLUGIN_OPTION,
 ) -> None:
-    """Train a layout on a synthetic long-context task (AdamW, warm-up + cosine, atomic checkpoints)."""
+    """Train a layout on a synthetic long-context task, or a language model on text (--data); AdamW, warm-up +
+    cosine, atomic checkpoints, exact resume."""
+    from hsa_core.data.errors import DataError
     from hsa_core.evaluation import parse_lengths
     from hsa_core.tasks import parse_task_options
     from hsa_core.training import TrainConfig
@@ -77,17 +178,38 @@ def train(
     from hsa_core.training.trainer import RunExistsError
 
     load_plugins(plugin)
-    _, spec_dict = load_spec_from(spec, set_)
+    overrides = list(set_ or [])
+    if data is not None and not resume:
+        from hsa_core.data import open_data
+
+        from ._data import data_errors
+
+        with data_errors():
+            vocab = open_data(data, verify=False).vocab_size
+        if not any(o.split("=", 1)[0].strip() == "model.vocab_size" for o in overrides):
+            overrides.append(f"model.vocab_size={-(-vocab // 64) * 64}")  # the tokenizer's, padded to 64
+    path, spec_dict = load_spec_from(spec, overrides)
+    if not resume:
+        # The checks of `hsa build`, on meta (free), and the size against the device's free memory.
+        from hsa_core.limits import check_fits
+        from hsa_core.training.distributed import resolve_device
+
+        meta = build_model(spec_dict, device="meta", source=path)
+        check_fits(meta, resolve_device(device), what=f"model '{spec_dict.get('name')}'")
+        del meta
+    check_writable(out)  # before any work: checkpoints and the model go there
     try:
         values = dict(
             task=task, task_options=parse_task_options(task_option), seq_len=seq_len, batch_size=batch_size,
-            loss_on=loss_on, concat_segments=concat_segments, steps=steps or 1000, lr=lr, min_lr_ratio=min_lr_ratio,
+            loss_on=loss_on, concat_segments=concat_segments, data=str(data.resolve()) if data else None,
+            packing=packing, passkey_mix=passkey_mix, steps=steps or 1000, lr=lr, min_lr_ratio=min_lr_ratio,
             warmup=warmup, weight_decay=weight_decay, grad_clip=grad_clip, state_reset_every=state_reset_every,
             carry_state=carry_state, memory_reset_every=memory_reset_every, device=device, dtype=dtype, seed=seed,
             init_from=str(init_from) if init_from else None,
             eval_every=eval_every, eval_samples=eval_samples,
             eval_lengths=parse_lengths(eval_lengths) if eval_lengths else None,
-            checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, fsdp=fsdp, compile=compile_)
+            checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, fsdp=fsdp, compile=compile_,
+            checkpoint_activations=checkpoint_activations)
         if recipe is not None:
             values = _with_recipe(ctx, recipe, values)
         cfg = TrainConfig(**values)
@@ -96,8 +218,12 @@ def train(
                 f"{k} {getattr(cfg, k)}" for k in ("lr", "min_lr_ratio", "warmup", "weight_decay", "beta1", "beta2",
                                                   "state_reset_every", "carry_state", "memory_reset_every",
                                                   "concat_segments", "dtype")))
+        if resume:
+            check_resume(ctx, out, cfg, spec_dict)
         result = run_training(cfg, spec_dict, out, resume=resume, progress=not no_progress, resume_steps=steps,
                                    time_limit=time_limit)
+    except DataError as exc:
+        fail(str(exc), exc.exit_code)
     except RunExistsError as exc:
         fail(str(exc), EXIT_USAGE)
     except ValueError as exc:
@@ -105,10 +231,20 @@ def train(
             raise
         fail(str(exc), EXIT_USAGE)
     if result is not None and os.environ.get("RANK", "0") == "0":
-        console().print(f"trained {result.step} steps in {result.seconds:.1f}s, final loss {result.final_loss:.4f}; "
-                      f"model in {out / 'model'}, metrics in {out / 'metrics.jsonl'}")
+        total = result.total_steps if result.total_steps is not None else result.step
+        done = result.step - result.start_step
+        if done <= 0:
+            what = f"nothing to train: {out} is already at step {result.step} of {total}"
+        elif result.start_step:
+            what = f"trained steps {result.start_step + 1}-{result.step} of {total} in {result.seconds:.1f}s"
+        else:
+            what = f"trained {done} steps{'' if result.step == total else f' of {total}'} in {result.seconds:.1f}s"
+        console().print(f"{what}, final loss {result.final_loss:.4f}; "
+                        f"model in {out / 'model'}, metrics in {out / 'metrics.jsonl'}")
         if result.eval:
-            console().print("eval exact match: " + ", ".join(f"{k} {v:.3f}" for k, v in result.eval.items()))
+            console().print(f"eval{'' if data else ' exact match'}: "
+                            + ", ".join(f"{k} {v:.3f}" for k, v in result.eval.items()))
+
 
 
 def _with_recipe(ctx: typer.Context, recipe: str, values: dict) -> dict:

@@ -25,7 +25,7 @@ _LAZY = {
     "dump_spec": "hsa_core.layout",
     "HSALanguageModel": "hsa_core.model",
     "ModelCache": "hsa_core.model",
-    "load_pretrained": "hsa_core.io",
+    "load_pretrained": "hsa_core.model",
     "save_pretrained": "hsa_core.io",
     "describe": "hsa_core.summary",
     "ChunkMemory": "hsa_core.modules",

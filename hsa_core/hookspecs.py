@@ -39,7 +39,8 @@ def hsa_register_backbones(register: Callable[..., Any]) -> None:
     Call ``register(name, factory, *, description="", requires=(), extra=None, defaults=None)`` once
     per kind. ``factory(d_model, **options)`` must return a :class:`hsa_core.interfaces.Mixer`.
     ``requires`` lists importable module names the factory needs (``hsa list`` reports whether they
-    are installed); ``extra`` names the ``pip install hsa-toolkit[extra]`` that brings them;
+    are installed); ``extra`` names the extra of the plugin's own package that brings them (``hsa list``
+    and missing-dependency errors say ``pip install '<package>[extra]'``);
     ``defaults`` are the options a layout may set, with their default values (unknown options in a
     layout are rejected with the allowed list).
     """
@@ -52,7 +53,11 @@ def hsa_register_retrieval_layers(register: Callable[..., Any]) -> None:
     Call ``register(name, factory, *, description="", defaults=None)``.
     ``factory(d_model, *, kv_heads, head_dim, chunk_size, **options)`` (the memory's geometry plus the
     layout's options, exactly the keys of ``defaults``) returns an ``nn.Module`` with
-    :class:`hsa_core.modules.hsa_layer.HSALayer`'s interface: ``forward(x, memory_state, selection) -> y``.
+    :class:`hsa_core.modules.hsa_layer.HSALayer`'s interface:
+    ``forward(x, memory_state, selection, *, position) -> y``, where ``position`` is the absolute
+    position of ``x[:, 0]`` (tokens seen before this call). :func:`hsa_core.testing.check_retrieval`
+    checks a layer against this contract. ``extra`` (optional) names the ``pip install
+    <your package>[extra]`` that brings ``requires``.
     """
 
 

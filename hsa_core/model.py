@@ -31,13 +31,14 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .interfaces import Mixer, MixerState
 from .modules import ChunkMemory, MemoryState, Retrieval, RMSNorm, Selection, SwiGLU
 from .modules.init import apply_init
 from .plugins import PluginHost, get_host
 
-__all__ = ["Block", "HSALanguageModel", "ModelCache", "ModelOutput", "RetrievalBlock"]
+__all__ = ["Block", "HSALanguageModel", "ModelCache", "ModelOutput", "RetrievalBlock", "load_pretrained"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -149,10 +150,17 @@ class RetrievalBlock(nn.Module):
         self.layer = layer
         self.retrieval = retrieval
         self.mlp = _MLP(d_model, mlp_hidden, norm_eps) if mlp_hidden else None
+        # The contract passes ``position=``; layers written before it was added do not take it.
+        self._pass_position = _accepts(layer.forward, "position")
 
-    def forward(self, h: Tensor, memory: MemoryState, selection: Selection) -> Tensor:
-        """h ``(B, T, d)``, the memory and the selection of these T tokens -> ``(B, T, d)``."""
-        y = h + self.layer(h, memory, selection).to(h.dtype)
+    def forward(self, h: Tensor, memory: MemoryState, selection: Selection, position: int = 0) -> Tensor:
+        """h ``(B, T, d)`` at absolute positions ``position..position+T-1``, the memory and the selection
+        of these T tokens -> ``(B, T, d)``. A layer with ``residual = False`` (the published HSA-after-MLP
+        variant) feeds its residual sum to the MLP but adds only the MLP's output to ``h``."""
+        if self._pass_position:
+            y = h + self.layer(h, memory, selection, position=position).to(h.dtype)
+        else:
+            y = h + self.layer(h, memory, selection).to(h.dtype)
         if self.mlp is None:
             return y
         if getattr(self.layer, "residual", True):
@@ -237,6 +245,8 @@ class HSALanguageModel(nn.Module):
                                          norm_eps=eps))
         self.layers = nn.ModuleList(layers)
         self.norm_f = RMSNorm(d, eps=eps)
+        #: activation checkpointing of every block while training (``hsa train --checkpoint-activations``)
+        self.gradient_checkpointing = False
         self.lm_head = nn.Linear(d, m["vocab_size"], bias=False)
         nn.init.normal_(self.embedding.weight, std=m["init_std"])
         if m["tie_embeddings"]:
@@ -270,9 +280,9 @@ class HSALanguageModel(nn.Module):
     def from_pretrained(cls, directory: str | Path, *, device: torch.device | str | None = None,
                         dtype: torch.dtype | None = None, host: PluginHost | None = None) -> HSALanguageModel:
         """Load a model directory written by :meth:`save_pretrained` (see :mod:`hsa_core.io`)."""
-        from .io import load_pretrained
+        from .io import load_model
 
-        return load_pretrained(directory, device=device, dtype=dtype, host=host)
+        return load_model(cls, directory, device=device, dtype=dtype, host=host)
 
     def save_pretrained(self, directory: str | Path, *, overwrite: bool = False) -> Path:
         """Write ``config.yaml``, ``config.json`` and ``model.safetensors`` atomically (:mod:`hsa_core.io`)."""
@@ -316,6 +326,16 @@ class HSALanguageModel(nn.Module):
             :class:`ModelOutput` with ``logits`` ``(B, T, V)`` and the new cache (or ``None``). The
             given cache is not modified.
         """
+        h, new_cache = self.forward_hidden(input_ids, cache, return_cache=return_cache)
+        return ModelOutput(self.lm_head(h), new_cache)
+
+    def forward_hidden(self, input_ids: Tensor, cache: ModelCache | None = None, *,
+                       return_cache: bool = False) -> tuple[Tensor, ModelCache | None]:
+        """:meth:`forward` without the LM head: the final-normed hidden states ``(B, T, d)`` and the cache.
+
+        Training uses this with :func:`hsa_core.losses.linear_cross_entropy`, so that the ``(B, T, V)``
+        logits are never materialised.
+        """
         keep = cache is not None or return_cache
         position = cache.position if cache is not None else 0
         h = self.embedding(input_ids)
@@ -323,12 +343,18 @@ class HSALanguageModel(nn.Module):
         states: list[MixerState | None] = [None] * len(self.layers)
         shared: dict[str, Selection] = {}
         layers_spec = self.spec["layers"]
+        # Recompute each block in backward instead of keeping its activations (only while training
+        # with gradients: inference and decoding never pay for it).
+        ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
 
         self._build_memories(0, h, mems)
         for i, block in enumerate(self.layers):
             if isinstance(block, Block):
                 prev = cache.mixer_states[i] if cache is not None else None
-                h, states[i] = block(h, prev, return_state=keep)
+                if ckpt:
+                    h, states[i] = checkpoint(block, h, prev, return_state=keep, use_reentrant=False)
+                else:
+                    h, states[i] = block(h, prev, return_state=keep)
             else:
                 sel_name, mem_name = layers_spec[i]["selection"], layers_spec[i]["memory"]
                 memory = mems[mem_name]
@@ -338,11 +364,13 @@ class HSALanguageModel(nn.Module):
                     if sel_name not in shared:  # first reader computes it; later readers reuse it
                         shared[sel_name] = self.selections[sel_name](h, memory, position)
                     selection = shared[sel_name]
-                h = block(h, memory, selection)
+                if ckpt:
+                    h = checkpoint(block, h, memory, selection, position, use_reentrant=False)
+                else:
+                    h = block(h, memory, selection, position)
             self._build_memories(i + 1, h, mems)
-        logits = self.lm_head(self.norm_f(h))
         new_cache = ModelCache(states, mems, position + input_ids.shape[1]) if keep else None
-        return ModelOutput(logits, new_cache)
+        return self.norm_f(h), new_cache
 
     def _build_memories(self, after: int, h: Tensor, mems: dict[str, MemoryState]) -> None:
         for name in self._built_after.get(after, ()):
@@ -415,3 +443,9 @@ class HSALanguageModel(nn.Module):
             logits = logits.masked_fill(logits < kth, float("-inf"))
         probs = torch.softmax(logits, dim=-1)
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def load_pretrained(directory: str | Path, *, device: torch.device | str | None = None,
+                    dtype: torch.dtype | None = None, host: PluginHost | None = None) -> HSALanguageModel:
+    """Load a model directory written by ``save_pretrained``: :meth:`HSALanguageModel.from_pretrained`."""
+    return HSALanguageModel.from_pretrained(directory, device=device, dtype=dtype, host=host)

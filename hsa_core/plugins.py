@@ -109,12 +109,32 @@ class PluginHost:
         self.backbones: Registry[BackboneInfo] = Registry("backbone")
         self.retrieval_layers: Registry[RetrievalLayerInfo] = Registry("retrieval layer")
         self.tasks: Registry[TaskInfo] = Registry("task")
+        self.broken: dict[str, str] = {}  # entry-point plugins that failed to import -> why
         self._filled = False
 
     # -- loading -------------------------------------------------------------------------------
     def load_entry_points(self) -> None:
-        """Load every plugin of the entry-point group ``hsa`` from installed distributions."""
-        self.pm.load_setuptools_entrypoints(hookspecs.PROJECT)
+        """Load every plugin of the entry-point group ``hsa`` from installed distributions.
+
+        A plugin that fails to import (a broken install, a missing dependency at import time) is
+        skipped with one warning line on stderr: the other plugins, and every command that does not
+        need its kinds, keep working; a layout that uses its kinds then names it as not installed.
+        """
+        import sys
+        from importlib import metadata
+
+        for ep in metadata.entry_points(group=hookspecs.PROJECT):
+            if self.pm.get_plugin(ep.name) is not None or self.pm.is_blocked(ep.name):
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                self.broken[ep.name] = f"{type(exc).__name__}: {exc}"
+                print(f"warning: plugin '{ep.name}' could not be loaded ({self.broken[ep.name]}); its kinds are "
+                      "unavailable", file=sys.stderr)
+                continue
+            self.pm.register(plugin, name=ep.name)
+            self._filled = False
 
     def register_plugin(self, plugin: object, name: str | None = None) -> str:
         """Register a plugin object or module (tests and library users)."""
@@ -170,6 +190,30 @@ def _registrar(registry: Registry[KindInfo], plugin: str) -> Callable[..., None]
         registry.add(name, KindInfo(name, factory, description, tuple(requires), extra, dict(defaults or {})), plugin)
 
     return register
+
+
+def plugin_package(plugin: str) -> str | None:
+    """The distribution (``pip install`` name) that installed entry-point plugin ``plugin``, if any."""
+    from importlib import metadata
+
+    try:
+        for ep in metadata.entry_points(group=hookspecs.PROJECT):
+            if ep.name == plugin and ep.dist is not None:
+                return ep.dist.name
+    except Exception:  # broken metadata of an unrelated distribution: no hint rather than a crash
+        return None
+    return None
+
+
+def install_hint(plugin: str, extra: str | None, requires: tuple[str, ...]) -> str:
+    """How to install what a kind of ``plugin`` needs: ``pip install '<its package>[extra]'``.
+
+    The extra belongs to the plugin's own package: the toolkit's extras only for the built-in plugins.
+    """
+    package = plugin_package(plugin)
+    if extra and package:
+        return f"pip install '{package}[{extra}]'"
+    return f"pip install {' '.join(requires)}" if requires else "(nothing to install)"
 
 
 def is_available(requires: tuple[str, ...]) -> bool:

@@ -16,6 +16,7 @@ from torch import nn
 
 from .model import Block, HSALanguageModel, RetrievalBlock
 from .plugins import PluginHost
+from .units import format_bytes, format_count
 
 __all__ = ["ModelSummary", "SummaryRow", "describe", "format_bytes", "format_count"]
 
@@ -97,24 +98,6 @@ class ModelSummary:
             f"{format_bytes(self.state_bytes)}, chunk memory {format_bytes(self.memory_bytes)}",
         ]
         return "\n".join(lines)
-
-
-def format_count(n: int) -> str:
-    """``368_300_000 -> '368.30M'``."""
-    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{unit}"
-    return str(n)
-
-
-def format_bytes(n: int) -> str:
-    """``1536 -> '1.50 KiB'``."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
-        value /= 1024
-    raise AssertionError  # pragma: no cover
 
 
 def _count(module: nn.Module | None) -> int:

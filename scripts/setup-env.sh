@@ -4,7 +4,8 @@
 # Order matters (docs: README "Install"):
 #   1. torch==2.13.0 first: pip then takes the CPU wheel; letting a dependency pull a bare `torch`
 #      can fetch a multi-GB CUDA build instead. triton==3.6.0 with it (the tested version).
-#   2. hsa-toolkit itself, editable, with the dev and fla extras (fla = GLA/RWKV backbones).
+#   2. hsa-toolkit itself, editable, with the dev, fla and data extras (fla = GLA/RWKV backbones,
+#      data = tokenizers + datasets for `hsa data prepare`).
 #   3. mamba-ssm from its sdist with the flags that make it install on a machine without CUDA:
 #      no build isolation (its setup.py imports torch), no CUDA build, and no deps (its deps are
 #      GPU-only packages, about 1.8 GB).
@@ -46,10 +47,10 @@ if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
     pip_install "torch==2.13.0" "triton==3.6.0"
 fi
 
-echo "setup-env: 2/4 hsa-toolkit (editable, extras dev + fla)"
+echo "setup-env: 2/4 hsa-toolkit (editable, extras dev + fla + data)"
 # setuptools/wheel/packaging in the venv: step 3 builds without isolation, with the venv's own tools.
 pip_install "setuptools>=68" wheel packaging
-pip_install -e ".[dev,fla]"
+pip_install -e ".[dev,fla,data]"
 
 echo "setup-env: 3/4 mamba-ssm (sdist, no CUDA build, no deps)"
 if ! "${PIP[@]}" show -q mamba-ssm >/dev/null 2>&1; then

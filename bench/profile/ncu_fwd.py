@@ -2,24 +2,26 @@
 
     ncu --clock-control none -k regex:_hsa_fwd --section SpeedOfLight --section MemoryWorkloadAnalysis \
         --section WarpStateStats --section Occupancy python3 bench/profile/ncu_fwd.py
-(kernels: query-outer, chunk-outer atomic, chunk-outer with per-pair buffer, in that order;
-bench/results/h200/ncu_fwd.txt is its output. ncu_chunk_last.txt came from commit 500e91f's version.)
+(kernels, in order: query-outer on a uniform selection; token-block, then query-outer skipping the
+shared blocks, on one selection shared per 64-token block. bench/results/h200/ncu_fwd.txt holds the
+query-outer profile from commit 4b3946b's version of this script.)
 """
 
-import hsa_kernels.hsa_attention.function as fn
+import sys
+from pathlib import Path
+
 import torch
-from hsa_kernels import benchmark as bm
+from hsa_kernels.hsa_attention.forward import hsa_attention_fwd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the harness's input generator
+import bench_kernels as bm
 
 T = 65536
-q, k, v, idx, w = bm.make_inputs(T, 1)
 scale = bm.D ** -0.5
 with torch.no_grad():
-    fn.hsa_attention_fwd(q, k, v, idx, w, bm.S, scale, False, store_lse=False, mode="query")
-    fn.CONFIG.update(fwd_token_block=2048, fwd_chunk_stages=1)
-    inv = fn.build_inverse_index(idx, T // bm.S, 1024, token_block=2048)
-    fn.hsa_attention_fwd(q, k, v, idx, w, bm.S, scale, False, store_lse=False, inv=inv, mode="chunk_atomic")
-    fn.CONFIG.update(fwd_chunk_stages=2)
-    inv = fn.build_inverse_index(idx, T // bm.S, 1024)
-    fn.hsa_attention_fwd(q, k, v, idx, w, bm.S, scale, False, store_lse=False, inv=inv, mode="chunk")
+    q, k, v, idx, w = bm.make_inputs(T, 1)
+    hsa_attention_fwd(q, k, v, idx, w, bm.S, scale, False, schedule="query", store_lse=False)
+    q, k, v, idx, w = bm.make_inputs(T, 1, selection="block")
+    hsa_attention_fwd(q, k, v, idx, w, bm.S, scale, False, schedule="block", store_lse=False)
 torch.cuda.synchronize()
 print("done")

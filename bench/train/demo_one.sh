@@ -31,7 +31,7 @@ extra=()
 [ -n "$RESET" ] && [ "$name" != mamba2 ] && extra=(--state-reset-every "$RESET")
 
 echo "=== $name stage 1: $SHORT_SEQ tokens, $SHORT_STEPS steps ($(date -u +%H:%M:%S))"
-resume=(); [ -d "$run.short/checkpoints" ] && resume=(--resume)
+resume=(); [ -f "$run.short/checkpoints/latest" ] && resume=(--resume)  # a complete checkpoint exists
 hsa train "$spec" --task passkey --seq-len "$SHORT_SEQ" --batch-size "$SHORT_BATCH" --steps "$SHORT_STEPS" \
     --lr "$SHORT_LR" --warmup 50 --eval-every 200 --eval-samples 32 --checkpoint-every 200 "${TASKOPTS[@]}" \
     "${resume[@]}" $(lim "$S1_TIME") --no-progress --out "$run.short" 2>&1 | tee -a "$run.train.log"
@@ -48,7 +48,7 @@ PY
 )
 fi
 echo "=== $name stage 2: $SEQ tokens, $STEPS steps ($(date -u +%H:%M:%S))"
-resume=(); [ -d "$run/checkpoints" ] && resume=(--resume)
+resume=(); [ -f "$run/checkpoints/latest" ] && resume=(--resume)  # a complete checkpoint exists
 hsa train "$spec" --task passkey --seq-len "$SEQ" --batch-size "$BATCH" --steps "$STEPS" --lr "$LR" \
     --warmup 50 --eval-every 300 --eval-samples 32 --checkpoint-every 300 "${TASKOPTS[@]}" "${extra[@]}" \
     --init-from "$run.short" "${resume[@]}" $(lim "$S2_TIME") --no-progress --out "$run" 2>&1 | tee -a "$run.train.log"

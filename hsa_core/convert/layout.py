@@ -1,6 +1,6 @@
 """The authors' RAMba configs (their ``config.json``) <-> toolkit layouts.
 
-The authors' code (RamstorageAI/long-context-modeling, its RAMba model module) builds one
+The authors' code (RamstorageAI/long-context-modeling, its ``modeling_ramba`` module) builds one
 family of models from a flat HuggingFace-style config: ``num_lower_layers`` Mamba2 blocks, a chunking
 layer (the chunk memory with its encoder), then ``num_upper_groups`` groups, each a retrieval layer
 followed by ``(num_upper_layers / num_upper_groups) / num_mamba_per_gca`` times [one HSA layer +

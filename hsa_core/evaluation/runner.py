@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any
 
 import torch
 
+from ..errors import InvalidFileError
 from .core import CellResult, EvalResult, evaluate
 
 
@@ -26,7 +26,7 @@ def model_dir_of(run: str | Path) -> Path:
     latest = latest_checkpoint(run)
     if latest is not None:
         return latest / "model"
-    raise FileNotFoundError(f"{run} is neither a run directory (no model/ or checkpoints/) nor a model directory")
+    raise InvalidFileError(f"{run} is neither a run directory (no model/ or checkpoints/) nor a model directory")
 
 
 def task_options_for(run: Path, task: str, spec: dict[str, Any], overrides: dict[str, Any]) -> tuple[
@@ -40,9 +40,14 @@ def task_options_for(run: Path, task: str, spec: dict[str, Any], overrides: dict
     train_len = None
     cfg_file = run / "train_config.json"
     if cfg_file.is_file():
-        saved = json.loads(cfg_file.read_text())
-        train_len = saved["config"].get("seq_len")
-        if saved["config"].get("task") == task:
+        from ..training.checkpoint import read_json
+
+        saved = read_json(cfg_file)
+        config = saved.get("config") if isinstance(saved, dict) else None
+        if not isinstance(config, dict) or not isinstance(saved.get("task_options", {}), dict):
+            raise InvalidFileError(f"{cfg_file}: expected an object with 'config' and 'task_options'")
+        train_len = config.get("seq_len")
+        if config.get("task") == task:
             opts.update(saved.get("task_options", {}))
     opts.update(overrides)
     if "vocab_size" in info.defaults:
@@ -57,13 +62,17 @@ def run_eval(run: str | Path, task: str, lengths: list[int], depths: list[float 
              seed: int = 1234, segment_len: int = 4096, max_batch_tokens: int = 1 << 17, device: str = "auto",
              dtype: str = "auto", task_overrides: dict[str, Any] | None = None, out: str | Path | None = None,
              on_cell: Callable[[CellResult], None] | None = None,
-             time_limit: float | None = None) -> tuple[EvalResult, Path, Path]:
+             time_limit: float | None = None, filler: str | None = None) -> tuple[EvalResult, Path, Path]:
     """Evaluate the model of ``run`` and write ``eval_<task>.json`` and ``eval_<task>.png``.
+
+    ``filler="text:DIR"`` (passkey only): the passkey inside natural text from the validation split
+    of the prepared folder ``DIR``, in the run's tokenizer (:mod:`hsa_core.data.passkey`); the files
+    are then ``eval_passkey_text.json``/``.png``.
 
     Returns:
         ``(result, json path, png path)``.
     """
-    from ..io import load_pretrained
+    from ..model import HSALanguageModel
     from ..tasks import make_task
     from ..training.distributed import resolve_device
     from .report import heatmap, write_json
@@ -72,9 +81,12 @@ def run_eval(run: str | Path, task: str, lengths: list[int], depths: list[float 
     mdir = model_dir_of(run)
     dev = resolve_device(device)
     amp = torch.bfloat16 if (dtype == "bf16" or (dtype == "auto" and dev.type == "cuda")) else None
-    model = load_pretrained(mdir, device=dev)
-    opts, train_len = task_options_for(run, task, model.spec, dict(task_overrides or {}))
-    t = make_task(task, **opts)
+    model = HSALanguageModel.from_pretrained(mdir, device=dev)
+    if filler is not None:
+        t, train_len = _text_task(run, task, filler, model.spec, dict(task_overrides or {}))
+    else:
+        opts, train_len = task_options_for(run, task, model.spec, dict(task_overrides or {}))
+        t = make_task(task, **opts)
     too_short = [n for n in lengths if n < t.min_length()]
     if too_short:
         raise ValueError(f"lengths {too_short} are shorter than task '{task}' needs ({t.min_length()})")
@@ -89,6 +101,40 @@ def run_eval(run: str | Path, task: str, lengths: list[int], depths: list[float 
                    "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None}
     out_dir = Path(out) if out is not None else run
     out_dir.mkdir(parents=True, exist_ok=True)
-    jpath = write_json(result, out_dir / f"eval_{task}.json")
-    ppath = heatmap(result, out_dir / f"eval_{task}.png")
+    name = f"{task}_text" if filler is not None else task
+    jpath = write_json(result, out_dir / f"eval_{name}.json")
+    ppath = heatmap(result, out_dir / f"eval_{name}.png")
     return result, jpath, ppath
+
+
+def _text_task(run: Path, task: str, filler: str, spec: dict[str, Any], overrides: dict[str, Any]) -> tuple[
+        Any, int | None]:
+    """The natural-text passkey task for ``--filler text:DIR`` (checked against the run's tokenizer)."""
+    from ..data.passkey import TextPasskeyTask
+    from ..data.shards import open_data
+    from ..data.training import check_tokenizer_match
+
+    if not filler.startswith("text:") or len(filler) <= 5:
+        raise ValueError(f"--filler {filler!r}: expected text:DIR (a folder made by `hsa data prepare`)")
+    if task != "passkey":
+        raise ValueError(f"--filler text:DIR works with the passkey task, not {task!r}")
+    unknown = set(overrides) - {"digits", "min_gap", "seed"}
+    if unknown:
+        raise ValueError(f"passkey in text: unknown option(s) {', '.join(sorted(unknown))} (allowed: digits, "
+                         f"min_gap, seed)")
+    data = open_data(filler[5:])
+    check_tokenizer_match(run, data)
+    sizes = [m["chunk_size"] for m in spec.get("memories", {}).values()]
+    min_gap = overrides.get("min_gap") or (2 * min(sizes) if sizes else 128)
+    t = TextPasskeyTask(data.tokenizer(), data.split("validation"), digits=int(overrides.get("digits", 5)),
+                        min_gap=int(min_gap), seed=int(overrides.get("seed", 0)), source=str(data.root))
+    train_len = None
+    cfg_file = run / "train_config.json"
+    if cfg_file.is_file():
+        from ..training.checkpoint import read_json
+
+        saved = read_json(cfg_file)
+        if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+            raise InvalidFileError(f"{cfg_file}: expected an object with 'config'")
+        train_len = saved["config"].get("seq_len")
+    return t, train_len

@@ -8,14 +8,22 @@ import difflib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..errors import SpecError
+from ..errors import SpecError, short_repr, truncate
 
 REQUIRED: Any = object()  # marker in a defaults table: a key without default
 
 
 def show(value: Any) -> str:
-    return repr(value) if isinstance(value, str) else str(value) if value is None or isinstance(
-        value, bool | int | float) else f"{type(value).__name__} {value!r}"
+    """A value as echoed in an error message: bounded in length and in how deep it is walked (a YAML
+    alias bomb or a 10 MB string is described in constant time)."""
+    if value is None or isinstance(value, bool | float):
+        return str(value)
+    if isinstance(value, int):
+        # (str() of an int over 4,300 digits raises; no one means a number that long)
+        return short_repr(value, 60) if value.bit_length() < 200 else f"an integer of {value.bit_length():,} bits"
+    if isinstance(value, str):
+        return short_repr(value, 80)
+    return f"{type(value).__name__} {short_repr(value, 80)}"
 
 
 def as_int(path: str, value: Any, *, minimum: int = 1, allow_none: bool = False) -> int | None:
@@ -72,9 +80,10 @@ def as_mapping(path: str, value: Any, *, allow_none: bool = True) -> dict[str, A
 def check_keys(path: str, given: Mapping[str, Any], allowed: Sequence[str], what: str = "key") -> None:
     for key in given:
         if key not in allowed:
-            close = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.6)
+            close = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.6) if len(str(key)) < 100 else []
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            where = f"{path}.{key}" if path else key
+            key_text = truncate(str(key), 60)
+            where = f"{path}.{key_text}" if path else key_text
             raise SpecError(where, f"unknown {what}{hint} (allowed: {', '.join(allowed) or 'none'})")
 
 

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import SpecError
+from ..limits import MAX_LAYERS
 from ..modules.chunk_memory import LANDMARKS
 from ..modules.common import MLP_ROUNDINGS, swiglu_hidden
 from ..modules.init import INIT_SCHEMES
@@ -127,6 +128,10 @@ class _Kinds:
 
     def names(self) -> list[str]:
         return sorted(set(self.backbones.names()) | set(self.layers.names()))
+
+    def plugins(self) -> set[str]:
+        """Names of the plugins that registered at least one kind."""
+        return {e.plugin for _, e in [*self.backbones.items(), *self.layers.items()]}
 
     def lookup(self, path: str, kind: Any) -> tuple[str, str, dict[str, Any], Any]:
         """``(role, plugin, defaults, factory)`` of ``kind``, or a did-you-mean error at ``path``."""
@@ -317,10 +322,24 @@ def _layer_mapping(path: str, value: Any, symbols: Mapping[str, dict[str, Any]],
         rest = _flatten(path, {k: v for k, v in m.items() if k != "kind"})
         _check_partial(path, rest, base["kind"], kinds)
         return _merge_layer(base, rest), symbol
-    kinds.lookup(f"{path}.kind", m["kind"])
+    _lookup_recorded(f"{path}.kind", m, kinds)
     flat = _flatten(path, m)
     _check_partial(path, flat, m["kind"], kinds)
     return flat, symbol
+
+
+def _lookup_recorded(path: str, m: Mapping[str, Any], kinds: _Kinds) -> None:
+    """Look up ``m['kind']``; when it is unknown and ``m`` records the plugin that provided it (a
+    canonical spec, e.g. a saved model's ``config.json``), name that plugin in the error."""
+    try:
+        kinds.lookup(path, m["kind"])
+    except SpecError:
+        plugin = m.get("plugin")
+        if isinstance(plugin, str) and plugin and isinstance(m["kind"], str) and plugin not in kinds.plugins():
+            raise SpecError(path, f"kind {show(m['kind'])} comes from plugin {show(plugin)} (recorded in this "
+                                  f"layout), which is not installed; install the package that provides plugin "
+                                  f"{show(plugin)} (or load its file with --plugin)") from None
+        raise
 
 
 def _flatten(path: str, m: Mapping[str, Any]) -> dict[str, Any]:
@@ -381,9 +400,11 @@ def _expand_layers(raw: Any, symbols: Mapping[str, dict[str, Any]],
         raise SpecError("layers", "the layer list is empty")
     for i, item in enumerate(raw):
         p = f"layers[{i}]"
+        if len(out) >= MAX_LAYERS:
+            raise SpecError(p, f"the layer list expands to more than {MAX_LAYERS:,} layers (the limit)")
         if isinstance(item, str) and item not in symbols and item not in kinds.names():
             # A string item may itself be a small pattern ("M*24").
-            names = expand_pattern(item, p)
+            names = expand_pattern(item, p, limit=MAX_LAYERS - len(out))
             for name, col in names:
                 if name not in symbols and name not in kinds.names():
                     raise SpecError(p, f"unknown symbol {name!r} at column {col} "
@@ -399,23 +420,25 @@ def _resolve_overrides(raw: Any, n_layers: int) -> dict[int, list[tuple[str, dic
     out: dict[int, list[tuple[str, dict[str, Any]]]] = {}
     for key, value in as_mapping("overrides", raw).items():
         p = f"overrides.{key}"
-        indices: list[int]
         text = str(key).strip()
         try:
+            if len(text) > 40:  # no 5,000-digit index is converted
+                raise ValueError(text)
             if "-" in text.lstrip("-") and not text.startswith("-"):
                 a, b = (int(x) for x in text.split("-", 1))
-                indices = list(range(a, b + 1))
             else:
-                indices = [int(text)]
+                a = b = int(text)
         except ValueError:
             raise SpecError(p, "expected a layer index ('30') or an inclusive range ('24-31')") from None
-        if not indices:
+        if b < a:
             raise SpecError(p, "empty range")
-        for i in indices:
+        for i in (a, b):  # both ends checked before the range is expanded
             if not 0 <= i < n_layers:
                 raise SpecError(p, f"layer index {i} is out of range (the model has {n_layers} layers: "
                                    f"0..{n_layers - 1})")
-            out.setdefault(i, []).append((p, _flatten(p, as_mapping(p, value, allow_none=False))))
+        flat = _flatten(p, as_mapping(p, value, allow_none=False))
+        for i in range(a, b + 1):
+            out.setdefault(i, []).append((p, flat))
     return out
 
 

@@ -50,8 +50,12 @@ class HSALayer(nn.Module):
         self.q_norm = RMSNorm(head_dim, eps=norm_eps) if qk_norm else nn.Identity()
         self.o_proj = nn.Linear(num_heads * head_dim, d_model, bias=False)
 
-    def forward(self, x: Tensor, memory: MemoryState, selection: Selection) -> Tensor:
-        """x ``(B, T, d)``, the memory and a selection for these T tokens -> ``(B, T, d)``."""
+    def forward(self, x: Tensor, memory: MemoryState, selection: Selection, *, position: int = 0) -> Tensor:
+        """x ``(B, T, d)``, the memory and a selection for these T tokens -> ``(B, T, d)``.
+
+        ``position`` is the absolute position of ``x[:, 0]`` (the retrieval-layer contract passes it);
+        HSA needs none of its own, since the selection already obeys the causal rule.
+        """
         B, T, _ = x.shape
         q = self.q_norm(self.q_proj(self.norm(x)).view(B, T, self.num_heads, self.head_dim))
         indices, weights = selection

@@ -2,19 +2,21 @@
 
 Both are exact against the spec and differentiable (weights get gradients, indices do not). They
 dispatch to Triton kernels on CUDA and to the pure-PyTorch reference elsewhere
-(:mod:`hsa_core.ops.dispatch`).
+(:mod:`hsa_core.ops.dispatch`); both live in :mod:`hsa_kernels` (each op folder's ``naive.py`` is the
+reference).
 """
 
 from __future__ import annotations
 
 from torch import Tensor
 
-from .dispatch import backend_for, triton_impl
+from .dispatch import KERNEL_OPS, backend_for, triton_impl
 from .reference import fusion_weights, hsa_attention_torch, hsa_select_torch, visible_chunks
 
 WEIGHTINGS = ("stick_breaking", "softmax")
 
-__all__ = ["WEIGHTINGS", "backend_for", "fusion_weights", "hsa_attention", "hsa_select", "visible_chunks"]
+__all__ = ["KERNEL_OPS", "WEIGHTINGS", "backend_for", "fusion_weights", "hsa_attention", "hsa_select",
+           "visible_chunks"]
 
 
 def hsa_select(

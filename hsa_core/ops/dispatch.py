@@ -2,64 +2,71 @@
 
 ``HSA_BACKEND`` forces a choice: ``torch`` (reference everywhere), ``triton`` (kernels everywhere;
 on CPU that needs ``TRITON_INTERPRET=1``), ``auto`` (default).
+
+The kernels come from :mod:`hsa_kernels` by normal imports. Without Triton installed, ``auto`` runs the
+reference; with Triton installed, a kernel module that fails to import is an error wherever a kernel
+would run (CUDA tensors, or ``HSA_BACKEND=triton``), never a silent fallback to the slow reference.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib
 import os
 from collections.abc import Callable
 from typing import Any
 
+import hsa_kernels
 import torch
 
-BACKENDS = ("auto", "torch", "triton")
+from ..errors import MissingDependencyError, UsageError, truncate
 
-# op name -> "module:function" of its Triton entry point in hsa_kernels.
-TRITON_ENTRY_POINTS: dict[str, str] = {
-    "hsa_attention": "hsa_kernels.hsa_attention:hsa_attention_triton",
-    "hsa_select": "hsa_kernels.hsa_select:hsa_select_triton",
-    # T == 1 without autograd: hsa_attention_triton hands over to it (one token x G heads per KV head).
-    "hsa_decode": "hsa_kernels.hsa_decode:hsa_decode_triton",
-}
+BACKENDS = ("auto", "torch", "triton")
+#: The ops with a Triton implementation (what ``hsa info`` reports a backend for).
+KERNEL_OPS: tuple[str, ...] = hsa_kernels.OPS
 
 
 def requested_backend() -> str:
+    """``HSA_BACKEND`` (default ``auto``).
+
+    Raises:
+        UsageError: any other value (exit code 2 in the CLI).
+    """
     value = os.environ.get("HSA_BACKEND", "auto").strip().lower() or "auto"
     if value not in BACKENDS:
-        raise ValueError(f"environment variable HSA_BACKEND={value!r} is not one of {', '.join(BACKENDS)}")
+        raise UsageError(f"environment variable HSA_BACKEND={truncate(repr(value), 40)} is not one of "
+                         f"{', '.join(BACKENDS)}")
     return value
 
 
-@functools.cache
-def _load_triton(op: str) -> Callable[..., Any] | None:
-    target = TRITON_ENTRY_POINTS.get(op)
-    if target is None:
-        return None
-    module_name, fn = target.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError:
-        return None
-    return getattr(module, fn, None)
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0")
 
 
 def backend_for(op: str, device: torch.device | str) -> str:
-    """``"triton"`` or ``"torch"``: what :func:`hsa_core.ops` would run for ``op`` on ``device``."""
+    """``"triton"`` or ``"torch"``: what :func:`hsa_core.ops` would run for ``op`` on ``device``.
+
+    Raises:
+        RuntimeError: ``HSA_BACKEND=triton`` without Triton installed.
+        ImportError: the kernel would run but its module fails to import.
+    """
     choice = requested_backend()
     if choice == "torch":
         return "torch"
-    available = _load_triton(op) is not None
+    dev = torch.device(device)
+    if not hsa_kernels.triton_available():
+        if choice == "triton":
+            raise MissingDependencyError(f"HSA_BACKEND=triton ('{op}')", "triton", "triton")
+        return "torch"
     if choice == "triton":
-        if not available:
-            raise RuntimeError(f"HSA_BACKEND=triton but no Triton kernel for '{op}' could be imported "
-                               "(install the 'triton' extra)")
-        return "triton"
-    return "triton" if available and torch.device(device).type == "cuda" else "torch"
+        # Triton compiles for GPUs; on any other device only its interpreter runs the kernels.
+        if dev.type != "cuda" and not _interpreting():
+            raise UsageError(f"HSA_BACKEND=triton cannot run '{op}' on {dev.type}: Triton kernels need CUDA, or "
+                             "TRITON_INTERPRET=1 (slow, for tests); use HSA_BACKEND=auto or torch")
+    elif dev.type != "cuda":
+        return "torch"
+    hsa_kernels.triton_entry(op)  # imported now: a broken kernel module raises here
+    return "triton"
 
 
 def triton_impl(op: str) -> Callable[..., Any]:
-    fn = _load_triton(op)
-    assert fn is not None
-    return fn
+    """The Triton entry point of ``op`` (see :func:`hsa_kernels.triton_entry`)."""
+    return hsa_kernels.triton_entry(op)

@@ -1,4 +1,4 @@
-"""The paper's passkey protocol (hsa_spec.md section 10), in token space.
+"""The paper's passkey protocol, in token space.
 
 Layout of one sample of ``T`` tokens (``L = key_len``)::
 

@@ -22,8 +22,10 @@ check                      what must hold
 ``check_gradients``        a backward pass gives finite gradients to the input and to every parameter
                            that requires one
 ``check_segments``         processing ``x`` in segments (several random splits, carrying the state)
-                           gives the full pass's outputs and final state
-``check_step``             ``step`` token by token from ``init_state`` gives the full pass's outputs
+                           gives the full pass's outputs and final state; the state given to each
+                           call is not modified in place
+``check_step``             ``step`` token by token from ``init_state`` gives the full pass's outputs;
+                           the state given to each step is not modified in place
 ``check_causality``        changing the input at positions ``>= t`` leaves outputs ``< t`` unchanged
 ``check_save_load``        ``state_dict`` loaded into a freshly built mixer gives identical outputs
 =========================  ============================================================================
@@ -32,11 +34,16 @@ Each check is also a public function taking a built mixer (``check_save_load`` t
 too) and raises ``AssertionError`` with a message that says what differed and by how much.
 Mixers run in ``eval()`` mode during the checks (dropout off) and in fp32 by default; pass ``atol``
 and ``rtol`` to loosen the comparisons for mixers whose chunked and recurrent paths round
-differently (fp32 chunked scans typically agree to ``1e-5``–``1e-4``).
+differently (fp32 chunked scans typically agree to ``1e-5``–``1e-4``). Complex-valued states are
+compared with the same tolerances on the modulus of the difference.
+
+Retrieval layers (``hsa_register_retrieval_layers``) have their own contract and checker,
+:func:`check_retrieval`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from collections.abc import Callable, Sequence
@@ -53,6 +60,7 @@ __all__ = [
     "check_forward_shape",
     "check_gradients",
     "check_mixer",
+    "check_retrieval",
     "check_save_load",
     "check_segments",
     "check_state_layout",
@@ -68,13 +76,25 @@ def _name(mixer: torch.nn.Module) -> str:
     return type(mixer).__name__
 
 
+def _fmt(value: complex | float) -> str:
+    return f"{value:.6g}" if not isinstance(value, complex) else f"{value.real:.6g}{value.imag:+.6g}j"
+
+
 def _assert_close(actual: Tensor, expected: Tensor, what: str, *, atol: float, rtol: float) -> None:
-    """``allclose`` with a message naming the largest difference and where it is."""
+    """``allclose`` with a message naming the largest difference and where it is.
+
+    Real tensors are compared in float64, complex ones in complex128 (``|a - e|`` is the modulus).
+    """
     if actual.shape != expected.shape:
         raise AssertionError(f"{what}: shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")
-    a, e = actual.detach().double(), expected.detach().double()
+    if actual.is_complex() or expected.is_complex():
+        a, e = actual.detach().to(torch.complex128), expected.detach().to(torch.complex128)
+    else:
+        a, e = actual.detach().double(), expected.detach().double()
     if not torch.isfinite(a).all():
         raise AssertionError(f"{what}: non-finite values in the result")
+    if a.numel() == 0:
+        return
     diff = (a - e).abs()
     bound = atol + rtol * e.abs()
     if bool((diff > bound).any()):
@@ -82,21 +102,63 @@ def _assert_close(actual: Tensor, expected: Tensor, what: str, *, atol: float, r
         index = tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), diff.shape))
         raise AssertionError(
             f"{what}: max |diff| = {diff.max().item():.3e} (atol={atol:g}, rtol={rtol:g}); "
-            f"worst at index {index}: got {a[index].item():.6g}, expected {e[index].item():.6g}"
+            f"worst at index {index}: got {_fmt(a[index].item())}, expected {_fmt(e[index].item())}"
         )
 
 
 def assert_states_close(actual: MixerState, expected: MixerState, what: str, *, atol: float = 1e-5,
                         rtol: float = 1e-4) -> None:
-    """Two state dicts have the same keys and close tensors (floating) or equal tensors (integer)."""
+    """Two state dicts have the same keys and close tensors (floating or complex, with tolerances)
+    or equal tensors (integer and bool); a failure names the max difference and where it is."""
     if set(actual) != set(expected):
         raise AssertionError(f"{what}: state keys {sorted(actual)} != expected {sorted(expected)}")
     for key in sorted(expected):
         a, e = actual[key], expected[key]
-        if a.is_floating_point() or e.is_floating_point():
+        inexact = any(t.is_floating_point() or t.is_complex() for t in (a, e))
+        if inexact:
             _assert_close(a, e, f"{what}: state[{key!r}]", atol=atol, rtol=rtol)
+        elif a.shape != e.shape:
+            raise AssertionError(f"{what}: state[{key!r}] shape {tuple(a.shape)} != expected {tuple(e.shape)}")
         elif not torch.equal(a, e):
-            raise AssertionError(f"{what}: state[{key!r}] differs: {a.tolist()} != {e.tolist()}")
+            _assert_close(a, e, f"{what}: state[{key!r}] (exact)", atol=0.0, rtol=0.0)
+
+
+def _snapshot(state: Any) -> Any:
+    """A deep copy of the tensors of a state (dict), memory state or selection, to detect in-place edits."""
+    if isinstance(state, Tensor):
+        return state.detach().clone()
+    if isinstance(state, dict):
+        return {k: _snapshot(v) for k, v in state.items()}
+    if isinstance(state, tuple) and hasattr(state, "_fields"):  # NamedTuple (Selection)
+        return type(state)(*(_snapshot(v) for v in state))
+    if dataclasses.is_dataclass(state) and not isinstance(state, type):  # MemoryState
+        return dataclasses.replace(state, **{f.name: _snapshot(getattr(state, f.name))
+                                             for f in dataclasses.fields(state)})
+    return state
+
+
+def _assert_unmodified(before: Any, after: Any, what: str) -> None:
+    """Contract rule: the state (or memory, selection) given to a call is not modified in place."""
+    if isinstance(before, Tensor):
+        if before.shape != after.shape or not torch.equal(before, after.detach()):
+            if before.shape == after.shape and (before.is_floating_point() or before.is_complex()):
+                diff = (after.detach().to(before.dtype) - before).abs().max().item()
+                raise AssertionError(f"{what} was modified in place (max |change| = {diff:.3e}); return a new "
+                                     "state instead of writing into the given one")
+            raise AssertionError(f"{what} was modified in place; return a new state instead of writing into "
+                                 "the given one")
+    elif isinstance(before, dict):
+        if set(before) != set(after):
+            raise AssertionError(f"{what}: keys were added or removed in place ({sorted(before)} -> "
+                                 f"{sorted(after)}); return a new dict")
+        for k in before:
+            _assert_unmodified(before[k], after[k], f"{what}[{k!r}]")
+    elif isinstance(before, tuple) and hasattr(before, "_fields"):
+        for name, b, a in zip(before._fields, before, after):
+            _assert_unmodified(b, a, f"{what}.{name}")
+    elif dataclasses.is_dataclass(before) and not isinstance(before, type):
+        for f in dataclasses.fields(before):
+            _assert_unmodified(getattr(before, f.name), getattr(after, f.name), f"{what}.{f.name}")
 
 
 def random_splits(seq_len: int, n_segments: int, generator: random.Random) -> list[int]:
@@ -123,8 +185,13 @@ def _run_segments(mixer: Mixer, x: Tensor, lengths: Sequence[int],
                   state: MixerState | None) -> tuple[Tensor, MixerState]:
     """Run ``x`` segment by segment, carrying the state; returns the concatenated outputs."""
     outputs, start = [], 0
+    name = _name(mixer)
     for n in lengths:
-        y, state = mixer(x[:, start:start + n], state, return_state=True)
+        given = state
+        before = _snapshot(given) if given is not None else None
+        y, state = mixer(x[:, start:start + n], given, return_state=True)
+        if given is not None:
+            _assert_unmodified(before, given, f"{name}: the state given to forward (rule 3)")
         assert state is not None
         outputs.append(y)
         start += n
@@ -272,7 +339,10 @@ def check_step(mixer: Mixer, x: Tensor, *, atol: float = 1e-5, rtol: float = 1e-
         state = mixer.init_state(batch, device=device, dtype=dtype)
         outputs = []
         for t in range(seq_len):
-            y_t, state = mixer.step(x[:, t], state)
+            before = _snapshot(state)
+            given = state
+            y_t, state = mixer.step(x[:, t], given)
+            _assert_unmodified(before, given, f"{name}: the state given to step (rule 3)")
             if tuple(y_t.shape) != (batch, x.shape[-1]):
                 raise AssertionError(
                     f"{name}.step: output shape {tuple(y_t.shape)} != {(batch, x.shape[-1])}")
@@ -376,3 +446,144 @@ def check_mixer(factory: Factory, *, d_model: int = 32, options: dict[str, Any] 
         torch.manual_seed(seed + 1)  # the fresh instance gets different initial weights
         check_save_load(factory, mixer, x, d_model=d_model, options=options)
     return mixer
+
+
+# -- retrieval layers ------------------------------------------------------------------------------
+RETRIEVAL_CHECKS = ("forward_shape", "gradients", "segments", "causality", "save_load")
+
+
+def _memory_and_selection(d_model: int, *, kv_heads: int, head_dim: int, chunk_size: int, topk: int,
+                          batch: int, seq_len: int, seed: int, device: torch.device | str,
+                          dtype: torch.dtype) -> tuple[Any, Any, Tensor, Tensor]:
+    """A real chunk memory over random source states, its selection module and the inputs.
+
+    Returns ``(memory module, retrieval module, source h (B, T, d), x (B, T, d))``.
+    """
+    from ..modules import ChunkMemory, Retrieval
+
+    lmk_dim = 16
+    memory = ChunkMemory(d_model, chunk_size=chunk_size, kv_heads=kv_heads, head_dim=head_dim,
+                         landmark_dim=lmk_dim, landmark="mean", encoder_layers=0)
+    retrieval = Retrieval(d_model, retrieval_dim=lmk_dim, topk=topk, chunk_size=chunk_size)
+    memory, retrieval = memory.to(device=device, dtype=dtype).eval(), retrieval.to(device=device, dtype=dtype).eval()
+    g = torch.Generator().manual_seed(seed + 7)
+    h = torch.randn(batch, seq_len, d_model, generator=g).to(device=device, dtype=dtype)
+    x = torch.randn(batch, seq_len, d_model, generator=g).to(device=device, dtype=dtype)
+    return memory, retrieval, h, x
+
+
+def _call_layer(layer: torch.nn.Module, x: Tensor, memory: Any, selection: Any, position: int) -> Tensor:
+    """One call, checking that the memory and the selection are not modified in place."""
+    name = _name(layer)
+    mem_before, sel_before = _snapshot(memory), _snapshot(selection)
+    y = layer(x, memory, selection, position=position)
+    _assert_unmodified(mem_before, memory, f"{name}: the memory state given to forward")
+    _assert_unmodified(sel_before, selection, f"{name}: the selection given to forward")
+    if not isinstance(y, Tensor):
+        raise AssertionError(f"{name}.forward must return a tensor, got {type(y).__name__}")
+    return y
+
+
+def check_retrieval(factory: Callable[..., torch.nn.Module], *, d_model: int = 32,
+                    options: dict[str, Any] | None = None, kv_heads: int = 2, head_dim: int = 8,
+                    chunk_size: int = 4, topk: int = 2, batch: int = 2, seq_len: int = 19, atol: float = 1e-5,
+                    rtol: float = 1e-4, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                    seed: int = 0, checks: Sequence[str] = RETRIEVAL_CHECKS) -> torch.nn.Module:
+    """Build ``factory(d_model, kv_heads=, head_dim=, chunk_size=, **options)`` and check the
+    retrieval-layer contract against a real chunk memory and selection.
+
+    The contract (``docs/plugins.md``): ``forward(x, memory, selection, *, position) -> y`` where ``x``
+    is ``(B, T, d_model)`` at absolute positions ``position..position+T-1``, ``memory`` a
+    :class:`~hsa_core.modules.MemoryState` holding every chunk completed before the end of ``x``,
+    ``selection`` the :class:`~hsa_core.modules.Selection` of these ``T`` tokens; ``y`` is
+    ``(B, T, d_model)``. The checks:
+
+    =================  ===================================================================================
+    ``forward_shape``  ``forward`` accepts ``position=``; ``y`` is ``(B, T, d_model)`` in ``x``'s dtype,
+                       finite; the memory and the selection given are not modified in place
+    ``gradients``      finite gradients reach ``x`` and every parameter that requires one
+    ``segments``       segments of ``x`` (with their ``position``, their rows of the selection and the
+                       memory as it stands at the end of the segment) give the full pass's outputs
+    ``causality``      changing ``x`` at positions ``>= t`` leaves outputs ``< t`` unchanged
+    ``save_load``      ``state_dict`` loaded into a fresh instance gives identical outputs
+    =================  ===================================================================================
+
+    Returns:
+        The built layer (eval mode).
+
+    Raises:
+        AssertionError: the first check that fails, saying what differed and by how much.
+    """
+    import inspect
+
+    from ..modules import Selection
+
+    unknown = set(checks) - set(RETRIEVAL_CHECKS)
+    if unknown:
+        raise ValueError(f"unknown checks {sorted(unknown)}; known: {', '.join(RETRIEVAL_CHECKS)}")
+    torch.manual_seed(seed)
+    kwargs = {"kv_heads": kv_heads, "head_dim": head_dim, "chunk_size": chunk_size, **(options or {})}
+    layer = factory(d_model, **kwargs).to(device=device, dtype=dtype).eval()
+    name = _name(layer)
+    params = inspect.signature(layer.forward).parameters
+    if "position" not in params and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        raise AssertionError(f"{name}.forward must accept the keyword 'position' (the absolute position of x[:, 0])")
+    mem_mod, ret_mod, h, x = _memory_and_selection(d_model, kv_heads=kv_heads, head_dim=head_dim,
+                                                   chunk_size=chunk_size, topk=topk, batch=batch,
+                                                   seq_len=seq_len, seed=seed, device=device, dtype=dtype)
+    with torch.no_grad():
+        memory = mem_mod(h)
+        selection = ret_mod(x, memory, 0)
+        y_full = _call_layer(layer, x, memory, selection, 0)
+    if "forward_shape" in checks:
+        if tuple(y_full.shape) != tuple(x.shape):
+            raise AssertionError(f"{name}: output shape {tuple(y_full.shape)} != input shape {tuple(x.shape)}")
+        if y_full.dtype != x.dtype:
+            raise AssertionError(f"{name}: output dtype {y_full.dtype} != input dtype {x.dtype}")
+        if not torch.isfinite(y_full).all():
+            raise AssertionError(f"{name}: non-finite values in the output")
+    if "gradients" in checks:
+        layer.zero_grad(set_to_none=True)
+        xg = x.detach().clone().requires_grad_(True)
+        with torch.no_grad():
+            sel = ret_mod(xg.detach(), memory, 0)
+        y = layer(xg, memory, sel, position=0)
+        weight = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed + 3)).to(y)
+        (y * weight).sum().backward()
+        if xg.grad is None or not torch.isfinite(xg.grad).all():
+            raise AssertionError(f"{name}: the input gradient is missing or not finite")
+        missing = [n for n, p in layer.named_parameters() if p.requires_grad and p.grad is None]
+        if missing:
+            raise AssertionError(f"{name}: no gradient reaches parameters {missing}")
+        bad = [n for n, p in layer.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        if bad:
+            raise AssertionError(f"{name}: non-finite gradients in parameters {bad}")
+        layer.zero_grad(set_to_none=True)
+    rng = random.Random(seed)
+    with torch.no_grad():
+        if "segments" in checks:
+            for lengths in ([1, seq_len - 1], random_splits(seq_len, 3, rng), random_splits(seq_len, 4, rng)):
+                outputs, start = [], 0
+                for n in lengths:
+                    end = start + n
+                    mem_now = mem_mod(h[:, :end])  # what the model's memory holds at the end of the segment
+                    sel = Selection(selection.indices[:, start:end], selection.weights[:, start:end])
+                    outputs.append(_call_layer(layer, x[:, start:end], mem_now, sel, start))
+                    start = end
+                _assert_close(torch.cat(outputs, 1), y_full, f"{name}: segments {lengths} (with their position) "
+                              "vs full pass", atol=atol, rtol=rtol)
+        if "causality" in checks:
+            g = torch.Generator().manual_seed(seed + 99)
+            for t in sorted({1, seq_len // 2, seq_len - 1} - {0}):
+                x2 = x.clone()
+                x2[:, t:] += 3.0 * torch.randn(x2[:, t:].shape, generator=g).to(x2)
+                y2 = _call_layer(layer, x2, memory, selection, 0)
+                _assert_close(y2[:, :t], y_full[:, :t], f"{name}: causality: outputs before {t} after changing "
+                              f"inputs >= {t}", atol=max(atol, 1e-6), rtol=0.0)
+        if "save_load" in checks:
+            torch.manual_seed(seed + 1)
+            fresh = factory(d_model, **kwargs).to(device=device, dtype=dtype).eval()
+            fresh.load_state_dict(layer.state_dict(), strict=True)
+            _assert_close(_call_layer(fresh, x, memory, selection, 0), y_full,
+                          f"{name}: outputs after loading the state_dict into a fresh instance", atol=0.0, rtol=0.0)
+    return layer

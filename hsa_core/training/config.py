@@ -19,6 +19,11 @@ class TrainConfig:
         loss_on: ``"answer"`` (answer tokens only) or ``"all"`` (every next-token target).
         concat_segments: ``n > 1`` joins ``n`` unrelated samples of ``seq_len / n`` tokens in one
             sequence (negative sampling, spec section 7).
+        data: a folder of ``hsa data prepare`` to train a language model on instead of ``task``
+            (:mod:`hsa_core.data.training`); then ``packing`` (``concat`` or ``document``: how
+            sequences meet document boundaries, :mod:`hsa_core.data.sampler`), ``passkey_mix``
+            (fraction of steps that are natural-text passkey batches; ``task_options`` may set their
+            ``digits``/``min_gap``) and ``data_fingerprint`` (recorded at the start; resume checks it).
     Optimisation:
         steps, lr, min_lr_ratio (cosine floor as a fraction of ``lr``), warmup (linear, steps),
         weight_decay (AdamW, on matrices only), beta1, beta2, grad_clip (global norm; 0 = off).
@@ -37,7 +42,8 @@ class TrainConfig:
         or ``fp32``/``bf16``), seed, eval_every / eval_samples / eval_lengths (periodic exact-match
         eval; lengths default to ``[seq_len]``), eval_segment_len, checkpoint_every, keep_checkpoints,
         log_every, fsdp (FSDP2 ``fully_shard`` instead of DDP when distributed),
-        find_unused_parameters (DDP), compile (``torch.compile`` the model).
+        find_unused_parameters (DDP), compile (``torch.compile`` the model), checkpoint_activations
+        (recompute every block in backward instead of keeping its activations: less memory, ~30% more time).
     """
 
     task: str = "passkey"
@@ -46,6 +52,10 @@ class TrainConfig:
     batch_size: int = 8
     loss_on: str = "answer"
     concat_segments: int = 1
+    data: str | None = None
+    packing: str = "concat"
+    passkey_mix: float = 0.0
+    data_fingerprint: str | None = None
     steps: int = 1000
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
@@ -71,6 +81,7 @@ class TrainConfig:
     fsdp: bool = False
     find_unused_parameters: bool = False
     compile: bool = False
+    checkpoint_activations: bool = False
 
     def __post_init__(self) -> None:
         if self.loss_on not in ("answer", "all"):
@@ -80,6 +91,10 @@ class TrainConfig:
         for name in ("seq_len", "batch_size", "steps", "concat_segments", "memory_reset_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.packing not in ("concat", "document"):
+            raise ValueError(f"packing must be 'concat' or 'document', got {self.packing!r}")
+        if not 0.0 <= self.passkey_mix < 1.0:
+            raise ValueError(f"passkey_mix must be in [0, 1), got {self.passkey_mix}")
         if self.state_reset_every is not None and self.state_reset_every < 1:
             raise ValueError("state_reset_every must be >= 1 tokens")
 

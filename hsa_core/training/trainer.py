@@ -12,48 +12,55 @@ from __future__ import annotations
 
 import json
 import time
-import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import InvalidFileError, UsageError
 from ..tasks import Task, TaskBatch, make_task
 from . import checkpoint as ckpt
 from .config import TrainConfig, lr_at
 from .distributed import DistEnv, all_reduce_sum, barrier, init_distributed, shutdown, wrap_model
-from .segments import SegmentedForward, detach_states
+from .segments import EvalAdapter as _EvalAdapter
+from .segments import SegmentedForward, detach_states, step_seed
 
 ModelFactory = Callable[[Mapping[str, Any]], nn.Module]
 
 
-class RunExistsError(RuntimeError):
+class RunExistsError(UsageError):
     """The run directory already has checkpoints and ``resume`` was not asked for."""
+
+
+class NoCheckpointError(UsageError):
+    """``resume`` was asked for, but the run directory has no complete checkpoint."""
 
 
 @dataclass
 class TrainResult:
+    """What a call of :func:`train` did: steps ``start_step + 1 .. step`` of ``total_steps``.
+
+    ``final_loss`` is the loss of the last step *of the run* (from ``metrics.jsonl`` when this call
+    had nothing left to do); ``seconds`` is this call's wall time.
+    """
+
     run: Path
     step: int
     final_loss: float
     metrics: list[dict[str, Any]]
     seconds: float
     eval: dict[str, Any] | None = None
+    start_step: int = 0
+    total_steps: int | None = None
 
 
 def default_model_factory(spec: Mapping[str, Any]) -> nn.Module:
     from ..model import HSALanguageModel
 
     return HSALanguageModel.from_spec(spec)
-
-
-def step_seed(seed: int, step: int, part: int = 0) -> int:
-    """Seed of the data of ``step`` (stable across machines and processes)."""
-    return zlib.crc32(f"train:{seed}:{step}:{part}".encode()) & 0x7FFFFFFF
 
 
 def task_for_spec(cfg: TrainConfig, spec: Mapping[str, Any]) -> Task:
@@ -72,6 +79,8 @@ def task_for_spec(cfg: TrainConfig, spec: Mapping[str, Any]) -> Task:
 
 def global_batch(task: Task, cfg: TrainConfig, step: int) -> TaskBatch:
     """The global batch of ``step`` (identical on every rank and on resume)."""
+    if hasattr(task, "global_batch"):  # language-model data (hsa_core.data.training.TextData)
+        return task.global_batch(step)
     n = cfg.concat_segments
     if n == 1:
         return task.sample(cfg.batch_size, cfg.seq_len, step_seed(cfg.seed, step))
@@ -105,11 +114,20 @@ class _Logger:
     def __init__(self, path: Path, enabled: bool, resume_step: int | None) -> None:
         self.path, self.enabled = path, enabled
         self.records: list[dict[str, Any]] = []
+        self.dropped = 0  # unreadable lines left out on resume (e.g. a line cut by kill -9)
         if not enabled:
             return
         if resume_step is not None and path.is_file():
-            kept = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            kept = [r for r in kept if r.get("step", 0) <= resume_step]
+            kept = []
+            for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+                try:
+                    record = json.loads(line) if line.strip() else None
+                except json.JSONDecodeError:
+                    record = None
+                    self.dropped += 1
+                if isinstance(record, dict):
+                    kept.append(record)
+            kept = [r for r in kept if isinstance(r.get("step", 0), int) and r.get("step", 0) <= resume_step]
             ckpt.write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
             self.records = kept
         elif path.exists():
@@ -150,7 +168,8 @@ def train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: str | Path, *, 
         cfg: the training configuration (on resume the checkpoint's configuration is used instead).
         spec: the layout (canonical or raw); on resume ``None`` = the checkpoint's.
         run: run directory.
-        resume: continue from the newest complete checkpoint (start fresh when there is none).
+        resume: continue from the newest intact checkpoint (an unusable newer one is set aside, saying
+            so); :class:`NoCheckpointError` when there is none (never a silent fresh start).
         model_factory: ``spec -> model`` (default :meth:`HSALanguageModel.from_spec`).
         progress: show the rich progress bar (main rank).
         stop_after: stop (as if killed) after this many optimizer steps in total, without a final
@@ -184,19 +203,24 @@ def train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: str | Path, *, 
 def _train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: Path, resume: bool, factory: ModelFactory,
            show_progress: bool, stop_after: int | None, env: DistEnv, say: Callable[[str], None],
            t_start: float, resume_steps: int | None, time_limit: float | None = None) -> TrainResult:
-    latest = ckpt.latest_checkpoint(run)
+    candidates = ckpt.complete_checkpoints(run)
     state: dict[str, Any] | None = None
-    if latest is not None and not resume:
-        raise RunExistsError(f"{run} already has checkpoints ({latest.name}); pass --resume to continue "
+    resumed: _Resumed | None = None
+    latest: Path | None = None
+    if candidates and not resume:
+        raise RunExistsError(f"{run} already has checkpoints ({candidates[0].name}); pass --resume to continue "
                              f"or choose another --out")
-    if latest is not None:
-        state = ckpt.read_trainer_state(latest)
+    if resume and not candidates:
+        # Never a silent fresh start: it would overwrite the run's metrics.jsonl and model/.
+        raise NoCheckpointError(f"--resume: {run} has no complete checkpoint to resume from; run without "
+                                f"--resume to start a new run there")
+    if candidates:
+        resumed = _load_newest_intact(run, candidates, env, say)
+        latest, state = resumed.path, resumed.trainer
         cfg = TrainConfig.from_dict(state["config"])
         if resume_steps is not None:  # the only setting a resume may change (to extend a run)
             cfg.steps = resume_steps
-        from ..io import read_config
-
-        spec = read_config(latest / "model")
+        spec = resumed.spec
         say(f"resuming {run} from {latest.name} (step {state['step']})")
     if spec is None:
         raise ValueError("no spec given and no checkpoint to resume from")
@@ -207,13 +231,22 @@ def _train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: Path, resume: 
 
     torch.manual_seed(cfg.seed)  # same initial weights on every rank and every run
     model = factory(spec).to(device)
+    if cfg.checkpoint_activations:
+        if not hasattr(model, "gradient_checkpointing"):
+            raise ValueError("checkpoint_activations needs a model with a 'gradient_checkpointing' switch")
+        model.gradient_checkpointing = True
     spec = getattr(model, "spec", spec)
     if cfg.init_from and state is None:
         from ..evaluation.runner import model_dir_of
 
         _load_weights(model, model_dir_of(cfg.init_from), device)
         say(f"initialised from {model_dir_of(cfg.init_from)}")
-    task = task_for_spec(cfg, spec)
+    if cfg.data:  # a language model on prepared text instead of a synthetic task
+        from ..data.training import text_data_for
+
+        task = text_data_for(cfg, spec, run, env.is_main)  # sets cfg.task = "text"
+    else:
+        task = task_for_spec(cfg, spec)
     if cfg.seq_len < task.min_length():
         raise ValueError(f"--seq-len {cfg.seq_len} is shorter than task '{cfg.task}' needs ({task.min_length()})")
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
@@ -221,14 +254,16 @@ def _train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: Path, resume: 
 
     start_step, tokens_seen, carry_count = 0, 0, 0
     carried: list[Any] | None = None
-    if state is not None and latest is not None:
-        _load_weights(model, latest / "model", device)
-        optimizer.load_state_dict(torch.load(latest / "optimizer.pt", map_location=device, weights_only=False))
+    if state is not None and resumed is not None:
+        model.load_state_dict(resumed.weights)
+        try:
+            optimizer.load_state_dict(resumed.optimizer)
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise InvalidFileError(f"{resumed.path}: the optimizer state does not fit the model ({exc})") from None
         start_step, tokens_seen = int(state["step"]), int(state["tokens"])
         carry_count = int(state.get("carry_count", 0))
-        per_rank = torch.load(latest / f"rank_{env.rank:05d}.pt", map_location=device, weights_only=False)
-        ckpt.set_rng_state(per_rank["rng"], device)
-        carried = per_rank.get("carried")
+        ckpt.set_rng_state(resumed.per_rank["rng"], device)
+        carried = _to_device(resumed.per_rank.get("carried"), device)
 
     forward = SegmentedForward(model, cfg.state_reset_every)
     if cfg.compile:
@@ -239,7 +274,7 @@ def _train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: Path, resume: 
         # load the full optimizer state into it.
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-        full = torch.load(latest / "optimizer.pt", map_location=device, weights_only=False)  # type: ignore[operator]
+        full = resumed.optimizer  # type: ignore[union-attr]
         optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                       betas=(cfg.beta1, cfg.beta2))
         set_optimizer_state_dict(wrapped, optimizer, full, options=StateDictOptions(full_state_dict=True))
@@ -247,7 +282,12 @@ def _train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: Path, resume: 
         optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                       betas=(cfg.beta1, cfg.beta2))
 
+    if resumed is not None:  # loaded into the model and optimizer: free the host copies
+        resumed.weights, resumed.optimizer, resumed.per_rank = {}, None, {}
+
     logger = _Logger(run / "metrics.jsonl", env.is_main, start_step if state is not None else None)
+    if logger.dropped:
+        say(f"metrics.jsonl: left out {logger.dropped} unreadable line(s)")
     if env.is_main:
         run.mkdir(parents=True, exist_ok=True)
         ckpt.write_text_atomic(run / "train_config.json", json.dumps(
@@ -259,7 +299,8 @@ def _train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: Path, resume: 
 
     local = slice(env.rank * cfg.batch_size // env.world_size, (env.rank + 1) * cfg.batch_size // env.world_size)
     progress, pid = _progress(show_progress and env.is_main, cfg.steps, start_step)
-    last_loss = float("nan")
+    # The run's last loss so far: what a resume with nothing left to do reports.
+    last_loss = next((float(r["loss"]) for r in reversed(logger.records) if "loss" in r), float("nan"))
     eval_result: dict[str, Any] | None = None
     window_t, window_tokens = time.perf_counter(), 0
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
@@ -275,11 +316,13 @@ def _train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: Path, resume: 
                 # memory reset: every memory_reset_every batches the carried state is replaced by zeros
                 init_states = carried if (carried is not None and carry_count % cfg.memory_reset_every) else None
             with _autocast(device, amp):
-                logits, final_states = wrapped(batch.input_ids, init_states, return_states=cfg.carry_state)
+                step_loss, answer_logits, final_states = wrapped(
+                    batch.input_ids, init_states, return_states=cfg.carry_state, targets=batch.targets,
+                    loss_mask=batch.loss_mask(cfg.loss_on), answer_positions=batch.answer_positions)
             if cfg.carry_state:
                 carried = detach_states(final_states)
                 carry_count += 1
-            loss, loss_sum, n_tok, correct = _loss(logits, batch, cfg.loss_on, env)
+            loss, loss_sum, n_tok, correct = _loss(step_loss, answer_logits, batch, cfg.loss_on, env)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = _clip(wrapped, cfg.grad_clip)
@@ -292,18 +335,23 @@ def _train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: Path, resume: 
             done = step + 1
             now = time.perf_counter()
             tps = window_tokens / max(1e-9, now - window_t)
+            # language-model batches have no answer positions: no exact-match figure for them
+            acc = {"acc": float(correct)} if batch.answer_positions.shape[1] else {}
             if done % cfg.log_every == 0 or done == end:
-                logger.log({"step": done, "loss": last_loss, "acc": float(correct), "lr": lr,
+                logger.log({"step": done, "loss": last_loss, **acc, "lr": lr,
                             "grad_norm": float(grad_norm), "tokens": tokens_seen, "tokens_per_s": round(tps, 1),
-                            "time": round(now - t_start, 3)})
+                            "time": round(now - t_start, 3),
+                            **(task.log_fields(done) if hasattr(task, "log_fields") else {})})
                 window_t, window_tokens = now, 0
             progress.update(pid, completed=done,
-                            info=f"loss {last_loss:.4f} acc {float(correct):.2f} {tps:,.0f} tok/s lr {lr:.2e}")
+                            info=f"loss {last_loss:.4f}{f' acc {float(correct):.2f}' if acc else ''} {tps:,.0f} tok/s "
+                                 f"lr {lr:.2e}")
             if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
                 res = _periodic_eval(wrapped, task, cfg, env, amp)
                 eval_result = res
                 logger.log({"step": done, "eval": res})
-                say(f"step {done}: eval exact-match " + ", ".join(f"{k}: {v:.3f}" for k, v in res.items()))
+                say(f"step {done}: eval {'' if cfg.data else 'exact-match '}"
+                    + ", ".join(f"{k}: {v:.3f}" for k, v in res.items()))
             out_of_time = time_limit is not None and done < end and _agree(now - t_start >= time_limit, env)
             if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps or out_of_time:
                 _save(run, model, wrapped, optimizer, cfg, env, done, tokens_seen, carry_count, carried)
@@ -319,7 +367,86 @@ def _train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: Path, resume: 
         if final is not None:
             _publish_final(run, final)
     barrier(env)
-    return TrainResult(run, end, last_loss, logger.records, time.perf_counter() - t_start, eval_result)
+    return TrainResult(run, max(end, start_step), last_loss, logger.records, time.perf_counter() - t_start,
+                       eval_result, start_step=start_step, total_steps=cfg.steps)
+
+
+@dataclass
+class _Resumed:
+    """Everything read from one checkpoint, validated before the model is touched."""
+
+    path: Path
+    trainer: dict[str, Any]
+    spec: dict[str, Any]
+    weights: dict[str, Tensor]
+    optimizer: Any
+    per_rank: dict[str, Any]
+
+
+def _read_checkpoint(path: Path, rank: int) -> _Resumed:
+    """Read and check one checkpoint completely (JSON and safetensors only; no pickle).
+
+    Raises:
+        InvalidFileError / SpecError / OSError: anything missing, corrupt or inconsistent.
+    """
+    from ..io import read_config
+    from ..model import load_pretrained
+
+    trainer = ckpt.read_trainer_state(path)
+    TrainConfig.from_dict(trainer["config"])
+    spec = read_config(path / "model")
+    weights = load_pretrained(path / "model").state_dict()  # checks the file and every shape
+    optimizer = ckpt.load_tree(path, "optimizer")
+    if not isinstance(optimizer, dict):
+        raise InvalidFileError(f"{path}: the optimizer state is not a mapping")
+    per_rank = ckpt.load_tree(path, f"rank_{rank:05d}")
+    if not isinstance(per_rank, dict) or not isinstance(per_rank.get("rng"), dict):
+        raise InvalidFileError(f"{path}: rank_{rank:05d} has no RNG state")
+    return _Resumed(path, trainer, spec, weights, optimizer, per_rank)
+
+
+def _load_newest_intact(run: Path, candidates: list[Path], env: DistEnv, say: Callable[[str], None]) -> _Resumed:
+    """The newest checkpoint every rank can read; unusable newer ones are set aside, saying so.
+
+    Raises:
+        InvalidFileError: no checkpoint is intact (each one's problem is listed).
+    """
+    from ..errors import HSAError
+
+    problems: list[str] = []
+    for i, path in enumerate(candidates):
+        loaded: _Resumed | None = None
+        problem = ""
+        try:
+            loaded = _read_checkpoint(path, env.rank)
+        except (HSAError, OSError, ValueError, KeyError, TypeError) as exc:
+            problem = str(exc)
+        if env.distributed:  # every rank must resume from the same step
+            bad = torch.tensor([0.0 if loaded is not None else 1.0], device=env.device)
+            if all_reduce_sum(bad, env).item() > 0 and loaded is not None:
+                loaded, problem = None, "unreadable on another rank"
+        if loaded is not None:
+            if problems and env.is_main:
+                for older in candidates[:i]:
+                    moved = ckpt.set_aside(older) if older.exists() else older
+                    say(f"set aside unusable checkpoint {older.name} as {moved.name}")
+            return loaded
+        problems.append(f"{path.name}: {problem}")
+        nxt = f"falling back to {candidates[i + 1].name}" if i + 1 < len(candidates) else "no older checkpoint"
+        say(f"checkpoint {path.name} is unusable ({problem}); {nxt}")
+        barrier(env)
+    raise InvalidFileError(f"{run}: no intact checkpoint to resume from: " + "; ".join(problems))
+
+
+def _to_device(obj: Any, device: torch.device) -> Any:
+    """Carried states (lists of dicts of tensors) moved to the training device."""
+    if isinstance(obj, Tensor):
+        return obj.to(device)
+    if isinstance(obj, list):
+        return [_to_device(v, device) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    return obj
 
 
 def _agree(flag: bool, env: DistEnv) -> bool:
@@ -338,22 +465,19 @@ def _autocast(device: torch.device, amp: torch.dtype | None):
     return torch.autocast(device.type, dtype=amp)
 
 
-def _loss(logits: Tensor, batch: TaskBatch, on: str, env: DistEnv) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Cross-entropy over the loss positions of the *global* batch.
+def _loss(loss_sum: Tensor, answer_logits: Tensor, batch: TaskBatch, on: str,
+          env: DistEnv) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The cross-entropy over the loss positions of the *global* batch, from this rank's summed loss.
 
     Returns ``(loss for backward, global loss sum, global token count, global answer exact-match rate)``.
     Each rank divides its local sum by the global token count and multiplies by the world size,
     because DDP averages gradients over ranks: the resulting gradient is exactly that of the
     global-batch mean, whatever the split.
     """
-    mask = batch.loss_mask(on)
-    picked = logits[mask].float()
-    loss_sum = F.cross_entropy(picked, batch.targets[mask], reduction="sum")
     with torch.no_grad():
-        pred = logits.gather(1, batch.answer_positions.unsqueeze(-1).expand(-1, -1, logits.shape[-1])).argmax(-1)
-        exact = (pred == batch.answers()).all(1).float().sum()
-        stats = torch.stack([loss_sum.detach().float(), mask.sum().float(), exact,
-                             torch.tensor(float(batch.batch_size), device=logits.device)])
+        exact = (answer_logits.argmax(-1) == batch.answers()).all(1).float().sum()
+        stats = torch.stack([loss_sum.detach().float(), batch.loss_mask(on).sum().float(), exact,
+                             torch.tensor(float(batch.batch_size), device=loss_sum.device)])
         stats = all_reduce_sum(stats, env)
     loss = loss_sum / stats[1] * env.world_size
     return loss, stats[0], stats[1], stats[2] / stats[3]
@@ -371,6 +495,8 @@ def _periodic_eval(wrapped: nn.Module, task: Task, cfg: TrainConfig, env: DistEn
                    amp: torch.dtype | None) -> dict[str, float]:
     from ..evaluation.core import evaluate
 
+    if hasattr(task, "periodic_eval"):  # language-model data: validation loss (hsa_core.data.training)
+        return task.periodic_eval(wrapped, env, amp)
     lengths = cfg.eval_lengths or [cfg.seq_len]
     device = env.device
     reduce = (lambda t: all_reduce_sum(t.to(device), env).cpu()) if env.distributed else None
@@ -379,17 +505,6 @@ def _periodic_eval(wrapped: nn.Module, task: Task, cfg: TrainConfig, env: DistEn
                    segment_len=cfg.eval_segment_len, device=device, autocast_dtype=amp,
                    rank=env.rank, world_size=env.world_size, reduce=reduce)
     return {f"acc@{n}": a for n, a in res.by_length().items()}
-
-
-class _EvalAdapter(nn.Module):
-    """``(ids, cache, return_cache) -> ModelOutput`` through the (possibly wrapped) training module."""
-
-    def __init__(self, wrapped: nn.Module) -> None:
-        super().__init__()
-        self.wrapped = wrapped
-
-    def forward(self, input_ids: Tensor, cache: Any = None, return_cache: bool = False) -> Any:
-        return self.wrapped(input_ids, cache=cache, passthrough=True)
 
 
 def _full_state(model: nn.Module, wrapped: nn.Module, optimizer: torch.optim.Optimizer,
@@ -418,10 +533,10 @@ def _save(run: Path, model: nn.Module, wrapped: nn.Module, optimizer: torch.opti
         tmp = ckpt.begin(run, step)
         tmp_name = tmp.name
         _write_model(model, msd, tmp / "model")
-        torch.save(osd, tmp / "optimizer.pt")
+        ckpt.save_tree(osd, tmp, "optimizer")  # no pickle: safetensors + JSON
         (tmp / "trainer.json").write_text(json.dumps(
             {"step": step, "tokens": tokens, "carry_count": carry_count, "config": cfg.to_dict(),
-             "world_size": env.world_size}, indent=2))
+             "world_size": env.world_size, "format": ckpt.FORMAT}, indent=2))
     if env.distributed:
         import torch.distributed as dist
 
@@ -429,7 +544,7 @@ def _save(run: Path, model: nn.Module, wrapped: nn.Module, optimizer: torch.opti
         dist.broadcast_object_list(box, src=0)
         tmp_name = box[0]
     tmp = run / "checkpoints" / str(tmp_name)
-    torch.save({"rng": ckpt.rng_state(env.device), "carried": carried}, tmp / f"rank_{env.rank:05d}.pt")
+    ckpt.save_tree({"rng": ckpt.rng_state(env.device), "carried": carried}, tmp, f"rank_{env.rank:05d}")
     barrier(env)
     if env.is_main:
         ckpt.commit(run, tmp, step, cfg.keep_checkpoints)
@@ -458,9 +573,7 @@ def _load_weights(model: nn.Module, directory: Path, device: torch.device) -> No
     from safetensors.torch import load_model
 
     if hasattr(model, "save_pretrained"):
-        from ..io import load_pretrained
-
-        loaded = load_pretrained(directory, device=device)
+        loaded = type(model).from_pretrained(directory, device=device)
         model.load_state_dict(loaded.state_dict())
         return
     load_model(model, str(directory / "model.safetensors"), device=str(device))
@@ -497,4 +610,5 @@ def train_losses(run: str | Path) -> list[float]:
     return [r["loss"] for r in read_metrics(run) if "loss" in r]
 
 
-__all__ = ["RunExistsError", "TrainConfig", "TrainResult", "lr_at", "read_metrics", "train", "train_losses"]
+__all__ = ["NoCheckpointError", "RunExistsError", "TrainConfig", "TrainResult", "lr_at", "read_metrics", "train",
+           "train_losses"]

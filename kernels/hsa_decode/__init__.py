@@ -1,32 +1,21 @@
-"""HSA decode path: one new token x the G query heads of each KV head (T == 1, no autograd).
+"""HSA decode path (T == 1, no autograd): naive twin (``naive``), Triton launch (``decode``).
 
-``hsa_decode_triton(q (B,1,HQ,D), k, v (B,C*S,H,D), indices, weights (B,1,H,K), *, chunk_size,
-scale=None, sink=False) -> (B,1,HQ,D)``. Reached from ``hsa_attention_triton`` (and so from the
-``hsa_core.ops`` dispatch) when T == 1 on CUDA and no gradient is needed.
-
-Schedule: the forward kernel's program (G heads as the rows of one tile, the K chosen chunks loaded
-straight from the KV cache at id*S) without the log-sum-exp store that only training needs. Its naive
-twin is the reference attention at T == 1.
+The Triton names load on first use (PEP 562), so ``hsa_decode_naive`` imports without Triton; with
+Triton installed, an error in the kernel modules propagates (no silent fallback).
 """
 
 from __future__ import annotations
 
-from torch import Tensor
+from typing import Any
 
-from hsa_core.ops.reference import hsa_attention_torch as hsa_decode_naive
-
-
-def hsa_decode_triton(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, weights: Tensor, *, chunk_size: int,
-                      scale: float | None = None, sink: bool = False) -> Tensor:
-    from hsa_kernels.hsa_attention.function import _contig, hsa_attention_fwd
-
-    if q.shape[1] != 1:
-        raise ValueError(f"decode takes one token, got T={q.shape[1]}")
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    o, _ = hsa_attention_fwd(_contig(q), _contig(k), _contig(v), indices.int().contiguous(),
-                             weights.contiguous(), chunk_size, scale, sink, store_lse=False,
-                             mode="query")
-    return o
-
+from .naive import hsa_decode_naive
 
 __all__ = ["hsa_decode_naive", "hsa_decode_triton"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "hsa_decode_triton":
+        from .decode import hsa_decode_triton
+
+        return hsa_decode_triton
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -52,11 +52,13 @@ CASES: list[tuple[Any, dict[str, Any]]] = [
 IDS = ["gla", "gla-gqa-shortconv", "rwkv6", "rwkv7"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("factory", "options"), CASES, ids=IDS)
 def test_contract(factory: Any, options: dict[str, Any]) -> None:
     check_mixer(factory, d_model=32, options=options, batch=2, seq_len=8, atol=1e-4, rtol=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("factory", "options"), [CASES[1], CASES[3]], ids=["gla-gqa-shortconv", "rwkv7"])
 def test_segments_in_the_training_path(factory: Any, options: dict[str, Any]) -> None:
     """With gradients on, fla switches RWKV7 to its chunked kernels (GLA uses the recurrent kernel for
@@ -114,6 +116,7 @@ def test_fla_imported_without_the_interpreter_gives_a_clear_error(monkeypatch: p
         build_gla(32)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter is only used without CUDA")
 def test_cpu_user_without_triton_interpret_just_works() -> None:
     """A fresh process on a CPU machine, TRITON_INTERPRET unset: the adapter sets it before importing fla."""
@@ -142,3 +145,23 @@ def test_segments_check_catches_a_dropped_state() -> None:
     m = Forgetful(32, num_heads=2, proj_low_rank_dim=8, gate_low_rank_dim=16).eval()
     with pytest.raises(AssertionError, match="segments"):
         check_segments(m, torch.randn(1, 6, 32), n_splits=1, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter is only used without CUDA")
+def test_interpreter_workarounds_touch_only_fla_kernels() -> None:
+    """No Triton class is patched: fla's own autotuners and interpreted functions get instance-level
+    workarounds, our kernels and Triton's classes keep theirs."""
+    import functools
+
+    from hsa_kernels.hsa_attention import forward
+    from triton.runtime import autotuner, interpreter
+
+    build_gla(16, num_heads=2)  # imports fla.layers and prepares its kernels
+    assert fla_adapters.prepare_fla_for_interpreter() == 0  # all done already (idempotent)
+    assert isinstance(vars(autotuner.Autotuner)["do_bench"], functools.cached_property)
+    assert vars(interpreter.FunctionRewriter)["_transform_ast"].__module__ == "triton.runtime.interpreter"
+    assert not hasattr(forward._hsa_fwd_kernel.rewriter, "_hsa_loop_vars")
+    fla_kernels = [obj for name, mod in sys.modules.items() if name.startswith("fla.") and mod is not None
+                   for obj in vars(mod).values() if isinstance(obj, autotuner.Autotuner)]
+    assert fla_kernels and all(k.__dict__.get("do_bench") is fla_adapters._zero_bench for k in fla_kernels)
+

@@ -52,6 +52,7 @@ def test_every_option_in_defaults_is_accepted_and_unknown_ones_are_not(name: str
             info.factory(256, not_an_option=1)
 
 
+@pytest.mark.slow
 def test_importing_the_plugin_imports_no_optional_library() -> None:
     """``hsa list`` must not pay for (or fail on) fla or mamba-ssm."""
     code = textwrap.dedent("""

@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -28,6 +30,7 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_demo_scripts_run_end_to_end_on_cpu(tmp_path: Path) -> None:
     env = _env(tmp_path, NAMES="mamba2")
     done = subprocess.run(["bash", "bench/train/run_demo.sh"], cwd=ROOT, env=env, capture_output=True, text=True,

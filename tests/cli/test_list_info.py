@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from hsa_cli.app import app
 from typer.testing import CliRunner
 
@@ -34,10 +35,12 @@ def test_list_json_reports_provenance_and_availability(runner: CliRunner) -> Non
     assert tasks["passkey"]["plugin"] == "hsa_builtin_tasks" and "num_symbols" in tasks["passkey"]["options"]
 
 
-def test_list_table_names_the_extra_for_missing_deps(runner: CliRunner) -> None:
-    result = runner.invoke(app, ["list", "--plugin", str(TOY_PLUGIN)], env={"COLUMNS": "200"})
+def test_list_table_names_what_to_install_for_missing_deps(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["list", "--plugin", str(TOY_PLUGIN)], env={"COLUMNS": "300"})
     assert result.exit_code == 0, result.output
-    assert "hsa-toolkit[imaginary]" in result.stdout
+    # a --plugin file has no package: the missing module itself, never the toolkit's extra
+    assert "pip install hsa_test_module_that_does_not_exist" in result.stdout
+    assert "hsa-toolkit[imaginary]" not in result.stdout
 
 
 def test_info_reports_versions_and_backends(runner: CliRunner) -> None:
@@ -56,6 +59,7 @@ def test_no_arguments_shows_help(runner: CliRunner) -> None:
     assert "build" in result.output and "validate" in result.output
 
 
+@pytest.mark.slow
 def test_console_script_and_module_entry_points() -> None:
     """The installed `hsa` script and `python -m hsa_cli` both run the app (exit codes included)."""
     import shutil

@@ -86,6 +86,7 @@ def _overrides(name: str) -> list[str]:
     return [*COMMON_SHRINK, f"retrieval.{sel}.retrieval_dim=64", *SHRINK[name]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", LAYOUTS)
 def test_example_runs_a_forward_pass_on_cpu(name: str) -> None:
     spec = load_spec(EXAMPLES / name, overrides=_overrides(name))
@@ -98,6 +99,7 @@ def test_example_runs_a_forward_pass_on_cpu(name: str) -> None:
     assert torch.isfinite(logits).all()
 
 
+@pytest.mark.slow
 def test_library_example_runs() -> None:
     result = subprocess.run([sys.executable, str(EXAMPLES / "library_use.py")], capture_output=True, text=True,
                             timeout=300, cwd=ROOT)

@@ -37,21 +37,18 @@ ARCH = 90
 # module only for the names).
 
 _IDX = {"_index_keys_kernel", "_index_bounds_kernel", "_index_segments_kernel"}
-_FWD_ALL = {"_hsa_fwd_kernel", "_hsa_fwd_tma_kernel", "_hsa_fwd_block_kernel", "_hsa_fwd_chunk_kernel",
-            "_hsa_bwd_dq_reduce_kernel"}
-_BWD_ALL = {"_hsa_bwd_fused_kernel", "_hsa_bwd_q_kernel", "_hsa_bwd_kv_kernel", "_hsa_bwd_kv_reduce_kernel",
-            "_hsa_bwd_dq_reduce_kernel"}
+_FWD_ALL = {"_hsa_fwd_kernel", "_hsa_fwd_block_kernel", "_hsa_fwd_share_kernel"}
+_BWD_ALL = {"_hsa_bwd_fused_kernel", "_hsa_bwd_kv_reduce_kernel", "_hsa_bwd_dq_reduce_kernel"}
 
 
-def _attention_case(dtype: str, G: int, D: int, S: int = 64, sink: bool = False, tma: bool = True,
-                    atomic_dq: bool = False):
-    """Forward in every fwd_mode (query, block, chunk, chunk_atomic, query+TMA when D is a power of two) and
-    backward in both deterministic bwd_modes (fused, split; ``atomic_dq``: also "fused_atomic"), inverse
-    index by the Triton kernels (plain and token-blocked) and once by torch, as the default CONFIG does."""
+def _attention_case(dtype: str, G: int, D: int, S: int = 64, sink: bool = False, atomic_dq: bool = False):
+    """Forward in every schedule (query, block, auto), backward by default and (``atomic_dq``) with atomic dQ,
+    the inverse index by the Triton kernels, at the default launch settings."""
 
     def run() -> None:
         import torch
-        from hsa_kernels.hsa_attention import function as F
+        from hsa_kernels.hsa_attention import backward as bwd
+        from hsa_kernels.hsa_attention import forward as fwd
 
         dt = getattr(torch, dtype)
         B, T, H, K, C = 2, 64, 2, 8, 80  # B*H*C = 320 chunks (> one search program), B*T*H*K = 2048 pairs
@@ -62,34 +59,13 @@ def _attention_case(dtype: str, G: int, D: int, S: int = 64, sink: bool = False,
         w = torch.rand(B, T, H, K)
         do = torch.randn_like(q)
         scale = D ** -0.5
-        saved = dict(F.CONFIG)
-        try:
-            F.CONFIG["index_impl"] = "triton"
-            F.build_inverse_index(idx, C, F.CONFIG["bwd_kv_seg"], token_block=16)
-            for impl in ("triton", "torch"):
-                F.CONFIG["index_impl"] = impl
-                inv = F.build_inverse_index(idx, C, F.CONFIG["bwd_kv_seg"])
-            # chunk_atomic over blocks of 16 tokens: NTB = 4 (NTB = 1 would be specialised as a constant)
-            F.CONFIG["fwd_token_block"] = 16
-            for mode, use_tma in (("query", False), ("block", False), ("chunk", False), ("chunk_atomic", False),
-                                  ("query", True)):
-                if use_tma and not tma:
-                    continue
-                F.CONFIG.update(fwd_mode=mode, use_tma=use_tma)
-                F.hsa_attention_fwd(q, k, v, idx, w, S, scale, sink, store_lse=True)
-            F.CONFIG.update(fwd_mode="query", use_tma=False)
-            lse = torch.zeros(B, T, H, K, G)
-            for bwd in ("fused", "split") + (("fused_atomic",) if atomic_dq else ()):
-                F.CONFIG["bwd_mode"] = bwd
-                F.hsa_attention_bwd(do, q, k, v, idx, w, lse, S, scale, inv=inv)
-        finally:
-            F.CONFIG.clear()
-            F.CONFIG.update(saved)
+        for schedule in fwd.SCHEDULES:
+            fwd.hsa_attention_fwd(q, k, v, idx, w, S, scale, sink, schedule=schedule, store_lse=True)
+        lse = torch.zeros(B, T, H, K, G)
+        for atomic in (False, True) if atomic_dq else (False,):
+            bwd.hsa_attention_bwd(do, q, k, v, idx, w, lse, S, scale, atomic_dq=atomic)
 
-    want = _IDX | _FWD_ALL | _BWD_ALL
-    if not tma:
-        want = want - {"_hsa_fwd_tma_kernel"}
-    return run, want
+    return run, _IDX | _FWD_ALL | _BWD_ALL
 
 
 def _decode_case(dtype: str, G: int, D: int, S: int = 64, sink: bool = False):
@@ -110,53 +86,44 @@ def _decode_case(dtype: str, G: int, D: int, S: int = 64, sink: bool = False):
     return run, {"_hsa_fwd_kernel"}
 
 
-def _select_case(dtype: str, dr: int, topk: int, weighting: str, merge: int | None = None,
-                 window: int | None = None):
-    """The fused selection at the production tile sizes (T, C >= the CONFIG blocks)."""
+def _select_case(dtype: str, dr: int, topk: int, weighting: str, window: int | None = None):
+    """The fused selection at the production tile sizes (T, C >= the default tiles)."""
 
     def run() -> None:
         import torch
-        from hsa_kernels.hsa_select import function as F
+        from hsa_kernels.hsa_select import hsa_select_triton
 
         dt = getattr(torch, dtype)
         B, T, Hr, C, S = 2, 256, 2, 160, 64
         q = torch.randn(B, T, Hr, dr).to(dt)
         lm = torch.randn(B, C, Hr, dr).to(dt)
-        saved = dict(F.CONFIG)
-        try:
-            if merge is not None:
-                F.CONFIG["merge"] = merge
-            F.hsa_select_triton(q, lm, topk=topk, chunk_size=S, q_offset=4 * S, weighting=weighting,
-                                window=window)
-        finally:
-            F.CONFIG.clear()
-            F.CONFIG.update(saved)
+        hsa_select_triton(q, lm, topk=topk, chunk_size=S, q_offset=4 * S, weighting=weighting, window=window)
 
     return run, {"_hsa_select_kernel"}
 
 
 #: The cases that also compile the backward's "fused_atomic" mode (``_hsa_bwd_fused_kernel`` ATOMIC_DQ=True).
 ATOMIC_DQ_CASES = ("attn-bf16-G16-D64", "attn-bf16-G1-D128", "attn-bf16-G3-D64-sink")
-#: The PTX of every atomic kernel variant (ATOMIC / ATOMIC_DQ) holds exactly this global atomic: the fp32
-#: relaxed add of 4 contiguous elements per instruction; every other kernel holds none (deterministic).
+#: The PTX of the atomic-dQ backward (ATOMIC_DQ) holds exactly this global atomic: the fp32 relaxed add of 4
+#: contiguous elements per instruction; every other kernel holds none (deterministic).
 ATOMIC_PTX = ["atom.global.gpu.relaxed.add.v4.f32"]
 
 CASES: dict[str, Callable[[], tuple[Callable[[], None], set[str]]]] = {
-    # attention: bf16 / fp32, G = 1, 3, 16, D = 64, 128 (and a non-power-of-two D: no TMA, BLOCK_D != D)
-    # (atomic_dq: the backward's "fused_atomic" mode too, in the bf16 cases: its fp32 compiles take ~8 s each)
+    # attention: bf16 / fp32, G = 1, 3, 16, D = 64, 128 (and a non-power-of-two D: BLOCK_D != D)
+    # (atomic_dq: the atomic-dQ backward too, in the bf16 cases: its fp32 compiles take ~8 s each)
     "attn-bf16-G16-D64": lambda: _attention_case("bfloat16", 16, 64, atomic_dq=True),
     "attn-bf16-G1-D128": lambda: _attention_case("bfloat16", 1, 128, sink=True, atomic_dq=True),
     "attn-bf16-G3-D64-sink": lambda: _attention_case("bfloat16", 3, 64, sink=True, atomic_dq=True),
     "attn-fp32-G3-D128": lambda: _attention_case("float32", 3, 128),
     "attn-fp32-G16-D64-sink": lambda: _attention_case("float32", 16, 64, sink=True),
     "attn-fp32-G1-D64": lambda: _attention_case("float32", 1, 64),
-    "attn-bf16-G4-D96-S48": lambda: _attention_case("bfloat16", 4, 96, S=48, tma=False),
+    "attn-bf16-G4-D96-S48": lambda: _attention_case("bfloat16", 4, 96, S=48),
     # decode path
     "decode-bf16-G16-D64": lambda: _decode_case("bfloat16", 16, 64),
     "decode-fp32-G3-D128-sink": lambda: _decode_case("float32", 3, 128, sink=True),
-    # fused selection (MERGE = 2: the CONFIG variant that skips tiles)
+    # fused selection
     "select-bf16-dr128-k16-stick": lambda: _select_case("bfloat16", 128, 16, "stick_breaking"),
-    "select-fp32-dr64-k8-softmax-merge2": lambda: _select_case("float32", 64, 8, "softmax", merge=2, window=96),
+    "select-fp32-dr64-k8-softmax-window": lambda: _select_case("float32", 64, 8, "softmax", window=96),
 }
 
 

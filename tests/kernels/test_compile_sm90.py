@@ -32,6 +32,7 @@ def _run(case: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.triton
 @pytest.mark.parametrize("case", list(compile_check.CASES))
 def test_compiles_for_sm90(case: str) -> None:
@@ -44,13 +45,13 @@ def test_compiles_for_sm90(case: str) -> None:
     got = {r["kernel"] for r in out["results"]}
     assert got == set(out["want"]), f"launched {sorted(got)}, case expects {out['want']}"
     assert all(r["stage"] == "cubin" for r in out["results"])
-    # Atomics only in the opt-in atomic variants (ATOMIC: fwd "chunk_atomic"; ATOMIC_DQ: bwd
-    # "fused_atomic"), and there the vectorized fp32 add; the default kernels have none (deterministic).
+    # Atomics only in the opt-in atomic-dQ backward (ATOMIC_DQ), and there the vectorized fp32 add; the
+    # default kernels have none (deterministic).
     seen_atomic_dq = False
     for r in out["results"]:
-        flags = {r["constexprs"].get("ATOMIC"), r["constexprs"].get("ATOMIC_DQ")}
-        seen_atomic_dq |= r["kernel"] == "_hsa_bwd_fused_kernel" and r["constexprs"].get("ATOMIC_DQ") == "True"
-        want = compile_check.ATOMIC_PTX if "True" in flags else []
+        atomic = r["constexprs"].get("ATOMIC_DQ") == "True"
+        seen_atomic_dq |= r["kernel"] == "_hsa_bwd_fused_kernel" and atomic
+        want = compile_check.ATOMIC_PTX if atomic else []
         assert r["atomics"] == want, (r["kernel"], r["constexprs"], r["atomics"])
     assert seen_atomic_dq == (case in compile_check.ATOMIC_DQ_CASES)
 
@@ -58,6 +59,6 @@ def test_compiles_for_sm90(case: str) -> None:
 def test_cases_cover_every_launched_kernel() -> None:
     """Each @triton.jit function that the package launches (``name[grid]``) is compiled by some case."""
     launched = compile_check.launched_kernels()
-    assert len(launched) >= 12, sorted(launched)  # the inventory itself works
+    assert len(launched) >= 10, sorted(launched)  # the inventory itself works
     covered = set().union(*(want for _, want in (make() for make in compile_check.CASES.values())))
     assert launched <= covered, f"kernels no case compiles: {sorted(launched - covered)}"

@@ -1,109 +1,97 @@
-"""The token-block forward (``CONFIG["fwd_mode"] = "block"``) vs the fp64 naive twin.
+"""The token-block forward (``schedule="block"``) and the automatic choice (``schedule="auto"``) vs the
+fp64 naive twin.
 
 Blocks of consecutive tokens that chose few distinct chunks go to ``_hsa_fwd_block_kernel`` (each
 distinct K/V tile loaded once for all the block's rows), the other tokens to the query-outer kernel,
-which skips the shared blocks. ``fwd_block_share_max`` forces either (0: no block is shared, except
-all-empty ones; a large value: every block is). CPU: Triton
-interpreter; 16-bit inputs in fp16 (bf16 tl.dot is wrong in the interpreter; bf16 runs under ``-m gpu``).
+which skips the shared blocks. ``AttentionLaunch.block_share_max`` forces either (0: no block is
+shared, except all-empty ones; a large value: every block is); ``auto_min_repeated`` forces the
+automatic choice (0: always the token-block forward; 1: only when every sampled slot repeats). CPU:
+Triton interpreter; 16-bit inputs in fp16 (bf16 tl.dot is wrong in the interpreter; bf16 runs under
+``-m gpu``).
 """
 
 from __future__ import annotations
 
-import hsa_kernels.hsa_attention.function as fn
+import hsa_kernels.hsa_attention.forward as fwd_mod
 import pytest
 import torch
-from hsa_kernels.hsa_attention import hsa_attention_naive
+from hsa_kernels.hsa_attention import AttentionLaunch, hsa_attention_naive
 
-from . import test_hsa_attention as base
-from .helpers import PoisonTorch, one_chunk_case, rel_err
-
-DEV = base.DEV
-_check, _check_idx, _inputs = base._check, base._check_idx, base._inputs
-ALWAYS, NEVER = 1 << 20, 0
-
-
-@pytest.fixture
-def block(monkeypatch):
-    monkeypatch.setitem(fn.CONFIG, "fwd_mode", "block")
-    monkeypatch.setitem(fn.CONFIG, "use_tma", True)  # ignored in "block" mode (the TMA kernel skips nothing)
-
-    def set_share(share_max: int, rows: int = 64) -> None:
-        monkeypatch.setitem(fn.CONFIG, "fwd_block_share_max", share_max)
-        monkeypatch.setitem(fn.CONFIG, "fwd_block_rows", rows)
-
-    return set_share
-
-
-def shared_selection(B, T, H, K, S, block_tokens, device=DEV, empty_frac=0.0):
-    """One causal random selection per block of ``block_tokens`` tokens, visible to all of them (drawn
-    for the block's first token), with per-token random weights: the case the shared path is for."""
-    idx, _ = base.random_selection(B, T, H, K, S, device=device, empty_frac=empty_frac)
-    first = (torch.arange(T, device=device) // block_tokens) * block_tokens
-    idx = idx[:, first].contiguous()
-    w = torch.rand(idx.shape, device=device) * (idx >= 0)
-    return idx, w
-
-
-@pytest.mark.triton
-@pytest.mark.parametrize("share", [ALWAYS, NEVER, 16])
-@pytest.mark.parametrize(
-    "B,T,HQ,H,D,S,K,sink",
-    [
-        (1, 37, 16, 1, 32, 16, 3, False),  # G=16: 4 tokens per block, T not a multiple of 4
-        (2, 41, 3, 1, 16, 16, 2, True),    # G=3 (rows padded to 16), sink, B=2
-        (1, 45, 2, 2, 32, 16, 4, False),   # G=1, two KV heads
-        (1, 33, 4, 1, 24, 16, 3, False),   # D not a power of two, K not a power of two
-        (1, 40, 2, 1, 16, 24, 2, True),    # S not a power of two
-    ],
+from .helpers import (
+    DEV,
+    SMALL_SHAPES,
+    PoisonTorch,
+    Shape,
+    attention_inputs,
+    check_attention,
+    check_attention_on,
+    check_gpu_bf16_vs_torch_bf16,
+    one_chunk_case,
+    random_selection,
+    rel_err,
+    shared_selection,
 )
-def test_block_fp32(B, T, HQ, H, D, S, K, sink, share, block, monkeypatch):
-    block(share)
-    monkeypatch.setattr(fn, "torch", PoisonTorch())  # unwritten outputs / LSE would come back as NaN
-    _check(B, T, HQ, H, D, S, K, torch.float32, sink, 1e-5, empty_frac=0.2)
+
+pytestmark = pytest.mark.triton
+
+ALWAYS, NEVER = 1 << 20, 0
+SHARES = [pytest.param(ALWAYS, id="every-block-shared"), pytest.param(NEVER, id="no-block-shared"),
+          pytest.param(16, id="share-max-16")]
+SHAPES = [pytest.param(shape, id=name) for name, shape in SMALL_SHAPES.items()]
 
 
-@pytest.mark.triton
-@pytest.mark.parametrize("share", [ALWAYS, NEVER, 8])
-@pytest.mark.parametrize("HQ,rows", [(16, 64), (4, 32)])
-def test_block_shared_selection(share, HQ, rows, block, monkeypatch):
+def _fwd(q, k, v, idx, w, schedule, launch):
+    return fwd_mod.hsa_attention_fwd(q, k, v, idx.contiguous(), w, 16, 0.25, False, schedule=schedule, launch=launch)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("share", SHARES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_block_fp32(shape: Shape, share: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fwd_mod, "torch", PoisonTorch())  # unwritten outputs / LSE would come back as NaN
+    check_attention(shape, torch.float32, 1e-5, empty_frac=0.2, schedule="block",
+                    launch=AttentionLaunch(block_share_max=share))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("share", SHARES)
+@pytest.mark.parametrize("HQ,rows", [pytest.param(16, 64, id="G16-4-tokens"), pytest.param(4, 32, id="G4-2-tokens")])
+def test_block_shared_selection(share: int, HQ: int, rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
     # Tokens of a block chose the same chunks (with duplicates across blocks of other sizes too).
-    block(share, rows)
-    monkeypatch.setattr(fn, "torch", PoisonTorch())
-    B, T, H, D, S, K = 1, 45, 1, 16, 16, 3
-    q, k, v, _, _ = _inputs(B, T, HQ, H, D, S, K, torch.float32)
+    monkeypatch.setattr(fwd_mod, "torch", PoisonTorch())
+    shape = Shape(B=1, T=45, HQ=HQ, H=1, D=16, S=16, K=3, sink=True)
+    q, k, v, _, _ = attention_inputs(shape, torch.float32)
     for bt in (4, 3):
-        idx, w = shared_selection(B, T, H, K, S, bt, empty_frac=0.1)
-        _check_idx(q, k, v, idx, w, S, True, 1e-5)
+        idx, w = shared_selection(1, 45, 1, 3, 16, bt, empty_frac=0.1)
+        check_attention_on(q, k, v, idx, w, 16, True, 1e-5, schedule="block",
+                           launch=AttentionLaunch(block_share_max=share, block_rows=rows))
 
 
-@pytest.mark.triton
-@pytest.mark.parametrize("share", [ALWAYS, NEVER])
-def test_block_fp16(share, block):
-    block(share)
-    _check(1, 35, 16, 1, 32, 16, 3, torch.float16, False, 3e-3, empty_frac=0.1)
+@pytest.mark.parametrize("share", SHARES[:2])
+def test_block_fp16(share: int) -> None:
+    check_attention(Shape(B=1, T=35, HQ=16, H=1, D=32, S=16, K=3), torch.float16, 3e-3, empty_frac=0.1,
+                    schedule="block", launch=AttentionLaunch(block_share_max=share))
 
 
-@pytest.mark.triton
-@pytest.mark.parametrize("share", [ALWAYS, NEVER])
-def test_block_one_chunk_repeated_slots(share, block):
+@pytest.mark.slow
+@pytest.mark.parametrize("share", SHARES[:2])
+def test_block_one_chunk_repeated_slots(share: int) -> None:
     # C = 1, chunk 0 repeated across the slots of a row (a chunk a token counts twice), whole empty rows.
-    block(share)
-    S = 16
-    q, k, v, idx, w = one_chunk_case(2, 37, 3, 1, 16, S, 3, device=DEV, every_slot_rows=True)
+    q, k, v, idx, w = one_chunk_case(2, 37, 3, 1, 16, 16, 3, every_slot_rows=True)
     for sink in (False, True):
-        o, _ = _check_idx(q, k, v, idx, w, S, sink, 1e-5)
+        o, _ = check_attention_on(q, k, v, idx, w, 16, sink, 1e-5, schedule="block",
+                                  launch=AttentionLaunch(block_share_max=share))
         assert torch.equal(o[:, ::4], torch.zeros_like(o[:, ::4]))
 
 
-@pytest.mark.triton
-def test_block_paths_agree_and_are_deterministic(block):
-    q, k, v, idx, w = _inputs(1, 45, 16, 1, 16, 16, 3, torch.float32, empty_frac=0.2)
-    idx = idx.contiguous()
+@pytest.mark.slow
+def test_block_paths_agree_and_are_deterministic() -> None:
+    q, k, v, idx, w = attention_inputs(Shape(B=1, T=45, HQ=16, H=1, D=16, S=16, K=3), torch.float32, empty_frac=0.2)
     outs = {}
     for share in (ALWAYS, NEVER):
-        block(share)
-        a, lse_a = fn.hsa_attention_fwd(q, k, v, idx, w, 16, 0.25, False)
-        b, lse_b = fn.hsa_attention_fwd(q, k, v, idx, w, 16, 0.25, False)
+        launch = AttentionLaunch(block_share_max=share)
+        a, lse_a = _fwd(q, k, v, idx, w, "block", launch)
+        b, lse_b = _fwd(q, k, v, idx, w, "block", launch)
         assert torch.equal(a, b) and torch.equal(lse_a[idx >= 0], lse_b[idx >= 0])
         outs[share] = (a, lse_a)
     valid = idx >= 0
@@ -113,18 +101,75 @@ def test_block_paths_agree_and_are_deterministic(block):
     assert rel_err(outs[ALWAYS][0], ref) < 1e-5
 
 
-@pytest.mark.triton
-def test_block_empty_selection(block):
-    block(ALWAYS)
-    q, k, v, _, _ = _inputs(1, 20, 4, 1, 16, 16, 3, torch.float32, extra_chunks=2)
+def test_block_empty_selection() -> None:
+    q, k, v, _, _ = attention_inputs(Shape(B=1, T=20, HQ=4, H=1, D=16, S=16, K=3), torch.float32, extra_chunks=2)
     idx = torch.full((1, 20, 1, 3), -1, dtype=torch.int32, device=DEV)
-    o, _ = fn.hsa_attention_fwd(q, k, v, idx, torch.rand(1, 20, 1, 3, device=DEV), 16, 0.25, False)
+    o, _ = _fwd(q, k, v, idx, torch.rand(1, 20, 1, 3, device=DEV), "block", AttentionLaunch(block_share_max=ALWAYS))
     assert torch.equal(o, torch.zeros_like(o))
+
+
+# ---------------------------------------------------------------------------------------------- auto
+def _verdicts(monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
+    """Record the per-block verdict buffers (int8, (B*H, NB)) the forward allocates."""
+    seen: list[torch.Tensor] = []
+
+    class Spy(PoisonTorch):
+        def empty(self, *args, **kwargs):
+            t = super().empty(*args, **kwargs)
+            if t.dtype == torch.int8:
+                seen.append(t)
+            return t
+
+    monkeypatch.setattr(fwd_mod, "torch", Spy())
+    return seen
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("selection", "min_repeated", "takes_blocks"), [
+    pytest.param("shared", 0.5, True, id="shared-chunks-take-the-block-forward"),
+    pytest.param("distinct", 0.5, False, id="distinct-chunks-stay-token-by-token"),
+    pytest.param("distinct", 0.0, True, id="threshold-0-always-blocks"),
+    pytest.param("shared", 1.0, False, id="threshold-1-needs-every-slot-repeated"),
+])
+def test_auto_decides_from_the_repeated_slots(selection: str, min_repeated: float, takes_blocks: bool,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    B, T, H, K, S = 1, 64, 1, 4, 16
+    shape = Shape(B=B, T=T, HQ=16, H=H, D=16, S=S, K=K)
+    q, k, v, _, _ = attention_inputs(shape, torch.float32, extra_chunks=40)
+    if selection == "shared":  # blocks of 4 tokens with one draw: 3 of 4 tokens repeat every slot (75%)
+        idx, w = shared_selection(B, T, H, K, S, 4)
+    else:  # every token its own K distinct chunks out of 43 with no repeat inside a block of 4 tokens
+        idx = (torch.arange(T, device=DEV)[:, None] * K + torch.arange(K, device=DEV)) % (T // S + 40)
+        idx = idx.sort(-1, descending=True).values.to(torch.int32)[None, :, None, :].contiguous()
+        w = torch.rand(idx.shape, device=DEV)
+    verdicts = _verdicts(monkeypatch)
+    launch = AttentionLaunch(auto_min_repeated=min_repeated, block_share_max=ALWAYS)
+    check_attention_on(q, k, v, idx, w, S, False, 1e-5, schedule="auto", launch=launch)
+    assert len(verdicts) == 1 and verdicts[0].shape == (1, T // 4)
+    assert bool((verdicts[0] == 1).all()) == takes_blocks and bool((verdicts[0] == 0).all()) != takes_blocks
+
+
+def test_auto_without_neighbours_runs_query_outer(monkeypatch: pytest.MonkeyPatch) -> None:
+    # G = 64 fills the 64 rows of a block with one token: no neighbours, so no block launch at all.
+    verdicts = _verdicts(monkeypatch)
+    monkeypatch.setattr(fwd_mod, "_hsa_fwd_block_kernel", None)
+    monkeypatch.setattr(fwd_mod, "_hsa_fwd_share_kernel", None)
+    check_attention(Shape(B=1, T=20, HQ=64, H=1, D=16, S=16, K=2), torch.float32, 1e-5, schedule="auto")
+    assert verdicts == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", SHAPES[:3])
+def test_auto_fp32_random_and_shared(shape: Shape) -> None:
+    q, k, v, _, _ = attention_inputs(shape, torch.float32)
+    for idx, w in (random_selection(shape.B, shape.T, shape.H, shape.K, shape.S, empty_frac=0.2),
+                   shared_selection(shape.B, shape.T, shape.H, shape.K, shape.S, 4)):
+        check_attention_on(q, k, v, idx, w, shape.S, shape.sink, 1e-5, schedule="auto")
 
 
 # ---------------------------------------------------------------------------------------------- GPU
 @pytest.mark.gpu
 @pytest.mark.parametrize("HQ,share", [(16, 16), (16, ALWAYS), (16, NEVER), (3, 16)])
-def test_block_gpu_bf16(HQ, share, block, monkeypatch):
-    block(share)
-    base.test_attention_gpu_bf16_vs_torch_bf16(1, 8192, HQ, 1, 64, 64, 8, False, monkeypatch)
+def test_block_gpu_bf16(HQ: int, share: int) -> None:
+    check_gpu_bf16_vs_torch_bf16(Shape(B=1, T=8192, HQ=HQ, H=1, D=64, S=64, K=8), schedule="block",
+                                 launch=AttentionLaunch(block_share_max=share))

@@ -7,13 +7,12 @@ import torch
 from hsa_kernels.hsa_attention import hsa_attention_triton
 from hsa_kernels.hsa_decode import hsa_decode_naive, hsa_decode_triton
 
-from .helpers import random_selection, rel_err
-
-DEV = "cuda" if torch.cuda.is_available() else "cpu"
+from .helpers import DEV, random_selection, rel_err
 
 
 @pytest.mark.triton
-@pytest.mark.parametrize("G,sink", [(1, False), (3, True), (16, False)])
+@pytest.mark.parametrize("G,sink", [pytest.param(1, False, id="G1"), pytest.param(3, True, id="G3-sink"),
+                                    pytest.param(16, False, id="G16")])
 def test_decode(G, sink):
     B, H, D, S, K, C = 2, 2, 32, 16, 4, 6
     q = torch.randn(B, 1, G * H, D, device=DEV)

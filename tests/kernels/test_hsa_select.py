@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import hsa_kernels.hsa_select.function as fn
+import hsa_kernels.hsa_select.selection as sel_mod
 import pytest
 import torch
 from hsa_kernels.hsa_select import hsa_select_naive, hsa_select_triton
 
-from .helpers import PoisonTorch, rel_err
-
-DEV = "cuda" if torch.cuda.is_available() else "cpu"
+from .helpers import DEV, PoisonTorch, rel_err
 
 
-def _check(B, T, Hr, dr, C, S, K, q_offset, window, weighting, dtype=torch.float32, device=DEV, scale=1.0):
+def _check(B, T, Hr, dr, C, S, K, q_offset, window, weighting, dtype=torch.float32, device=DEV, scale=1.0,
+           launch=None):
     q = (torch.randn(B, T, Hr, dr, device=device) * scale).to(dtype)
     lm = torch.randn(B, C, Hr, dr, device=device).to(dtype)
     kw = dict(topk=K, chunk_size=S, q_offset=q_offset, weighting=weighting, window=window)
     qa, la = q.clone().requires_grad_(), lm.clone().requires_grad_()
-    idx, w = hsa_select_triton(qa, la, **kw)
+    idx, w = hsa_select_triton(qa, la, **kw, launch=launch)
     g = torch.randn(w.shape, device=device)
     (w * g).sum().backward()
     qb, lb = q.double().requires_grad_(), lm.double().requires_grad_()
@@ -33,18 +32,19 @@ def _check(B, T, Hr, dr, C, S, K, q_offset, window, weighting, dtype=torch.float
     return idx, w
 
 
+@pytest.mark.slow
 @pytest.mark.triton
 @pytest.mark.parametrize(
     "B,T,Hr,dr,C,S,K,q_offset,window,weighting",
     [
-        (1, 70, 1, 32, 5, 16, 3, 0, None, "stick_breaking"),  # fewer visible chunks than K early on
-        (2, 40, 2, 48, 9, 8, 4, 30, 20, "softmax"),            # q_offset, window, two retrieval heads
-        (1, 33, 1, 16, 40, 4, 8, 7, None, "stick_breaking"),   # several landmark blocks, K=8
-        (1, 20, 1, 16, 3, 16, 2, 0, None, "softmax"),          # T < S for most tokens: empty rows
+        pytest.param(1, 70, 1, 32, 5, 16, 3, 0, None, "stick_breaking", id="fewer-visible-chunks-than-K-early-on"),
+        pytest.param(2, 40, 2, 48, 9, 8, 4, 30, 20, "softmax", id="q-offset-window-two-retrieval-heads"),
+        pytest.param(1, 33, 1, 16, 40, 4, 8, 7, None, "stick_breaking", id="several-landmark-blocks-K=8"),
+        pytest.param(1, 20, 1, 16, 3, 16, 2, 0, None, "softmax", id="T-below-S-for-most-tokens-empty-rows"),
     ],
 )
 def test_select_fp32(B, T, Hr, dr, C, S, K, q_offset, window, weighting, monkeypatch):
-    monkeypatch.setattr(fn, "torch", PoisonTorch())
+    monkeypatch.setattr(sel_mod, "torch", PoisonTorch())
     _check(B, T, Hr, dr, C, S, K, q_offset, window, weighting)
 
 
@@ -58,6 +58,16 @@ def test_select_all_empty():
 def test_select_extreme_scores():
     # Scores of ~1e2: softplus/sigmoid saturate; weights must stay finite and match.
     _check(1, 40, 1, 16, 6, 8, 4, 0, None, "stick_breaking", scale=25.0)
+
+
+@pytest.mark.slow
+@pytest.mark.triton
+def test_select_launch_settings_shrink_and_validate():
+    # Smaller tiles than the defaults: several landmark tiles and token tiles per program grid.
+    _check(1, 70, 1, 32, 30, 2, 4, 0, None, "softmax", launch=sel_mod.SelectLaunch(block_t=16, block_c=16,
+                                                                                   block_d=16, warps=2, stages=1))
+    with pytest.raises(ValueError, match=r"SelectLaunch\.block_c must be an int >= 1, got 0"):
+        sel_mod.SelectLaunch(block_c=0)
 
 
 @pytest.mark.triton

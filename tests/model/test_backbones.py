@@ -40,6 +40,7 @@ def hybrid(kind: str) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(TINY_OPTIONS))
 def test_backbone_in_hybrid(kind: str) -> None:
     registry = backbones()

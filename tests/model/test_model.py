@@ -84,6 +84,7 @@ def test_structure(tiny: Layout, host: PluginHost) -> None:
     assert model.spec["memories"]["mid"]["after_layer"] == 2
 
 
+@pytest.mark.slow
 def test_segments_equal_full_pass(variant: HSALanguageModel) -> None:
     ids = torch.randint(0, 97, (2, 29))
     full = variant(ids).logits
@@ -126,6 +127,7 @@ def test_generate_greedy_equals_full_forward(variant: HSALanguageModel) -> None:
     assert torch.equal(ids[:, 7:], full.argmax(-1))
 
 
+@pytest.mark.slow
 def test_generate_sampling_and_eos(tiny: Layout, host: PluginHost) -> None:
     model = build(tiny(), host)
     prompt = torch.randint(0, 97, (3, 5))

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import hsa_kernels.hsa_attention.naive as naive_mod
 import pytest
 import torch
 
 from hsa_core.ops import hsa_attention, hsa_select
-from hsa_core.ops import reference as ref_mod
 
 from .brute_force import attention_brute
 
@@ -27,9 +27,9 @@ def _case(B, T, S, H, G, D, topk, q_offset=0, dtype=torch.float64):
 @pytest.mark.parametrize(
     "B,T,S,H,G,D,topk,q_offset",
     [
-        (2, 23, 4, 1, 1, 8, 3, 0),    # G = 1
-        (1, 19, 3, 2, 3, 4, 8, 0),    # G = 3, topk > visible chunks
-        (1, 11, 4, 1, 16, 8, 2, 9),   # G = 16, q_offset > 0
+        pytest.param(2, 23, 4, 1, 1, 8, 3, 0, id="G1"),
+        pytest.param(1, 19, 3, 2, 3, 4, 8, 0, id="G3-topk-above-visible-chunks"),
+        pytest.param(1, 11, 4, 1, 16, 8, 2, 9, id="G16-q-offset"),
     ],
 )
 def test_matches_brute_force(B, T, S, H, G, D, topk, q_offset, sink):
@@ -64,7 +64,7 @@ def test_blocked_and_checkpointed_path_matches(monkeypatch):
     q, k, v, idx, w = _case(2, 37, 4, 2, 2, 8, 3)
     full = hsa_attention(q, k, v, idx, w, chunk_size=4)
     g_full = torch.autograd.grad(full.sum(), (q, k, v, w))
-    monkeypatch.setattr(ref_mod, "_BLOCK_ELEMENTS", 1)
+    monkeypatch.setattr(naive_mod, "_BLOCK_ELEMENTS", 1)
     blocked = hsa_attention(q, k, v, idx, w, chunk_size=4)
     g_blocked = torch.autograd.grad(blocked.sum(), (q, k, v, w))
     torch.testing.assert_close(blocked, full)

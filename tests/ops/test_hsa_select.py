@@ -20,10 +20,10 @@ def _inputs(B, T, C, Hr, dr, dtype=torch.float64):
 @pytest.mark.parametrize(
     "B,T,S,Hr,dr,topk,q_offset",
     [
-        (2, 37, 4, 1, 8, 3, 0),     # T not a multiple of S
-        (1, 29, 5, 3, 6, 8, 0),     # topk > visible chunks for most tokens
-        (2, 13, 4, 2, 8, 2, 21),    # q_offset > 0 (a later segment)
-        (1, 9, 16, 1, 4, 4, 0),     # no complete chunk at all
+        pytest.param(2, 37, 4, 1, 8, 3, 0, id="T-not-a-multiple-of-S"),
+        pytest.param(1, 29, 5, 3, 6, 8, 0, id="topk-above-visible-chunks"),
+        pytest.param(2, 13, 4, 2, 8, 2, 21, id="q-offset-a-later-segment"),
+        pytest.param(1, 9, 16, 1, 4, 4, 0, id="no-complete-chunk-at-all"),
     ],
 )
 def test_matches_brute_force(B, T, S, Hr, dr, topk, q_offset, weighting):

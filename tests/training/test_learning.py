@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pytest
+
 from hsa_core.evaluation import evaluate
 from hsa_core.layout import load_spec
 from hsa_core.model import HSALanguageModel
@@ -16,6 +18,7 @@ from hsa_core.training.trainer import task_for_spec
 LAYOUT = Path(__file__).with_name("tiny_passkey.yaml")
 
 
+@pytest.mark.slow
 def test_tiny_model_learns_passkey(tmp_path: Path) -> None:
     cfg = TrainConfig(task="passkey", task_options={"num_symbols": 32}, seq_len=64, batch_size=32, steps=300,
                       lr=3e-3, warmup=20, checkpoint_every=0, seed=0)

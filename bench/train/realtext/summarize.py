@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Markdown summary of the real-text demonstration's results folder (run_all.sh's OUT_DIR):
+training (steps, tokens, time, final train and validation loss), perplexity by position
+(``eval_ppl.json``) and passkey in natural-text filler (``<name>_eval_passkey_text.json``).
+
+    python bench/train/realtext/summarize.py bench/results/h200_realtext > realtext.md
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def fmt_len(n: int) -> str:
+    for unit, size in (("m", 1 << 20), ("k", 1 << 10)):
+        if n >= size and n % size == 0:
+            return f"{n // size}{unit}"
+    return str(n)
+
+
+def training_rows(out: Path) -> list[str]:
+    rows = ["| model | steps | tokens | time (s) | tokens/s | final train loss | final val loss (ppl) |",
+            "|---|---|---|---|---|---|---|"]
+    for path in sorted(out.glob("*_metrics.jsonl")):
+        name = path.name.removesuffix("_metrics.jsonl")
+        recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        steps = [r for r in recs if "loss" in r]
+        evals = [r["eval"] for r in recs if "eval" in r and "val_loss" in r["eval"]]
+        if not steps:
+            continue
+        last = steps[-1]
+        tps = sorted(r["tokens_per_s"] for r in steps[3:] or steps)[len(steps[3:] or steps) // 2]
+        val = f"{evals[-1]['val_loss']:.3f} ({evals[-1]['val_ppl']:.2f})" if evals else "-"
+        rows.append(f"| {name} | {last['step']} | {last['tokens']:,} | {last['time']:.0f} | {tps:,.0f} | "
+                    f"{last['loss']:.3f} | {val} |")
+    return rows
+
+
+def ppl_rows(out: Path) -> list[str]:
+    path = out / "eval_ppl.json"
+    if not path.is_file():
+        return ["(no eval_ppl.json)"]
+    res = json.loads(path.read_text())
+    models = res["models"]
+    head = [f"{fmt_len(b['start'])}-{fmt_len(b['end'])}" for b in models[0]["buckets"]]
+    rows = [f"{len(res['documents'])} validation documents of >= {fmt_len(res['evaluated_length'])} tokens "
+            f"(lengths {', '.join(f'{n:,}' for n in res['document_lengths'])}); perplexity by token position:", "",
+            "| model | " + " | ".join(head) + " | all |", "|---|" + "---|" * (len(head) + 1)]
+    for m in models:
+        rows.append(f"| {m['label']} | " + " | ".join(f"{b['ppl']:.3f}" for b in m["buckets"])
+                    + f" | {m['overall']['ppl']:.3f} |")
+    fine = [f"{fmt_len(b['start'])}-{fmt_len(b['end'])}" for b in models[0]["fine"]]
+    rows += ["", "Power-of-two buckets (the plot, `eval_ppl.png`):", "",
+             "| model | " + " | ".join(fine) + " |", "|---|" + "---|" * len(fine)]
+    for m in models:
+        rows.append(f"| {m['label']} | " + " | ".join(f"{b['ppl']:.2f}" for b in m["fine"]) + " |")
+    if res.get("dropped_lengths"):
+        rows.append(f"\nNo validation document reaches: {', '.join(fmt_len(n) for n in res['dropped_lengths'])}.")
+    return rows
+
+
+def passkey_rows(out: Path) -> list[str]:
+    rows: list[str] = []
+    for path in sorted(out.glob("*_eval_passkey_text.json")):
+        name = path.name.removesuffix("_eval_passkey_text.json")
+        res = json.loads(path.read_text())
+        lengths, depths = res["lengths"], res["depths"]
+        rows += [f"**{name}** (exact match %, {res['meta'].get('samples_per_cell')} samples per cell):", "",
+                 "| depth | " + " | ".join(fmt_len(n) for n in lengths) + " |", "|---|" + "---|" * len(lengths)]
+        for d in depths:
+            cells = {c["length"]: c["accuracy"] for c in res["cells"] if c["depth"] == d}
+            rows.append(f"| {d} | " + " | ".join(f"{cells[n] * 100:.0f}" for n in lengths) + " |")
+        skipped = res["meta"].get("skipped_lengths")
+        rows += ([f"\n(not evaluated within the time limit: {skipped})"] if skipped else []) + [""]
+    return rows or ["(no passkey results)"]
+
+
+def main() -> int:
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results/h200_realtext")
+    print("# Language models on real text\n")
+    man = out / "data_manifest.json"
+    if man.is_file():
+        m = json.loads(man.read_text())
+        t, s = m["tokenizer"], m["splits"]
+        print(f"Data: tokenizer {t['spec']} (vocabulary {t['vocab_size']:,}); train {s['train']['documents']} "
+              f"documents / {s['train']['tokens']:,} tokens, validation {s['validation']['documents']} documents / "
+              f"{s['validation']['tokens']:,} tokens (longest {s['validation']['longest_document']:,}).\n")
+    print("## Training\n")
+    print("\n".join(training_rows(out)) + "\n")
+    print("## Perplexity by position\n")
+    print("\n".join(ppl_rows(out)) + "\n")
+    print("## Passkey in natural-text filler (after the passkey fine-tune)\n")
+    print("\n".join(passkey_rows(out)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""Fused HSA selection: the Triton kernel, its launch settings, the autograd function and the entry point.
+
+The kernel computes scores against the landmarks, the causal rule (+ window), a running top-k, the sort
+by recency and the fusion weights, in one pass over the landmarks. Memory O(T * k): the T x C score
+matrix never exists.
+
+Layouts: q_r (B, T, Hr, dr); landmarks (B, C, Hr, dr); outputs idx int32 / w fp32 / s fp32 (B, T, Hr, K).
+
+One program = BLOCK_T tokens of one (b, hr). For each block of BLOCK_C visible landmarks it computes the
+(BLOCK_T, BLOCK_C) score tile with tl.dot (looping over dr), packs each score with its chunk id into one
+int64 key (order-preserving integer image of the fp32 score in the high word, the id in the low word),
+and merges the tile's top-KP into the running top-KP with tl.topk. Packing keeps the exact fp32 score,
+so weights need no second pass.
+
+Backward: top-k has no gradient; the weights' gradient goes to the kept scores through the fusion
+formula (recomputed in torch on the (B,T,Hr,K) scores the kernel saved), then to q_r and the landmarks
+through the kept landmarks only (gather / index_add), so memory stays O(T * K * dr / blocks). Gumbel
+noise (training-time exploration) runs the naive selection (``naive.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ..arch import check_counts, row_for
+from .naive import fusion_weights, hsa_select_naive
+
+
+@triton.jit
+def _sortable(x):
+    """fp32 -> int32 whose signed order is the float order (non-NaN)."""
+    bits = x.to(tl.int32, bitcast=True)
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
+@triton.jit
+def _unsortable(k):
+    bits = k ^ ((k >> 31) & 0x7FFFFFFF)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _hsa_select_kernel(
+    QR, LM, IDX, WGT, SC,
+    T, C, HR, DR, q_offset, shift,
+    stride_qb, stride_qt, stride_qh,
+    stride_lb, stride_lc, stride_lh,
+    scale,
+    S: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
+    STICK: tl.constexpr, PREC: tl.constexpr,
+):
+    pid_t = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // HR
+    h = bh % HR
+    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_c = tl.arange(0, BLOCK_C)
+    offs_d = tl.arange(0, BLOCK_D)
+    tmask = offs_t < T
+    # visible chunks of each token: i < floor((q_offset + t - shift) / S), clamped to [0, C]
+    nvis = tl.minimum(tl.maximum((q_offset + offs_t - shift) // S, 0), C)
+    nvis = tl.where(tmask, nvis, 0)
+    n_max = tl.max(nvis, 0)
+    q_base = QR + b * stride_qb + h * stride_qh + offs_t.to(tl.int64)[:, None] * stride_qt
+    l_base = LM + b * stride_lb + h * stride_lh
+    sentinel = tl.full([BLOCK_T, KP], -(2**31), tl.int64) << 32  # below any packed score
+    run = sentinel
+    for c0 in range(0, n_max, BLOCK_C):
+        cc = c0 + offs_c
+        acc = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32)
+        for d0 in range(0, DR, BLOCK_D):
+            dd = d0 + offs_d
+            dm = dd < DR
+            qt = tl.load(q_base + dd[None, :], mask=tmask[:, None] & dm[None, :], other=0.0)
+            lt = tl.load(l_base + cc.to(tl.int64)[:, None] * stride_lc + dd[None, :],
+                         mask=(cc < C)[:, None] & dm[None, :], other=0.0)
+            acc = tl.dot(qt, tl.trans(lt), acc, input_precision=PREC)
+        s = acc * scale
+        vis = cc[None, :] < nvis[:, None]
+        key = (_sortable(s).to(tl.int64) << 32) | cc.to(tl.int64)[None, :]
+        key = tl.where(vis, key, tl.full([BLOCK_T, BLOCK_C], -(2**31), tl.int64) << 32)
+        blk = tl.topk(key, KP, dim=1)
+        run = tl.topk(tl.reshape(tl.join(run, blk), [BLOCK_T, 2 * KP]), KP, dim=1)
+    # run: (BLOCK_T, KP) sorted by score descending; keep the first TOPK.
+    rank = tl.arange(0, KP)[None, :]
+    hi = (run >> 32).to(tl.int32)
+    cid = (run & 0xFFFFFFFF).to(tl.int32)
+    valid = (hi != -(2**31)) & (rank < TOPK)
+    score = _unsortable(hi)
+    # Sort by recency: id descending, empty slots (-1) last; the score rides in the low word.
+    key2 = (tl.where(valid, cid, -1).to(tl.int64) << 32) | (_sortable(score).to(tl.int64) & 0xFFFFFFFF)
+    key2 = tl.sort(key2, dim=1, descending=True)
+    cid = (key2 >> 32).to(tl.int32)
+    valid = cid >= 0
+    score = _unsortable((key2 & 0xFFFFFFFF).to(tl.int32))
+    score = tl.where(valid, score, 0.0)
+    if STICK:
+        # log w_j = s_j - sum_{l<=j} softplus(s_l); empty slots are last, so a prefix sum is enough.
+        sp = tl.maximum(score, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(score)))
+        sp = tl.where(valid, sp, 0.0)
+        w = tl.exp(score - tl.cumsum(sp, axis=1))
+    else:
+        m = tl.max(tl.where(valid, score, float("-inf")), 1)
+        m = tl.where(m == float("-inf"), 0.0, m)
+        e = tl.where(valid, tl.exp(score - m[:, None]), 0.0)
+        den = tl.sum(e, 1)
+        w = e / tl.where(den > 0, den, 1.0)[:, None]
+    w = tl.where(valid, w, 0.0)
+    out = ((b * T + offs_t.to(tl.int64)) * HR + h)[:, None] * TOPK + rank
+    omask = tmask[:, None] & (rank < TOPK)
+    tl.store(IDX + out, cid, mask=omask)
+    tl.store(WGT + out, w, mask=omask)
+    tl.store(SC + out, score, mask=omask)
+
+
+# ------------------------------------------------------------------------------------ launch settings
+@dataclass(frozen=True)
+class SelectLaunch:
+    """Tile sizes (upper bounds: small T, C or dr shrink them) and launch settings of the selection kernel."""
+
+    block_t: int = 128
+    block_c: int = 128
+    block_d: int = 64
+    warps: int = 8
+    stages: int = 3
+
+    def __post_init__(self) -> None:
+        check_counts(self)
+
+
+#: compute capability major*10 + minor -> settings measured there (H200 at T=128K, d_r=1024: 128x128
+#: tiles, 8 warps, 3 stages; bench/results/h200/README.md).
+MEASURED: MappingProxyType[int, SelectLaunch] = MappingProxyType({90: SelectLaunch()})
+#: Every other architecture (and the CPU interpreter): the H200's values, unmeasured there.
+FALLBACK = SelectLaunch()
+
+
+def select_settings_for(device: torch.device) -> SelectLaunch:
+    """The launch settings for ``device`` (its architecture's row of :data:`MEASURED`, else :data:`FALLBACK`)."""
+    return row_for(device, MEASURED, FALLBACK)
+
+
+# Tokens per block of the gather-based backward (bounds its (Tb, K, dr) temporaries).
+_BWD_TOKENS = 8192
+
+
+def _launch(q_r: Tensor, landmarks: Tensor, topk: int, chunk_size: int, q_offset: int, stick: bool, scale: float,
+            window: int | None, launch: SelectLaunch) -> tuple[Tensor, Tensor, Tensor]:
+    B, T, Hr, dr = q_r.shape
+    C = landmarks.shape[1]
+    dev = q_r.device
+    idx = torch.empty((B, T, Hr, topk), device=dev, dtype=torch.int32)
+    w = torch.empty((B, T, Hr, topk), device=dev, dtype=torch.float32)
+    s = torch.empty((B, T, Hr, topk), device=dev, dtype=torch.float32)
+    shift = 0 if window is None else max(window - chunk_size, 0)
+    bt = min(launch.block_t, max(16, triton.next_power_of_2(T)))
+    bc = min(launch.block_c, max(16, triton.next_power_of_2(C)))
+    bd = min(launch.block_d, max(16, triton.next_power_of_2(dr)))
+    kp = max(triton.next_power_of_2(topk), 2)
+    if kp > bc:
+        bc = kp
+    prec = "ieee" if q_r.dtype == torch.float32 else "tf32"
+    _hsa_select_kernel[(triton.cdiv(T, bt), B * Hr)](
+        q_r, landmarks, idx, w, s,
+        T, C, Hr, dr, q_offset, shift,
+        q_r.stride(0), q_r.stride(1), q_r.stride(2),
+        landmarks.stride(0), landmarks.stride(1), landmarks.stride(2),
+        scale,
+        S=chunk_size, TOPK=topk, KP=kp, BLOCK_T=bt, BLOCK_C=bc, BLOCK_D=bd, STICK=stick, PREC=prec,
+        num_warps=launch.warps, num_stages=launch.stages,
+    )
+    return idx, w, s
+
+
+class HSASelectFunction(torch.autograd.Function):
+    """Indices and weights of the fused selection; the weights' gradient to ``q_r`` and the landmarks."""
+
+    @staticmethod
+    def forward(ctx, q_r, landmarks, topk, chunk_size, q_offset, weighting, scale, window, launch):
+        idx, w, s = _launch(q_r, landmarks, topk, chunk_size, q_offset, weighting == "stick_breaking", scale,
+                            window, launch)
+        ctx.save_for_backward(q_r, landmarks, idx, s)
+        ctx.weighting, ctx.scale = weighting, scale
+        ctx.mark_non_differentiable(idx)
+        return idx, w
+
+    @staticmethod
+    def backward(ctx, _didx, dw):
+        q_r, landmarks, idx, s = ctx.saved_tensors
+        valid = idx >= 0
+        with torch.enable_grad():
+            sv = s.detach().requires_grad_()
+            w = fusion_weights(sv, valid, ctx.weighting)
+            (ds,) = torch.autograd.grad(w, sv, dw)
+        ds = torch.where(valid, ds, torch.zeros_like(ds)) * ctx.scale  # (B,T,Hr,K) fp32
+        B, T, Hr, dr = q_r.shape
+        C = landmarks.shape[1]
+        dq = torch.empty_like(q_r, dtype=torch.float32)
+        dl = torch.zeros((B * C * Hr, dr), device=q_r.device, dtype=torch.float32)
+        lm = landmarks.float()
+        safe = idx.clamp(min=0).long()
+        bh_base = (torch.arange(B, device=q_r.device)[:, None, None, None] * C * Hr
+                   + torch.arange(Hr, device=q_r.device)[None, None, :, None])
+        flat = (bh_base + safe * Hr)  # row of landmarks.reshape(B*C*Hr, dr)
+        lm_rows = lm.reshape(B * C * Hr, dr)
+        for t0 in range(0, T, _BWD_TOKENS):
+            t1 = min(T, t0 + _BWD_TOKENS)
+            f = flat[:, t0:t1]
+            d = ds[:, t0:t1]  # (B,Tb,Hr,K)
+            g = lm_rows[f.reshape(-1)].view(*f.shape, dr)  # kept landmarks only
+            dq[:, t0:t1] = torch.einsum("bthk,bthkd->bthd", d, g)
+            contrib = d[..., None] * q_r[:, t0:t1, :, None, :].float()
+            # index_add_ accumulates with atomics on CUDA (run-to-run differences in the last bits);
+            # under torch.use_deterministic_algorithms(True) PyTorch switches it to its deterministic
+            # (sorted) implementation, so users who need bitwise-reproducible training get it there.
+            dl.index_add_(0, f.reshape(-1), contrib.reshape(-1, dr))
+        return dq.to(q_r.dtype), dl.view(B, C, Hr, dr).to(landmarks.dtype), None, None, None, None, None, None, None
+
+
+def hsa_select_triton(q_r: Tensor, landmarks: Tensor, *, topk: int, chunk_size: int, q_offset: int = 0,
+                      weighting: str = "stick_breaking", scale: float | None = None, window: int | None = None,
+                      gumbel: bool = False, launch: SelectLaunch | None = None) -> tuple[Tensor, Tensor]:
+    """Fused selection; same contract as :func:`hsa_core.ops.hsa_select`.
+
+    Args:
+        q_r: ``(B, T, Hr, dr)`` retrieval queries; landmarks: ``(B, C, Hr, dr)``.
+        launch: tile sizes and launch settings (default: the table row of q_r's device).
+    Returns:
+        ``indices`` int32 ``(B, T, Hr, topk)`` sorted descending, -1 last; ``weights`` fp32, 0 on empty slots.
+    """
+    B, T, Hr, dr = q_r.shape
+    C = landmarks.shape[1]
+    kwargs = dict(topk=topk, chunk_size=chunk_size, q_offset=q_offset, weighting=weighting, scale=scale,
+                  window=window, gumbel=gumbel)
+    if gumbel or T == 0 or C == 0 or B * Hr == 0 or topk > 64:
+        return hsa_select_naive(q_r, landmarks, **kwargs)
+    scale = dr**-0.5 if scale is None else float(scale)
+    q_r = q_r if q_r.stride(-1) == 1 else q_r.contiguous()
+    landmarks = landmarks if landmarks.stride(-1) == 1 else landmarks.contiguous()
+    return HSASelectFunction.apply(q_r, landmarks, topk, chunk_size, q_offset, weighting, scale, window,
+                                   launch or select_settings_for(q_r.device))
+
+
+__all__ = ["FALLBACK", "MEASURED", "HSASelectFunction", "SelectLaunch", "hsa_select_triton", "select_settings_for"]

@@ -1,0 +1,125 @@
+"""The real-text corpus builder and the H200 real-text scripts, end to end on CPU at toy size.
+
+A fake linux-doc .deb (an ar archive with an xz data tarball, as Debian builds them) and a fake
+site-packages folder stand in for the real sources; tiny layouts stand in for the 100M ones. Catches
+a renamed option or a shell slip here instead of on the GPU machine.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import random
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = (ROOT / "tests" / "training" / "tiny.yaml").read_text()
+
+
+def _ar(members: dict[str, bytes]) -> bytes:
+    out = b"!<arch>\n"
+    for name, data in members.items():
+        header = f"{name + '/':<16}{0:<12}{0:<6}{0:<6}{'100644':<8}{len(data):<10}`\n".encode()
+        out += header + data + (b"\n" if len(data) % 2 else b"")
+    return out
+
+
+def fake_deb(path: Path, rng: random.Random) -> None:
+    words = ["the", "kernel", "driver", "memory", "network", "device", "tree", "interrupt", "module", "page"]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:xz") as tar:
+        for topic in ("networking", "filesystems", "admin-guide", "translations"):
+            for j in range(3):
+                text = f"{topic} {j}\n" + " ".join(rng.choice(words) for _ in range(1500)) + "\n"
+                data = gzip.compress(text.encode())
+                info = tarfile.TarInfo(f"./usr/share/doc/linux-doc-6.1/Documentation/{topic}/f{j}.rst.gz")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        info = tarfile.TarInfo("./usr/share/doc/linux-doc-6.1/html/index.html")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"<p/>"))
+    path.write_bytes(_ar({"debian-binary": b"2.0\n", "data.tar.xz": buf.getvalue()}))
+
+
+def fake_site(root: Path, rng: random.Random) -> Path:
+    site = root / "site-packages"
+    pkg = site / "toypkg"
+    pkg.mkdir(parents=True)
+    files = []
+    for j in range(4):
+        body = "\n".join(f"def f{j}_{i}(x):\n    return x * {rng.randint(0, 99)}\n" for i in range(150))
+        (pkg / f"m{j}.py").write_text(body)
+        files.append(f"toypkg/m{j}.py")
+    info = site / "toypkg-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toypkg\nVersion: 1.0\n")
+    (info / "RECORD").write_text("".join(f"{f},,\n" for f in [*files, "toypkg-1.0.dist-info/METADATA"]))
+    return site
+
+
+def test_build_corpus_from_a_deb_and_site_packages(tmp_path: Path) -> None:
+    rng = random.Random(0)
+    fake_deb(tmp_path / "linux-doc-6.1_1_all.deb", rng)
+    site = fake_site(tmp_path, rng)
+    out = tmp_path / "corpus"
+    deb = tmp_path / "linux-doc-6.1_1_all.deb"
+    done = subprocess.run([sys.executable, "bench/data/build_corpus.py", "--deb", str(deb), "--site", str(site),
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (out / "linux-doc").iterdir()) == ["admin-guide.txt", "filesystems.txt",
+                                                                     "networking.txt"]  # no translations
+    net = (out / "linux-doc" / "networking.txt").read_text()
+    assert net.startswith("==> networking/f0.rst <==\nnetworking 0\n") and "==> networking/f2.rst <==" in net
+    code = (out / "python" / "toypkg.txt").read_text()
+    assert code.startswith("# ==> toypkg/m0.py <==\ndef f0_0(x):") and "# ==> toypkg/m3.py <==" in code
+    entries = json.loads((out / "corpus.json").read_text())["documents"]
+    assert {e["document"] for e in entries} == {"linux-doc/admin-guide.txt", "linux-doc/filesystems.txt",
+                                               "linux-doc/networking.txt", "python/toypkg.txt"}
+    bad = subprocess.run([sys.executable, "bench/data/build_corpus.py", "--deb", str(site / "toypkg" / "m0.py"),
+                          "--out", str(tmp_path / "c2")], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode != 0 and "not a .deb" in bad.stderr
+
+
+def test_realtext_scripts_end_to_end_on_cpu(tmp_path: Path) -> None:
+    rng = random.Random(1)
+    deb = tmp_path / "linux-doc-6.1_1_all.deb"
+    fake_deb(deb, rng)
+    site = fake_site(tmp_path, rng)
+    layouts = tmp_path / "layouts"
+    layouts.mkdir()
+    (layouts / "ramba-100m.yaml").write_text(TINY)
+    (layouts / "mamba2-100m.yaml").write_text(
+        "version: 1\nname: tiny-mamba2\nmodel: {vocab_size: 96, d_model: 32, tie_embeddings: true}\n"
+        "defaults:\n  mamba2: {d_state: 8, d_conv: 4, expand: 2, headdim: 16, chunk_size: 16}\nlayers: \"mamba2*2\"\n")
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    runs = tmp_path / "runs"
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", DEB=str(deb), SITE=str(site), EXTRA="",
+               CORPUS=str(runs / "corpus"), DATA=str(runs / "data"), RUNS=str(runs), VOCAB="300", WORKERS="1",
+               VAL="0.5", SAMPLE_MB="1", LAYOUTS=str(layouts), NAMES="ramba mamba2", PK_NAMES="ramba", GPUS="1",
+               SEQ="384", BATCH="2", CALIB_STEPS="2", TRAIN_TIME="120", STEPS="6", PK_TIME="120", PK_STEPS_MAX="2",
+               EVAL_EVERY="3",
+               EVAL_SAMPLES="2", CKPT_EVERY="5", WARMUP="2", PPL_LENGTHS="256,1k", PPL_DOCS="2",
+               PK_LENGTHS="384", DEPTHS="0.5", SAMPLES="2", SEGMENT="512", OUT_DIR=str(tmp_path / "out"))
+    done = subprocess.run(["bash", "bench/train/realtext/build_data.sh"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ok: sizes match" in done.stdout
+    done = subprocess.run(["bash", "bench/train/realtext/run_all.sh"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)
+    logs = "".join(p.read_text() for p in runs.glob("*.log"))
+    assert done.returncode == 0, done.stdout + done.stderr + logs
+    out = tmp_path / "out"
+    ppl = json.loads((out / "eval_ppl.json").read_text())
+    assert [m["label"] for m in ppl["models"]] == ["ramba", "mamba2"] and (out / "eval_ppl.png").exists()
+    assert json.loads((out / "ramba_eval_passkey_text.json").read_text())["lengths"] == [384]
+    steps = json.loads((out / "ramba_train_config.json").read_text())["config"]["steps"]
+    assert steps == 6  # the fitted count (from the calibration run's tokens/s) capped by STEPS
+    assert [json.loads(line)["step"] for line in (out / "ramba_metrics.jsonl").read_text().splitlines()][-1] == 6
+    summary = (out / "realtext.md").read_text()
+    assert "| ramba |" in summary and "| mamba2 |" in summary and "**ramba**" in summary
