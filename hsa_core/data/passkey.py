@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from ..tasks.base import IGNORE_INDEX, TaskBatch, as_generator, depth_to_start, randint
+from ..tasks.base import TaskBatch, as_generator, depth_to_start, randint
 from .errors import DataError
 from .shards import TokenSplit
 from .tokenizer import Tokenizer
@@ -119,13 +119,7 @@ class TextPasskeyTask:
             rows.append(row)
             positions.append(list(range(seq_len - len(key) - 1, seq_len - 1)))
             depths.append(d)
-        input_ids = torch.from_numpy(np.stack(rows).astype(np.int64))
-        targets = torch.full_like(input_ids, IGNORE_INDEX)
-        targets[:, :-1] = input_ids[:, 1:]
-        answer_positions = torch.tensor(positions, dtype=torch.long)
-        answer_mask = torch.zeros_like(input_ids, dtype=torch.bool)
-        answer_mask.scatter_(1, answer_positions, True)
-        return TaskBatch(input_ids, targets, answer_mask, answer_positions, torch.tensor(depths))
+        return TaskBatch.from_rows(torch.from_numpy(np.stack(rows).astype(np.int64)), positions, depths)
 
     def describe(self, batch: TaskBatch, i: int = 0, width: int = 12) -> str:
         return self.tok.decode(batch.input_ids[i, -width:].tolist())

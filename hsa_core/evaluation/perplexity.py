@@ -262,8 +262,6 @@ def plot_ppl(curves: Sequence[PplCurve], path: Path, length: int) -> Path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    from .report import save_figure
+
+    return save_figure(fig, path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from .core import EvalResult
 
@@ -103,6 +104,13 @@ def heatmap(result: EvalResult, path: Path, title: str | None = None) -> Path:
                  fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write a matplotlib figure to ``path`` atomically (beside it, then renamed) and close it."""
+    import matplotlib.pyplot as plt
+
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     fig.savefig(tmp, dpi=120)
     plt.close(fig)

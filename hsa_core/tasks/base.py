@@ -53,6 +53,17 @@ class TaskBatch:
     answer_positions: Tensor
     depth: Tensor
 
+    @classmethod
+    def from_rows(cls, input_ids: Tensor, answer_positions: list[list[int]], depths: list[float]) -> TaskBatch:
+        """Next-token targets (``-100`` after the last token) and the answer mask from ``(B, T)`` ids, the
+        answer positions of each row and each row's depth."""
+        targets = torch.full_like(input_ids, IGNORE_INDEX)
+        targets[:, :-1] = input_ids[:, 1:]
+        positions = torch.tensor(answer_positions, dtype=torch.long)
+        answer_mask = torch.zeros_like(input_ids, dtype=torch.bool)
+        answer_mask.scatter_(1, positions, True)
+        return cls(input_ids, targets, answer_mask, positions, torch.tensor(depths))
+
     @property
     def batch_size(self) -> int:
         return self.input_ids.shape[0]
@@ -245,13 +256,7 @@ class Task(ABC):
             rows.append(row)
             positions.append(pos)
             depths.append(d)
-        input_ids = torch.stack(rows)
-        targets = torch.full_like(input_ids, IGNORE_INDEX)
-        targets[:, :-1] = input_ids[:, 1:]
-        answer_positions = torch.tensor(positions, dtype=torch.long)
-        answer_mask = torch.zeros_like(input_ids, dtype=torch.bool)
-        answer_mask.scatter_(1, answer_positions, True)
-        return TaskBatch(input_ids, targets, answer_mask, answer_positions, torch.tensor(depths))
+        return TaskBatch.from_rows(torch.stack(rows), positions, depths)
 
     def describe(self, batch: TaskBatch, i: int = 0, width: int = 12) -> str:
         """A short human-readable rendering of sample ``i`` around its markers (debugging, docs)."""
