@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ def _require_tokenizers(what: str) -> Any:
     return require("tokenizers", what=what, extra="data")
 
 
-class Tokenizer:
+class Tokenizer(ABC):
     """Base class: ``encode(text) -> (n,) int64``, ``decode(ids) -> str``, ``vocab_size``, ``eos_id``,
     ``kind`` (``"bytes"`` or ``"hf"``), ``to_json()`` (the ``tokenizer.json`` text)."""
 
@@ -44,14 +45,17 @@ class Tokenizer:
     vocab_size: int = 0
     eos_id: int = 0
 
+    @abstractmethod
     def encode(self, text: str) -> np.ndarray:
-        raise NotImplementedError
+        """See the class docstring."""
 
+    @abstractmethod
     def decode(self, ids: Sequence[int]) -> str:
-        raise NotImplementedError
+        """See the class docstring."""
 
+    @abstractmethod
     def to_json(self) -> str:
-        raise NotImplementedError
+        """See the class docstring."""
 
     @property
     def fingerprint(self) -> str:
