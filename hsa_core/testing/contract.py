@@ -279,6 +279,20 @@ def check_state_layout(mixer: Mixer, x: Tensor) -> None:
         raise AssertionError(f"{name}.state_size must be >= 0")
 
 
+def _check_gradients(name: str, module: torch.nn.Module, input_grad: Tensor | None) -> None:
+    """After a backward: the input gradient and every trainable parameter's gradient exist and are
+    finite; then the module's gradients are cleared."""
+    if input_grad is None or not torch.isfinite(input_grad).all():
+        raise AssertionError(f"{name}: the input gradient is missing or not finite")
+    missing = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
+    if missing:
+        raise AssertionError(f"{name}: no gradient reaches parameters {missing}")
+    bad = [n for n, p in module.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    if bad:
+        raise AssertionError(f"{name}: non-finite gradients in parameters {bad}")
+    module.zero_grad(set_to_none=True)
+
+
 def check_gradients(mixer: Mixer, x: Tensor) -> None:
     """A backward pass reaches the input and every parameter that requires a gradient, all finite."""
     name = _name(mixer)
@@ -289,15 +303,7 @@ def check_gradients(mixer: Mixer, x: Tensor) -> None:
     g = torch.Generator().manual_seed(1234)
     weight = torch.randn(y.shape, generator=g).to(device=y.device, dtype=y.dtype)
     (y * weight).sum().backward()
-    if x.grad is None or not torch.isfinite(x.grad).all():
-        raise AssertionError(f"{name}: the input gradient is missing or not finite")
-    missing = [n for n, p in mixer.named_parameters() if p.requires_grad and p.grad is None]
-    if missing:
-        raise AssertionError(f"{name}: no gradient reaches parameters {missing}")
-    bad = [n for n, p in mixer.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
-    if bad:
-        raise AssertionError(f"{name}: non-finite gradients in parameters {bad}")
-    mixer.zero_grad(set_to_none=True)
+    _check_gradients(name, mixer, x.grad)
 
 
 def check_segments(mixer: Mixer, x: Tensor, *, n_splits: int = 3, seed: int = 0, atol: float = 1e-5,
@@ -550,15 +556,7 @@ def check_retrieval(factory: Callable[..., torch.nn.Module], *, d_model: int = 3
         y = layer(xg, memory, sel, position=0)
         weight = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed + 3)).to(y)
         (y * weight).sum().backward()
-        if xg.grad is None or not torch.isfinite(xg.grad).all():
-            raise AssertionError(f"{name}: the input gradient is missing or not finite")
-        missing = [n for n, p in layer.named_parameters() if p.requires_grad and p.grad is None]
-        if missing:
-            raise AssertionError(f"{name}: no gradient reaches parameters {missing}")
-        bad = [n for n, p in layer.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
-        if bad:
-            raise AssertionError(f"{name}: non-finite gradients in parameters {bad}")
-        layer.zero_grad(set_to_none=True)
+        _check_gradients(name, layer, xg.grad)
     rng = random.Random(seed)
     with torch.no_grad():
         if "segments" in checks:
