@@ -194,20 +194,224 @@ def train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: str | Path, *, 
     say = log or (lambda m: print(m, flush=True) if env.is_main else None)
     factory = model_factory or default_model_factory
     try:
-        return _train(cfg, spec, run, resume, factory, progress, stop_after, env, say, t_start, resume_steps,
-                      time_limit)
+        trainer = _Trainer.setup(cfg, spec, run, resume=resume, factory=factory, env=env, say=say, t_start=t_start,
+                                 resume_steps=resume_steps)
+        return trainer.fit(show_progress=progress, stop_after=stop_after, time_limit=time_limit)
     finally:
         if own_env:
             shutdown(env)
 
 
-def _train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: Path, resume: bool, factory: ModelFactory,
-           show_progress: bool, stop_after: int | None, env: DistEnv, say: Callable[[str], None],
-           t_start: float, resume_steps: int | None, time_limit: float | None = None) -> TrainResult:
+@dataclass
+class _RunState:
+    """What a run carries from step to step (and its checkpoints save): the step count, the tokens seen,
+    the carried mixer states with their batch counter, and the last loss."""
+
+    step: int = 0
+    tokens: int = 0
+    carry_count: int = 0
+    carried: list[Any] | None = None
+    last_loss: float = float("nan")
+
+
+@dataclass
+class _StepResult:
+    """One optimizer step's figures (global over ranks)."""
+
+    loss: float
+    correct: float
+    has_answers: bool
+    lr: float
+    grad_norm: float
+
+
+class _Trainer:
+    """One call of :func:`train`, one job per method: :meth:`setup` (checkpoint to resume, model, task,
+    optimizer, wrapping, log), :meth:`step` (one optimizer step), :meth:`evaluate` (the periodic
+    evaluation), :meth:`save` (an atomic checkpoint), :meth:`finish` (publish ``RUN/model``); :meth:`fit`
+    is the loop that calls them."""
+
+    def __init__(self, cfg: TrainConfig, run: Path, env: DistEnv, say: Callable[[str], None], t_start: float,
+                 model: nn.Module, wrapped: nn.Module, optimizer: torch.optim.Optimizer, task: Task,
+                 logger: _Logger, state: _RunState) -> None:
+        self.cfg, self.run, self.env, self.say, self.t_start = cfg, run, env, say, t_start
+        self.model, self.wrapped, self.optimizer, self.task = model, wrapped, optimizer, task
+        self.logger, self.state = logger, state
+        self.amp = _autocast_dtype(cfg, env.device)
+        self.local = slice(env.rank * cfg.batch_size // env.world_size,
+                           (env.rank + 1) * cfg.batch_size // env.world_size)
+        self.eval_result: dict[str, Any] | None = None
+        self._window_t, self._window_tokens = time.perf_counter(), 0
+
+    # -- setup ---------------------------------------------------------------------------------
+    @classmethod
+    def setup(cls, cfg: TrainConfig, spec: Mapping[str, Any] | None, run: Path, *, resume: bool,
+              factory: ModelFactory, env: DistEnv, say: Callable[[str], None], t_start: float,
+              resume_steps: int | None) -> _Trainer:
+        """Everything the loop needs, from a fresh start or from the newest intact checkpoint."""
+        resumed = _resume_point(run, resume, env, say)
+        if resumed is not None:
+            cfg = TrainConfig.from_dict(resumed.trainer["config"])
+            if resume_steps is not None:  # the only setting a resume may change (to extend a run)
+                cfg.steps = resume_steps
+            spec = resumed.spec
+            say(f"resuming {run} from {resumed.path.name} (step {resumed.trainer['step']})")
+        if spec is None:
+            raise ValueError("no spec given and no checkpoint to resume from")
+        if cfg.batch_size % env.world_size:
+            raise ValueError(f"batch_size={cfg.batch_size} must be a multiple of the {env.world_size} ranks")
+        model, spec = _build_model(cfg, spec, factory, env.device, say, fresh=resumed is None)
+        if cfg.data:  # a language model on prepared text instead of a synthetic task
+            from .text_data import text_data_for
+
+            task: Task = text_data_for(cfg, spec, run, env.is_main)  # sets cfg.task = "text"
+        else:
+            task = task_for_spec(cfg, spec)
+        if cfg.seq_len < task.min_length():
+            raise ValueError(f"--seq-len {cfg.seq_len} is shorter than task '{cfg.task}' needs "
+                             f"({task.min_length()})")
+        optimizer = _adamw(model, cfg, fused=False)
+        state = _restore(resumed, model, optimizer, env.device) if resumed is not None else _RunState()
+        wrapped, optimizer = _wrap(model, optimizer, cfg, env, resumed)
+        if resumed is not None:  # loaded into the model and optimizer: free the host copies
+            resumed.weights, resumed.optimizer, resumed.per_rank = {}, None, {}
+        logger = _Logger(run / "metrics.jsonl", env.is_main, state.step if resumed is not None else None)
+        if logger.dropped:
+            say(f"metrics.jsonl: left out {logger.dropped} unreadable line(s)")
+        trainer = cls(cfg, run, env, say, t_start, model, wrapped, optimizer, task, logger, state)
+        trainer._announce()
+        # The run's last loss so far: what a resume with nothing left to do reports.
+        state.last_loss = next((float(r["loss"]) for r in reversed(logger.records) if "loss" in r), float("nan"))
+        return trainer
+
+    def _announce(self) -> None:
+        """``RUN/train_config.json`` and the one-line summary of the run (main rank)."""
+        cfg, env = self.cfg, self.env
+        if not env.is_main:
+            return
+        self.run.mkdir(parents=True, exist_ok=True)
+        ckpt.write_text_atomic(self.run / "train_config.json", json.dumps(
+            {"config": cfg.to_dict(), "task_options": dict(self.task.options), "world_size": env.world_size},
+            indent=2))
+        n_params = sum(p.numel() for p in {id(p): p for p in self.model.parameters()}.values())
+        self.say(f"model: {n_params / 1e6:.2f}M parameters on {env.device}"
+                 f"{' (bf16 autocast)' if self.amp else ''}; task {cfg.task} {self.task.options}; "
+                 f"{cfg.steps} steps x {cfg.batch_size} x {cfg.seq_len} tokens; world size {env.world_size}")
+
+    # -- the loop ------------------------------------------------------------------------------
+    def fit(self, *, show_progress: bool, stop_after: int | None, time_limit: float | None) -> TrainResult:
+        """Steps ``state.step + 1 .. cfg.steps`` (or ``stop_after``), evaluating, saving and stopping on
+        time as configured."""
+        cfg, state = self.cfg, self.state
+        start_step = state.step
+        progress, pid = _progress(show_progress and self.env.is_main, cfg.steps, start_step)
+        end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+        self._window_t, self._window_tokens = time.perf_counter(), 0
+        self.wrapped.train()
+        with progress:
+            for step in range(start_step, end):
+                result = self.step(step)
+                done = step + 1
+                now = time.perf_counter()
+                tps = self._log_step(result, done, end, now)
+                progress.update(pid, completed=done,
+                                info=f"loss {result.loss:.4f}"
+                                     f"{f' acc {result.correct:.2f}' if result.has_answers else ''} {tps:,.0f} tok/s "
+                                     f"lr {result.lr:.2e}")
+                if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
+                    self.evaluate(done)
+                out_of_time = (time_limit is not None and done < end
+                               and _agree(now - self.t_start >= time_limit, self.env))
+                if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps or out_of_time:
+                    self.save()
+                if out_of_time:
+                    self.logger.log({"step": done, "stopped": "time_limit", "time_limit": time_limit,
+                                     "time": round(now - self.t_start, 3)})
+                    self.say(f"time limit of {time_limit:g}s reached: stopped after step {done} of {cfg.steps} "
+                             f"(checkpoint written; --resume continues)")
+                    end = done
+                    break
+        return self.finish(end, start_step, publish=end == cfg.steps or time_limit is not None)
+
+    def step(self, step: int) -> _StepResult:
+        """Optimizer step ``step + 1``: this rank's share of the global batch, forward (with the carried
+        states when configured), loss over the global batch, backward, clipping, AdamW."""
+        cfg, env, state, optimizer = self.cfg, self.env, self.state, self.optimizer
+        batch = global_batch(self.task, cfg, step).select(self.local).to(env.device)
+        lr = lr_at(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        init_states = None
+        if cfg.carry_state:
+            # memory reset: every memory_reset_every batches the carried state is replaced by zeros
+            carried = state.carried
+            init_states = carried if (carried is not None and state.carry_count % cfg.memory_reset_every) else None
+        with _autocast(env.device, self.amp):
+            step_loss, answer_logits, final_states = self.wrapped(
+                batch.input_ids, init_states, return_states=cfg.carry_state, targets=batch.targets,
+                loss_mask=batch.loss_mask(cfg.loss_on), answer_positions=batch.answer_positions)
+        if cfg.carry_state:
+            state.carried = detach_states(final_states)
+            state.carry_count += 1
+        loss, loss_sum, n_tok, correct = _loss(step_loss, answer_logits, batch, cfg.loss_on, env)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = _clip(self.wrapped, cfg.grad_clip)
+        optimizer.step()
+        state.step = step + 1
+        state.tokens += cfg.batch_size * cfg.seq_len
+        state.last_loss = float(loss_sum / n_tok)
+        # language-model batches have no answer positions: no exact-match figure for them
+        return _StepResult(state.last_loss, float(correct), bool(batch.answer_positions.shape[1]), lr,
+                           float(grad_norm))
+
+    def _log_step(self, result: _StepResult, done: int, end: int, now: float) -> float:
+        """The metrics record of step ``done`` (every ``log_every`` steps and the last); returns tokens/s
+        since the previous record."""
+        cfg = self.cfg
+        self._window_tokens += cfg.batch_size * cfg.seq_len
+        tps = self._window_tokens / max(1e-9, now - self._window_t)
+        acc = {"acc": result.correct} if result.has_answers else {}
+        if done % cfg.log_every == 0 or done == end:
+            self.logger.log({"step": done, "loss": result.loss, **acc, "lr": result.lr,
+                             "grad_norm": result.grad_norm, "tokens": self.state.tokens,
+                             "tokens_per_s": round(tps, 1), "time": round(now - self.t_start, 3),
+                             **(self.task.log_fields(done) if hasattr(self.task, "log_fields") else {})})
+            self._window_t, self._window_tokens = now, 0
+        return tps
+
+    def evaluate(self, done: int) -> dict[str, float]:
+        """The periodic evaluation after step ``done``: logged, said, and kept for the result."""
+        res = _periodic_eval(self.wrapped, self.task, self.cfg, self.env, self.amp)
+        self.eval_result = res
+        self.logger.log({"step": done, "eval": res})
+        self.say(f"step {done}: eval {'' if self.cfg.data else 'exact-match '}"
+                 + ", ".join(f"{k}: {v:.3f}" for k, v in res.items()))
+        return res
+
+    def save(self) -> None:
+        """An atomic checkpoint of the current step (every rank takes part)."""
+        s = self.state
+        _save(self.run, self.model, self.wrapped, self.optimizer, self.cfg, self.env, s.step, s.tokens,
+              s.carry_count, s.carried)
+
+    def finish(self, end: int, start_step: int, *, publish: bool) -> TrainResult:
+        """Publish the newest checkpoint's model as ``RUN/model`` (when the run ended or stopped on time)
+        and wait for every rank."""
+        if publish and self.env.is_main:
+            final = ckpt.latest_checkpoint(self.run)
+            if final is not None:
+                _publish_final(self.run, final)
+        barrier(self.env)
+        return TrainResult(self.run, max(end, start_step), self.state.last_loss, self.logger.records,
+                           time.perf_counter() - self.t_start, self.eval_result, start_step=start_step,
+                           total_steps=self.cfg.steps)
+
+
+def _resume_point(run: Path, resume: bool, env: DistEnv, say: Callable[[str], None]) -> _Resumed | None:
+    """The checkpoint to resume from (``None``: a fresh run); refuses a fresh start over checkpoints and a
+    resume without one."""
     candidates = ckpt.complete_checkpoints(run)
-    state: dict[str, Any] | None = None
-    resumed: _Resumed | None = None
-    latest: Path | None = None
     if candidates and not resume:
         raise RunExistsError(f"{run} already has checkpoints ({candidates[0].name}); pass --resume to continue "
                              f"or choose another --out")
@@ -215,21 +419,13 @@ def _train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: Path, resume: 
         # Never a silent fresh start: it would overwrite the run's metrics.jsonl and model/.
         raise NoCheckpointError(f"--resume: {run} has no complete checkpoint to resume from; run without "
                                 f"--resume to start a new run there")
-    if candidates:
-        resumed = _load_newest_intact(run, candidates, env, say)
-        latest, state = resumed.path, resumed.trainer
-        cfg = TrainConfig.from_dict(state["config"])
-        if resume_steps is not None:  # the only setting a resume may change (to extend a run)
-            cfg.steps = resume_steps
-        spec = resumed.spec
-        say(f"resuming {run} from {latest.name} (step {state['step']})")
-    if spec is None:
-        raise ValueError("no spec given and no checkpoint to resume from")
-    if cfg.batch_size % env.world_size:
-        raise ValueError(f"batch_size={cfg.batch_size} must be a multiple of the {env.world_size} ranks")
-    device = env.device
-    amp = _autocast_dtype(cfg, device)
+    return _load_newest_intact(run, candidates, env, say) if candidates else None
 
+
+def _build_model(cfg: TrainConfig, spec: Mapping[str, Any], factory: ModelFactory, device: torch.device,
+                 say: Callable[[str], None], *, fresh: bool) -> tuple[nn.Module, Mapping[str, Any]]:
+    """The model on ``device`` (same initial weights on every rank and every run), activation
+    checkpointing switched on when asked, ``--init-from`` weights on a fresh run; and its spec."""
     torch.manual_seed(cfg.seed)  # same initial weights on every rank and every run
     model = factory(spec).to(device)
     if cfg.checkpoint_activations:
@@ -237,139 +433,52 @@ def _train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: Path, resume: 
             raise ValueError("checkpoint_activations needs a model with a 'gradient_checkpointing' switch")
         model.gradient_checkpointing = True
     spec = getattr(model, "spec", spec)
-    if cfg.init_from and state is None:
+    if cfg.init_from and fresh:
         from ..runtime.checkpoint import model_dir_of
 
         _load_weights(model, model_dir_of(cfg.init_from), device)
         say(f"initialised from {model_dir_of(cfg.init_from)}")
-    if cfg.data:  # a language model on prepared text instead of a synthetic task
-        from .text_data import text_data_for
+    return model, spec
 
-        task = text_data_for(cfg, spec, run, env.is_main)  # sets cfg.task = "text"
-    else:
-        task = task_for_spec(cfg, spec)
-    if cfg.seq_len < task.min_length():
-        raise ValueError(f"--seq-len {cfg.seq_len} is shorter than task '{cfg.task}' needs ({task.min_length()})")
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
-                                  betas=(cfg.beta1, cfg.beta2), fused=False)
 
-    start_step, tokens_seen, carry_count = 0, 0, 0
-    carried: list[Any] | None = None
-    if state is not None and resumed is not None:
-        model.load_state_dict(resumed.weights)
-        try:
-            optimizer.load_state_dict(resumed.optimizer)
-        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
-            raise InvalidFileError(f"{resumed.path}: the optimizer state does not fit the model ({exc})") from None
-        start_step, tokens_seen = int(state["step"]), int(state["tokens"])
-        carry_count = int(state.get("carry_count", 0))
-        ckpt.set_rng_state(resumed.per_rank["rng"], device)
-        carried = _to_device(resumed.per_rank.get("carried"), device)
+def _adamw(model: nn.Module, cfg: TrainConfig, **kwargs: Any) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                             **kwargs)
 
+
+def _restore(resumed: _Resumed, model: nn.Module, optimizer: torch.optim.Optimizer,
+             device: torch.device) -> _RunState:
+    """Weights, optimizer state, RNG states and carried states from a checkpoint; the step it was at."""
+    model.load_state_dict(resumed.weights)
+    try:
+        optimizer.load_state_dict(resumed.optimizer)
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise InvalidFileError(f"{resumed.path}: the optimizer state does not fit the model ({exc})") from None
+    state = resumed.trainer
+    ckpt.set_rng_state(resumed.per_rank["rng"], device)
+    return _RunState(step=int(state["step"]), tokens=int(state["tokens"]),
+                     carry_count=int(state.get("carry_count", 0)),
+                     carried=_to_device(resumed.per_rank.get("carried"), device))
+
+
+def _wrap(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig, env: DistEnv,
+          resumed: _Resumed | None) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """The training module (state resets, optional ``torch.compile``, DDP or FSDP2) and the optimizer
+    over its parameters (rebuilt over FSDP2's sharded parameters, with the checkpoint's state)."""
     forward = SegmentedForward(model, cfg.state_reset_every)
     if cfg.compile:
         forward = torch.compile(forward)  # type: ignore[assignment]
     wrapped = wrap_model(forward, env, fsdp=cfg.fsdp, find_unused_parameters=cfg.find_unused_parameters)
-    if cfg.fsdp and env.distributed and state is not None:
+    if cfg.fsdp and env.distributed:
         # FSDP2 reshards parameters on wrapping; rebuild the optimizer over the sharded parameters and
         # load the full optimizer state into it.
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        optimizer = _adamw(model, cfg)
+        if resumed is not None:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-        full = resumed.optimizer  # type: ignore[union-attr]
-        optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
-                                      betas=(cfg.beta1, cfg.beta2))
-        set_optimizer_state_dict(wrapped, optimizer, full, options=StateDictOptions(full_state_dict=True))
-    elif cfg.fsdp and env.distributed:
-        optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
-                                      betas=(cfg.beta1, cfg.beta2))
-
-    if resumed is not None:  # loaded into the model and optimizer: free the host copies
-        resumed.weights, resumed.optimizer, resumed.per_rank = {}, None, {}
-
-    logger = _Logger(run / "metrics.jsonl", env.is_main, start_step if state is not None else None)
-    if logger.dropped:
-        say(f"metrics.jsonl: left out {logger.dropped} unreadable line(s)")
-    if env.is_main:
-        run.mkdir(parents=True, exist_ok=True)
-        ckpt.write_text_atomic(run / "train_config.json", json.dumps(
-            {"config": cfg.to_dict(), "task_options": dict(task.options), "world_size": env.world_size}, indent=2))
-        n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-        say(f"model: {n_params / 1e6:.2f}M parameters on {device}"
-            f"{' (bf16 autocast)' if amp else ''}; task {cfg.task} {task.options}; "
-            f"{cfg.steps} steps x {cfg.batch_size} x {cfg.seq_len} tokens; world size {env.world_size}")
-
-    local = slice(env.rank * cfg.batch_size // env.world_size, (env.rank + 1) * cfg.batch_size // env.world_size)
-    progress, pid = _progress(show_progress and env.is_main, cfg.steps, start_step)
-    # The run's last loss so far: what a resume with nothing left to do reports.
-    last_loss = next((float(r["loss"]) for r in reversed(logger.records) if "loss" in r), float("nan"))
-    eval_result: dict[str, Any] | None = None
-    window_t, window_tokens = time.perf_counter(), 0
-    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    wrapped.train()
-    with progress:
-        for step in range(start_step, end):
-            batch = global_batch(task, cfg, step).select(local).to(device)
-            lr = lr_at(step, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            init_states = None
-            if cfg.carry_state:
-                # memory reset: every memory_reset_every batches the carried state is replaced by zeros
-                init_states = carried if (carried is not None and carry_count % cfg.memory_reset_every) else None
-            with _autocast(device, amp):
-                step_loss, answer_logits, final_states = wrapped(
-                    batch.input_ids, init_states, return_states=cfg.carry_state, targets=batch.targets,
-                    loss_mask=batch.loss_mask(cfg.loss_on), answer_positions=batch.answer_positions)
-            if cfg.carry_state:
-                carried = detach_states(final_states)
-                carry_count += 1
-            loss, loss_sum, n_tok, correct = _loss(step_loss, answer_logits, batch, cfg.loss_on, env)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = _clip(wrapped, cfg.grad_clip)
-            optimizer.step()
-
-            step_tokens = cfg.batch_size * cfg.seq_len
-            tokens_seen += step_tokens
-            window_tokens += step_tokens
-            last_loss = float(loss_sum / n_tok)
-            done = step + 1
-            now = time.perf_counter()
-            tps = window_tokens / max(1e-9, now - window_t)
-            # language-model batches have no answer positions: no exact-match figure for them
-            acc = {"acc": float(correct)} if batch.answer_positions.shape[1] else {}
-            if done % cfg.log_every == 0 or done == end:
-                logger.log({"step": done, "loss": last_loss, **acc, "lr": lr,
-                            "grad_norm": float(grad_norm), "tokens": tokens_seen, "tokens_per_s": round(tps, 1),
-                            "time": round(now - t_start, 3),
-                            **(task.log_fields(done) if hasattr(task, "log_fields") else {})})
-                window_t, window_tokens = now, 0
-            progress.update(pid, completed=done,
-                            info=f"loss {last_loss:.4f}{f' acc {float(correct):.2f}' if acc else ''} {tps:,.0f} tok/s "
-                                 f"lr {lr:.2e}")
-            if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
-                res = _periodic_eval(wrapped, task, cfg, env, amp)
-                eval_result = res
-                logger.log({"step": done, "eval": res})
-                say(f"step {done}: eval {'' if cfg.data else 'exact-match '}"
-                    + ", ".join(f"{k}: {v:.3f}" for k, v in res.items()))
-            out_of_time = time_limit is not None and done < end and _agree(now - t_start >= time_limit, env)
-            if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps or out_of_time:
-                _save(run, model, wrapped, optimizer, cfg, env, done, tokens_seen, carry_count, carried)
-            if out_of_time:
-                logger.log({"step": done, "stopped": "time_limit", "time_limit": time_limit,
-                            "time": round(now - t_start, 3)})
-                say(f"time limit of {time_limit:g}s reached: stopped after step {done} of {cfg.steps} "
-                    f"(checkpoint written; --resume continues)")
-                end = done
-                break
-    if (end == cfg.steps or time_limit is not None) and env.is_main:
-        final = ckpt.latest_checkpoint(run)
-        if final is not None:
-            _publish_final(run, final)
-    barrier(env)
-    return TrainResult(run, max(end, start_step), last_loss, logger.records, time.perf_counter() - t_start,
-                       eval_result, start_step=start_step, total_steps=cfg.steps)
+            set_optimizer_state_dict(wrapped, optimizer, resumed.optimizer,
+                                     options=StateDictOptions(full_state_dict=True))
+    return wrapped, optimizer
 
 
 @dataclass

@@ -108,7 +108,7 @@ def test_bench_model_without_cuda_exits_3_and_checks_arguments_first(tmp_path: P
 
 def test_results_json_is_what_the_readme_cites() -> None:
     """The committed run's numbers are the ones the results README and the top README quote."""
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     doc = json.loads((root / "bench/results/h200_model/run3_compare4k.json").read_text())
     layout = next(r for r in doc["rows"] if r["variant"] == "layout")
     assert f"{layout['tokens_per_s']:,.0f}" in (root / "bench/results/h200_model/README.md").read_text()
