@@ -1,5 +1,5 @@
 """Error handling shared by the real-text commands (``hsa data``, ``hsa generate``, ``hsa eval ppl``,
-``--data``/``--filler text:``): a :class:`~hsa_core.data.DataError` becomes one ``error:`` line and its
+``--data``/``--filler text:``): a :class:`~hsa_app.data.DataError` becomes one ``error:`` line and its
 exit code (1 bad data, 2 usage)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 @contextlib.contextmanager
 def data_errors() -> Iterator[None]:
     """Turn a ``DataError`` raised inside the block into ``error: <message>`` and its exit code."""
-    from hsa_core.data.errors import DataError
+    from hsa_app.data.errors import DataError
 
     try:
         yield

@@ -1,4 +1,4 @@
-"""``hsa bench model``: whole-model training throughput on one CUDA GPU (:mod:`hsa_core.training.throughput`).
+"""``hsa bench model``: whole-model training throughput on one CUDA GPU (:mod:`hsa_app.training.throughput`).
 
 For each layout and each ``--seq-len`` (with its ``--batch``), one fresh build timed over real
 training steps, beside (unless ``--no-compare``) the same layout without its HSA layers and a
@@ -19,7 +19,7 @@ from ._common import EXIT_MISSING_DEP, PLUGIN_OPTION, SET_OPTION, fail, guarded,
 
 
 def _ints(text: str, what: str) -> list[int]:
-    from hsa_core.evaluation.report import parse_lengths
+    from hsa_app.evaluation.report import parse_lengths
 
     try:
         return parse_lengths(text)
@@ -119,8 +119,9 @@ def model(
         raise typer.BadParameter(f"{checkpointing!r} is not one of off, on, both", param_hint="--checkpointing")
     if not torch.cuda.is_available():
         fail("hsa bench model needs a CUDA GPU (none is visible to torch)", EXIT_MISSING_DEP)
+    from hsa_app.training.throughput import bench_layout, equal_transformer_spec, no_hsa_spec
+
     from hsa_core.layout import resolve
-    from hsa_core.training.throughput import bench_layout, equal_transformer_spec, no_hsa_spec
 
     load_plugins(plugin)
     out.mkdir(parents=True, exist_ok=True)
@@ -159,8 +160,7 @@ def _document(rows: list[dict[str, Any]]) -> dict[str, Any]:
     import platform
 
     import torch
-
-    from hsa_core.training.throughput import H200_BF16_PEAK_TFLOPS
+    from hsa_app.training.throughput import H200_BF16_PEAK_TFLOPS
 
     return {"command": " ".join(["hsa", *sys.argv[1:]]), "gpu": torch.cuda.get_device_name(),
             "torch": torch.__version__, "python": platform.python_version(),

@@ -1,5 +1,5 @@
 """``hsa data prepare INPUT... --out DIR --tokenizer SPEC`` and ``hsa data info DIR``: real text into
-token shards (:mod:`hsa_core.data.prepare`), and a check of a prepared folder."""
+token shards (:mod:`hsa_app.data.prepare`), and a check of a prepared folder."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def prepare_cmd(
 ) -> None:
     """Tokenize text into token shards: deterministic, multi-process, resumable (run it again after an
     interruption and it continues)."""
-    from hsa_core.data import PrepareOptions, prepare
+    from hsa_app.data import PrepareOptions, prepare
 
     opts = PrepareOptions([str(p) for p in inputs], tokenizer=tokenizer, val_fraction=val_fraction,
                           text_field=text_field, dtype=dtype, shard_tokens=shard_tokens, skip_invalid=skip_invalid,
@@ -95,7 +95,7 @@ def info_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the manifest."),
 ) -> None:
     """Check a prepared folder (manifest, sizes, SHA-256 of every shard, index) and summarise it."""
-    from hsa_core.data import open_data
+    from hsa_app.data import open_data
 
     data = open_data(directory, verify=not no_verify)
     for name in data.manifest["splits"]:

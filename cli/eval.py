@@ -2,7 +2,7 @@
 the training length, as a table, ``RUN/eval_<task>.json`` and a depth x length heatmap PNG.
 
 ``hsa eval ppl RUN --data DIR --lengths 4k,16k,64k [--compare RUN...]``: perplexity by position over
-long validation documents (:mod:`hsa_core.evaluation.perplexity`), ``eval_ppl.json`` and ``.png``.
+long validation documents (:mod:`hsa_app.evaluation.perplexity`), ``eval_ppl.json`` and ``.png``.
 ``hsa eval passkey RUN --filler text:DIR``: the passkey inside natural text, in the run's tokenizer."""
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ def eval_task(
     plugin: list[Path] | None = PLUGIN_OPTION,
 ) -> None:
     """Evaluate a trained model on a task over a depth x length grid, or its perplexity by position (ppl)."""
-    from hsa_core.evaluation import format_length, parse_depths, parse_lengths, rich_table, run_eval
-    from hsa_core.tasks import parse_task_options
+    from hsa_app.evaluation import format_length, parse_depths, parse_lengths, rich_table, run_eval
+    from hsa_app.tasks import parse_task_options
 
     from ._data import data_errors
 
@@ -89,8 +89,8 @@ def eval_task(
 
 def _ppl(run: Path, data: Path | None, compare: list[Path], lengths: str, docs: int, segment_len: int,
          batch_tokens: int, device: str, dtype: str, out: Path | None) -> None:
-    from hsa_core.evaluation import format_length, parse_lengths
-    from hsa_core.evaluation.perplexity import rich_ppl_table, run_ppl
+    from hsa_app.evaluation import format_length, parse_lengths
+    from hsa_app.evaluation.perplexity import rich_ppl_table, run_ppl
 
     if data is None:
         fail("hsa eval ppl needs --data DIR (a folder of `hsa data prepare`)", EXIT_USAGE)

@@ -34,14 +34,14 @@ def generate(
 ) -> None:
     """Generate text from a trained model; the prompt starts a document (an EOS is put before it)."""
     import torch
+    from hsa_app.data.errors import DataError
+    from hsa_app.data.tokenizer import ByteTokenizer, load_tokenizer
+    from hsa_app.runtime.checkpoint import model_dir_of
+    from hsa_app.training.text_data import find_run_tokenizer
 
-    from hsa_core.data.errors import DataError
-    from hsa_core.data.tokenizer import ByteTokenizer, load_tokenizer
-    from hsa_core.data.training import find_run_tokenizer
-    from hsa_core.evaluation.runner import model_dir_of
+    from hsa_core.devices import resolve_device
     from hsa_core.generation import TextStream, stream_generate
     from hsa_core.model import load_pretrained
-    from hsa_core.training.distributed import resolve_device
 
     if (prompt is None) == (prompt_file is None):
         fail("give exactly one of --prompt and --prompt-file", EXIT_USAGE)

@@ -56,12 +56,14 @@ def list_kinds(
     plugin: list[Path] | None = PLUGIN_OPTION,
 ) -> None:
     """List backbone kinds, retrieval layers and tasks, the plugin that provided each, and availability."""
+    from hsa_app.tasks import registry as task_registry
+
     from hsa_core import plugins
 
     load_plugins(plugin)
     backbones = _rows(plugins.backbones())
     layers = _rows(plugins.retrieval_layers())
-    tasks = _rows(plugins.tasks())
+    tasks = _rows(task_registry())
     if as_json:
         typer.echo(json.dumps({"backbones": backbones, "retrieval_layers": layers, "tasks": tasks},
                               indent=2, default=str))

@@ -70,8 +70,9 @@ def check_resume(ctx: Any, out: Path, cfg: Any, spec_dict: dict[str, Any]) -> No
     Raises:
         UsageError: listing every difference (a resumed run keeps its layout and configuration).
     """
+    from hsa_app.runtime import checkpoint as ckpt
+
     from hsa_core.io import first_difference
-    from hsa_core.training import checkpoint as ckpt
 
     saved_cfg, saved_spec = None, None
     for path in ckpt.complete_checkpoints(out):  # the newest readable one (the trainer checks the rest)
@@ -170,17 +171,17 @@ def train(
 ) -> None:
     """Train a layout on a synthetic long-context task, or a language model on text (--data); AdamW, warm-up +
     cosine, atomic checkpoints, exact resume."""
-    from hsa_core.data.errors import DataError
-    from hsa_core.evaluation import parse_lengths
-    from hsa_core.tasks import parse_task_options
-    from hsa_core.training import TrainConfig
-    from hsa_core.training import train as run_training
-    from hsa_core.training.trainer import RunExistsError
+    from hsa_app.data.errors import DataError
+    from hsa_app.evaluation import parse_lengths
+    from hsa_app.tasks import parse_task_options
+    from hsa_app.training import TrainConfig
+    from hsa_app.training import train as run_training
+    from hsa_app.training.trainer import RunExistsError
 
     load_plugins(plugin)
     overrides = list(set_ or [])
     if data is not None and not resume:
-        from hsa_core.data import open_data
+        from hsa_app.data import open_data
 
         from ._data import data_errors
 
@@ -191,8 +192,8 @@ def train(
     path, spec_dict = load_spec_from(spec, overrides)
     if not resume:
         # The checks of `hsa build`, on meta (free), and the size against the device's free memory.
+        from hsa_core.devices import resolve_device
         from hsa_core.limits import check_fits
-        from hsa_core.training.distributed import resolve_device
 
         meta = build_model(spec_dict, device="meta", source=path)
         check_fits(meta, resolve_device(device), what=f"model '{spec_dict.get('name')}'")
@@ -249,7 +250,7 @@ def train(
 
 def _with_recipe(ctx: typer.Context, recipe: str, values: dict) -> dict:
     """The recipe's settings for every flag left at its default (flags given on the command line win)."""
-    from hsa_core.recipes import RecipeError, apply_recipe, load_recipe
+    from hsa_app.recipes import RecipeError, apply_recipe, load_recipe
 
     try:
         settings = load_recipe(recipe)

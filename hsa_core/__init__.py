@@ -23,6 +23,7 @@ _LAZY = {
     "load_spec": "hsa_core.layout",
     "resolve": "hsa_core.layout",
     "dump_spec": "hsa_core.layout",
+    "ResolvedSpec": "hsa_core.layout",
     "HSALanguageModel": "hsa_core.model",
     "ModelCache": "hsa_core.model",
     "load_pretrained": "hsa_core.model",

@@ -21,7 +21,7 @@ def prefill(model: nn.Module, input_ids: Tensor, *, segment_len: int = 4096,
     Returns:
         ``(logits of the last position (B, V) fp32, cache)``.
     """
-    from .evaluation.core import autocast_context
+    from .devices import autocast_context
 
     if input_ids.shape[1] < 1:
         raise ValueError("prefill needs at least one token")
@@ -66,7 +66,7 @@ def stream_generate(model: nn.Module, prompt: Sequence[int], *, max_new_tokens: 
     The prompt is prefilled segment-wise (:func:`prefill`); every new token is one forward call of
     one token on the cache. Deterministic for a given ``seed``.
     """
-    from .evaluation.core import autocast_context
+    from .devices import autocast_context
 
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")

@@ -3,7 +3,9 @@
 A plugin is any module or object with functions marked ``@hsa_core.hookimpl`` whose names match the
 specs below. Plugins are found through the entry-point group ``hsa`` of installed distributions; the
 toolkit's own backbones and layers are registered through the same hooks (``hsa_core.builtin_plugin``
-and ``hsa_backbones.plugin``).
+and ``hsa_backbones.plugin``). The application declares its own hooks with the same project name
+(:mod:`hsa_app.hookspecs`: tasks) and adds them to the same plugin manager
+(:meth:`hsa_core.plugins.PluginHost.extension`), so one plugin may implement hooks of both.
 
 Example (a third-party package)::
 
@@ -58,14 +60,4 @@ def hsa_register_retrieval_layers(register: Callable[..., Any]) -> None:
     position of ``x[:, 0]`` (tokens seen before this call). :func:`hsa_core.testing.check_retrieval`
     checks a layer against this contract. ``extra`` (optional) names the ``pip install
     <your package>[extra]`` that brings ``requires``.
-    """
-
-
-@hookspec
-def hsa_register_tasks(register: Callable[..., Any]) -> None:
-    """Register synthetic long-context tasks (``hsa train --task NAME``, ``hsa eval NAME``).
-
-    Call ``register(name, factory, *, description="", defaults=None)``. ``factory(**options)`` returns
-    a task object as described in :mod:`hsa_core.tasks` (deterministic samples from a seed, no
-    downloads); ``defaults`` are the options a user may set, with their default values.
     """

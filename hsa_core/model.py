@@ -27,7 +27,7 @@ import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +37,9 @@ from .interfaces import Mixer, MixerState
 from .modules import ChunkMemory, MemoryState, Retrieval, RMSNorm, Selection, SwiGLU
 from .modules.init import apply_init
 from .plugins import PluginHost, get_host
+
+if TYPE_CHECKING:
+    from .layout.typed import LayerSpec, MemoryGroup, ResolvedSpec, SelectionGroup
 
 __all__ = ["Block", "HSALanguageModel", "ModelCache", "ModelOutput", "RetrievalBlock", "load_pretrained"]
 
@@ -176,11 +179,20 @@ def _accepts(factory: Any, name: str) -> bool:
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
-def _make_retrieval(d_model: int, sel: Mapping[str, Any], mem: Mapping[str, Any]) -> Retrieval:
-    return Retrieval(d_model, retrieval_dim=sel["retrieval_dim"], retrieval_heads=sel["retrieval_heads"],
-                     topk=sel["topk"], chunk_size=mem["chunk_size"], weighting=sel["weighting"],
-                     gumbel=sel["gumbel"], window=sel["window"], landmark_norm=sel["landmark_norm"],
-                     norm_eps=sel["norm_eps"])
+def _make_retrieval(d_model: int, sel: SelectionGroup, mem: MemoryGroup) -> Retrieval:
+    return Retrieval(d_model, retrieval_dim=sel.retrieval_dim, retrieval_heads=sel.retrieval_heads,
+                     topk=sel.topk, chunk_size=mem.chunk_size, weighting=sel.weighting,
+                     gumbel=sel.gumbel, window=sel.window, landmark_norm=sel.landmark_norm,
+                     norm_eps=sel.norm_eps)
+
+
+def _make_memory(d_model: int, mem: MemoryGroup) -> ChunkMemory:
+    enc = mem.encoder
+    return ChunkMemory(d_model, chunk_size=mem.chunk_size, kv_heads=mem.kv_heads, head_dim=mem.head_dim,
+                       landmark_dim=mem.landmark_dim, retrieval_heads=mem.retrieval_heads, landmark=mem.landmark,
+                       encoder_layers=enc.layers, encoder_heads=enc.heads, encoder_mlp_hidden=enc.mlp_hidden,
+                       encoder_kv_heads=enc.kv_heads, encoder_qkv_bias=enc.qkv_bias, chunk_norm=mem.chunk_norm,
+                       k_norm=mem.k_norm, norm_eps=mem.norm_eps)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -190,80 +202,73 @@ def _make_retrieval(d_model: int, sel: Mapping[str, Any], mem: Mapping[str, Any]
 class HSALanguageModel(nn.Module):
     """A causal language model of backbone and retrieval layers sharing chunk memories.
 
-    Build it with :meth:`from_spec` (or :meth:`from_pretrained`); ``spec`` is a layout, raw or
-    canonical (it is resolved again: :func:`hsa_core.layout.resolve` is idempotent).
+    Build it with :meth:`from_spec` (or :meth:`from_pretrained`); ``spec`` is a layout, raw, canonical
+    or typed (it is resolved again: :func:`hsa_core.layout.resolve` is idempotent), and the blocks are
+    built from its typed form (:class:`hsa_core.layout.ResolvedSpec`).
 
     Attributes:
-        spec: the canonical spec it was built from (saved with the weights).
+        layout: the typed canonical spec it was built from.
+        spec: the same as a canonical dict (``layout.to_dict()``, saved with the weights).
         embedding, layers, memories, selections, norm_f, lm_head: the modules. ``selections`` holds
             the shared selections' retrieval projections; multi-hop layers own theirs
             (``layers[i].retrieval``).
     """
 
-    def __init__(self, spec: Mapping[str, Any], *, host: PluginHost | None = None) -> None:
-        from .layout import resolve
+    def __init__(self, spec: Mapping[str, Any] | ResolvedSpec, *, host: PluginHost | None = None) -> None:
+        from .layout import ResolvedSpec
 
         super().__init__()
         host = host or get_host()
-        spec = resolve(spec, host=host)  # idempotent: a raw layout works too
-        self.spec: dict[str, Any] = spec
-        m = spec["model"]
-        d, eps = m["d_model"], m["norm_eps"]
-        self.d_model, self.vocab_size = d, m["vocab_size"]
-        self.embedding = nn.Embedding(m["vocab_size"], d)
-        self.memories = nn.ModuleDict({
-            name: ChunkMemory(d, chunk_size=mem["chunk_size"], kv_heads=mem["kv_heads"], head_dim=mem["head_dim"],
-                              landmark_dim=mem["landmark_dim"], retrieval_heads=mem["retrieval_heads"],
-                              landmark=mem["landmark"], encoder_layers=mem["encoder"]["layers"],
-                              encoder_heads=mem["encoder"]["heads"],
-                              encoder_mlp_hidden=mem["encoder"]["mlp_hidden"],
-                              encoder_kv_heads=mem["encoder"]["kv_heads"],
-                              encoder_qkv_bias=mem["encoder"]["qkv_bias"], chunk_norm=mem["chunk_norm"],
-                              k_norm=mem["k_norm"], norm_eps=mem["norm_eps"])
-            for name, mem in spec["memories"].items()})
+        layout = ResolvedSpec.resolve(spec, host=host)  # idempotent: a raw layout works too
+        self.layout: ResolvedSpec = layout
+        self.spec: dict[str, Any] = layout.to_dict()
+        m = layout.model
+        d, eps = m.d_model, m.norm_eps
+        self.d_model, self.vocab_size = d, m.vocab_size
+        self.embedding = nn.Embedding(m.vocab_size, d)
+        self.memories = nn.ModuleDict({name: _make_memory(d, mem) for name, mem in layout.memories.items()})
         self.selections = nn.ModuleDict({
-            name: _make_retrieval(d, sel, spec["memories"][sel["memory"]])
-            for name, sel in spec["retrieval"].items()
-            if sel["shared"] and any(layer.get("selection") == name for layer in spec["layers"])})
-        layers: list[nn.Module] = []
-        for layer in spec["layers"]:
-            mlp_hidden = m["mlp_hidden"] if layer["mlp"] else None
-            if layer["role"] == "backbone":
-                factory = host.backbone_registry().get(layer["kind"]).factory
-                layers.append(Block(d, factory(d, **layer["options"]), mlp_hidden=mlp_hidden, norm_eps=eps))
-                continue
-            sel = spec["retrieval"][layer["selection"]]
-            mem = spec["memories"][layer["memory"]]
-            factory = host.retrieval_registry().get(layer["kind"]).factory
-            # The memory fixes the geometry a retrieval layer attends over; pass what it accepts.
-            derived = {"kv_heads": mem["kv_heads"], "head_dim": mem["head_dim"], "chunk_size": mem["chunk_size"],
-                       "norm_eps": eps}
-            kwargs = dict(layer["options"])
-            kwargs.update({k: v for k, v in derived.items() if k not in kwargs and _accepts(factory, k)})
-            own = None if sel["shared"] else _make_retrieval(d, sel, mem)
-            layers.append(RetrievalBlock(d, factory(d, **kwargs), retrieval=own, mlp_hidden=mlp_hidden,
-                                         norm_eps=eps))
-        self.layers = nn.ModuleList(layers)
+            name: _make_retrieval(d, sel, layout.memories[sel.memory])
+            for name, sel in layout.retrieval.items()
+            if sel.shared and any(layer.selection == name for layer in layout.layers)})
+        self.layers = nn.ModuleList([self._make_block(layout, layer, host) for layer in layout.layers])
         self.norm_f = RMSNorm(d, eps=eps)
         #: activation checkpointing of every block while training (``hsa train --checkpoint-activations``)
         self.gradient_checkpointing = False
-        self.lm_head = nn.Linear(d, m["vocab_size"], bias=False)
-        nn.init.normal_(self.embedding.weight, std=m["init_std"])
-        if m["tie_embeddings"]:
+        self.lm_head = nn.Linear(d, m.vocab_size, bias=False)
+        nn.init.normal_(self.embedding.weight, std=m.init_std)
+        if m.tie_embeddings:
             self.lm_head.weight = self.embedding.weight
         else:
-            nn.init.normal_(self.lm_head.weight, std=m["init_std"])
-        apply_init(self, m["init"], std=m["init_std"])
+            nn.init.normal_(self.lm_head.weight, std=m.init_std)
+        apply_init(self, m.init, std=m.init_std)
         # memories built after i layers, i = 0..L (0 = from the embeddings)
         self._built_after: dict[int, list[str]] = {}
-        for name, mem in spec["memories"].items():
-            self._built_after.setdefault(mem["after_layer"], []).append(name)
+        for name, mem in layout.memories.items():
+            self._built_after.setdefault(mem.after_layer, []).append(name)
+
+    @staticmethod
+    def _make_block(layout: ResolvedSpec, layer: LayerSpec, host: PluginHost) -> nn.Module:
+        """The block of one layer: a backbone :class:`Block` or a :class:`RetrievalBlock`."""
+        d, eps = layout.model.d_model, layout.model.norm_eps
+        mlp_hidden = layout.model.mlp_hidden if layer.mlp else None
+        if not layer.is_retrieval:
+            factory = host.backbone_registry().get(layer.kind).factory
+            return Block(d, factory(d, **layer.options), mlp_hidden=mlp_hidden, norm_eps=eps)
+        sel, mem = layout.selection_of(layer), layout.memory_of(layer)
+        factory = host.retrieval_registry().get(layer.kind).factory
+        # The memory fixes the geometry a retrieval layer attends over; pass what it accepts.
+        derived = {"kv_heads": mem.kv_heads, "head_dim": mem.head_dim, "chunk_size": mem.chunk_size, "norm_eps": eps}
+        kwargs = dict(layer.options)
+        kwargs.update({k: v for k, v in derived.items() if k not in kwargs and _accepts(factory, k)})
+        own = None if sel.shared else _make_retrieval(d, sel, mem)
+        return RetrievalBlock(d, factory(d, **kwargs), retrieval=own, mlp_hidden=mlp_hidden, norm_eps=eps)
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
-    def from_spec(cls, spec: Mapping[str, Any], *, device: torch.device | str | None = None,
+    def from_spec(cls, spec: Mapping[str, Any] | ResolvedSpec, *, device: torch.device | str | None = None,
                   dtype: torch.dtype | None = None, host: PluginHost | None = None) -> HSALanguageModel:
-        """Build from a layout (raw or canonical; it is resolved again, which is idempotent).
+        """Build from a layout (raw, canonical or typed; it is resolved again, which is idempotent).
 
         ``device="meta"`` builds without allocating (parameter counts of large models).
         """
@@ -342,7 +347,7 @@ class HSALanguageModel(nn.Module):
         mems: dict[str, MemoryState] = dict(cache.memories) if cache is not None else {}
         states: list[MixerState | None] = [None] * len(self.layers)
         shared: dict[str, Selection] = {}
-        layers_spec = self.spec["layers"]
+        layers_spec = self.layout.layers
         # Recompute each block in backward instead of keeping its activations (only while training
         # with gradients: inference and decoding never pay for it).
         ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
@@ -356,7 +361,7 @@ class HSALanguageModel(nn.Module):
                 else:
                     h, states[i] = block(h, prev, return_state=keep)
             else:
-                sel_name, mem_name = layers_spec[i]["selection"], layers_spec[i]["memory"]
+                sel_name, mem_name = layers_spec[i].selection, layers_spec[i].memory
                 memory = mems[mem_name]
                 if block.retrieval is not None:  # multi-hop: select from this layer's own input
                     selection = block.retrieval(h, memory, position)

@@ -1,7 +1,9 @@
 """Plugin manager and the typed registries it fills.
 
 Registries record which plugin registered each kind (provenance, shown by ``hsa list``), refuse
-duplicates, and answer an unknown name with the closest known ones.
+duplicates, and answer an unknown name with the closest known ones. The library fills two: backbones
+and retrieval layers. An application adds registries of its own, filled by hooks it declares
+(:meth:`PluginHost.extension`; the tasks of :mod:`hsa_app.tasks`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import importlib.util
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Generic, TypeVar
 
 import pluggy
@@ -23,7 +26,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class KindInfo:
-    """A registered kind: a backbone, a retrieval layer or a task.
+    """A registered kind: a backbone, a retrieval layer, or a kind of an application's registry (a task).
 
     Attributes:
         name: the name layouts and commands use (``mamba2``, ``hsa``, ``passkey``...).
@@ -44,7 +47,7 @@ class KindInfo:
 
 
 # Names kept for readability at the call sites: every registry holds the same kind of entry.
-BackboneInfo = RetrievalLayerInfo = TaskInfo = KindInfo
+BackboneInfo = RetrievalLayerInfo = KindInfo
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,7 @@ class PluginHost:
         self.pm.add_hookspecs(hookspecs)
         self.backbones: Registry[BackboneInfo] = Registry("backbone")
         self.retrieval_layers: Registry[RetrievalLayerInfo] = Registry("retrieval layer")
-        self.tasks: Registry[TaskInfo] = Registry("task")
+        self._extensions: dict[str, Registry[KindInfo]] = {}  # hook name -> registry of an application
         self.broken: dict[str, str] = {}  # entry-point plugins that failed to import -> why
         self._filled = False
 
@@ -160,18 +163,30 @@ class PluginHost:
             return
         self.backbones = Registry("backbone")
         self.retrieval_layers = Registry("retrieval layer")
-        self.tasks = Registry("task")
+        self._extensions = {hook: Registry(reg.what) for hook, reg in self._extensions.items()}
         hooks = self.pm.hook
         for hook, registry in ((hooks.hsa_register_backbones, self.backbones),
                                (hooks.hsa_register_retrieval_layers, self.retrieval_layers),
-                               (hooks.hsa_register_tasks, self.tasks)):
+                               *((getattr(hooks, name), reg) for name, reg in self._extensions.items())):
             for impl in hook.get_hookimpls():
                 impl.function(register=_registrar(registry, impl.plugin_name))
         self._filled = True
 
-    def task_registry(self) -> Registry[TaskInfo]:
+    def extension(self, specs: ModuleType, hook: str, what: str) -> Registry[KindInfo]:
+        """The registry of an application's hook ``hook`` (declared in its hookspec module ``specs``).
+
+        The first call adds ``specs`` to this plugin manager (plugins registered before then are checked
+        against it, so entry-point plugins loaded earlier keep working); every implementation of the
+        hook then registers its kinds as for the library's hooks: ``register(name, factory, *,
+        description="", requires=(), extra=None, defaults=None)``. ``what`` names a kind in errors.
+        """
+        if hook not in self._extensions:
+            if getattr(getattr(self.pm.hook, hook, None), "spec", None) is None:
+                self.pm.add_hookspecs(specs)
+            self._extensions[hook] = Registry(what)
+            self._filled = False
         self._fill()
-        return self.tasks
+        return self._extensions[hook]
 
     def backbone_registry(self) -> Registry[BackboneInfo]:
         self._fill()
@@ -248,8 +263,3 @@ def backbones() -> Registry[BackboneInfo]:
 def retrieval_layers() -> Registry[RetrievalLayerInfo]:
     """Registry of retrieval-layer kinds from all plugins."""
     return get_host().retrieval_registry()
-
-
-def tasks() -> Registry[TaskInfo]:
-    """Registry of synthetic task kinds from all plugins."""
-    return get_host().task_registry()

@@ -2,7 +2,7 @@
 none cites an issue number.
 
 Docs: README.md, docs/*.md, bench/**/README.md, plugins/*/README.md. Docstrings: every module, class and
-function docstring of the Python files under hsa_core/, kernels/, backbones/, cli/, bench/, plugins/,
+function docstring of the Python files under hsa_core/, app/, kernels/, backbones/, cli/, bench/, plugins/,
 examples/ and scripts/.
 
 What counts as a reference: a markdown link ``[text](target)`` (not a URL or an anchor), and a code span
@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CODE_DIRS = ("hsa_core", "kernels", "backbones", "cli", "bench", "plugins", "examples", "scripts")
+CODE_DIRS = ("hsa_core", "app", "kernels", "backbones", "cli", "bench", "plugins", "examples", "scripts")
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 SPAN = re.compile(r"``?([^`\s]+)``?")
 FILE = re.compile(r"^[\w.\-*/]+\.(py|md|yaml|yml|json|jsonl|sh|toml|png|txt|log|cfg)$")

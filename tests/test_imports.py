@@ -3,7 +3,7 @@
 Edges are every ``import`` statement of a module (top-level or inside a function; those under
 ``if TYPE_CHECKING:`` are left out), resolved to the modules of ``hsa_core``, ``hsa_kernels``,
 ``hsa_backbones`` and ``hsa_cli`` (folders ``hsa_core/``, ``kernels/``, ``backbones/``, ``cli/``). Checked
-at three levels: modules, subpackages (``hsa_core.training``, ``hsa_kernels.hsa_attention``, ...) and
+at three levels: modules, subpackages (``hsa_app.training``, ``hsa_kernels.hsa_attention``, ...) and
 packages.
 """
 
@@ -16,11 +16,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = {"hsa_core": "hsa_core", "hsa_kernels": "kernels", "hsa_backbones": "backbones", "hsa_cli": "cli"}
-#: Known subpackage cycles, to be removed by moving training/evaluation/tasks/data into an application package:
-#: hsa_core.training imports hsa_core.evaluation (evaluate during training) and back (checkpoints, devices);
-#: hsa_core.data feeds training (text batches) and evaluation (perplexity, passkey in text) and uses both.
-KNOWN_SUBPACKAGE_CYCLES = [{"hsa_core.data", "hsa_core.evaluation", "hsa_core.training"}]
+PACKAGES = {"hsa_core": "hsa_core", "hsa_app": "app", "hsa_kernels": "kernels", "hsa_backbones": "backbones",
+            "hsa_cli": "cli"}
 
 
 def _modules() -> dict[str, Path]:
@@ -130,14 +127,13 @@ def test_the_graph_sees_function_level_and_relative_imports() -> None:
     assert "hsa_kernels" in graph["hsa_core.ops.dispatch"]  # top-level absolute import
     assert "hsa_core.io" in graph["hsa_core.model"]  # inside a method, relative
     assert "hsa_core.model" not in graph["hsa_core.io"]  # only under TYPE_CHECKING there
+    assert "hsa_app.runtime.checkpoint" in graph["hsa_app.training.trainer"]  # ``from ..runtime import checkpoint``
 
 
 @pytest.mark.parametrize("level", [pytest.param(None, id="modules"), pytest.param(2, id="subpackages"),
                                    pytest.param(1, id="packages")])
 def test_no_import_cycles(level: int | None) -> None:
-    cycles = _cycles(_graph(level))
-    known = KNOWN_SUBPACKAGE_CYCLES if level == 2 else []
-    assert [c for c in cycles if c not in known] == []
+    assert _cycles(_graph(level)) == []
 
 
 def test_kernels_import_no_other_package() -> None:
@@ -145,3 +141,22 @@ def test_kernels_import_no_other_package() -> None:
     assert graph["hsa_kernels"] == set()
     assert graph["hsa_core"] == {"hsa_kernels"}
     assert "hsa_cli" not in graph["hsa_backbones"]
+
+
+def test_the_library_never_imports_the_application() -> None:
+    """``hsa_core`` is the library, ``hsa_app`` the application built on it: the edge goes one way only,
+    at every level (no module of ``hsa_core`` imports any module of ``hsa_app``, even inside a function)."""
+    modules = _graph(None)
+    assert [(m, sorted(d for d in deps if d.startswith("hsa_app"))) for m, deps in modules.items()
+            if m.startswith("hsa_core") and any(d.startswith("hsa_app") for d in deps)] == []
+    assert "hsa_core" in _graph(1)["hsa_app"]
+
+
+def test_application_subpackages_are_layered() -> None:
+    """runtime < tasks < data < evaluation < training < recipes: each imports only those before it."""
+    order = ["hsa_app.runtime", "hsa_app.tasks", "hsa_app.data", "hsa_app.evaluation", "hsa_app.training",
+             "hsa_app.recipes"]
+    graph = _graph(2)
+    for i, sub in enumerate(order):
+        later = set(order[i:])
+        assert graph[sub] & later == set(), sub

@@ -88,12 +88,12 @@ def record(specs: list[str], seq_len: int, batch: int, shard: int, shards: int, 
     """Time this shard's candidates in each layout's probe; ``out`` is rewritten after each layout, so
     a shard stopped by a time limit still leaves what it measured."""
     import torch
+    from hsa_app.training.throughput import bench_layout
     from hsa_backbones.fast_paths import causal_conv_kernel, mamba_triton
     from hsa_cli._common import load_spec_from
 
     from hsa_core.layout import resolve
     from hsa_core.model import HSALanguageModel
-    from hsa_core.training.throughput import bench_layout
 
     if not torch.cuda.is_available():
         raise SystemExit("error: recording a launch table needs a CUDA GPU")

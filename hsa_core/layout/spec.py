@@ -13,7 +13,8 @@ The canonical spec is a plain JSON-able ``dict``::
                  selection, memory}, ...]}     # selection/memory only on retrieval layers
 
 It is itself a valid layout (``resolve(resolve(x)) == resolve(x)``): ``defaults``, ``symbols`` and
-``overrides`` are folded into the layers and dropped. Every error is a
+``overrides`` are folded into the layers and dropped. :class:`~hsa_core.layout.typed.ResolvedSpec` holds
+the same content as frozen dataclasses (``from_dict`` / ``to_dict``, same keys in the same order). Every error is a
 :class:`~hsa_core.errors.SpecError` whose ``path`` points at the offending key.
 """
 

@@ -18,7 +18,7 @@ import tarfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = (ROOT / "tests" / "training" / "tiny.yaml").read_text()
+TINY = (ROOT / "tests" / "app" / "training" / "tiny.yaml").read_text()
 
 
 def _ar(members: dict[str, bytes]) -> bytes:

@@ -178,7 +178,7 @@ def test_unwritable_out_fails_before_building(runner: CliRunner, blocked: Path,
 
 def test_unwritable_out_fails_before_training(runner: CliRunner, blocked: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    import hsa_core.training as training
+    import hsa_app.training as training
 
     monkeypatch.setattr(training, "train", lambda *a, **k: pytest.fail("trained"))
     line = _one_error_line(runner.invoke(app, ["train", "ramba-cpu", "--out", str(blocked), "--steps", "1"]), 5)
@@ -187,7 +187,7 @@ def test_unwritable_out_fails_before_training(runner: CliRunner, blocked: Path,
 
 def test_unwritable_eval_out_fails_before_evaluating(runner: CliRunner, blocked: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    import hsa_core.evaluation as evaluation
+    import hsa_app.evaluation as evaluation
 
     monkeypatch.setattr(evaluation, "run_eval", lambda *a, **k: pytest.fail("evaluated"))
     line = _one_error_line(runner.invoke(app, ["eval", "passkey", str(tmp_path), "--out", str(blocked)]), 5)

@@ -13,7 +13,7 @@ import torch
 from hsa_cli.app import app
 from typer.testing import CliRunner
 
-TINY = Path(__file__).parents[1] / "training" / "tiny.yaml"
+TINY = Path(__file__).parents[1] / "app" / "training" / "tiny.yaml"
 
 
 def _corpus(root: Path, docs: int = 16) -> Path:

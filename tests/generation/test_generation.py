@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from hsa_app.data.tokenizer import ByteTokenizer
 
-from hsa_core.data.tokenizer import ByteTokenizer
 from hsa_core.generation import TextStream, pick_token, prefill, stream_generate
 
-TINY = Path(__file__).parents[1] / "training" / "tiny.yaml"
+TINY = Path(__file__).parents[1] / "app" / "training" / "tiny.yaml"
 
 
 def _model():

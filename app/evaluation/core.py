@@ -1,0 +1,165 @@
+"""Exact-match evaluation over a depth x length grid with bounded memory.
+
+A sequence far longer than training is prefilled segment by segment through the model cache
+(recurrent states + incremental chunk memory + position), so activations never exceed one segment;
+only the chunk memory grows with the length (keys/values of the complete chunks, which HSA needs).
+Of each segment's logits only the rows at answer positions are kept.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from hsa_core.devices import autocast_context
+
+from ..tasks import Task, TaskBatch
+
+
+@dataclass
+class CellResult:
+    """One (length, depth) cell: ``accuracy`` = fraction of samples whose every answer token is the
+    argmax (exact match); ``token_accuracy`` = fraction of answer tokens right."""
+
+    length: int
+    depth: float | None
+    samples: int
+    accuracy: float
+    token_accuracy: float
+    seconds: float
+
+
+@dataclass
+class EvalResult:
+    task: str
+    task_options: dict[str, Any]
+    lengths: list[int]
+    depths: list[float | None]
+    cells: list[CellResult] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def cell(self, length: int, depth: float | None) -> CellResult:
+        return next(c for c in self.cells if c.length == length and c.depth == depth)
+
+    def by_length(self) -> dict[int, float]:
+        """Mean exact-match accuracy per length over depths (sample-weighted)."""
+        out = {}
+        for n in self.lengths:
+            cs = [c for c in self.cells if c.length == n]
+            out[n] = sum(c.accuracy * c.samples for c in cs) / max(1, sum(c.samples for c in cs))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["accuracy_by_length"] = {str(k): v for k, v in self.by_length().items()}
+        return d
+
+
+@torch.inference_mode()
+def predict_answers(model: nn.Module, batch: TaskBatch, *, segment_len: int = 4096,
+                    autocast_dtype: torch.dtype | None = None) -> Tensor:
+    """Teacher-forced argmax at the answer positions, prefilling ``segment_len`` tokens at a time.
+
+    Args:
+        model: ``forward(ids, cache, return_cache=True) -> (logits, cache)``.
+        batch: on the model's device; ``input_ids`` ``(B, T)``.
+
+    Returns:
+        ``(B, A)`` predicted ids at ``batch.answer_positions``.
+    """
+    ids, pos = batch.input_ids, batch.answer_positions
+    T = ids.shape[1]
+    device = ids.device
+    preds = torch.full_like(pos, -1)
+    cache = None
+    first_needed = int(pos.min())
+    with autocast_context(device, autocast_dtype):
+        for s in range(0, T, segment_len):
+            e = min(T, s + segment_len)
+            out = model(ids[:, s:e], cache, return_cache=True)
+            cache = out.cache
+            if e <= first_needed:
+                continue
+            inside = (pos >= s) & (pos < e)
+            if inside.any():
+                idx = (pos - s).clamp(0, e - s - 1)
+                rows = out.logits.gather(1, idx.unsqueeze(-1).expand(-1, -1, out.logits.shape[-1]))
+                preds = torch.where(inside, rows.argmax(-1), preds)
+    return preds
+
+
+def _cell_seed(seed: int, length: int, depth_index: int) -> int:
+    # Stable across runs and machines (no Python hash randomisation).
+    return zlib.crc32(f"{seed}:{length}:{depth_index}".encode()) & 0x7FFFFFFF
+
+
+def evaluate(model: nn.Module, task: Task, lengths: Sequence[int], depths: Sequence[float | None], *,
+             samples: int = 32, seed: int = 1234, segment_len: int = 4096, max_batch_tokens: int = 1 << 17,
+             device: torch.device | str | None = None, autocast_dtype: torch.dtype | None = None,
+             rank: int = 0, world_size: int = 1, reduce: Callable[[Tensor], Tensor] | None = None,
+             on_cell: Callable[[CellResult], None] | None = None,
+             time_limit: float | None = None) -> EvalResult:
+    """Exact-match accuracy of ``model`` on ``task`` for every (length, depth).
+
+    The samples of a cell are the same for every model (seeded by ``seed``, length and depth index),
+    so runs are comparable. With ``world_size > 1`` each rank scores samples ``rank::world_size`` and
+    ``reduce`` (an all-reduce sum) combines the counts.
+
+    Args:
+        samples: per cell.
+        max_batch_tokens: sequences per forward = ``max(1, max_batch_tokens // length)``.
+        time_limit: seconds; a length is not started when it would end past the limit, its time
+            predicted from the previous length's (proportional to the length). At least one length is
+            evaluated; ``result.lengths`` lists the ones done and ``result.meta["skipped_lengths"]`` the
+            others. Pass lengths in increasing order so that the cheap ones are done first.
+    """
+    t_start = time.perf_counter()
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    result = EvalResult(task.name, dict(task.options), list(lengths), list(depths))
+    try:
+        last: tuple[int, float] | None = None  # (length, seconds) of the previous length
+        for li, length in enumerate(lengths):
+            elapsed = time.perf_counter() - t_start
+            predicted = 0.0 if last is None else last[1] * length / last[0]
+            if li and time_limit is not None and elapsed + predicted > time_limit:
+                result.lengths = list(lengths[:li])
+                result.meta["skipped_lengths"] = list(lengths[li:])
+                break
+            per_batch = max(1, min(samples, max_batch_tokens // length))
+            t_length = time.perf_counter()
+            for di, depth in enumerate(depths):
+                t0 = time.perf_counter()
+                g = torch.Generator().manual_seed(_cell_seed(seed, length, di))
+                counts = torch.zeros(3, dtype=torch.float64)  # exact, tokens right, tokens
+                done = 0
+                while done < samples:
+                    n = min(per_batch, samples - done)
+                    batch = task.sample(n, length, g, depth=depth)
+                    mine = torch.arange(done, done + n) % world_size == rank
+                    done += n
+                    if not mine.any():
+                        continue
+                    b = batch.select(mine).to(device)
+                    preds = predict_answers(model, b, segment_len=segment_len, autocast_dtype=autocast_dtype)
+                    right = (preds == b.answers()).cpu()
+                    counts += torch.tensor([right.all(1).sum().item(), right.sum().item(), right.numel()],
+                                           dtype=torch.float64)
+                if reduce is not None:
+                    counts = reduce(counts)
+                cell = CellResult(length, depth, samples, float(counts[0] / samples),
+                                  float(counts[1] / max(1.0, float(counts[2]))), time.perf_counter() - t0)
+                result.cells.append(cell)
+                if on_cell is not None:
+                    on_cell(cell)
+            last = (length, time.perf_counter() - t_length)
+    finally:
+        model.train(was_training)
+    return result

@@ -1,0 +1,152 @@
+"""Evaluation: segment-wise prefill scores exactly like a full pass, grid bookkeeping, reports, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from hsa_app.evaluation import evaluate, format_length, parse_depths, parse_lengths, predict_answers
+from hsa_app.tasks import KEY, make_task
+from torch import nn
+from typer.testing import CliRunner
+
+from hsa_core.model import ModelOutput
+
+TINY = Path(__file__).parents[1] / "training" / "tiny.yaml"
+
+
+class Oracle(nn.Module):
+    """Knows the targets; answers right with probability ``p`` per sample, through a carried
+    position like a real cache (so wrong segment bookkeeping would show)."""
+
+    def __init__(self, targets: torch.Tensor, vocab: int, wrong_rows: list[int]) -> None:
+        super().__init__()
+        self.targets, self.vocab, self.wrong = targets, vocab, wrong_rows
+        self.w = nn.Parameter(torch.zeros(()))
+        self.calls: list[int] = []
+
+    def forward(self, ids: torch.Tensor, cache: Any = None, return_cache: bool = False) -> ModelOutput:
+        pos = 0 if cache is None else cache
+        T = ids.shape[1]
+        self.calls.append(T)
+        tgt = self.targets[:, pos: pos + T].clamp(min=0).clone()
+        tgt[self.wrong] = (tgt[self.wrong] + 1) % self.vocab
+        return ModelOutput(nn.functional.one_hot(tgt, self.vocab).float(), pos + T)
+
+
+def test_predict_answers_segments_like_full_pass() -> None:
+    task = make_task("passkey", vocab_size=64, num_symbols=16, min_gap=8)
+    b = task.sample(3, 100, seed=0)
+    oracle = Oracle(b.targets, 64, wrong_rows=[1])
+    preds = predict_answers(oracle, b, segment_len=7)
+    assert oracle.calls[:2] == [7, 7] and sum(oracle.calls) == 100
+    right = preds == b.answers()
+    assert right[0].all() and right[2].all() and not right[1].any()
+
+
+def test_real_model_segmented_equals_full(tiny_model) -> None:
+    task = make_task("passkey", vocab_size=96, num_symbols=16, min_gap=16)
+    b = task.sample(2, 90, seed=1)
+    full = tiny_model(b.input_ids).logits.gather(
+        1, b.answer_positions[..., None].expand(-1, -1, 96)).argmax(-1)
+    for seg in (13, 32, 4096):
+        assert torch.equal(predict_answers(tiny_model, b, segment_len=seg), full)
+
+
+def test_evaluate_grid_and_reduce() -> None:
+    task = make_task("passkey", vocab_size=64, num_symbols=16, min_gap=8)
+
+    class Perfect(nn.Module):
+        """A passkey oracle: after the repeated marker, continue what followed the first marker."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(()))
+
+        def forward(self, ids, cache=None, return_cache=False):
+            pos, hist = (0, ids) if cache is None else (cache[0], torch.cat([cache[1], ids], 1))
+            out = torch.zeros(*ids.shape, 64)
+            for b in range(ids.shape[0]):
+                keys = (hist[b] == KEY).nonzero()[:, 0].tolist()
+                for t in range(ids.shape[1]):
+                    a = pos + t
+                    seen = [k for k in keys if k <= a]
+                    if len(seen) >= 2:
+                        out[b, t, hist[b, seen[0] + 1 + a - seen[-1]]] = 1
+            return ModelOutput(out, (pos + ids.shape[1], hist))
+
+    res = evaluate(Perfect(), task, [40, 64], [0.0, 0.5, None], samples=5, segment_len=16, device="cpu")
+    assert [(c.length, c.depth) for c in res.cells] == [(40, 0.0), (40, 0.5), (40, None), (64, 0.0), (64, 0.5),
+                                                        (64, None)]
+    assert all(c.accuracy == 1.0 and c.token_accuracy == 1.0 and c.samples == 5 for c in res.cells)
+    assert res.by_length() == {40: 1.0, 64: 1.0}
+    # two "ranks" each score their half; summing their counts gives the same cells
+    halves = [evaluate(Perfect(), task, [40], [0.5], samples=5, rank=r, world_size=2, device="cpu",
+                       reduce=lambda t: t) for r in (0, 1)]
+    assert sum(h.cells[0].accuracy for h in halves) == pytest.approx(1.0)
+
+
+def test_time_limit_keeps_the_lengths_done_and_names_the_rest() -> None:
+    task = make_task("passkey", vocab_size=64, num_symbols=16, min_gap=8)
+    class Constant(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(()))
+
+        def forward(self, ids, cache=None, return_cache=False):
+            return ModelOutput(torch.zeros(*ids.shape, 64), None)
+
+    res = evaluate(Constant(), task, [40, 48, 64], [0.5], samples=2, device="cpu", time_limit=0.0)
+    # at least the first length is evaluated; later ones are skipped and listed
+    assert res.lengths == [40] and [c.length for c in res.cells] == [40]
+    assert res.meta["skipped_lengths"] == [48, 64]
+    assert set(res.by_length()) == {40}
+    full = evaluate(Constant(), task, [40, 48], [0.5], samples=2, device="cpu", time_limit=1e9)
+    assert full.lengths == [40, 48] and "skipped_lengths" not in full.meta
+
+
+def test_parsers() -> None:
+    assert parse_lengths("512, 1k,2K,1m") == [512, 1024, 2048, 1 << 20]
+    assert parse_lengths("1.5k") == [1536]
+    assert [format_length(n) for n in (512, 1024, 4096, 1 << 20, 1000)] == ["512", "1k", "4k", "1m", "1000"]
+    assert parse_depths("0,0.5,1") == [0.0, 0.5, 1.0]
+    for bad in ("x", "", "0.5k1"):
+        with pytest.raises(ValueError):
+            parse_lengths(bad)
+    with pytest.raises(ValueError):
+        parse_depths("1.5")
+
+
+def test_cli_train_then_eval(tmp_path: Path) -> None:
+    from hsa_cli.app import app
+
+    runner = CliRunner()
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["train", str(TINY), "--out", str(run), "--seq-len", "48", "--steps", "3",
+                            "--batch-size", "2", "--task-option", "num_symbols=16", "--no-progress",
+                            "--checkpoint-every", "2"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["eval", "passkey", str(run), "--lengths", "48,96", "--depths", "0.2,0.8",
+                            "--samples", "3", "--segment-len", "32"])
+    assert r.exit_code == 0, r.output
+    assert "exact match" in r.output and "96" in r.output
+    data = json.loads((run / "eval_passkey.json").read_text())
+    assert data["lengths"] == [48, 96] and len(data["cells"]) == 4
+    assert data["task_options"]["num_symbols"] == 16  # taken from the training run
+    assert data["meta"]["train_seq_len"] == 48
+    png = (run / "eval_passkey.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    # other tasks evaluate the same model (options default from the model)
+    r = runner.invoke(app, ["eval", "niah_multikey", str(run), "--lengths", "96", "--depths", "0.5", "--samples",
+                            "2"])
+    assert r.exit_code == 0, r.output
+    # usage errors: one line, exit 2
+    r = runner.invoke(app, ["eval", "passkey", str(run), "--lengths", "abc"])
+    assert r.exit_code == 2
+    r = runner.invoke(app, ["eval", "passkey", str(tmp_path / "missing")])
+    assert r.exit_code == 2
+    r = runner.invoke(app, ["train", str(TINY), "--out", str(run), "--steps", "1"])
+    assert r.exit_code == 2 and "--resume" in r.output
