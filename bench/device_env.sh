@@ -10,6 +10,7 @@ ln -sfn "$PWD/kernels" /tmp/pkgs/hsa_kernels
 ln -sfn "$PWD/hsa_core" /tmp/pkgs/hsa_core
 ln -sfn "$PWD/backbones" /tmp/pkgs/hsa_backbones
 ln -sfn "$PWD/cli" /tmp/pkgs/hsa_cli
+ln -sfn "$PWD/app" /tmp/pkgs/hsa_app
 if ls .whl/*.whl >/dev/null 2>&1; then
   if [ ! -f /tmp/site/.hsa-installed ]; then  # once per machine (parallel scripts source this file too)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
