@@ -12,12 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-
-def fmt_len(n: int) -> str:
-    for unit, size in (("m", 1 << 20), ("k", 1 << 10)):
-        if n >= size and n % size == 0:
-            return f"{n // size}{unit}"
-    return str(n)
+from hsa_app.evaluation.report import format_length as fmt_len
 
 
 def training_rows(out: Path) -> list[str]:
