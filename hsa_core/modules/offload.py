@@ -1,0 +1,275 @@
+"""Host-offloaded chunk memory: K/V of complete chunks in (pinned) host memory, landmarks on the GPU.
+
+A chunk memory grows with the context: ``2 * S * H * D`` values of K/V per chunk, against
+``H_r * d_rh`` for its landmark. Selection needs every landmark for every token, but attention only
+reads the K/V of the few chunks each token picks. So an offloaded memory keeps
+
+* the landmarks in a growable buffer on the compute device (selection runs unchanged),
+* the K/V of every complete chunk in a growable host buffer (pinned under CUDA, so copies are
+  asynchronous), filled from the device as chunks complete (device -> host on a side stream),
+* the K/V of the chunks completed by the latest call that added any ("resident" chunks, at most one
+  segment's worth) on the device as well, so that the tokens of a segment read the chunks completed
+  inside it without a round trip through the host.
+
+Before attention, :func:`gather_selected` copies the union of the chunks a call selected (per batch
+row, deduplicated) from the host into one compact device buffer and renumbers the selection into it,
+so :func:`hsa_core.ops.hsa_attention` runs unchanged; the model does this once per selection, so all
+the HSA layers that share a selection (RAMba's) share one copy. The values attended are the same
+values, in the same slots and order, as on the on-device path: the result is identical (bit for bit
+on CPU, where the ops are deterministic).
+
+On a machine without CUDA the same code runs with ordinary memory and no streams, which is how the
+tests exercise it. Offloading is an inference feature: the host store is appended to in place and
+copies carry no gradient, so a state with a store refuses to run with gradients enabled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["ChunkStore", "GrowableBuffer", "gather_selected"]
+
+
+class GrowableBuffer:
+    """A tensor that grows along dim 1 by amortised doubling: appends copy only the new rows.
+
+    Args:
+        template: ``(B, n, *rest)``: the batch size, trailing shape, dtype and device of the rows.
+        capacity: rows to allocate at first (a caller that knows the final length reserves it).
+        pin: allocate in pinned host memory (asynchronous host <-> device copies).
+    """
+
+    def __init__(self, template: Tensor, *, device: torch.device, capacity: int = 0, pin: bool = False) -> None:
+        self.batch, self.rest, self.dtype = template.shape[0], tuple(template.shape[2:]), template.dtype
+        self.device, self.pin = device, pin
+        self.length = 0
+        self.data = self._alloc(max(capacity, template.shape[1], 1))
+
+    def _alloc(self, rows: int) -> Tensor:
+        return torch.empty((self.batch, rows, *self.rest), dtype=self.dtype, device=self.device,
+                           pin_memory=self.pin)
+
+    @property
+    def capacity(self) -> int:
+        return self.data.shape[1]
+
+    def reserve(self, rows: int) -> None:
+        """Make room for ``rows`` rows in all (one copy of the filled part, when it moves)."""
+        if rows > self.capacity:
+            new = self._alloc(rows)
+            new[:, :self.length].copy_(self.data[:, :self.length])
+            self.data = new
+
+    def append(self, rows: Tensor, *, non_blocking: bool = False) -> None:
+        """Copy ``rows`` ``(B, n, *rest)`` after the filled part (growing by at least 2x when full)."""
+        n = rows.shape[1]
+        if self.length + n > self.capacity:
+            self.reserve(max(self.length + n, 2 * self.capacity))
+        self.data[:, self.length:self.length + n].copy_(rows, non_blocking=non_blocking)
+        self.length += n
+
+    def view(self) -> Tensor:
+        """The filled rows ``(B, length, *rest)`` (a view: later appends do not change it)."""
+        return self.data[:, :self.length]
+
+    def nbytes(self) -> int:
+        """Bytes allocated (capacity, not only the filled rows)."""
+        return self.data.numel() * self.data.element_size()
+
+
+@dataclass
+class ChunkStore:
+    """The offloaded part of one chunk memory (one per memory per cache; shared by the states that
+    continue one another, appended in place).
+
+    Attributes:
+        chunk_size: S.
+        device: the compute device (landmarks, resident chunks, gathered chunks).
+        reserve_chunks: capacity to allocate on the first append (the caller's length hint).
+        k, v: host buffers of ``(B, chunks, S, H, D)`` (``None`` until the first chunk).
+        landmarks: device buffer of ``(B, chunks, H_r, d_rh)`` (``None`` until the first chunk).
+    """
+
+    chunk_size: int
+    device: torch.device
+    reserve_chunks: int = 0
+    k: GrowableBuffer | None = None
+    v: GrowableBuffer | None = None
+    landmarks: GrowableBuffer | None = None
+    _copy_stream: torch.cuda.Stream | None = None
+    _appended: torch.cuda.Event | None = None
+    _staging: Tensor | None = None
+    _staged: torch.cuda.Event | None = None
+
+    @classmethod
+    def create(cls, chunk_size: int, device: torch.device | str | None, reserve_chunks: int = 0) -> ChunkStore:
+        device = torch.device(device if device is not None else "cpu")
+        stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        return cls(chunk_size, device, reserve_chunks, _copy_stream=stream)
+
+    @property
+    def cuda(self) -> bool:
+        return self._copy_stream is not None
+
+    @property
+    def num_chunks(self) -> int:
+        return 0 if self.landmarks is None else self.landmarks.length
+
+    def host_nbytes(self) -> int:
+        """Host bytes allocated for K/V."""
+        return sum(b.nbytes() for b in (self.k, self.v) if b is not None)
+
+    def device_nbytes(self) -> int:
+        """Device bytes allocated for the landmarks."""
+        return 0 if self.landmarks is None else self.landmarks.nbytes()
+
+    def append(self, k: Tensor, v: Tensor, landmarks: Tensor) -> Tensor:
+        """Add ``n`` complete chunks: k, v ``(B, n*S, H, D)`` and landmarks ``(B, n, H_r, d_rh)`` on the
+        device. Returns the landmarks of all chunks so far, ``(B, C, H_r, d_rh)`` (a device view).
+
+        K/V go to the host on the side stream (after the compute stream has produced them), so the
+        copy overlaps whatever the model computes next; :meth:`gather` waits for it before reading.
+        """
+        B, n = landmarks.shape[:2]
+        kc = k.reshape(B, n, self.chunk_size, *k.shape[2:])
+        vc = v.reshape(B, n, self.chunk_size, *v.shape[2:])
+        if self.landmarks is None:
+            cap = max(self.reserve_chunks, n)
+            self.landmarks = GrowableBuffer(landmarks, device=self.device, capacity=cap)
+            self.k = GrowableBuffer(kc, device=torch.device("cpu"), capacity=cap, pin=self.cuda)
+            self.v = GrowableBuffer(vc, device=torch.device("cpu"), capacity=cap, pin=self.cuda)
+        assert self.k is not None and self.v is not None
+        self.landmarks.append(landmarks.to(self.landmarks.dtype))
+        kc, vc = kc.to(self.k.dtype), vc.to(self.v.dtype)
+        if self._copy_stream is None:
+            self.k.append(kc)
+            self.v.append(vc)
+            return self.landmarks.view()
+        # A host buffer that must grow is reallocated and copied on the CPU: finish copies in flight.
+        if self.k.length + n > self.k.capacity:
+            self._wait_appends()
+        self._copy_stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self._copy_stream):
+            self.k.append(kc, non_blocking=True)
+            self.v.append(vc, non_blocking=True)
+            self._appended = torch.cuda.Event()
+            self._appended.record()
+        # The sources are freed by the compute stream's allocator; keep them until the copy is done.
+        kc.record_stream(self._copy_stream)
+        vc.record_stream(self._copy_stream)
+        return self.landmarks.view()
+
+    def _wait_appends(self) -> None:
+        if self._appended is not None:
+            self._appended.synchronize()
+
+    def gather(self, rows: Tensor, ids: Tensor) -> tuple[Tensor, Tensor, torch.cuda.Event | None]:
+        """K/V of chunks ``ids`` ``(B, n)`` (host chunk ids, row ``b`` reading row ``b`` of the store)
+        on the device: ``(k, v)`` each ``(B, n*S, H, D)``, and the event after which they are there
+        (``None`` without CUDA). ``rows`` is ``arange(B)``, on the CPU.
+        """
+        assert self.k is not None and self.v is not None
+        self._wait_appends()  # the host rows read here may still be on their way from the device
+        B, n = ids.shape
+        flat = (rows[:, None] * self.k.capacity + ids.cpu()).reshape(-1)
+        kh = self.k.data.reshape(B * self.k.capacity, *self.k.rest)
+        vh = self.v.data.reshape(B * self.v.capacity, *self.v.rest)
+        shape = (B, n * self.chunk_size, *self.k.rest[1:])
+        if self._copy_stream is None:
+            return kh.index_select(0, flat).view(shape), vh.index_select(0, flat).view(shape), None
+        staging = self._staging_for(2 * B * n, kh)
+        torch.index_select(kh, 0, flat, out=staging[:B * n])
+        torch.index_select(vh, 0, flat, out=staging[B * n:])
+        with torch.cuda.stream(self._copy_stream):
+            dev = staging.to(self.device, non_blocking=True)
+            self._staged = torch.cuda.Event()
+            self._staged.record()
+        dev.record_stream(torch.cuda.current_stream(self.device))
+        return dev[:B * n].view(shape), dev[B * n:].view(shape), self._staged
+
+    def _staging_for(self, n: int, like: Tensor) -> Tensor:
+        """A pinned buffer of at least ``n`` chunks, reused once its previous copy has finished."""
+        if self._staged is not None:
+            self._staged.synchronize()
+        if self._staging is None or self._staging.shape[0] < n:
+            self._staging = torch.empty((max(n, 2 * (0 if self._staging is None else self._staging.shape[0])),
+                                         *like.shape[1:]), dtype=like.dtype, pin_memory=True)
+        return self._staging[:n]
+
+    def select(self, index: Tensor | slice) -> ChunkStore:
+        """A new store with batch rows ``index`` (copies; the landmarks stay on the device)."""
+        new = ChunkStore.create(self.chunk_size, self.device, self.reserve_chunks)
+        if self.landmarks is not None and self.k is not None and self.v is not None:
+            self._wait_appends()
+            lmk = self.landmarks.view()[index]
+            new.landmarks = GrowableBuffer(lmk, device=self.device, capacity=self.landmarks.capacity)
+            new.landmarks.append(lmk)
+            for name, buf in (("k", self.k), ("v", self.v)):
+                part = buf.view()[index]
+                grown = GrowableBuffer(part, device=torch.device("cpu"), capacity=buf.capacity, pin=self.cuda)
+                grown.append(part)
+                setattr(new, name, grown)
+        return new
+
+
+def _with_resident(host: tuple[Tensor, Tensor, torch.cuda.Event | None] | None, resident_k: Tensor,
+                   resident_v: Tensor) -> tuple[Tensor, Tensor]:
+    """``[host chunks, resident chunks]`` along dim 1; the compute stream waits (on the GPU, the CPU
+    does not block) for the host chunks' copy on the side stream."""
+    if host is None:
+        return resident_k, resident_v
+    k, v, ready = host
+    if ready is not None:
+        torch.cuda.current_stream(k.device).wait_event(ready)
+    if resident_k.shape[1] == 0:
+        return k, v
+    return torch.cat([k, resident_k.to(k.dtype)], 1), torch.cat([v, resident_v.to(v.dtype)], 1)
+
+
+def gather_selected(store: ChunkStore, resident_k: Tensor, resident_v: Tensor, num_chunks: int,
+                    indices: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The chunks ``indices`` select, as one compact buffer, and the indices renumbered into it.
+
+    Args:
+        store: the memory's host store (chunks ``0 .. num_chunks-1``; the last ``R`` are also resident).
+        resident_k, resident_v: ``(B, R*S, H, D)`` device K/V of chunks ``num_chunks-R .. num_chunks-1``.
+        num_chunks: C, chunks of the memory state being read.
+        indices: ``(B, T, H_r, topk)`` int32 chunk ids, -1 = empty slot.
+
+    Returns:
+        ``(k, v, new_indices)``: k, v ``(B, (N + R)*S, H, D)`` on the device: first ``N``
+        chunks copied from the host (row ``b``: its own selected host chunks in increasing order,
+        padded to the longest row with copies of a chunk nobody reads), then the ``R`` resident
+        chunks; ``new_indices`` has ``indices``' shape and dtype, -1 kept.
+    """
+    S = store.chunk_size
+    R = resident_k.shape[1] // S
+    boundary = num_chunks - R  # chunks below it are read from the host
+    B = indices.shape[0]
+    valid = indices >= 0
+    on_host = valid & (indices < boundary)
+    new = torch.where(valid & ~on_host, indices - boundary, indices)  # resident: offset after the host part
+    if boundary == 0 or not bool(on_host.any()):
+        if R == 0 and num_chunks:
+            # Nothing selected and nothing resident: give the op one chunk, as the on-device path does
+            # (it never reads it: every slot is empty).
+            host = store.gather(torch.arange(B), torch.zeros(B, 1, dtype=torch.long))
+            return (*_with_resident(host, resident_k, resident_v), new)
+        return resident_k, resident_v, new
+    # Deduplicate per row: keys b*boundary + id, sorted by torch.unique; row b's chunks are a run.
+    row = torch.arange(B, device=indices.device).view(B, *([1] * (indices.dim() - 1))).expand_as(indices)
+    keys = row.long() * boundary + indices.long()
+    uniq = torch.unique(keys[on_host])
+    counts = torch.bincount(uniq // boundary, minlength=B)
+    starts = torch.cumsum(counts, 0) - counts
+    n = int(counts.max())
+    rank = torch.arange(uniq.numel(), device=uniq.device) - starts[uniq // boundary]
+    ids = torch.zeros(B, n, dtype=torch.long, device=uniq.device)  # padding: chunk 0, never read
+    ids[uniq // boundary, rank] = uniq % boundary
+    host = store.gather(torch.arange(B), ids.cpu())
+    pos = torch.searchsorted(uniq, keys.clamp(min=0)) - starts[row.long()]
+    new = torch.where(on_host, pos.to(indices.dtype), torch.where(valid, new + n, new))
+    return (*_with_resident(host, resident_k, resident_v), new)
