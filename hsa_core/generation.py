@@ -161,49 +161,154 @@ def pick_token(logits: Tensor, *, temperature: float = 0.0, top_k: int | None = 
     return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
 
 
+def decode(model: nn.Module, logits: Tensor, cache: Any, *, max_new_tokens: int, temperature: float = 0.0,
+           top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
+           eos_id: int | None = None, autocast_dtype: torch.dtype | None = None,
+           stats: RunStats | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield the next token of every row, ``(B,)``, with the logits ``(B, V)`` it was chosen from, up
+    to ``max_new_tokens`` times, starting from the logits of the last position and the cache after
+    it: one forward call of one token per step.
+
+    A row that produced ``eos_id`` repeats it; decoding ends when every row has. ``stats`` gets the
+    decode time of the calls (synchronised, so it is the latency of a token) and the cache's memory.
+    """
+    from .evaluation.core import autocast_context
+
+    device = logits.device
+    finished = torch.zeros(logits.shape[0], dtype=torch.bool, device=device)
+    for i in range(max_new_tokens):
+        token = pick_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+        if eos_id is not None:
+            token = torch.where(finished, torch.full_like(token, eos_id), token)
+            finished |= token == eos_id
+        yield token, logits
+        if i + 1 == max_new_tokens or (eos_id is not None and bool(finished.all())):
+            break
+        t0 = time.perf_counter()
+        with autocast_context(device, autocast_dtype):
+            out = model(token[:, None], cache, return_cache=True)
+        cache, logits = out.cache, out.logits[:, -1].float()
+        if stats is not None:
+            _sync(device)
+            stats.decode_tokens += token.shape[0]
+            stats.decode_seconds += time.perf_counter() - t0
+    if stats is not None:
+        stats.finish(device, cache)
+
+
 @torch.inference_mode()
 def stream_generate(model: nn.Module, prompt: Sequence[int], *, max_new_tokens: int, temperature: float = 0.0,
                     top_k: int | None = None, top_p: float | None = None, seed: int = 0,
-                    eos_id: int | None = None, segment_len: int = 4096, device: torch.device | str = "cpu",
+                    eos_id: int | None = None, segment_len: int = 4096, device: torch.device | str | None = None,
                     autocast_dtype: torch.dtype | None = None, offload: bool | None = None,
                     stats: RunStats | None = None) -> Iterator[int]:
     """Yield up to ``max_new_tokens`` token ids continuing ``prompt`` (stops after ``eos_id``).
 
-    The prompt is prefilled segment-wise (:func:`prefill`); every new token is one forward call of
-    one token on the cache. Deterministic for a given ``seed``. ``offload`` as in :func:`prefill`;
-    ``stats`` gets the prefill and decode figures (decode time counts the calls after the first token,
-    each one token of every row, timed up to the token being on the host).
+    The prompt is prefilled segment-wise (:func:`prefill`) on the model's device (``device`` is
+    accepted for compatibility); every new token is one forward call of one token on the cache
+    (:func:`decode`). Deterministic for a given ``seed``. ``offload`` as in :func:`prefill`; ``stats``
+    gets the prefill and decode figures.
     """
-    from .evaluation.core import autocast_context
-
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     was = model.training
     model.eval()
     try:
         ids = torch.tensor([list(prompt)], dtype=torch.long)
-        device = torch.device(device)
-        g = torch.Generator().manual_seed(seed)
         logits, cache = prefill(model, ids, segment_len=segment_len, autocast_dtype=autocast_dtype,
                                 offload=offload, stats=stats)
-        for i in range(max_new_tokens):
-            token = pick_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=g)
-            tid = int(token[0])
-            yield tid
-            if (eos_id is not None and tid == eos_id) or i + 1 == max_new_tokens:
-                break
-            t0 = time.perf_counter()
-            with autocast_context(device, autocast_dtype):
-                out = model(token[:, None], cache, return_cache=True)
-            cache, logits = out.cache, out.logits[:, -1].float()
-            if stats is not None:
-                _sync(device)
-                stats.decode_tokens += 1
-                stats.decode_seconds += time.perf_counter() - t0
-        if stats is not None:
-            stats.finish(device, cache)
+        for token, _ in decode(model, logits, cache, max_new_tokens=max_new_tokens, temperature=temperature,
+                               top_k=top_k, top_p=top_p, generator=torch.Generator().manual_seed(seed),
+                               eos_id=eos_id, autocast_dtype=autocast_dtype, stats=stats):
+            yield int(token[0])
     finally:
         model.train(was)
+
+
+@torch.inference_mode()
+def generate_batch(model: nn.Module, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+                   temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+                   eos_id: int | None = None, segment_len: int = 4096, autocast_dtype: torch.dtype | None = None,
+                   offload: bool | None = None, stats: RunStats | None = None,
+                   return_logits: bool = False) -> list[list[int]] | tuple[list[list[int]], list[Tensor]]:
+    """Continue prompts of different lengths, prefilled together as one right-padded batch.
+
+    The model is causal, so the padding after a row's last token never reaches that row's logits. The
+    batch is cut at ``segment_len`` and at every prompt's end: when prompts end, their rows leave the
+    batch with their cache (:meth:`~hsa_core.model.ModelCache.select`), so no row is computed past its
+    end and each row's cache is exactly the one its prompt alone would give. Rows of equal length are
+    then decoded as one batch (a cache holds one position, so rows of different lengths decode in
+    separate batches). Greedy output equals :meth:`~hsa_core.model.HSALanguageModel.generate` on
+    each prompt alone, token for token; sampling draws from one generator per group of equal length.
+
+    Args:
+        prompts: token id lists, each of at least one token.
+        offload: keep the chunk memories' K/V in host memory (``None``: as the layout says); rows that
+            leave the batch take a copy of their rows of the store.
+        return_logits: also return each row's logits ``(N_b, V)`` fp32 for the tokens it generated.
+
+    Returns:
+        The generated ids of every prompt (after ``eos_id`` nothing more), in the order given; and the
+        logits when ``return_logits``.
+    """
+    from .evaluation.core import autocast_context
+
+    lengths = [len(p) for p in prompts]
+    if not prompts or min(lengths) < 1:
+        raise ValueError("generate_batch needs at least one prompt, each of at least one token")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    device = next(model.parameters()).device
+    B, L = len(prompts), max(lengths)
+    ids = torch.zeros(B, L, dtype=torch.long)  # right padding (never read by a real position)
+    for b, p in enumerate(prompts):
+        ids[b, :len(p)] = torch.as_tensor(list(p), dtype=torch.long)
+    was = model.training
+    model.eval()
+    try:
+        cache = model.init_cache(B, offload=offload, reserve_tokens=L + max_new_tokens) if offload is not None else None
+        if stats is not None:
+            stats.offload = bool(any(model.offloaded_memories(offload).values()))
+            RunStats.start(device)
+        t0 = time.perf_counter()
+        rows = list(range(B))  # prompts still in the batch, in batch order
+        groups: list[tuple[list[int], Tensor, Any]] = []  # (prompt indices, last logits, cache)
+        start = 0
+        for end in sorted({*range(segment_len, L, segment_len), *lengths}):
+            with autocast_context(device, autocast_dtype):
+                h, cache = model.forward_hidden(ids[rows, start:end].to(device), cache, return_cache=True)
+                done = [i for i, r in enumerate(rows) if lengths[r] == end]
+                if done:
+                    idx = torch.tensor(done, device=device)
+                    logits = model.lm_head(h[idx, -1]).float()
+            if done:
+                keep = [i for i in range(len(rows)) if lengths[rows[i]] != end]
+                group_cache = cache if not keep else cache.select(idx)
+                groups.append(([rows[i] for i in done], logits, group_cache))
+                if keep:
+                    cache = cache.select(torch.tensor(keep, device=device))
+                rows = [rows[i] for i in keep]
+            start = end
+        if stats is not None:
+            _sync(device)
+            stats.prefill_tokens += sum(lengths)
+            stats.prefill_seconds += time.perf_counter() - t0
+        out: list[list[int]] = [[] for _ in prompts]
+        out_logits: list[list[Tensor]] = [[] for _ in prompts]
+        for members, logits, group_cache in groups:
+            g = torch.Generator().manual_seed(seed)
+            for token, chosen_from in decode(model, logits, group_cache, max_new_tokens=max_new_tokens,
+                                             temperature=temperature, top_k=top_k, top_p=top_p, generator=g,
+                                             eos_id=eos_id, autocast_dtype=autocast_dtype, stats=stats):
+                for j, r in enumerate(members):
+                    if not out[r] or eos_id is None or out[r][-1] != eos_id:
+                        out[r].append(int(token[j]))
+                        out_logits[r].append(chosen_from[j])
+    finally:
+        model.train(was)
+    if return_logits:
+        return out, [torch.stack(x) if x else torch.zeros(0) for x in out_logits]
+    return out
 
 
 class TextStream:
