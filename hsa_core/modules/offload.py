@@ -34,46 +34,59 @@ __all__ = ["ChunkStore", "GrowableBuffer", "gather_selected"]
 
 
 class GrowableBuffer:
-    """A tensor that grows along dim 1 by amortised doubling: appends copy only the new rows.
+    """A tensor that grows along one dimension by amortised doubling: appends copy only the new rows.
 
     Args:
-        template: ``(B, n, *rest)``: the batch size, trailing shape, dtype and device of the rows.
+        template: a tensor of the rows' shape, dtype and device (its size along ``dim`` is ignored
+            except as a minimum capacity).
+        dim: the growing dimension, 0 or 1; the other of the two is the batch. Host K/V grow along
+            dim 0 (chunk-major), so every append and every growth copies one contiguous block (an
+            asynchronous device -> host copy needs a contiguous pinned destination).
         capacity: rows to allocate at first (a caller that knows the final length reserves it).
         pin: allocate in pinned host memory (asynchronous host <-> device copies).
     """
 
-    def __init__(self, template: Tensor, *, device: torch.device, capacity: int = 0, pin: bool = False) -> None:
-        self.batch, self.rest, self.dtype = template.shape[0], tuple(template.shape[2:]), template.dtype
+    def __init__(self, template: Tensor, *, dim: int, device: torch.device, capacity: int = 0,
+                 pin: bool = False) -> None:
+        self.shape, self.dim, self.dtype = list(template.shape), dim, template.dtype
         self.device, self.pin = device, pin
         self.length = 0
-        self.data = self._alloc(max(capacity, template.shape[1], 1))
+        self.data = self._alloc(max(capacity, template.shape[dim], 1))
 
     def _alloc(self, rows: int) -> Tensor:
-        return torch.empty((self.batch, rows, *self.rest), dtype=self.dtype, device=self.device,
-                           pin_memory=self.pin)
+        shape = list(self.shape)
+        shape[self.dim] = rows
+        return torch.empty(shape, dtype=self.dtype, device=self.device, pin_memory=self.pin)
 
     @property
     def capacity(self) -> int:
-        return self.data.shape[1]
+        return self.data.shape[self.dim]
 
     def reserve(self, rows: int) -> None:
         """Make room for ``rows`` rows in all (one copy of the filled part, when it moves)."""
         if rows > self.capacity:
             new = self._alloc(rows)
-            new[:, :self.length].copy_(self.data[:, :self.length])
+            new.narrow(self.dim, 0, self.length).copy_(self.view())
             self.data = new
 
     def append(self, rows: Tensor, *, non_blocking: bool = False) -> None:
-        """Copy ``rows`` ``(B, n, *rest)`` after the filled part (growing by at least 2x when full)."""
-        n = rows.shape[1]
+        """Copy ``rows`` after the filled part (growing by at least 2x when full)."""
+        n = rows.shape[self.dim]
         if self.length + n > self.capacity:
             self.reserve(max(self.length + n, 2 * self.capacity))
-        self.data[:, self.length:self.length + n].copy_(rows, non_blocking=non_blocking)
+        self.data.narrow(self.dim, self.length, n).copy_(rows, non_blocking=non_blocking)
         self.length += n
 
     def view(self) -> Tensor:
-        """The filled rows ``(B, length, *rest)`` (a view: later appends do not change it)."""
-        return self.data[:, :self.length]
+        """The filled rows (a view: later appends do not change it)."""
+        return self.data.narrow(self.dim, 0, self.length)
+
+    def select(self, index: Tensor | slice) -> GrowableBuffer:
+        """A new buffer (same capacity) with batch entries ``index`` of the filled rows (a copy)."""
+        part = self.view()[index] if self.dim == 1 else self.view()[:, index]
+        new = GrowableBuffer(part, dim=self.dim, device=self.device, capacity=self.capacity, pin=self.pin)
+        new.append(part)
+        return new
 
     def nbytes(self) -> int:
         """Bytes allocated (capacity, not only the filled rows)."""
@@ -89,7 +102,7 @@ class ChunkStore:
         chunk_size: S.
         device: the compute device (landmarks, resident chunks, gathered chunks).
         reserve_chunks: capacity to allocate on the first append (the caller's length hint).
-        k, v: host buffers of ``(B, chunks, S, H, D)`` (``None`` until the first chunk).
+        k, v: host buffers of ``(chunks, B, S, H, D)`` (chunk-major; ``None`` until the first chunk).
         landmarks: device buffer of ``(B, chunks, H_r, d_rh)`` (``None`` until the first chunk).
     """
 
@@ -134,13 +147,15 @@ class ChunkStore:
         copy overlaps whatever the model computes next; :meth:`gather` waits for it before reading.
         """
         B, n = landmarks.shape[:2]
-        kc = k.reshape(B, n, self.chunk_size, *k.shape[2:])
-        vc = v.reshape(B, n, self.chunk_size, *v.shape[2:])
+        # chunk-major (n, B, S, H, D): one contiguous block per append (a no-op for B = 1)
+        kc = k.reshape(B, n, self.chunk_size, *k.shape[2:]).transpose(0, 1).contiguous()
+        vc = v.reshape(B, n, self.chunk_size, *v.shape[2:]).transpose(0, 1).contiguous()
         if self.landmarks is None:
             cap = max(self.reserve_chunks, n)
-            self.landmarks = GrowableBuffer(landmarks, device=self.device, capacity=cap)
-            self.k = GrowableBuffer(kc, device=torch.device("cpu"), capacity=cap, pin=self.cuda)
-            self.v = GrowableBuffer(vc, device=torch.device("cpu"), capacity=cap, pin=self.cuda)
+            host = torch.device("cpu")
+            self.landmarks = GrowableBuffer(landmarks, dim=1, device=self.device, capacity=cap)
+            self.k = GrowableBuffer(kc, dim=0, device=host, capacity=cap, pin=self.cuda)
+            self.v = GrowableBuffer(vc, dim=0, device=host, capacity=cap, pin=self.cuda)
         assert self.k is not None and self.v is not None
         self.landmarks.append(landmarks.to(self.landmarks.dtype))
         kc, vc = kc.to(self.k.dtype), vc.to(self.v.dtype)
@@ -174,10 +189,10 @@ class ChunkStore:
         assert self.k is not None and self.v is not None
         self._wait_appends()  # the host rows read here may still be on their way from the device
         B, n = ids.shape
-        flat = (rows[:, None] * self.k.capacity + ids.cpu()).reshape(-1)
-        kh = self.k.data.reshape(B * self.k.capacity, *self.k.rest)
-        vh = self.v.data.reshape(B * self.v.capacity, *self.v.rest)
-        shape = (B, n * self.chunk_size, *self.k.rest[1:])
+        flat = (ids.cpu() * B + rows[:, None]).reshape(-1)  # (chunk, row) -> row of the (C*B, S, H, D) view
+        kh = self.k.data.flatten(0, 1)
+        vh = self.v.data.flatten(0, 1)
+        shape = (B, n * self.chunk_size, *kh.shape[2:])
         if self._copy_stream is None:
             return kh.index_select(0, flat).view(shape), vh.index_select(0, flat).view(shape), None
         staging = self._staging_for(2 * B * n, kh)
@@ -204,14 +219,11 @@ class ChunkStore:
         new = ChunkStore.create(self.chunk_size, self.device, self.reserve_chunks)
         if self.landmarks is not None and self.k is not None and self.v is not None:
             self._wait_appends()
-            lmk = self.landmarks.view()[index]
-            new.landmarks = GrowableBuffer(lmk, device=self.device, capacity=self.landmarks.capacity)
-            new.landmarks.append(lmk)
-            for name, buf in (("k", self.k), ("v", self.v)):
-                part = buf.view()[index]
-                grown = GrowableBuffer(part, device=torch.device("cpu"), capacity=buf.capacity, pin=self.cuda)
-                grown.append(part)
-                setattr(new, name, grown)
+            if isinstance(index, Tensor):
+                index = index.cpu()
+            new.k, new.v = self.k.select(index), self.v.select(index)
+            new.landmarks = self.landmarks.select(index if not isinstance(index, Tensor)
+                                                  else index.to(self.device))
         return new
 
 

@@ -172,7 +172,7 @@ def test_gather_selected_nothing_selected() -> None:
 
 
 def test_growable_buffers_grow_amortised() -> None:
-    buf = offload.GrowableBuffer(torch.zeros(2, 1, 3), device=torch.device("cpu"))
+    buf = offload.GrowableBuffer(torch.zeros(2, 1, 3), dim=1, device=torch.device("cpu"))
     caps = set()
     for i in range(100):
         buf.append(torch.full((2, 1, 3), float(i)))
