@@ -86,7 +86,7 @@ def eval_task(
         fail(str(exc), EXIT_USAGE)
     console().print(rich_table(result))
     for n, f in result.meta.get("footprint", {}).items():
-        console().print(f"  {format_length(int(n)):>6}: {footprint_line(f)}")
+        console().print(f"  {format_length(int(n)):>6}: {footprint_line(f)}", soft_wrap=True)
     if result.meta.get("skipped_lengths"):
         console().print("time limit reached; not evaluated: "
                         + ", ".join(format_length(n) for n in result.meta["skipped_lengths"]))
