@@ -63,32 +63,40 @@ def synthetic_cache(model: HSALanguageModel, context: int, *, offload: bool, dty
             k, v, lmk = (torch.cat([p[i] for p in parts], 1) for i in range(3))
             cache.memories[name] = MemoryState(k, v, lmk, pending, tokens)
     cache.position = tokens
-    torch.cuda.synchronize()
+    _sync(device)
     return cache
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 @torch.inference_mode()
 def measure(model: HSALanguageModel, context: int, *, offload: bool, steps: int, warmup: int,
             dtype: torch.dtype) -> dict[str, object]:
     cache = synthetic_cache(model, context, offload=offload, dtype=dtype, reserve=steps + warmup + 1)
-    token = torch.zeros(1, 1, dtype=torch.long, device=model.embedding.weight.device)
+    device = model.embedding.weight.device
+    token = torch.zeros(1, 1, dtype=torch.long, device=device)
     times = []
-    with torch.autocast("cuda", dtype=dtype):
+    cuda = device.type == "cuda"
+    with torch.autocast("cuda", dtype=dtype, enabled=cuda):
         for i in range(warmup + steps):
             t0 = time.perf_counter()
             out = model(token, cache, return_cache=True)
             token = out.logits[:, -1:].argmax(-1)
-            torch.cuda.synchronize()
+            _sync(device)
             if i >= warmup:
                 times.append((time.perf_counter() - t0) * 1000)
             cache = out.cache
     q = statistics.quantiles(times, n=10)
     row = {"context": context, "offload": offload, "steps": steps, "median_ms": statistics.median(times),
-           "p10_ms": q[0], "p90_ms": q[-1], "gpu_allocated_bytes": torch.cuda.memory_allocated(),
-           "gpu_peak_bytes": torch.cuda.max_memory_allocated(), "host_bytes": cache.host_nbytes(),
+           "p10_ms": q[0], "p90_ms": q[-1], "gpu_allocated_bytes": torch.cuda.memory_allocated() if cuda else None,
+           "gpu_peak_bytes": torch.cuda.max_memory_allocated() if cuda else None, "host_bytes": cache.host_nbytes(),
            "cache_device_bytes": cache.nbytes()}
     del cache, out
-    torch.cuda.empty_cache()
+    if cuda:
+        torch.cuda.empty_cache()
     return row
 
 
@@ -102,11 +110,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--warmup", type=int, default=8)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--device", default="cuda", help="cuda (the measurement) or cpu (a smoke test: fp32)")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("error: needs a CUDA GPU")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: needs a CUDA GPU (--device cpu for a smoke test)")
     torch.manual_seed(0)
-    model = HSALanguageModel.from_spec(load_spec(args.spec), device="cuda").eval()
+    model = HSALanguageModel.from_spec(load_spec(args.spec), device=args.device).eval()
+    cuda = args.device == "cuda"
     gpu_max = parse_lengths(args.gpu_max)[0]
     rows = []
     for context in parse_lengths(args.contexts):
@@ -115,20 +125,22 @@ def main() -> None:
                 continue
             if not offload and args.placement == "both" and context > gpu_max:
                 continue
-            torch.cuda.reset_peak_memory_stats()
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
             t0 = time.perf_counter()
             row = measure(model, context, offload=offload, steps=args.steps, warmup=args.warmup,
-                          dtype=torch.bfloat16)
+                          dtype=torch.bfloat16 if cuda else torch.float32)
             row["seconds"] = round(time.perf_counter() - t0, 1)
             rows.append(row)
             base = next(r for r in rows if r["offload"] == offload)
             row["vs_shortest"] = row["median_ms"] / base["median_ms"]
             print(f"{format_length(context):>5} {'offload' if offload else 'gpu':>7}: {row['median_ms']:.2f} ms/token "
                   f"(p10 {row['p10_ms']:.2f}, p90 {row['p90_ms']:.2f}; x{row['vs_shortest']:.2f} of "
-                  f"{format_length(base['context'])}), GPU peak {row['gpu_peak_bytes'] / 2**30:.2f} GiB, "
+                  f"{format_length(base['context'])}), GPU peak {(row['gpu_peak_bytes'] or 0) / 2**30:.2f} GiB, "
                   f"host {row['host_bytes'] / 2**30:.2f} GiB, {row['seconds']} s", flush=True)
-    result = {"spec": args.spec, "parameters": model.num_parameters(), "dtype": "bf16 autocast (fp32 weights)",
-              "batch": 1, "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}
+    result = {"spec": args.spec, "parameters": model.num_parameters(),
+              "dtype": "bf16 autocast (fp32 weights)" if cuda else "fp32", "batch": 1,
+              "gpu": torch.cuda.get_device_name() if cuda else None, "torch": torch.__version__, "rows": rows}
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)

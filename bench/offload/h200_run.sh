@@ -3,7 +3,7 @@
 # GPU peak and prefill throughput, decode latency of ramba-370m. From the repo root, with .whl carried
 # (bench/train/README.md), one stage per device command (each ends inside 600 s):
 #   bash bench/offload/h200_run.sh STAGE
-#   STAGE = train | short | 16m | 64m | footprint | decode | estimate | report     (bench/offload/README.md)
+#   STAGE = tests | train | short | 16m | 64m | footprint | decode | estimate | report   (bench/offload/README.md)
 # Knobs (env): RUN (the demo RAMba: a run or model directory; default runs/offload/ramba-sm, trained by
 # `train`), DEPTHS, SAMPLES, SEED, SEGMENT, FORCE=1 (run a 64M stage even when its estimate exceeds LIMIT).
 set -uo pipefail
@@ -60,6 +60,11 @@ PY
 }
 
 case "$stage" in
+  tests)  # the offload tests on CUDA (pinned buffers, copy stream, Triton kernels on gathered chunks) + a
+          # decode smoke run: a minute
+    timeout 300 python3 -m pytest -q -x -m gpu tests/model/test_offload.py 2>&1 | tail -5
+    timeout 200 python3 bench/offload/decode_latency.py --spec ramba-cpu --contexts 4k,1m --steps 16 --warmup 4
+    ;;
   train)  # (a) the demo RAMba of bench/results/h200_train (ramba-demo-sm, <= 4K tokens, ~4 min), same commands
     if [ -f "$RUN/model/config.json" ] || [ -f "$RUN/config.json" ]; then
       echo "found $RUN"
@@ -105,6 +110,6 @@ case "$stage" in
     # (elsewhere, e.g. on CPU from fetched files: python bench/offload/report.py DIR/passkey_*.json --decode ...)
     python3 bench/offload/report.py "$WORK"/*/eval_passkey.json --decode "${DECODE:-$WORK/decode.json}" --out "$OUT"
     ;;
-  *) echo "unknown stage $stage (train | short | 16m | 64m | footprint | decode | estimate | report)"; exit 2 ;;
+  *) echo "unknown stage $stage (tests | train | short | 16m | 64m | footprint | decode | estimate | report)"; exit 2 ;;
 esac
 ls "$OUT"

@@ -25,7 +25,8 @@ copies carry no gradient, so a state with a store refuses to run with gradients 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -113,7 +114,9 @@ class ChunkStore:
     v: GrowableBuffer | None = None
     landmarks: GrowableBuffer | None = None
     _copy_stream: torch.cuda.Stream | None = None
-    _appended: torch.cuda.Event | None = None
+    # (first chunk of a device -> host copy in flight, its event), oldest first: a gather waits only
+    # for the copies of the chunks it reads, not for the one of the chunks the current call completed
+    _appends: deque[tuple[int, torch.cuda.Event]] = field(default_factory=deque)
     _staging: Tensor | None = None
     _staged: torch.cuda.Event | None = None
 
@@ -165,21 +168,24 @@ class ChunkStore:
             return self.landmarks.view()
         # A host buffer that must grow is reallocated and copied on the CPU: finish copies in flight.
         if self.k.length + n > self.k.capacity:
-            self._wait_appends()
+            self._wait_appends(self.k.length)  # every copy in flight
         self._copy_stream.wait_stream(torch.cuda.current_stream(self.device))
+        first = self.k.length
         with torch.cuda.stream(self._copy_stream):
             self.k.append(kc, non_blocking=True)
             self.v.append(vc, non_blocking=True)
-            self._appended = torch.cuda.Event()
-            self._appended.record()
+            event = torch.cuda.Event()
+            event.record()
+        self._appends.append((first, event))
         # The sources are freed by the compute stream's allocator; keep them until the copy is done.
         kc.record_stream(self._copy_stream)
         vc.record_stream(self._copy_stream)
         return self.landmarks.view()
 
-    def _wait_appends(self) -> None:
-        if self._appended is not None:
-            self._appended.synchronize()
+    def _wait_appends(self, chunks: int) -> None:
+        """Block until the host holds chunks ``0 .. chunks-1`` (their device -> host copies are done)."""
+        while self._appends and self._appends[0][0] < chunks:
+            self._appends.popleft()[1].synchronize()
 
     def gather(self, rows: Tensor, ids: Tensor) -> tuple[Tensor, Tensor, torch.cuda.Event | None]:
         """K/V of chunks ``ids`` ``(B, n)`` (host chunk ids, row ``b`` reading row ``b`` of the store)
@@ -187,9 +193,10 @@ class ChunkStore:
         (``None`` without CUDA). ``rows`` is ``arange(B)``, on the CPU.
         """
         assert self.k is not None and self.v is not None
-        self._wait_appends()  # the host rows read here may still be on their way from the device
+        ids = ids.cpu()
+        self._wait_appends(int(ids.max()) + 1)  # the rows read here may still be on their way from the device
         B, n = ids.shape
-        flat = (ids.cpu() * B + rows[:, None]).reshape(-1)  # (chunk, row) -> row of the (C*B, S, H, D) view
+        flat = (ids * B + rows[:, None]).reshape(-1)  # (chunk, row) -> row of the (C*B, S, H, D) view
         kh = self.k.data.flatten(0, 1)
         vh = self.v.data.flatten(0, 1)
         shape = (B, n * self.chunk_size, *kh.shape[2:])
@@ -218,7 +225,7 @@ class ChunkStore:
         """A new store with batch rows ``index`` (copies; the landmarks stay on the device)."""
         new = ChunkStore.create(self.chunk_size, self.device, self.reserve_chunks)
         if self.landmarks is not None and self.k is not None and self.v is not None:
-            self._wait_appends()
+            self._wait_appends(self.k.length)
             if isinstance(index, Tensor):
                 index = index.cpu()
             new.k, new.v = self.k.select(index), self.v.select(index)
@@ -264,24 +271,32 @@ def gather_selected(store: ChunkStore, resident_k: Tensor, resident_v: Tensor, n
     valid = indices >= 0
     on_host = valid & (indices < boundary)
     new = torch.where(valid & ~on_host, indices - boundary, indices)  # resident: offset after the host part
-    if boundary == 0 or not bool(on_host.any()):
-        if R == 0 and num_chunks:
-            # Nothing selected and nothing resident: give the op one chunk, as the on-device path does
-            # (it never reads it: every slot is empty).
-            host = store.gather(torch.arange(B), torch.zeros(B, 1, dtype=torch.long))
-            return (*_with_resident(host, resident_k, resident_v), new)
+    if boundary == 0:
         return resident_k, resident_v, new
-    # Deduplicate per row: keys b*boundary + id, sorted by torch.unique; row b's chunks are a run.
+    # Deduplicate per row: keys b * boundary + id (sorted by torch.unique, so row b's chunks form a
+    # run, in increasing order); every slot not read from the host gets the key B * boundary, dropped.
     row = torch.arange(B, device=indices.device).view(B, *([1] * (indices.dim() - 1))).expand_as(indices)
-    keys = row.long() * boundary + indices.long()
-    uniq = torch.unique(keys[on_host])
-    counts = torch.bincount(uniq // boundary, minlength=B)
+    sentinel = B * boundary
+    keys = torch.where(on_host, row.long() * boundary + indices.long(), sentinel)
+    uniq = torch.unique(keys)
+    uniq_cpu = uniq.cpu()  # the one synchronisation: the host gather needs the ids
+    if int(uniq_cpu[-1]) == sentinel:
+        uniq, uniq_cpu = uniq[:-1], uniq_cpu[:-1]
+    if uniq_cpu.numel() == 0:
+        if R:
+            return resident_k, resident_v, new
+        # Nothing selected and nothing resident: give the op one chunk, as the on-device path has
+        # (every slot is empty, so it is never read).
+        host = store.gather(torch.arange(B), torch.zeros(B, 1, dtype=torch.long))
+        return (*_with_resident(host, resident_k, resident_v), new)
+    row_u = uniq_cpu // boundary
+    counts = torch.bincount(row_u, minlength=B)
     starts = torch.cumsum(counts, 0) - counts
     n = int(counts.max())
-    rank = torch.arange(uniq.numel(), device=uniq.device) - starts[uniq // boundary]
-    ids = torch.zeros(B, n, dtype=torch.long, device=uniq.device)  # padding: chunk 0, never read
-    ids[uniq // boundary, rank] = uniq % boundary
-    host = store.gather(torch.arange(B), ids.cpu())
-    pos = torch.searchsorted(uniq, keys.clamp(min=0)) - starts[row.long()]
+    ids = torch.zeros(B, n, dtype=torch.long)  # padding: chunk 0, never read
+    ids[row_u, torch.arange(uniq_cpu.numel()) - starts[row_u]] = uniq_cpu % boundary
+    host = store.gather(torch.arange(B), ids)
+    # slot -> its chunk's place in its row's run: (index of the key among all keys) - (start of the row)
+    pos = torch.searchsorted(uniq, keys) - starts.to(indices.device)[row]
     new = torch.where(on_host, pos.to(indices.dtype), torch.where(valid, new + n, new))
     return (*_with_resident(host, resident_k, resident_v), new)
