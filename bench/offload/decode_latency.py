@@ -115,7 +115,12 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: needs a CUDA GPU (--device cpu for a smoke test)")
     torch.manual_seed(0)
-    model = HSALanguageModel.from_spec(load_spec(args.spec), device=args.device).eval()
+    from pathlib import Path
+
+    from hsa_core import presets
+
+    spec_path = args.spec if Path(args.spec).is_file() else presets.path(args.spec)  # a file or a preset name
+    model = HSALanguageModel.from_spec(load_spec(spec_path), device=args.device).eval()
     cuda = args.device == "cuda"
     gpu_max = parse_lengths(args.gpu_max)[0]
     rows = []
