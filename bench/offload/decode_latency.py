@@ -1,5 +1,5 @@
 """Per-token decode latency of a layout (random weights) at long contexts, with its chunk memory
-offloaded to host memory or kept on the GPU (issue 13).
+offloaded to host memory or kept on the GPU.
 
 The context is synthetic: each memory is filled with random K/V and landmarks for ``N / S`` chunks and
 the recurrent states start at zero, so a 64M-token context is built in seconds instead of by a

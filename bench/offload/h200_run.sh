@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 13 on one H200: passkey with the chunk memory offloaded to host memory from 4K to 64M tokens,
+# On one H200: passkey with the chunk memory offloaded to host memory from 4K to 64M tokens,
 # GPU peak and prefill throughput, decode latency of ramba-370m. From the repo root, with .whl carried
 # (bench/train/README.md), one stage per device command (each ends inside 600 s):
 #   bash bench/offload/h200_run.sh STAGE

@@ -1,4 +1,4 @@
-"""Host-offloaded chunk memory (issue 13): the K/V of complete chunks in host memory and only the
+"""Host-offloaded chunk memory: the K/V of complete chunks in host memory and only the
 selected chunks copied to the compute device give exactly the logits and tokens of the on-device
 memory (on CPU, bit for bit), for segment-wise prefill with carried state, decoding, shared and
 multi-hop selections, batches of prompts of different lengths, and the edge cases (nothing
