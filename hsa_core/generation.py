@@ -37,6 +37,7 @@ class RunStats:
     prefill_seconds: float = 0.0
     decode_tokens: int = 0
     decode_seconds: float = 0.0
+    # memory: the largest seen over the calls recorded (several prefills add up their tokens and time)
     gpu_peak_bytes: int | None = None
     host_bytes: int = 0
     memory_device_bytes: int = 0

@@ -159,7 +159,9 @@ def evaluate(model: nn.Module, task: Task, lengths: Sequence[int], depths: Seque
                 break
             per_batch = max(1, min(samples, max_batch_tokens // length))
             t_length = time.perf_counter()
-            stats = RunStats(offload=bool(offload))
+            # offload=None: the model's layout decides (adapters without the method: not offloaded)
+            flags = model.offloaded_memories(offload) if hasattr(model, "offloaded_memories") else {"": bool(offload)}
+            stats = RunStats(offload=any(flags.values()))
             RunStats.start(device)
             for di, depth in enumerate(depths):
                 t0 = time.perf_counter()

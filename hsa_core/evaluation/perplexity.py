@@ -193,7 +193,7 @@ def run_ppl(runs: Sequence[str | Path], data_dir: str | Path, lengths: Sequence[
             torch.cuda.reset_peak_memory_stats(dev)
         nll_sum, count = position_nll(model, docs_tokens, L, eos_id=data.eos_id, segment_len=segment_len,
                                       max_batch_tokens=max_batch_tokens, device=dev, autocast_dtype=amp,
-                                      on_segment=cb, offload=offloaded)
+                                      on_segment=cb, offload=offload)
         peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None
         overall = Bucket(0, L, int(count.sum()), float(nll_sum.sum() / max(1, count.sum())))
         curves.append(PplCurve(str(r), label, bucketize(nll_sum, count, edges),

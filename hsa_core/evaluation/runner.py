@@ -96,7 +96,7 @@ def run_eval(run: str | Path, task: str, lengths: list[int], depths: list[float 
     t0 = time.perf_counter()
     result = evaluate(model, t, lengths, depths, samples=samples, seed=seed, segment_len=segment_len,
                       max_batch_tokens=max_batch_tokens, device=dev, autocast_dtype=amp, on_cell=on_cell,
-                      time_limit=time_limit, offload=offloaded)
+                      time_limit=time_limit, offload=offload)
     result.meta = {**result.meta, "model_dir": str(mdir), "train_seq_len": train_len, "samples_per_cell": samples,
                    "seed": seed, "offload": offloaded,
                    "segment_len": segment_len, "device": str(dev), "dtype": "bf16" if amp else "fp32",

@@ -25,13 +25,7 @@ MULTIHOP = (ROOT / "bench" / "train" / "layouts" / "ramba-demo-sm.yaml",
              "retrieval.sel.retrieval_dim=16", "retrieval.sel.topk=3", "defaults.mamba2.headdim=16",
              "defaults.mamba2.d_state=8", "defaults.mamba2.chunk_size=16", "symbols.H.num_heads=4"])
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(which: str = "tiny", **overrides: str) -> HSALanguageModel:
@@ -256,3 +250,21 @@ def test_offload_on_cuda(which: str, dtype: torch.dtype) -> None:
     stats = RunStats()
     list(stream_generate(model, prompts[2], max_new_tokens=4, offload=True, stats=stats))
     assert stats.gpu_peak_bytes and stats.host_bytes > 0
+
+
+def test_evaluate_reports_the_footprint_and_follows_the_layout() -> None:
+    """``evaluate`` with offload=None uses the layout's flag; per length it records the host bytes of the
+    offloaded K/V and the prefill speed; the predictions equal the on-device ones."""
+    from hsa_core.evaluation import evaluate
+    from hsa_core.tasks import make_task
+
+    torch.manual_seed(0)
+    model = HSALanguageModel.from_spec(load_spec(TINY, overrides=["memories.mid.offload=true"])).eval()
+    task = make_task("passkey", vocab_size=96, min_gap=16)
+    runs = {off: evaluate(model, task, [96, 200], [0.5], samples=3, segment_len=40, device="cpu", offload=off)
+            for off in (None, False)}
+    on_layout, on_device = runs[None], runs[False]
+    assert [c.token_accuracy for c in on_layout.cells] == [c.token_accuracy for c in on_device.cells]
+    fp = on_layout.meta["footprint"]["200"]
+    assert fp["offload"] and fp["host_bytes"] > 0 and fp["prefill_tokens"] == 3 * 200 and fp["prefill_tokens_per_s"] > 0
+    assert not on_device.meta["footprint"]["200"]["offload"] and on_device.meta["footprint"]["200"]["host_bytes"] == 0
