@@ -57,7 +57,10 @@ class GrowableBuffer:
     def _alloc(self, rows: int) -> Tensor:
         shape = list(self.shape)
         shape[self.dim] = rows
-        return torch.empty(shape, dtype=self.dtype, device=self.device, pin_memory=self.pin)
+        # A normal tensor even inside torch.inference_mode(): a cache prefilled there (hsa_core.generation)
+        # may be continued under torch.no_grad(), which may not write into an inference tensor.
+        with torch.inference_mode(False):
+            return torch.empty(shape, dtype=self.dtype, device=self.device, pin_memory=self.pin)
 
     @property
     def capacity(self) -> int:

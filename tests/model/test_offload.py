@@ -94,9 +94,17 @@ def test_generate_and_stream_are_exact(which: str) -> None:
     assert got == list(stream_generate(model, prompt[0].tolist(), max_new_tokens=20, segment_len=16, offload=False))
     assert stats.offload and stats.host_bytes > 0 and stats.prefill_tokens == 45 and stats.decode_tokens == 19
     assert stats.gpu_peak_bytes is None and "chunk K/V in host memory" in stats.summary()
-    last_off, _ = prefill(model, prompt, segment_len=16, offload=True)
-    last_ref, _ = prefill(model, prompt, segment_len=16, offload=False)
+    last_off, cache_off = prefill(model, prompt, segment_len=16, offload=True)  # under inference_mode
+    last_ref, cache_ref = prefill(model, prompt, segment_len=16, offload=False)
     assert torch.equal(last_off, last_ref)
+    more = torch.randint(0, 96, (2, 20), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():  # continued outside inference mode: the store's buffers accept the new chunks
+        assert torch.equal(model(more, cache_off).logits, model(more, cache_ref).logits)
+    with torch.inference_mode():  # the same without growing the buffers (reserved up front)
+        cache_off = model(prompt, model.init_cache(2, offload=True, reserve_tokens=100), return_cache=True).cache
+        cache_ref = model(prompt, model.init_cache(2, offload=False), return_cache=True).cache
+    with torch.no_grad():
+        assert torch.equal(model(more, cache_off).logits, model(more, cache_ref).logits)
 
 
 @pytest.mark.parametrize("which", ["tiny", "multihop"])
