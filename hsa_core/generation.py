@@ -10,6 +10,7 @@ memory of the offloaded K/V and the prefill and decode throughput.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -93,6 +94,13 @@ def footprint_line(stats: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def autocast_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on CUDA when asked; nothing otherwise (CPU runs fp32)."""
+    if dtype is not None and dtype != torch.float32 and device.type == "cuda":
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -115,8 +123,6 @@ def prefill(model: nn.Module, input_ids: Tensor, *, segment_len: int = 4096,
     Returns:
         ``(logits of the last position (B, V) fp32, cache)``.
     """
-    from .evaluation.core import autocast_context
-
     if input_ids.shape[1] < 1:
         raise ValueError("prefill needs at least one token")
     device = next(model.parameters()).device
@@ -173,8 +179,6 @@ def decode(model: nn.Module, logits: Tensor, cache: Any, *, max_new_tokens: int,
     A row that produced ``eos_id`` repeats it; decoding ends when every row has. ``stats`` gets the
     decode time of the calls (synchronised, so it is the latency of a token) and the cache's memory.
     """
-    from .evaluation.core import autocast_context
-
     device = logits.device
     finished = torch.zeros(logits.shape[0], dtype=torch.bool, device=device)
     for i in range(max_new_tokens):
@@ -252,8 +256,6 @@ def generate_batch(model: nn.Module, prompts: Sequence[Sequence[int]], *, max_ne
         The generated ids of every prompt (after ``eos_id`` nothing more), in the order given; and the
         logits when ``return_logits``.
     """
-    from .evaluation.core import autocast_context
-
     lengths = [len(p) for p in prompts]
     if not prompts or min(lengths) < 1:
         raise ValueError("generate_batch needs at least one prompt, each of at least one token")

@@ -8,7 +8,6 @@ Of each segment's logits only the rows at answer positions are kept.
 
 from __future__ import annotations
 
-import contextlib
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -18,7 +17,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..generation import RunStats, autocast_context
 from ..tasks import Task, TaskBatch
+
+__all__ = ["CellResult", "EvalResult", "autocast_context", "evaluate", "predict_answers"]
 
 
 @dataclass
@@ -60,11 +62,6 @@ class EvalResult:
         return d
 
 
-def autocast_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on CUDA when asked; nothing otherwise (CPU runs fp32)."""
-    if dtype is not None and dtype != torch.float32 and device.type == "cuda":
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
 
 
 @torch.inference_mode()
@@ -141,7 +138,6 @@ def evaluate(model: nn.Module, task: Task, lengths: Sequence[int], depths: Seque
             speed of every length (GPU peak, host memory, prefill tokens/s) go to
             ``result.meta["footprint"]``.
     """
-    from ..generation import RunStats
 
     t_start = time.perf_counter()
     device = torch.device(device) if device is not None else next(model.parameters()).device
