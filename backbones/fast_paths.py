@@ -34,6 +34,8 @@ from dataclasses import dataclass
 
 from hsa_core.errors import HSAError
 
+from .launch_tables import apply_launch_table, describe_launch_table
+
 __all__ = ["MambaTriton", "causal_conv_kernel", "describe_paths", "forced_torch", "mamba_triton",
            "selective_scan_kernel"]
 
@@ -56,6 +58,12 @@ def forced_torch() -> bool:
     if value not in ("auto", "torch"):
         raise HSAError(f"{ENV_PATH}={value!r} is not allowed; use 'auto' (fast kernels when installed) or 'torch'")
     return value == "torch"
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _installed(name: str) -> bool:
@@ -115,6 +123,8 @@ def mamba_triton() -> MambaTriton | None:
             raise HSAError(f"mamba-ssm is installed but its Triton kernels fail to import ({type(exc).__name__}: "
                            f"{exc}); set {ENV_PATH}=torch to use the PyTorch path") from exc
     ssd, norm, update = mods
+    if _cuda():
+        apply_launch_table("mamba_ssm")  # bounded first step: measured winners instead of full autotuning
     return MambaTriton(ssd.mamba_chunk_scan_combined, norm.rmsnorm_fn, update.selective_state_update, via)
 
 
@@ -144,7 +154,10 @@ def causal_conv_kernel() -> tuple[str, Callable] | None:
             pass  # installed without its compiled kernels (the CPU install): try the next
     if _installed("fla"):
         try:
-            return "fla", importlib.import_module("fla.modules.causal_conv1d").causal_conv1d
+            fn = importlib.import_module("fla.modules.causal_conv1d").causal_conv1d
+            if _cuda():
+                apply_launch_table("fla")
+            return "fla", fn
         except ImportError as exc:
             raise HSAError(f"fla is installed but its causal_conv1d fails to import: {exc}") from exc
     return None
@@ -168,4 +181,4 @@ def describe_paths(cuda: bool) -> dict[str, str]:
     scan = selective_scan_kernel()
     m1 = ("mamba-ssm compiled selective scan" if scan
           else "torch selective scan (mamba-ssm's CUDA extension not built)")
-    return {"mamba": m1, "mamba2": m2}
+    return {"mamba": m1, "mamba2": m2, "mamba-ssm / fla launch settings": describe_launch_table()}

@@ -56,6 +56,8 @@ from torch import Tensor
 from hsa_core.errors import HSAError, require
 from hsa_core.interfaces import Mixer, MixerState
 
+from .launch_tables import apply_launch_table
+
 GLA_DEFAULTS: dict[str, Any] = {
     "mode": "chunk",
     "num_heads": 4,
@@ -181,7 +183,9 @@ def import_fla_layers(what: str) -> ModuleType:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fla warns about missing GPUs and RWKV's reference status
         layers = require("fla.layers", what=what, extra="fla")
-    if not torch.cuda.is_available():
+    if torch.cuda.is_available():
+        apply_launch_table("fla")  # bounded first step: measured winners instead of full autotuning
+    else:
         prepare_fla_for_interpreter()
     return layers
 

@@ -12,16 +12,17 @@ mkdir -p "$OUT" "$RUNS"
 rm -rf "$RUNS"/*
 ARGS=(ramba-370m --task passkey --seq-len 4096 --steps "$STEPS" --loss-on all --lr 3e-4 --warmup 4
       --checkpoint-every 0 --no-progress)
-CUDA_VISIBLE_DEVICES=0 hsa train "${ARGS[@]}" --batch-size 8 --out "$RUNS/gpu1_b8" > "$OUT/gpu1_b8.log" 2>&1 &
-CUDA_VISIBLE_DEVICES=1 hsa train "${ARGS[@]}" --batch-size 16 --out "$RUNS/gpu1_b16" > "$OUT/gpu1_b16.log" 2>&1 &
+LIMIT=${LIMIT:-150}  # seconds per run
+CUDA_VISIBLE_DEVICES=0 timeout $LIMIT hsa train "${ARGS[@]}" --batch-size 8 --out "$RUNS/gpu1_b8" > "$RUNS/gpu1_b8.log" 2>&1 &
+CUDA_VISIBLE_DEVICES=1 timeout $LIMIT hsa train "${ARGS[@]}" --batch-size 16 --out "$RUNS/gpu1_b16" > "$RUNS/gpu1_b16.log" 2>&1 &
 wait
-torchrun --standalone --nproc-per-node 2 -m hsa_cli train "${ARGS[@]}" --batch-size 16 --fsdp \
-  --out "$RUNS/gpu2_b16" > "$OUT/gpu2_b16.log" 2>&1
-for n in gpu1_b8 gpu1_b16 gpu2_b16; do
-  tail -3 "$OUT/$n.log"
-  cp "$RUNS/$n/metrics.jsonl" "$OUT/$n.metrics.jsonl" 2>/dev/null
+timeout $LIMIT torchrun --standalone --nproc-per-node 2 -m hsa_cli train "${ARGS[@]}" --batch-size 16 --fsdp \
+  --out "$RUNS/gpu2_b16" > "$RUNS/gpu2_b16.log" 2>&1
+for n in gpu1_b8 gpu1_b16 gpu2_b16; do  # two files back: the logs' ends and every run's metrics, one per line
+  { echo "== $n"; tail -5 "$RUNS/$n.log"; } >> "$OUT/fsdp2.log"
+  sed "s/^{/{\"run\": \"$n\", /" "$RUNS/$n/metrics.jsonl" >> "$OUT/fsdp2_metrics.jsonl" 2>/dev/null
 done
-python3 - "$RUNS" <<'PY'
+python3 - "$RUNS" <<'PY' 2>&1 | tee -a "$OUT/fsdp2.log"
 import json, statistics, sys
 runs = sys.argv[1]
 def steady(name):

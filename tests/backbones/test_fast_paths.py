@@ -3,14 +3,11 @@
 On CUDA, ``Mamba2`` runs mamba-ssm's Triton kernels (chunked SSD scan, gated RMSNorm, state update)
 and the causal conv through fla's Triton kernel. Here the same code runs under ``TRITON_INTERPRET=1``
 (set by ``tests/conftest.py``) and is compared with the PyTorch path, forward and backward. Three
-CUDA-only calls inside mamba-ssm's launchers are neutralised for the duration of each test:
-``torch.cuda.device`` (a no-op context), the multiprocessor count and the autotuner's timing.
+CUDA-only calls inside mamba-ssm's launchers are neutralised for the duration of each test by the
+``interpreter`` fixture of ``tests/conftest.py``.
 """
 
 from __future__ import annotations
-
-import contextlib
-import types
 
 import pytest
 import torch
@@ -27,20 +24,6 @@ def _need(module: str) -> None:
 
     if importlib.util.find_spec(module) is None:
         skip_unless_required(f"{module} is not installed")
-
-
-@pytest.fixture
-def interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("CPU interpreter test")
-    from triton.runtime import autotuner
-
-    monkeypatch.setattr(torch.cuda, "device", lambda index: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "get_device_properties",
-                        lambda device: types.SimpleNamespace(multi_processor_count=4))
-    monkeypatch.setattr(autotuner.Autotuner, "_bench", lambda self, *a, **k: [0.0, 0.0, 0.0])
 
 
 def test_mamba_ssm_triton_kernels_import_without_the_compiled_extension() -> None:

@@ -109,3 +109,25 @@ def test_mamba2_takes_the_triton_path_and_matches_the_torch_path(monkeypatch: py
     for got, ref in zip(results["auto"], results["torch"]):
         err = (got - ref).norm() / ref.norm()
         assert err < 2e-2, f"relative error {err:.2e}"
+
+
+def test_shipped_launch_table_narrows_to_library_candidates_on_this_gpu() -> None:
+    """On the GPU the candidate lists are the real ones: every recorded winner of this architecture's
+    table must be one of them (else narrowing silently stops), and loading narrows the kernels."""
+    import json
+
+    from hsa_backbones import launch_tables as lt
+    from hsa_backbones.fla_adapters import import_fla_layers
+
+    found = lt.table_for_this_gpu()
+    if found is None:
+        pytest.skip("no launch table for this GPU's architecture")
+    if mamba_triton() is None or importlib.util.find_spec("fla") is None:
+        skip_unless_required("mamba-ssm and fla are needed")
+    import_fla_layers("the launch-table test")
+    tuners = dict(lt.autotuners(["mamba_ssm", "fla"]))
+    source, table = found
+    for name, configs in table.items():
+        candidates = [json.dumps(lt.config_record(c), sort_keys=True) for c in tuners[name].configs]
+        assert any(json.dumps(c, sort_keys=True) in candidates for c in configs), f"{source}: {name}"
+        assert len(tuners[name].configs) <= len(configs) + 1  # narrowed on import: winners + the fallback
