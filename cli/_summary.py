@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 def print_summary(summary: ModelSummary, *, title: str) -> None:
     """The layer table (index, kind, plugin, memory wiring, params), totals, state/memory sizes."""
-    from hsa_core.summary import format_bytes, format_count
+    from hsa_core.summary import format_count
 
     table = Table(title=title, title_justify="left")
     table.add_column("idx", justify="right")
@@ -34,5 +34,4 @@ def print_summary(summary: ModelSummary, *, title: str) -> None:
     out.print(f"parameters: {format_count(summary.total)} total ({summary.total:,}) = "
               f"{format_count(summary.embedding)} embedding + {format_count(summary.backbone)} backbone + "
               f"{format_count(summary.hsa_extras)} HSA extras + {format_count(summary.other)} other")
-    out.print(f"per sequence at {summary.context_len:,} tokens ({summary.dtype}): recurrent state "
-              f"{format_bytes(summary.state_bytes)}, chunk memory {format_bytes(summary.memory_bytes)}")
+    out.print(summary.sizes_line())

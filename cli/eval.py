@@ -40,18 +40,23 @@ def eval_task(
     docs: int = typer.Option(8, "--docs", min=1, help="ppl: validation documents scored (of >= the longest length)."),
     filler: str | None = typer.Option(None, "--filler", help="passkey: text:DIR puts the passkey inside natural "
                                       "text from DIR's validation documents, in the run's tokenizer."),
+    offload: bool | None = typer.Option(None, "--offload/--no-offload", help="Keep the chunk memory's K/V in "
+                                        "host memory, copying in only the selected chunks (default: as the "
+                                        "layout says)."),
     plugin: list[Path] | None = PLUGIN_OPTION,
 ) -> None:
     """Evaluate a trained model on a task over a depth x length grid, or its perplexity by position (ppl)."""
     from hsa_app.evaluation import format_length, parse_depths, parse_lengths, rich_table, run_eval
     from hsa_app.tasks import parse_task_options
 
+    from hsa_core.generation import footprint_line
+
     from ._data import data_errors
 
     load_plugins(plugin)
     if task == "ppl":
         with data_errors():
-            _ppl(run, data, compare or [], lengths, docs, segment_len, batch_tokens, device, dtype, out)
+            _ppl(run, data, compare or [], lengths, docs, segment_len, batch_tokens, device, dtype, out, offload)
         return
     if data is not None or compare:
         fail("--data and --compare are options of `hsa eval ppl`", EXIT_USAGE)
@@ -75,12 +80,14 @@ def eval_task(
             result, jpath, ppath = run_eval(run, task, lens, deps, samples=samples, seed=seed,
                                             segment_len=segment_len, max_batch_tokens=batch_tokens, device=device,
                                             dtype=dtype, task_overrides=opts, out=out, on_cell=show,
-                                            time_limit=time_limit, filler=filler)
+                                            time_limit=time_limit, filler=filler, offload=offload)
     except (ValueError, FileNotFoundError) as exc:
         if type(exc) not in (ValueError, FileNotFoundError):
             raise
         fail(str(exc), EXIT_USAGE)
     console().print(rich_table(result))
+    for n, f in result.meta.get("footprint", {}).items():
+        console().print(f"  {format_length(int(n)):>6}: {footprint_line(f)}", soft_wrap=True)
     if result.meta.get("skipped_lengths"):
         console().print("time limit reached; not evaluated: "
                         + ", ".join(format_length(n) for n in result.meta["skipped_lengths"]))
@@ -88,7 +95,7 @@ def eval_task(
 
 
 def _ppl(run: Path, data: Path | None, compare: list[Path], lengths: str, docs: int, segment_len: int,
-         batch_tokens: int, device: str, dtype: str, out: Path | None) -> None:
+         batch_tokens: int, device: str, dtype: str, out: Path | None, offload: bool | None) -> None:
     from hsa_app.evaluation import format_length, parse_lengths
     from hsa_app.evaluation.perplexity import rich_ppl_table, run_ppl
 
@@ -113,8 +120,10 @@ def _ppl(run: Path, data: Path | None, compare: list[Path], lengths: str, docs: 
     try:
         result, jpath, ppath = run_ppl(runs, data, lens, docs=docs, segment_len=segment_len,
                                        max_batch_tokens=batch_tokens, device=device, dtype=dtype, out=out,
-                                       on_progress=progress)
-    except FileNotFoundError as exc:
+                                       on_progress=progress, offload=offload)
+    except (ValueError, FileNotFoundError) as exc:
+        if type(exc) not in (ValueError, FileNotFoundError):
+            raise
         fail(str(exc), EXIT_USAGE)
     if result["dropped_lengths"]:
         console().print("no validation document is long enough for: "

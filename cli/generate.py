@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from ._common import EXIT_USAGE, fail, guarded
+from ._common import EXIT_USAGE, check_writable, fail, guarded
 from ._data import data_guarded
 
 
@@ -31,6 +31,11 @@ def generate(
     ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Keep going after the end-of-document token."),
     device: str = typer.Option("auto", "--device"),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA), fp32 or bf16."),
+    offload: bool | None = typer.Option(None, "--offload/--no-offload", help="Keep the chunk memory's K/V in "
+                                        "host memory, copying in only the selected chunks (default: as the "
+                                        "layout says)."),
+    stats_json: Path | None = typer.Option(None, "--stats-json", help="Also write the footprint and speed "
+                                           "(GPU peak, host memory, prefill and decode tokens/s) to this file."),
 ) -> None:
     """Generate text from a trained model; the prompt starts a document (an EOS is put before it)."""
     import torch
@@ -40,7 +45,7 @@ def generate(
     from hsa_app.training.text_data import find_run_tokenizer
 
     from hsa_core.devices import resolve_device
-    from hsa_core.generation import TextStream, stream_generate
+    from hsa_core.generation import RunStats, TextStream, stream_generate
     from hsa_core.model import load_pretrained
 
     if (prompt is None) == (prompt_file is None):
@@ -70,6 +75,12 @@ def generate(
     dev = resolve_device(device)
     amp = torch.bfloat16 if (dtype == "bf16" or (dtype == "auto" and dev.type == "cuda")) else None
     model = load_pretrained(mdir, device=dev)
+    try:
+        offloaded = any(model.offloaded_memories(offload).values())
+    except ValueError as exc:
+        fail(str(exc), EXIT_USAGE)
+    if stats_json is not None:
+        check_writable(stats_json.parent, option="--stats-json")
     vocab = int(model.spec["model"]["vocab_size"])
     if tok.vocab_size > vocab:
         raise DataError(f"the tokenizer has {tok.vocab_size:,} ids but the model only {vocab:,}: not this model's "
@@ -77,12 +88,14 @@ def generate(
     ids = [tok.eos_id, *tok.encode(prompt or "").tolist()]
     typer.echo(f"prompt: {len(ids):,} tokens (EOS included); prefill in segments of {segment_len:,}", err=True)
     stream = TextStream(tok)
+    stats = RunStats()
     t0 = time.perf_counter()
     n = 0
     t_first = None
     for token in stream_generate(model, ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                                  top_p=top_p, seed=seed, eos_id=None if ignore_eos else tok.eos_id,
-                                 segment_len=segment_len, device=dev, autocast_dtype=amp):
+                                 segment_len=segment_len, device=dev, autocast_dtype=amp, offload=offloaded,
+                                 stats=stats):
         if t_first is None:
             t_first = time.perf_counter() - t0
         n += 1
@@ -95,3 +108,9 @@ def generate(
     total = time.perf_counter() - t0
     rate = (n - 1) / (total - t_first) if t_first is not None and n > 1 and total > t_first else 0.0
     typer.echo(f"generated {n} tokens; prefill + first token {t_first or 0:.2f}s, then {rate:.1f} tokens/s", err=True)
+    typer.echo(stats.summary(), err=True)
+    if stats_json is not None:
+        import json
+
+        stats_json.write_text(json.dumps({"prompt_tokens": len(ids), "generated_tokens": n, **stats.to_dict()},
+                                         indent=2) + "\n")

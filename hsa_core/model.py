@@ -19,13 +19,19 @@ each memory's :class:`~hsa_core.modules.MemoryState` (incremental: only complete
 the incomplete tail waits in ``pending``) and the absolute position of the next token (the
 ``q_offset`` of retrieval). Hence processing a sequence in segments, or token by token, gives the
 same logits as one full pass.
+
+A memory may be *offloaded* (``offload: true`` in the layout, or ``offload=True`` on
+:meth:`HSALanguageModel.init_cache` / :meth:`~HSALanguageModel.generate` /
+:func:`hsa_core.generation.prefill`): its K/V live in host memory and each call copies in only the
+chunks its selection picked, once per selection (:mod:`hsa_core.modules.offload`); the logits are the
+same.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -34,7 +40,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .interfaces import Mixer, MixerState
-from .modules import ChunkMemory, MemoryState, Retrieval, RMSNorm, Selection, SwiGLU
+from .modules import ChunkMemory, MemoryState, Retrieval, RMSNorm, Selection, SwiGLU, read_selected
 from .modules.init import apply_init
 from .plugins import PluginHost, get_host
 
@@ -73,14 +79,16 @@ class ModelCache:
     def select(self, index: Tensor | slice) -> ModelCache:
         """Keep batch rows ``index`` (e.g. to drop finished sequences)."""
         states = [None if s is None else {k: v[index] for k, v in s.items()} for s in self.mixer_states]
-        mems = {k: replace(m, k=m.k[index], v=m.v[index], landmarks=m.landmarks[index], pending=m.pending[index])
-                for k, m in self.memories.items()}
-        return ModelCache(states, mems, self.position)
+        return ModelCache(states, {k: m.select(index) for k, m in self.memories.items()}, self.position)
 
     def nbytes(self) -> int:
-        """Bytes held (recurrent states + chunk memories)."""
+        """Bytes held on the compute device (recurrent states + chunk memories, less offloaded K/V)."""
         total = sum(t.numel() * t.element_size() for s in self.mixer_states if s for t in s.values())
         return total + sum(m.nbytes() for m in self.memories.values())
+
+    def host_nbytes(self) -> int:
+        """Bytes of offloaded chunk K/V in host memory (0 when no memory is offloaded)."""
+        return sum(m.host_nbytes() for m in self.memories.values())
 
 
 class ModelOutput(NamedTuple):
@@ -304,16 +312,38 @@ class HSALanguageModel(nn.Module):
         """Distinct parameters (the tied head counts once)."""
         return sum(p.numel() for p in self.parameters())
 
+    def offloaded_memories(self, offload: bool | None = None) -> dict[str, bool]:
+        """Memory name -> offloaded: the layout's ``offload`` flags for ``None``, else ``offload`` for all.
+
+        Raises:
+            ValueError: ``offload=True`` for a model without a chunk memory.
+        """
+        if offload and not self.memories:
+            raise ValueError("offload: this model has no chunk memory to offload")
+        if offload is None:
+            return {n: self.layout.memories[n].offload for n in self.memories}
+        return dict.fromkeys(self.memories, bool(offload))
+
     def init_cache(self, batch_size: int, *, device: torch.device | str | None = None,
-                   dtype: torch.dtype | None = None) -> ModelCache:
-        """The cache before any token (what a full pass starts from)."""
+                   dtype: torch.dtype | None = None, offload: bool | None = None,
+                   reserve_tokens: int = 0) -> ModelCache:
+        """The cache before any token (what a full pass starts from).
+
+        Args:
+            offload: keep the chunk memories' K/V in host memory (``None``: as the layout says, per
+                memory). An offloaded cache is for inference and is continued in place: continue it
+                once (from its latest state).
+            reserve_tokens: tokens the offloaded buffers are sized for up front (they grow otherwise).
+        """
         p = self.embedding.weight
         device = device if device is not None else p.device
         dtype = dtype or p.dtype
         states: list[MixerState | None] = [
             block.mixer.init_state(batch_size, device=device, dtype=dtype) if isinstance(block, Block) else None
             for block in self.layers]
-        mems = {n: mem.empty_state(batch_size, device=device, dtype=dtype) for n, mem in self.memories.items()}
+        off = self.offloaded_memories(offload)
+        mems = {n: mem.empty_state(batch_size, device=device, dtype=dtype, offload=off[n],
+                                   reserve_tokens=reserve_tokens) for n, mem in self.memories.items()}
         return ModelCache(states, mems, 0)
 
     # -- forward --------------------------------------------------------------------------------
@@ -345,8 +375,13 @@ class HSALanguageModel(nn.Module):
         position = cache.position if cache is not None else 0
         h = self.embedding(input_ids)
         mems: dict[str, MemoryState] = dict(cache.memories) if cache is not None else {}
+        if cache is None and not torch.is_grad_enabled():  # the layout's offload flags (inference only)
+            mems = {n: self.memories[n].empty_state(h.shape[0], device=h.device, dtype=h.dtype, offload=True)
+                    for n, off in self.offloaded_memories().items() if off}
         states: list[MixerState | None] = [None] * len(self.layers)
-        shared: dict[str, Selection] = {}
+        # selection name -> (memory as its readers see it, selection): an offloaded memory is gathered
+        # once per selection, for every layer that shares it.
+        shared: dict[str, tuple[MemoryState, Selection]] = {}
         layers_spec = self.layout.layers
         # Recompute each block in backward instead of keeping its activations (only while training
         # with gradients: inference and decoding never pay for it).
@@ -364,11 +399,11 @@ class HSALanguageModel(nn.Module):
                 sel_name, mem_name = layers_spec[i].selection, layers_spec[i].memory
                 memory = mems[mem_name]
                 if block.retrieval is not None:  # multi-hop: select from this layer's own input
-                    selection = block.retrieval(h, memory, position)
+                    memory, selection = read_selected(memory, block.retrieval(h, memory, position))
                 else:
                     if sel_name not in shared:  # first reader computes it; later readers reuse it
-                        shared[sel_name] = self.selections[sel_name](h, memory, position)
-                    selection = shared[sel_name]
+                        shared[sel_name] = read_selected(memory, self.selections[sel_name](h, memory, position))
+                    memory, selection = shared[sel_name]
                 if ckpt:
                     h = checkpoint(block, h, memory, selection, position, use_reentrant=False)
                 else:
@@ -385,7 +420,8 @@ class HSALanguageModel(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: Tensor, max_new_tokens: int, *, do_sample: bool = False,
                  temperature: float = 1.0, top_k: int | None = None, generator: torch.Generator | None = None,
-                 eos_token_id: int | None = None, return_logits: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+                 eos_token_id: int | None = None, return_logits: bool = False,
+                 offload: bool | None = None) -> Tensor | tuple[Tensor, Tensor]:
         """Continue ``input_ids`` ``(B, T)`` by up to ``max_new_tokens`` tokens.
 
         Prefill runs the prompt in one call; then each token is one call on the cache (recurrent
@@ -400,6 +436,7 @@ class HSALanguageModel(nn.Module):
             eos_token_id: a sequence stops after producing it (later slots repeat it); generation ends
                 when every sequence has stopped.
             return_logits: also return the logits each new token was chosen from, ``(B, N, V)``.
+            offload: keep the chunk memories' K/V in host memory (``None``: as the layout says).
 
         Returns:
             ``(B, T + N)`` ids (``N <= max_new_tokens``), and the logits when ``return_logits``.
@@ -415,7 +452,9 @@ class HSALanguageModel(nn.Module):
             out_logits: list[Tensor] = []
             finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
             if max_new_tokens:
-                out = self(input_ids, return_cache=True)
+                cache = None if offload is None else self.init_cache(
+                    input_ids.shape[0], offload=offload, reserve_tokens=input_ids.shape[1] + max_new_tokens)
+                out = self(input_ids, cache, return_cache=True)
                 for step in range(max_new_tokens):
                     logits = out.logits[:, -1].float()
                     token = self._pick(logits, do_sample, temperature, top_k, generator)

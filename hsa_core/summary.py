@@ -61,6 +61,8 @@ class ModelSummary:
         state_bytes: recurrent state of every mixer for one sequence after ``context_len`` tokens.
         memory_bytes: every chunk memory (K, V, landmarks, pending) for one sequence after ``context_len``.
         dtype: the dtype sizes were computed for.
+        memory_host_bytes: the part of ``memory_bytes`` in host memory at inference (K/V of the memories
+            with ``offload: true``).
     """
 
     name: str | None
@@ -76,6 +78,14 @@ class ModelSummary:
     dtype: str
     num_layers: int
     layer_kinds: dict[str, int] = field(default_factory=dict)
+    memory_host_bytes: int = 0
+
+    def sizes_line(self) -> str:
+        """``per sequence at N tokens (dtype): recurrent state X, chunk memory Y[, of which Z ...]``."""
+        host = (f" (K/V {format_bytes(self.memory_host_bytes)} of it in host memory: offload)"
+                if self.memory_host_bytes else "")
+        return (f"per sequence at {self.context_len:,} tokens ({self.dtype}): recurrent state "
+                f"{format_bytes(self.state_bytes)}, chunk memory {format_bytes(self.memory_bytes)}{host}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form (``hsa build --json``)."""
@@ -94,8 +104,7 @@ class ModelSummary:
             f"parameters: {format_count(self.total)} total = {format_count(self.embedding)} embedding"
             f" + {format_count(self.backbone)} backbone + {format_count(self.hsa_extras)} HSA extras"
             f" + {format_count(self.other)} other",
-            f"per sequence at {self.context_len} tokens ({self.dtype}): recurrent state "
-            f"{format_bytes(self.state_bytes)}, chunk memory {format_bytes(self.memory_bytes)}",
+            self.sizes_line(),
         ]
         return "\n".join(lines)
 
@@ -190,11 +199,13 @@ def describe(model_or_spec: HSALanguageModel | Mapping[str, Any], *, context_len
     rows.append(SummaryRow(None, "lm_head", "hsa_core", "tied to the embedding" if model.tied else "", head))
 
     state_bytes = sum(_state_bytes(b.mixer, context_len, dtype) for b in model.layers if isinstance(b, Block))
-    memory_bytes = 0
+    memory_bytes = memory_host_bytes = 0
     for mem in spec["memories"].values():
         S = mem["chunk_size"]
         C, P = divmod(context_len, S)
-        memory_bytes += (2 * C * S * mem["kv_heads"] * mem["head_dim"] + C * mem["landmark_dim"] + P * d) * elsize
+        kv = 2 * C * S * mem["kv_heads"] * mem["head_dim"] * elsize
+        memory_bytes += kv + (C * mem["landmark_dim"] + P * d) * elsize
+        memory_host_bytes += kv if mem.get("offload") else 0
 
     kinds: dict[str, int] = {}
     for layer in spec["layers"]:
@@ -207,4 +218,4 @@ def describe(model_or_spec: HSALanguageModel | Mapping[str, Any], *, context_len
         name=spec.get("name"), rows=rows, total=total, embedding=embedding, backbone=backbone,
         hsa_extras=hsa_extras, other=other, context_len=context_len, state_bytes=state_bytes,
         memory_bytes=memory_bytes, dtype=str(dtype).removeprefix("torch."), num_layers=len(spec["layers"]),
-        layer_kinds=kinds)
+        layer_kinds=kinds, memory_host_bytes=memory_host_bytes)

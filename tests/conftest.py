@@ -46,3 +46,12 @@ def interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "get_device_properties",
                         lambda device: types.SimpleNamespace(multi_processor_count=4))
     monkeypatch.setattr(autotuner.Autotuner, "_bench", lambda self, *a, **k: [0.0, 0.0, 0.0])
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test (exact comparisons and timing-free runs on a shared CPU)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -18,8 +18,11 @@ import torch
 from torch import Tensor, nn
 
 from hsa_core.devices import autocast_context
+from hsa_core.generation import RunStats
 
 from ..tasks import Task, TaskBatch
+
+__all__ = ["CellResult", "EvalResult", "autocast_context", "evaluate", "predict_answers"]
 
 
 @dataclass
@@ -61,28 +64,37 @@ class EvalResult:
         return d
 
 
+
+
 @torch.inference_mode()
 def predict_answers(model: nn.Module, batch: TaskBatch, *, segment_len: int = 4096,
-                    autocast_dtype: torch.dtype | None = None) -> Tensor:
+                    autocast_dtype: torch.dtype | None = None, device: torch.device | str | None = None,
+                    offload: bool | None = None, stats: Any = None) -> Tensor:
     """Teacher-forced argmax at the answer positions, prefilling ``segment_len`` tokens at a time.
 
     Args:
         model: ``forward(ids, cache, return_cache=True) -> (logits, cache)``.
-        batch: on the model's device; ``input_ids`` ``(B, T)``.
+        batch: ``input_ids`` ``(B, T)``; may stay on the CPU (each segment is moved to ``device``, so
+            a 64M-token prompt does not sit on the GPU).
+        device: where the model runs (default: the batch's device).
+        offload: chunk memories' K/V in host memory (``model.init_cache(offload=...)``; ``None``: as
+            the layout says).
+        stats: a :class:`hsa_core.generation.RunStats` to add this prefill's tokens, time and memory to.
 
     Returns:
-        ``(B, A)`` predicted ids at ``batch.answer_positions``.
+        ``(B, A)`` predicted ids at ``batch.answer_positions``, on ``device``.
     """
-    ids, pos = batch.input_ids, batch.answer_positions
-    T = ids.shape[1]
-    device = ids.device
+    device = torch.device(device) if device is not None else batch.input_ids.device
+    ids, pos = batch.input_ids, batch.answer_positions.to(device)
+    B, T = ids.shape
     preds = torch.full_like(pos, -1)
-    cache = None
+    cache = None if offload is None else model.init_cache(B, offload=offload, reserve_tokens=T)
     first_needed = int(pos.min())
+    t0 = time.perf_counter()
     with autocast_context(device, autocast_dtype):
         for s in range(0, T, segment_len):
             e = min(T, s + segment_len)
-            out = model(ids[:, s:e], cache, return_cache=True)
+            out = model(ids[:, s:e].to(device), cache, return_cache=True)
             cache = out.cache
             if e <= first_needed:
                 continue
@@ -91,6 +103,12 @@ def predict_answers(model: nn.Module, batch: TaskBatch, *, segment_len: int = 40
                 idx = (pos - s).clamp(0, e - s - 1)
                 rows = out.logits.gather(1, idx.unsqueeze(-1).expand(-1, -1, out.logits.shape[-1]))
                 preds = torch.where(inside, rows.argmax(-1), preds)
+    if stats is not None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        stats.prefill_tokens += B * T
+        stats.prefill_seconds += time.perf_counter() - t0
+        stats.finish(device, cache)
     return preds
 
 
@@ -104,7 +122,7 @@ def evaluate(model: nn.Module, task: Task, lengths: Sequence[int], depths: Seque
              device: torch.device | str | None = None, autocast_dtype: torch.dtype | None = None,
              rank: int = 0, world_size: int = 1, reduce: Callable[[Tensor], Tensor] | None = None,
              on_cell: Callable[[CellResult], None] | None = None,
-             time_limit: float | None = None) -> EvalResult:
+             time_limit: float | None = None, offload: bool | None = None) -> EvalResult:
     """Exact-match accuracy of ``model`` on ``task`` for every (length, depth).
 
     The samples of a cell are the same for every model (seeded by ``seed``, length and depth index),
@@ -118,7 +136,11 @@ def evaluate(model: nn.Module, task: Task, lengths: Sequence[int], depths: Seque
             predicted from the previous length's (proportional to the length). At least one length is
             evaluated; ``result.lengths`` lists the ones done and ``result.meta["skipped_lengths"]`` the
             others. Pass lengths in increasing order so that the cheap ones are done first.
+        offload: chunk memories' K/V in host memory (``None``: as the layout says). The footprint and
+            speed of every length (GPU peak, host memory, prefill tokens/s) go to
+            ``result.meta["footprint"]``.
     """
+
     t_start = time.perf_counter()
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
@@ -135,6 +157,10 @@ def evaluate(model: nn.Module, task: Task, lengths: Sequence[int], depths: Seque
                 break
             per_batch = max(1, min(samples, max_batch_tokens // length))
             t_length = time.perf_counter()
+            # offload=None: the model's layout decides (adapters without the method: not offloaded)
+            flags = model.offloaded_memories(offload) if hasattr(model, "offloaded_memories") else {"": bool(offload)}
+            stats = RunStats(offload=any(flags.values()))
+            RunStats.start(device)
             for di, depth in enumerate(depths):
                 t0 = time.perf_counter()
                 g = torch.Generator().manual_seed(_cell_seed(seed, length, di))
@@ -147,9 +173,10 @@ def evaluate(model: nn.Module, task: Task, lengths: Sequence[int], depths: Seque
                     done += n
                     if not mine.any():
                         continue
-                    b = batch.select(mine).to(device)
-                    preds = predict_answers(model, b, segment_len=segment_len, autocast_dtype=autocast_dtype)
-                    right = (preds == b.answers()).cpu()
+                    b = batch.select(mine)  # ids stay on the CPU; segments go to the device
+                    preds = predict_answers(model, b, segment_len=segment_len, autocast_dtype=autocast_dtype,
+                                            device=device, offload=offload, stats=stats)
+                    right = preds.cpu() == b.answers().cpu()
                     counts += torch.tensor([right.all(1).sum().item(), right.sum().item(), right.numel()],
                                            dtype=torch.float64)
                 if reduce is not None:
@@ -160,6 +187,7 @@ def evaluate(model: nn.Module, task: Task, lengths: Sequence[int], depths: Seque
                 if on_cell is not None:
                     on_cell(cell)
             last = (length, time.perf_counter() - t_length)
+            result.meta.setdefault("footprint", {})[str(length)] = stats.to_dict()
     finally:
         model.train(was_training)
     return result

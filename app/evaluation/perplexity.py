@@ -86,13 +86,15 @@ def bucketize(nll_sum: np.ndarray, count: np.ndarray, edges: Sequence[int]) -> l
 def position_nll(model: nn.Module, docs: Sequence[np.ndarray], length: int, *, eos_id: int,
                  segment_len: int = 4096, max_batch_tokens: int = 1 << 17, device: torch.device | str = "cpu",
                  autocast_dtype: torch.dtype | None = None,
-                 on_segment: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 on_segment: Callable[[int, int], None] | None = None,
+                 offload: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Summed NLL and token count at every position ``0 .. length-1`` over ``docs``.
 
     Args:
         docs: token arrays of at least ``length`` tokens each (read as ``[eos_id, *doc]``).
         max_batch_tokens: documents per forward = ``max(1, max_batch_tokens // length)``.
         on_segment: called with ``(tokens done, tokens total)`` after each segment.
+        offload: the chunk memories' K/V in host memory (``None``: as the model's layout says).
 
     Returns:
         ``(nll_sum (length,) float64, count (length,) int64)``.
@@ -108,12 +110,12 @@ def position_nll(model: nn.Module, docs: Sequence[np.ndarray], length: int, *, e
         for i in range(0, len(docs), per):
             group = docs[i:i + per]
             x = torch.from_numpy(np.stack([np.concatenate([[eos_id], d[:length]]) for d in group]).astype(np.int64))
-            inputs, targets = x[:, :-1].to(device), x[:, 1:].to(device)
-            cache = None
+            inputs, targets = x[:, :-1], x[:, 1:].to(device)  # inputs go to the device a segment at a time
+            cache = None if offload is None else model.init_cache(len(group), offload=offload, reserve_tokens=length)
             for s in range(0, length, segment_len):
                 e = min(length, s + segment_len)
                 with autocast_context(device, autocast_dtype):
-                    out = model(inputs[:, s:e], cache, return_cache=True)
+                    out = model(inputs[:, s:e].to(device), cache, return_cache=True)
                 cache = out.cache
                 for c in range(s, e, 2048):  # fp32 cross-entropy a slice at a time
                     lg = out.logits[:, c - s:min(e, c + 2048) - s].float()
@@ -150,7 +152,8 @@ def select_documents(doc_lengths: np.ndarray, lengths: Sequence[int], docs: int)
 def run_ppl(runs: Sequence[str | Path], data_dir: str | Path, lengths: Sequence[int], *, docs: int = 8,
             segment_len: int = 4096, max_batch_tokens: int = 1 << 17, device: str = "auto", dtype: str = "auto",
             out: str | Path | None = None, split: str = "validation",
-            on_progress: Callable[[str, int, int], None] | None = None) -> tuple[dict[str, Any], Path, Path]:
+            on_progress: Callable[[str, int, int], None] | None = None,
+            offload: bool | None = None) -> tuple[dict[str, Any], Path, Path]:
     """Evaluate every run in ``runs`` on the same documents; write ``eval_ppl.json`` and
     ``eval_ppl.png`` into ``out`` (default: the first run).
 
@@ -187,14 +190,19 @@ def run_ppl(runs: Sequence[str | Path], data_dir: str | Path, lengths: Sequence[
             raise DataError(f"{r}: model.vocab_size {vocab:,} is smaller than the data's vocabulary "
                             f"{data.vocab_size:,}")
         cb = (lambda d, t, _l=label: on_progress(_l, d, t)) if on_progress else None
+        offloaded = any(model.offloaded_memories(offload).values())
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
         nll_sum, count = position_nll(model, docs_tokens, L, eos_id=data.eos_id, segment_len=segment_len,
                                       max_batch_tokens=max_batch_tokens, device=dev, autocast_dtype=amp,
-                                      on_segment=cb)
+                                      on_segment=cb, offload=offload)
+        peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None
         overall = Bucket(0, L, int(count.sum()), float(nll_sum.sum() / max(1, count.sum())))
         curves.append(PplCurve(str(r), label, bucketize(nll_sum, count, edges),
                                bucketize(nll_sum, count, fine_edges(L)), overall,
                                {"train_seq_len": _train_len(Path(r)), "seconds": round(time.perf_counter() - t0, 2),
-                                "parameters": sum(p.numel() for p in model.parameters())}))
+                                "parameters": sum(p.numel() for p in model.parameters()), "offload": offloaded,
+                                "gpu_peak_bytes": peak}))
         del model
     result = {"data": str(Path(data_dir).resolve()), "fingerprint": data.fingerprint, "split": split,
               "lengths": kept, "dropped_lengths": dropped, "documents": chosen,

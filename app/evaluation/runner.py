@@ -48,12 +48,14 @@ def run_eval(run: str | Path, task: str, lengths: list[int], depths: list[float 
              seed: int = 1234, segment_len: int = 4096, max_batch_tokens: int = 1 << 17, device: str = "auto",
              dtype: str = "auto", task_overrides: dict[str, Any] | None = None, out: str | Path | None = None,
              on_cell: Callable[[CellResult], None] | None = None,
-             time_limit: float | None = None, filler: str | None = None) -> tuple[EvalResult, Path, Path]:
+             time_limit: float | None = None, filler: str | None = None,
+             offload: bool | None = None) -> tuple[EvalResult, Path, Path]:
     """Evaluate the model of ``run`` and write ``eval_<task>.json`` and ``eval_<task>.png``.
 
     ``filler="text:DIR"`` (passkey only): the passkey inside natural text from the validation split
     of the prepared folder ``DIR``, in the run's tokenizer (:mod:`hsa_app.data.passkey`); the files
-    are then ``eval_passkey_text.json``/``.png``.
+    are then ``eval_passkey_text.json``/``.png``. ``offload``: the chunk memories' K/V in host memory
+    (``None``: as the model's layout says); ``meta["footprint"]`` reports memory and speed per length.
 
     Returns:
         ``(result, json path, png path)``.
@@ -69,6 +71,7 @@ def run_eval(run: str | Path, task: str, lengths: list[int], depths: list[float 
     dev = resolve_device(device)
     amp = torch.bfloat16 if (dtype == "bf16" or (dtype == "auto" and dev.type == "cuda")) else None
     model = HSALanguageModel.from_pretrained(mdir, device=dev)
+    offloaded = any(model.offloaded_memories(offload).values())  # also: offload=True without a memory fails here
     if filler is not None:
         t, train_len = _text_task(run, task, filler, model.spec, dict(task_overrides or {}))
     else:
@@ -80,9 +83,9 @@ def run_eval(run: str | Path, task: str, lengths: list[int], depths: list[float 
     t0 = time.perf_counter()
     result = evaluate(model, t, lengths, depths, samples=samples, seed=seed, segment_len=segment_len,
                       max_batch_tokens=max_batch_tokens, device=dev, autocast_dtype=amp, on_cell=on_cell,
-                      time_limit=time_limit)
+                      time_limit=time_limit, offload=offload)
     result.meta = {**result.meta, "model_dir": str(mdir), "train_seq_len": train_len, "samples_per_cell": samples,
-                   "seed": seed,
+                   "seed": seed, "offload": offloaded,
                    "segment_len": segment_len, "device": str(dev), "dtype": "bf16" if amp else "fp32",
                    "seconds": round(time.perf_counter() - t0, 2), "torch": torch.__version__,
                    "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None}

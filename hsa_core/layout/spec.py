@@ -6,7 +6,7 @@ The canonical spec is a plain JSON-able ``dict``::
      "model": {vocab_size, d_model, tie_embeddings, norm_eps, mlp_hidden, init_std, init},
      "memories": {name: {after_layer, chunk_size, kv_heads, head_dim, landmark, landmark_dim,
                          retrieval_heads, encoder: {layers, heads, kv_heads, qkv_bias, mlp_hidden,
-                         mlp_rounding}, chunk_norm, k_norm, norm_eps}},
+                         mlp_rounding}, chunk_norm, k_norm, norm_eps, offload}},
      "retrieval": {name: {memory, topk, retrieval_dim, retrieval_heads, weighting, shared, gumbel, window,
                           landmark_norm, norm_eps}},
      "layers": [{index, kind, role: backbone|retrieval, plugin, options: {...}, mlp,
@@ -85,6 +85,7 @@ MEMORY_DEFAULTS: dict[str, Any] = {
     "chunk_norm": True,
     "k_norm": False,
     "norm_eps": None,        # None -> model.norm_eps (chunk norm, encoder norms, k_norm)
+    "offload": False,        # inference: K/V of complete chunks in host memory, landmarks on the device
 }
 
 ENCODER_DEFAULTS: dict[str, Any] = {
@@ -199,6 +200,7 @@ def _resolve_memory_base(name: str, raw: Any, d_model: int, model_eps: float) ->
     m["retrieval_heads"] = as_int(f"{p}.retrieval_heads", m["retrieval_heads"], allow_none=True)
     m["chunk_norm"] = as_bool(f"{p}.chunk_norm", m["chunk_norm"])
     m["k_norm"] = as_bool(f"{p}.k_norm", m["k_norm"])
+    m["offload"] = as_bool(f"{p}.offload", m["offload"])
     m["norm_eps"] = _eps(f"{p}.norm_eps", m["norm_eps"], model_eps)
     enc = fill_defaults(f"{p}.encoder", as_mapping(f"{p}.encoder", m["encoder"]), ENCODER_DEFAULTS)
     enc["layers"] = as_int(f"{p}.encoder.layers", enc["layers"], minimum=0)

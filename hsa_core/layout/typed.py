@@ -123,6 +123,7 @@ class MemoryGroup(_Record):
     chunk_norm: bool
     k_norm: bool
     norm_eps: float
+    offload: bool  # inference: K/V of complete chunks in host memory, landmarks on the device
 
     @classmethod
     def _field_from(cls, name: str, value: Any, path: str) -> Any:

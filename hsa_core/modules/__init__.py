@@ -4,7 +4,8 @@ from .chunk_memory import ChunkMemory, MemoryState
 from .common import RMSNorm, SwiGLU, swiglu_hidden
 from .encoder import ChunkEncoder
 from .hsa_layer import HSA_LAYER_DEFAULTS, HSALayer
-from .retrieval import Retrieval, Selection
+from .offload import ChunkStore
+from .retrieval import Retrieval, Selection, read_selected
 
-__all__ = ["HSA_LAYER_DEFAULTS", "ChunkEncoder", "ChunkMemory", "HSALayer", "MemoryState", "RMSNorm",
-           "Retrieval", "Selection", "SwiGLU", "swiglu_hidden"]
+__all__ = ["HSA_LAYER_DEFAULTS", "ChunkEncoder", "ChunkMemory", "ChunkStore", "HSALayer", "MemoryState",
+           "RMSNorm", "Retrieval", "Selection", "SwiGLU", "read_selected", "swiglu_hidden"]

@@ -5,6 +5,10 @@ reads it. It is incremental: :meth:`ChunkMemory.forward` takes the previous :cla
 appends the chunks that the new tokens complete, so a full pass, a segment-wise prefill and
 token-by-token decoding all build the same memory (a chunk is encoded once, when its last token
 arrives).
+
+A state may keep its K/V in host memory (:mod:`hsa_core.modules.offload`): ``offload=True`` on
+:meth:`ChunkMemory.empty_state` gives it a :class:`~hsa_core.modules.offload.ChunkStore`, which every
+state that continues it shares.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from torch import Tensor, nn
 
 from .common import RMSNorm
 from .encoder import ChunkEncoder
+from .offload import ChunkStore
 
 LANDMARKS = ("cls", "mean")
 
@@ -25,10 +30,13 @@ class MemoryState:
     """What a chunk memory holds after ``num_tokens`` tokens.
 
     Attributes:
-        k, v: ``(B, C*S, H, D)`` keys and values of the ``C`` complete chunks.
-        landmarks: ``(B, C, H_r, d_rh)`` one summary per complete chunk.
+        k, v: ``(B, C*S, H, D)`` keys and values of the ``C`` complete chunks; with a ``store``, only
+            those of the last ``R`` chunks (``(B, R*S, H, D)``, the chunks completed by the latest call
+            that completed any), kept on the device so the tokens of that call read them in place.
+        landmarks: ``(B, C, H_r, d_rh)`` one summary per complete chunk (always on the device).
         pending: ``(B, P, d)`` source hidden states of the incomplete last chunk, ``P < S``.
         num_tokens: ``C*S + P``.
+        store: the host store holding the K/V of all ``C`` chunks (offloaded memory), else ``None``.
     """
 
     k: Tensor
@@ -36,17 +44,42 @@ class MemoryState:
     landmarks: Tensor
     pending: Tensor
     num_tokens: int
+    store: ChunkStore | None = None
 
     @property
     def num_chunks(self) -> int:
         return self.landmarks.shape[1]
 
+    @property
+    def offloaded(self) -> bool:
+        return self.store is not None
+
     def to(self, *args, **kwargs) -> MemoryState:
+        if self.store is not None:
+            raise ValueError("an offloaded memory state cannot be moved or cast (its K/V live in host memory)")
         return replace(self, k=self.k.to(*args, **kwargs), v=self.v.to(*args, **kwargs),
                        landmarks=self.landmarks.to(*args, **kwargs), pending=self.pending.to(*args, **kwargs))
 
+    def select(self, index: Tensor | slice) -> MemoryState:
+        """Keep batch rows ``index`` (an offloaded state gets a new store with those rows)."""
+        if self.store is None:
+            return replace(self, k=self.k[index], v=self.v[index], landmarks=self.landmarks[index],
+                           pending=self.pending[index])
+        store = self.store.select(index)
+        lmk = store.landmarks.view() if store.landmarks is not None else self.landmarks[index]
+        return replace(self, k=self.k[index], v=self.v[index], landmarks=lmk, pending=self.pending[index],
+                       store=store)
+
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.k, self.v, self.landmarks, self.pending))
+        """Bytes held on the compute device (with a store: its landmark buffer and the resident K/V)."""
+        own = (self.k, self.v, self.pending) if self.store is not None else (self.k, self.v, self.landmarks,
+                                                                              self.pending)
+        total = sum(t.numel() * t.element_size() for t in own)
+        return total + (self.store.device_nbytes() if self.store is not None else 0)
+
+    def host_nbytes(self) -> int:
+        """Bytes held in host memory (the store's K/V buffers; 0 when not offloaded)."""
+        return self.store.host_nbytes() if self.store is not None else 0
 
 
 class ChunkMemory(nn.Module):
@@ -99,14 +132,20 @@ class ChunkMemory(nn.Module):
         self.landmark_proj = nn.Linear(d_model, landmark_dim, bias=False)
 
     def empty_state(self, batch_size: int, *, device: torch.device | str | None = None,
-                    dtype: torch.dtype | None = None) -> MemoryState:
-        """The memory before any token: zero chunks, nothing pending."""
+                    dtype: torch.dtype | None = None, offload: bool = False,
+                    reserve_tokens: int = 0) -> MemoryState:
+        """The memory before any token: zero chunks, nothing pending.
+
+        ``offload=True``: K/V of complete chunks go to host memory (pinned under CUDA), landmarks stay
+        on ``device``; ``reserve_tokens`` sizes the buffers up front (else they grow by doubling).
+        """
         dtype = dtype or self.k_proj.weight.dtype
         kv = torch.zeros(batch_size, 0, self.kv_heads, self.head_dim, device=device, dtype=dtype)
         lmk = torch.zeros(batch_size, 0, self.retrieval_heads, self.landmark_dim // self.retrieval_heads,
                           device=device, dtype=dtype)
         pending = torch.zeros(batch_size, 0, self.d_model, device=device, dtype=dtype)
-        return MemoryState(kv, kv.clone(), lmk, pending, 0)
+        store = ChunkStore.create(self.chunk_size, device, reserve_tokens // self.chunk_size) if offload else None
+        return MemoryState(kv, kv.clone(), lmk, pending, 0, store)
 
     def encode(self, chunks: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Complete chunks ``(B, n, S, d)`` -> k, v ``(B, n*S, H, D)``, landmarks ``(B, n, H_r, d_rh)``."""
@@ -133,8 +172,25 @@ class ChunkMemory(nn.Module):
         if n == 0:
             return replace(state, pending=pending, num_tokens=state.num_tokens + h.shape[1])
         k, v, lmk = self.encode(x[:, : n * S].reshape(x.shape[0], n, S, x.shape[2]))
+        if state.store is not None:
+            return self._append_offloaded(state, k, v, lmk, pending, state.num_tokens + h.shape[1])
         if state.num_chunks:
             k = torch.cat([state.k.to(k.dtype), k], 1)
             v = torch.cat([state.v.to(v.dtype), v], 1)
             lmk = torch.cat([state.landmarks.to(lmk.dtype), lmk], 1)
         return MemoryState(k, v, lmk, pending, state.num_tokens + h.shape[1])
+
+    def _append_offloaded(self, state: MemoryState, k: Tensor, v: Tensor, lmk: Tensor, pending: Tensor,
+                          num_tokens: int) -> MemoryState:
+        """Offloaded memory: the new chunks go to the store; they stay resident as the state's k/v."""
+        store = state.store
+        assert store is not None
+        if self.training and torch.is_grad_enabled():
+            raise RuntimeError("offloaded chunk memory is for inference: call model.eval() or run under "
+                               "torch.no_grad() (training keeps the memory on the device)")
+        if store.num_chunks != state.num_chunks:
+            raise RuntimeError(f"this offloaded memory state ({state.num_chunks} chunks) was already continued "
+                               f"(its store holds {store.num_chunks}): an offloaded cache can be continued once")
+        k, v, lmk = k.detach(), v.detach(), lmk.detach()
+        landmarks = store.append(k, v, lmk)
+        return MemoryState(k, v, landmarks, pending, num_tokens, store)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import NamedTuple
 
 from torch import Tensor, nn
@@ -9,6 +10,7 @@ from torch import Tensor, nn
 from ..ops import WEIGHTINGS, hsa_select
 from .chunk_memory import MemoryState
 from .common import RMSNorm
+from .offload import gather_selected
 
 
 class Selection(NamedTuple):
@@ -69,3 +71,16 @@ class Retrieval(nn.Module):
             gumbel=self.gumbel and self.training,
         )
         return Selection(indices, weights)
+
+
+def read_selected(memory: MemoryState, selection: Selection) -> tuple[MemoryState, Selection]:
+    """What an HSA layer reads for ``selection``: ``memory`` itself when it is on the device; for an
+    offloaded memory, a state whose k/v ``(B, N*S, H, D)`` hold only the selected chunks (copied from
+    the host once, deduplicated per batch row) with the selection renumbered into them
+    (:func:`hsa_core.modules.offload.gather_selected`). Landmarks, pending and counts are unchanged,
+    so a layer that reads k/v through the selection's indices gets exactly the on-device result.
+    """
+    if memory.store is None:
+        return memory, selection
+    k, v, indices = gather_selected(memory.store, memory.k, memory.v, memory.num_chunks, selection.indices)
+    return replace(memory, k=k, v=v, store=None), Selection(indices, selection.weights)

@@ -89,6 +89,22 @@ def test_prepare_train_eval_generate(tmp_path: Path) -> None:
     r = runner.invoke(app, ["generate", str(run), "--prompt-file", str(prompt), "--max-new-tokens", "4",
                             "--temperature", "0", "--segment-len", "1024"])
     assert r.exit_code == 0 and "prompt: 3,001 tokens" in r.output, r.output
+    assert "chunk memory on the device" in r.stderr and "decode" in r.stderr
+
+    # --offload: the same text, and the footprint says where the chunk K/V were
+    stats = tmp_path / "stats.json"
+    off = runner.invoke(app, ["generate", str(run), "--prompt-file", str(prompt), "--max-new-tokens", "4",
+                              "--temperature", "0", "--segment-len", "1024", "--offload", "--stats-json", str(stats)])
+    assert off.exit_code == 0 and off.stdout == r.stdout, off.output
+    assert "chunk K/V in host memory" in off.stderr
+    figures = json.loads(stats.read_text())
+    assert figures["offload"] and figures["host_bytes"] > 0 and figures["prefill_tokens"] == 3001
+    assert figures["decode_tokens"] == 3 and figures["decode_tokens_per_s"] > 0
+    r = runner.invoke(app, ["eval", "passkey", str(run), "--filler", f"text:{data}", "--lengths", "320",
+                            "--depths", "0.5", "--samples", "2", "--offload", "--out", str(tmp_path / "off")])
+    assert r.exit_code == 0 and "chunk K/V in host memory" in r.output, r.output
+    meta = json.loads((tmp_path / "off" / "eval_passkey_text.json").read_text())["meta"]
+    assert meta["offload"] and meta["footprint"]["320"]["host_bytes"] > 0
 
 
 def test_bad_data_gives_one_line(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ def test_ramba_canonical(host: PluginHost, ramba: Callable[..., dict[str, Any]])
         "landmark_dim": 1024, "retrieval_heads": 1,
         "encoder": {"layers": 1, "heads": 16, "kv_heads": 16, "qkv_bias": False, "mlp_hidden": 2752,
                     "mlp_rounding": "up"},
-        "chunk_norm": True, "k_norm": False, "norm_eps": 1e-5}
+        "chunk_norm": True, "k_norm": False, "norm_eps": 1e-5, "offload": False}
     assert spec["retrieval"]["mid_sel"] == {
         "memory": "mid", "topk": 8, "retrieval_dim": 1024, "retrieval_heads": 1, "weighting": "stick_breaking",
         "shared": True, "gumbel": False, "window": None, "landmark_norm": False, "norm_eps": 1e-5}

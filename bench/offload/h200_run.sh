@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# On one H200: passkey with the chunk memory offloaded to host memory from 4K to 64M tokens,
+# GPU peak and prefill throughput, decode latency of ramba-370m. From the repo root, with .whl carried
+# (bench/train/README.md), one stage per device command (each ends inside 600 s):
+#   bash bench/offload/h200_run.sh STAGE
+#   STAGE = tests | train | short | 16m | 64m | footprint | decode | estimate | report   (bench/offload/README.md)
+# Knobs (env): RUN (the demo RAMba: a run or model directory; default runs/offload/ramba-sm, trained by
+# `train`), DEPTHS, SAMPLES, SEED, SEGMENT, FORCE=1 (run a 64M stage even when its estimate exceeds LIMIT).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+. bench/device_env.sh
+OUT=${OUT:-/tmp/out}
+WORK=${WORK:-runs/offload}
+RUN=${RUN:-$WORK/ramba-sm}
+SEGMENT=${SEGMENT:-16384}
+SEED=${SEED:-1234}
+LIMIT=${LIMIT:-540}            # seconds per hsa call (the device command limit is 600)
+mkdir -p "$OUT" "$WORK"
+stage=${1:-short}
+TASKOPTS=(--task-option min_gap=128 --task-option key_len=4)   # as the demo was trained (bench/train/demo_one.sh)
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+free -g | head -2
+
+# ev NAME LENGTHS DEPTHS SAMPLES [hsa eval options]: one passkey eval (offloaded unless told
+# --no-offload), its JSON kept in $WORK/NAME and copied to $OUT/passkey_NAME.json.
+ev() {
+  local name=$1 lengths=$2 depths=$3 samples=$4
+  shift 4
+  timeout "$LIMIT" hsa eval passkey "$RUN" --lengths "$lengths" --depths "$depths" --samples "$samples" \
+    --seed "$SEED" --segment-len "$SEGMENT" --batch-tokens "${BATCH_TOKENS:-4194304}" "${TASKOPTS[@]}" \
+    --offload "$@" --out "$WORK/$name"
+  local rc=$?
+  [ "$rc" = 124 ] && echo "!!! $name: stopped by timeout $LIMIT s"
+  [ -f "$WORK/$name/eval_passkey.json" ] && cp "$WORK/$name/eval_passkey.json" "$OUT/passkey_$name.json"
+  return $rc
+}
+
+# estimate LENGTH: seconds per sample at LENGTH from the newest measured length below it. Selection
+# scores every landmark for every token: O(T^2 / S) in all, so a sample costs between (ratio) x (the
+# linear part: backbone, encoder, copies) and (ratio)^2 x (selection-bound); prints both bounds.
+estimate() {
+  python3 - "$1" "$WORK" <<'PY'
+import glob, json, sys
+target, work = int(sys.argv[1]), sys.argv[2]
+best = None
+for f in glob.glob(f"{work}/*/eval_passkey.json"):
+    d = json.load(open(f))
+    for c in d["cells"]:
+        if c["length"] < target and c["samples"] and (best is None or c["length"] >= best[0]):
+            per = c["seconds"] / c["samples"]
+            if best is None or c["length"] > best[0] or per > best[1]:
+                best = (c["length"], per)
+if best is None:
+    print("no measurement below this length yet: run `short` (and `16m`) first"); sys.exit(0)
+n, per = best
+r = target / n
+print(f"estimate for {target:,} tokens from {n:,} ({per:.1f} s/sample): {per * r:.0f} to {per * r * r:.0f} s/sample")
+print(f"UPPER={per * r * r:.0f}")
+PY
+}
+
+case "$stage" in
+  tests)  # the offload tests on CUDA (pinned buffers, copy stream, Triton kernels on gathered chunks) + a
+          # decode smoke run: a minute
+    timeout 300 python3 -m pytest -q -x -m gpu tests/model/test_offload.py 2>&1 | tail -5
+    timeout 200 python3 bench/offload/decode_latency.py --spec ramba-cpu --contexts 4k,1m --steps 16 --warmup 4
+    ;;
+  train)  # (a) the demo RAMba of bench/results/h200_train (ramba-demo-sm, <= 4K tokens, ~4 min), same commands
+    if [ -f "$RUN/model/config.json" ] || [ -f "$RUN/config.json" ]; then
+      echo "found $RUN"
+    else
+      RUNS=$WORK S1_TIME=${S1_TIME:-70} S2_TIME=${S2_TIME:-160} LENGTHS=4k DEPTHS=0.5 SAMPLES=8 RANDOM_LENGTHS= \
+        timeout 570 bash bench/train/demo_one.sh ramba-sm
+    fi
+    mdir=$RUN/model; [ -f "$mdir/config.json" ] || mdir=$RUN
+    mkdir -p "$OUT/model" && cp "$mdir"/config.json "$mdir"/config.yaml "$mdir"/model.safetensors "$OUT/model/"
+    [ -f "$WORK/ramba-sm.train.log" ] && tail -5 "$WORK/ramba-sm.train.log"
+    ;;
+  short)  # (b) 4K, 64K, 1M offloaded, 3 depths x SAMPLES (~1-2 min)
+    ev short 4k,64k,1m "${DEPTHS:-0.1,0.5,0.9}" "${SAMPLES:-4}"
+    ;;
+  16m)  # (b) 16M offloaded: one sample per forward; DEPTHS=0.1 etc. splits it over commands
+    estimate 16777216
+    ev "16m_d${DEPTHS:-all}_s$SEED" 16m "${DEPTHS:-0.1,0.5,0.9}" "${SAMPLES:-4}"
+    ;;
+  64m)  # (b) 64M offloaded: DEPTHS (default 0.5) x SAMPLES (default 1) per command; vary SEED for new samples
+    est=$(estimate 67108864); echo "$est"
+    upper=$(echo "$est" | sed -n 's/^UPPER=//p')
+    per=$(( ${SAMPLES:-1} * $(echo "${DEPTHS:-0.5}" | tr ',' '\n' | wc -l) ))
+    if [ -n "$upper" ] && [ $(( upper * per )) -gt "$LIMIT" ] && [ -z "${FORCE:-}" ]; then
+      echo "!!! up to $(( upper * per )) s for $per sample(s) > LIMIT=$LIMIT s; FORCE=1 runs it anyway (it may be cut by the timeout)"
+      exit 0
+    fi
+    ev "64m_d${DEPTHS:-0.5}_s$SEED" 64m "${DEPTHS:-0.5}" "${SAMPLES:-1}"
+    ;;
+  footprint)  # (c) batch 1 at 64K offloaded (the GPU-peak baseline for 64M, also batch 1), and the
+              # on-GPU throughput at 1M (the demo's batch: 4 x 1M per forward) beside the offloaded one
+    BATCH_TOKENS=65536 ev fp64k 64k 0.5 2
+    BATCH_TOKENS=4194304 ev ref1m_gpu 1m 0.5 4 --no-offload
+    ;;
+  decode)  # (d) ramba-370m, random weights, batch 1: ms/token at 4K, 1M, 64M (offloaded; on the GPU up to 1M)
+    timeout "$LIMIT" python3 bench/offload/decode_latency.py --spec ramba-370m --contexts "${CONTEXTS:-4k,1m,64m}" \
+      --out "$WORK/decode.json"
+    cp "$WORK/decode.json" "$OUT/"
+    ;;
+  estimate)
+    estimate 16777216; estimate 67108864
+    ;;
+  report)  # table + heatmap (4K..64M) + footprint/decode tables from everything measured on this machine
+    # (elsewhere, e.g. on CPU from fetched files: python bench/offload/report.py DIR/passkey_*.json --decode ...)
+    python3 bench/offload/report.py "$WORK"/*/eval_passkey.json --decode "${DECODE:-$WORK/decode.json}" --out "$OUT"
+    ;;
+  *) echo "unknown stage $stage (tests | train | short | 16m | 64m | footprint | decode | estimate | report)"; exit 2 ;;
+esac
+ls "$OUT"
