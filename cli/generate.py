@@ -76,7 +76,7 @@ def generate(
     amp = torch.bfloat16 if (dtype == "bf16" or (dtype == "auto" and dev.type == "cuda")) else None
     model = load_pretrained(mdir, device=dev)
     try:
-        offloaded = any(model.offloaded_memories(offload).values())
+        model.offloaded_memories(offload)  # --offload on a model without a chunk memory: a usage error
     except ValueError as exc:
         fail(str(exc), EXIT_USAGE)
     if stats_json is not None:
@@ -94,7 +94,7 @@ def generate(
     t_first = None
     for token in stream_generate(model, ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                                  top_p=top_p, seed=seed, eos_id=None if ignore_eos else tok.eos_id,
-                                 segment_len=segment_len, device=dev, autocast_dtype=amp, offload=offloaded,
+                                 segment_len=segment_len, device=dev, autocast_dtype=amp, offload=offload,
                                  stats=stats):
         if t_first is None:
             t_first = time.perf_counter() - t0
