@@ -7,38 +7,15 @@ from typing import Any
 
 import pytest
 import torch
-from torch import Tensor, nn
+from ema_mixer import EMAMixer
+from torch import nn
 
-from hsa_core.interfaces import Mixer, MixerState
+from hsa_core.interfaces import Mixer
 from hsa_core.modules.hsa_layer import HSALayer
 from hsa_core.testing import assert_states_close, check_mixer, check_retrieval
 
 
-class EMA(Mixer):
-    """Correct: h_t = a h_{t-1} + (1 - a) W_in x_t, y_t = W_out h_t."""
-
-    def __init__(self, d_model: int, expand: int = 2) -> None:
-        super().__init__()
-        self.d_model, inner = d_model, expand * d_model
-        self.w_in = nn.Linear(d_model, inner, bias=False)
-        self.w_out = nn.Linear(inner, d_model, bias=False)
-        self.decay_logit = nn.Parameter(torch.randn(inner))
-
-    def init_state(self, batch_size: int, *, device: Any = None, dtype: Any = None) -> MixerState:
-        return {"h": torch.zeros(batch_size, self.w_in.out_features, device=device, dtype=dtype)}
-
-    def forward(self, x: Tensor, state: MixerState | None = None, *, return_state: bool = False):
-        a = torch.sigmoid(self.decay_logit)
-        u = (1 - a) * self.w_in(x)
-        h = state["h"] if state is not None else torch.zeros_like(u[:, 0])
-        hs = []
-        for t in range(x.shape[1]):
-            h = a * h + u[:, t]
-            hs.append(h)
-        return self.w_out(torch.stack(hs, 1)), ({"h": h} if state is not None or return_state else None)
-
-
-class ZeroesItsInput(EMA):
+class ZeroesItsInput(EMAMixer):
     """Correct outputs, but zeroes the state it was given, in place (breaks rule 3)."""
 
     def forward(self, x, state=None, *, return_state=False):
@@ -48,7 +25,7 @@ class ZeroesItsInput(EMA):
         return out
 
 
-class UpdatesInPlace(EMA):
+class UpdatesInPlace(EMAMixer):
     """Writes the new state into the given dict (the dict is the caller's)."""
 
     def forward(self, x, state=None, *, return_state=False):
@@ -59,7 +36,7 @@ class UpdatesInPlace(EMA):
         return y, new
 
 
-class ComplexEMA(EMA):
+class ComplexEMA(EMAMixer):
     """A complex-valued diagonal recurrence (as in S4D/LRU) with a complex state."""
 
     def __init__(self, d_model: int, expand: int = 2) -> None:
@@ -82,7 +59,7 @@ class ComplexEMA(EMA):
 
 
 def test_a_correct_mixer_passes() -> None:
-    check_mixer(EMA, d_model=8, seq_len=10)
+    check_mixer(EMAMixer, d_model=8, seq_len=10)
 
 
 @pytest.mark.parametrize("broken", [ZeroesItsInput, UpdatesInPlace])
