@@ -153,13 +153,17 @@ def table_for_this_gpu() -> tuple[str, LaunchTable] | None:
     return f"launch_tables/{arch}.json", json.loads(shipped.read_text())["kernels"]
 
 
+def _full_autotuning() -> str:
+    """Why there is no table to use (call only when :func:`table_for_this_gpu` found none)."""
+    why = f"{ENV_AUTOTUNE}=full" if _autotune_mode() == "full" else "no launch table for this GPU"
+    return f"full autotuning ({why})"
+
+
 def describe_launch_table() -> str:
     """Where the launch settings of mamba-ssm's and fla's kernels come from on this machine (``hsa info``)."""
-    if _autotune_mode() == "full":
-        return f"full autotuning ({ENV_AUTOTUNE}=full)"
     found = table_for_this_gpu()
     if found is None:
-        return "full autotuning (no launch table for this GPU)"
+        return _full_autotuning()
     return f"{found[0]}: measured winners of {len(found[1])} kernels (full autotuning: {ENV_AUTOTUNE}=full)"
 
 
@@ -178,8 +182,7 @@ def apply_launch_table(package: str) -> str:
         return last[1]
     found = table_for_this_gpu()
     if found is None:
-        why = f"{ENV_AUTOTUNE}=full" if _autotune_mode() == "full" else "no launch table for this GPU"
-        description = f"full autotuning ({why})"
+        description = _full_autotuning()
     else:
         source, table = found
         description = f"launch table {source} ({narrow([package], table)} kernels)"
