@@ -151,6 +151,12 @@ def train(
     init_from: Path | None = typer.Option(
         None, "--init-from", help="Start from the weights of this run or model directory (curriculum stage)."),
     fsdp: bool = typer.Option(False, "--fsdp", help="FSDP2 (fully_shard) instead of DDP under torchrun."),
+    fsdp_param_dtype: str = typer.Option(
+        "fp32", "--fsdp-param-dtype", help="FSDP2: fp32 (gather fp32 parameters; autocast casts them) or bf16 "
+        "(gather and compute parameters in bf16, reduce gradients in fp32)."),
+    fsdp_reshard: bool = typer.Option(
+        True, "--fsdp-reshard/--no-fsdp-reshard", help="FSDP2: free each block's gathered parameters after its "
+        "forward (least memory) or keep them for the backward (one all-gather fewer per step)."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the model."),
     checkpoint_activations: bool = typer.Option(False, "--checkpoint-activations",
                                                 help="Recompute each block in backward (activation checkpointing): "
@@ -210,6 +216,7 @@ def train(
             eval_every=eval_every, eval_samples=eval_samples,
             eval_lengths=parse_lengths(eval_lengths) if eval_lengths else None,
             checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, fsdp=fsdp, compile=compile_,
+            fsdp_param_dtype=fsdp_param_dtype, fsdp_reshard=fsdp_reshard,
             checkpoint_activations=checkpoint_activations)
         if recipe is not None:
             values = _with_recipe(ctx, recipe, values)

@@ -84,8 +84,13 @@ class TaskBatch:
             return self.targets != IGNORE_INDEX
         raise ValueError(f"loss must be on 'answer' or 'all', got {on!r}")
 
-    def to(self, device: torch.device | str) -> TaskBatch:
-        return TaskBatch(*(getattr(self, f.name).to(device) for f in fields(self)))
+    def to(self, device: torch.device | str, *, non_blocking: bool = False) -> TaskBatch:
+        return TaskBatch(*(getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)))
+
+    def pin_memory(self) -> TaskBatch:
+        """The batch in page-locked host memory: its copy to a GPU (``to(..., non_blocking=True)``) then
+        neither waits for the GPU's queued work nor blocks the host."""
+        return TaskBatch(*(getattr(self, f.name).pin_memory() for f in fields(self)))
 
     def select(self, index: slice | Tensor) -> TaskBatch:
         """The samples ``index`` of the batch (a data-parallel rank takes its slice this way)."""

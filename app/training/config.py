@@ -41,7 +41,11 @@ class TrainConfig:
         device (``auto`` = CUDA when available), dtype (``auto`` = bf16 autocast on CUDA, fp32 on CPU;
         or ``fp32``/``bf16``), seed, eval_every / eval_samples / eval_lengths (periodic exact-match
         eval; lengths default to ``[seq_len]``), eval_segment_len, checkpoint_every, keep_checkpoints,
-        log_every, fsdp (FSDP2 ``fully_shard`` instead of DDP when distributed),
+        log_every, fsdp (FSDP2 ``fully_shard`` instead of DDP when distributed), fsdp_param_dtype
+        (``fp32``: FSDP2 gathers fp32 parameters, autocast casts them; ``bf16``: gathers and computes
+        parameters in bf16 and reduces gradients in fp32, torchtitan's policy; measured slower here, see
+        bench/results/h200_model/README.md), fsdp_reshard (free gathered parameters after each
+        block's forward; ``False`` keeps them for the backward: one all-gather fewer, more memory),
         find_unused_parameters (DDP), compile (``torch.compile`` the model), checkpoint_activations
         (recompute every block in backward instead of keeping its activations: less memory, ~30% more time).
     """
@@ -79,6 +83,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 1
     fsdp: bool = False
+    fsdp_param_dtype: str = "fp32"
+    fsdp_reshard: bool = True
     find_unused_parameters: bool = False
     compile: bool = False
     checkpoint_activations: bool = False
@@ -86,6 +92,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.loss_on not in ("answer", "all"):
             raise ValueError(f"loss_on must be 'answer' or 'all', got {self.loss_on!r}")
+        if self.fsdp_param_dtype not in ("fp32", "bf16"):
+            raise ValueError(f"fsdp_param_dtype must be fp32 or bf16, got {self.fsdp_param_dtype!r}")
         if self.dtype not in ("auto", "fp32", "bf16"):
             raise ValueError(f"dtype must be auto, fp32 or bf16, got {self.dtype!r}")
         for name in ("seq_len", "batch_size", "steps", "concat_segments", "memory_reset_every", "log_every"):

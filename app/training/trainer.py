@@ -225,6 +225,33 @@ class _StepResult:
     grad_norm: float
 
 
+@dataclass
+class _PendingStep:
+    """One optimizer step's figures still on the device (global sums over ranks, 0-d tensors)."""
+
+    loss_sum: Tensor
+    n_tok: Tensor
+    correct: Tensor
+    grad_norm: Tensor
+    has_answers: bool
+    lr: float
+
+    def resolve(self) -> _StepResult:
+        """The figures on the host: one transfer, which waits for the step to finish."""
+        device = self.loss_sum.device
+        loss_sum, n_tok, correct, grad_norm = torch.stack(
+            [_local(t).detach().float().reshape(()).to(device)
+             for t in (self.loss_sum, self.n_tok, self.correct, self.grad_norm)]
+        ).tolist()
+        return _StepResult(loss_sum / n_tok, correct, self.has_answers, self.lr, grad_norm)
+
+
+def _local(t: Tensor) -> Tensor:
+    """A plain tensor from a DTensor (FSDP2's clipped gradient norm is one); other tensors as they are."""
+    full = getattr(t, "full_tensor", None)
+    return full() if callable(full) else t
+
+
 class _Trainer:
     """One call of :func:`train`, one job per method: :meth:`setup` (checkpoint to resume, model, task,
     optimizer, wrapping, log), :meth:`step` (one optimizer step), :meth:`evaluate` (the periodic
@@ -309,8 +336,14 @@ class _Trainer:
         self._window_t, self._window_tokens = time.perf_counter(), 0
         self.wrapped.train()
         with progress:
+            batch = self.device_batch(start_step) if start_step < end else None
             for step in range(start_step, end):
-                result = self.step(step)
+                pending = self.step(step, batch)
+                # The host prepares the next batch while the GPU still runs this step (nothing above
+                # waited for it), and only then reads this step's figures: one sync per step.
+                batch = self.device_batch(step + 1) if step + 1 < end else None
+                result = pending.resolve()
+                self.state.last_loss = result.loss
                 done = step + 1
                 now = time.perf_counter()
                 tps = self._log_step(result, done, end, now)
@@ -333,11 +366,19 @@ class _Trainer:
                     break
         return self.finish(end, start_step, publish=end == cfg.steps or time_limit is not None)
 
-    def step(self, step: int) -> _StepResult:
-        """Optimizer step ``step + 1``: this rank's share of the global batch, forward (with the carried
-        states when configured), loss over the global batch, backward, clipping, AdamW."""
+    def device_batch(self, step: int) -> TaskBatch:
+        """This rank's share of the global batch of ``step`` on the training device (on CUDA through
+        page-locked memory and an asynchronous copy, so that preparing it never waits for the GPU)."""
+        batch = global_batch(self.task, self.cfg, step).select(self.local)
+        if self.env.device.type != "cuda":
+            return batch.to(self.env.device)
+        return batch.pin_memory().to(self.env.device, non_blocking=True)
+
+    def step(self, step: int, batch: TaskBatch) -> _PendingStep:
+        """Optimizer step ``step + 1`` on ``batch`` (:meth:`device_batch`): forward (with the carried
+        states when configured), loss over the global batch, backward, clipping, AdamW. Nothing here
+        waits for the device: the figures come back as tensors, read by :meth:`_PendingStep.resolve`."""
         cfg, env, state, optimizer = self.cfg, self.env, self.state, self.optimizer
-        batch = global_batch(self.task, cfg, step).select(self.local).to(env.device)
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -360,10 +401,8 @@ class _Trainer:
         optimizer.step()
         state.step = step + 1
         state.tokens += cfg.batch_size * cfg.seq_len
-        state.last_loss = float(loss_sum / n_tok)
         # language-model batches have no answer positions: no exact-match figure for them
-        return _StepResult(state.last_loss, float(correct), bool(batch.answer_positions.shape[1]), lr,
-                           float(grad_norm))
+        return _PendingStep(loss_sum, n_tok, correct, grad_norm, bool(batch.answer_positions.shape[1]), lr)
 
     def _log_step(self, result: _StepResult, done: int, end: int, now: float) -> float:
         """The metrics record of step ``done`` (every ``log_every`` steps and the last); returns tokens/s
@@ -468,7 +507,9 @@ def _wrap(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig, 
     forward = SegmentedForward(model, cfg.state_reset_every)
     if cfg.compile:
         forward = torch.compile(forward)  # type: ignore[assignment]
-    wrapped = wrap_model(forward, env, fsdp=cfg.fsdp, find_unused_parameters=cfg.find_unused_parameters)
+    param_dtype = torch.bfloat16 if cfg.fsdp_param_dtype == "bf16" else None
+    wrapped = wrap_model(forward, env, fsdp=cfg.fsdp, find_unused_parameters=cfg.find_unused_parameters,
+                         param_dtype=param_dtype, reshard_after_forward=cfg.fsdp_reshard)
     if cfg.fsdp and env.distributed:
         # FSDP2 reshards parameters on wrapping; rebuild the optimizer over the sharded parameters and
         # load the full optimizer state into it.

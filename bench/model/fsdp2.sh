@@ -1,37 +1,57 @@
 #!/usr/bin/env bash
-# FSDP2 on two H200s vs one, ramba-370m at 4,096 tokens per sequence (run from the repo root on the
-# nvidia-h200-x2 machine after `. bench/device_env.sh`):
-#   1 GPU, batch 8 (GPU 0) and 1 GPU, batch 16 (GPU 1) side by side, then FSDP2 on both GPUs with
-#   global batch 16 (8 per GPU). Throughput: 2 GPUs / 1 GPU at the same per-GPU batch (8); loss
-#   curves: 2 GPUs vs 1 GPU at the same global batch (16).
+# Two H200s vs one, ramba-370m at 4,096 tokens per sequence (run from the repo root on the
+# nvidia-h200-x2 machine after `. bench/device_env.sh`; logs and metrics go to $OUT):
+#   1. NCCL bus bandwidth between the two GPUs (nccl_bandwidth.py), to cost the communication;
+#   2. one GPU, batch 8 (GPU 0) and batch 16 (GPU 1) side by side;
+#   3. each data-parallel VARIANT in turn on both GPUs, global batch 16 (8 per GPU).
+# Throughput: 2 GPUs / 1 GPU at the same per-GPU batch (8); loss curves: 2 GPUs vs 1 GPU at the same
+# global batch (16). Every process gets OMP_NUM_THREADS (torchrun would set 1, the single runs would
+# take every core), so that the host side is the same in all runs.
+#   VARIANTS  fsdp (FSDP2, fp32 parameters on the wire: the default), fsdp-bf16 (--fsdp-param-dtype
+#             bf16), fsdp-keep (--no-fsdp-reshard), ddp
 set +u
 OUT=${OUT:-/tmp/out}
 RUNS=${RUNS:-/tmp/runs/fsdp}
 STEPS=${STEPS:-16}
+VARIANTS=${VARIANTS:-fsdp fsdp-bf16 fsdp-keep ddp}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
 mkdir -p "$OUT" "$RUNS"
-rm -rf "$RUNS"/*
+rm -rf "${RUNS:?}"/*
 ARGS=(ramba-370m --task passkey --seq-len 4096 --steps "$STEPS" --loss-on all --lr 3e-4 --warmup 4
       --checkpoint-every 0 --no-progress)
 LIMIT=${LIMIT:-150}  # seconds per run
+if [ "${NCCL:-1}" = 1 ]; then  # NCCL=0 skips the bandwidth probe
+  timeout 60 torchrun --standalone --nproc-per-node 2 bench/model/nccl_bandwidth.py 2>&1 | grep nccl | tee "$OUT/fsdp2.log"
+fi
 CUDA_VISIBLE_DEVICES=0 timeout $LIMIT hsa train "${ARGS[@]}" --batch-size 8 --out "$RUNS/gpu1_b8" > "$RUNS/gpu1_b8.log" 2>&1 &
 CUDA_VISIBLE_DEVICES=1 timeout $LIMIT hsa train "${ARGS[@]}" --batch-size 16 --out "$RUNS/gpu1_b16" > "$RUNS/gpu1_b16.log" 2>&1 &
 wait
-timeout $LIMIT torchrun --standalone --nproc-per-node 2 -m hsa_cli train "${ARGS[@]}" --batch-size 16 --fsdp \
-  --out "$RUNS/gpu2_b16" > "$RUNS/gpu2_b16.log" 2>&1
-for n in gpu1_b8 gpu1_b16 gpu2_b16; do  # two files back: the logs' ends and every run's metrics, one per line
-  { echo "== $n"; tail -5 "$RUNS/$n.log"; } >> "$OUT/fsdp2.log"
+declare -A FLAGS=([fsdp]="--fsdp" [fsdp-bf16]="--fsdp --fsdp-param-dtype bf16" [fsdp-keep]="--fsdp --no-fsdp-reshard" [ddp]="")
+for v in $VARIANTS; do
+  # shellcheck disable=SC2086  # FLAGS holds several words on purpose
+  timeout $LIMIT torchrun --standalone --nproc-per-node 2 -m hsa_cli train "${ARGS[@]}" --batch-size 16 ${FLAGS[$v]} \
+    --out "$RUNS/gpu2_$v" > "$RUNS/gpu2_$v.log" 2>&1
+done
+for n in gpu1_b8 gpu1_b16 $(for v in $VARIANTS; do echo "gpu2_$v"; done); do  # the logs' ends, every run's metrics
+  { echo "== $n"; tail -3 "$RUNS/$n.log"; } >> "$OUT/fsdp2.log"
   sed "s/^{/{\"run\": \"$n\", /" "$RUNS/$n/metrics.jsonl" >> "$OUT/fsdp2_metrics.jsonl" 2>/dev/null
 done
-python3 - "$RUNS" <<'PY' 2>&1 | tee -a "$OUT/fsdp2.log"
+python3 - "$RUNS" $VARIANTS <<'PY' 2>&1 | tee -a "$OUT/fsdp2.log"
 import json, statistics, sys
-runs = sys.argv[1]
+runs, variants = sys.argv[1], sys.argv[2:]
 def steady(name):
-    recs = [json.loads(l) for l in open(f"{runs}/{name}/metrics.jsonl") if '"loss"' in l]
+    try:
+        recs = [json.loads(l) for l in open(f"{runs}/{name}/metrics.jsonl") if '"loss"' in l]
+    except OSError:
+        return None, None
     return recs, statistics.median(r["tokens_per_s"] for r in recs[3:])
-r8, t8 = steady("gpu1_b8"); r16, t16 = steady("gpu1_b16"); f16, tf = steady("gpu2_b16")
-print(f"tokens/s (median of steps 4..): 1 GPU b8 {t8:,.0f}; 1 GPU b16 {t16:,.0f}; 2 GPUs FSDP2 b16 {tf:,.0f} "
-      f"= {tf / t8:.2f}x one GPU at the same per-GPU batch")
-d = [abs(a["loss"] - b["loss"]) for a, b in zip(r16, f16)]
-print(f"loss, 1 GPU b16 vs 2 GPUs FSDP2 b16: max |diff| {max(d):.4f}, mean {sum(d)/len(d):.4f}; "
-      f"final {r16[-1]['loss']:.4f} vs {f16[-1]['loss']:.4f}")
+r8, t8 = steady("gpu1_b8"); r16, t16 = steady("gpu1_b16")
+print(f"tokens/s (median of steps 4..): 1 GPU b8 {t8:,.0f}; 1 GPU b16 {t16:,.0f}")
+for v in variants:
+    f16, tf = steady(f"gpu2_{v}")
+    if f16 is None:
+        print(f"2 GPUs {v}: no metrics (see its log)"); continue
+    d = [abs(a["loss"] - b["loss"]) for a, b in zip(r16, f16)]
+    print(f"2 GPUs {v} b16: {tf:,.0f} tokens/s = {tf / t8:.2f}x one GPU at the same per-GPU batch; loss vs 1 GPU b16: "
+          f"max |diff| {max(d):.4f}, mean {sum(d)/len(d):.4f}; final {r16[-1]['loss']:.4f} vs {f16[-1]['loss']:.4f}")
 PY

@@ -33,6 +33,47 @@ def training_rows(out: Path) -> list[str]:
     return rows
 
 
+def plot_training(out: Path) -> Path | None:
+    """``training.png``: train loss (smoothed over 10 steps) and validation loss against tokens seen,
+    one colour per model (its passkey fine-tune dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = sorted(out.glob("*_metrics.jsonl"))
+    if not runs:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    colours: dict[str, str] = {}
+    for path in runs:
+        name = path.name.removesuffix("_metrics.jsonl")
+        base, fine_tune = name.removesuffix("_pk"), name.endswith("_pk")
+        recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        lm = [r for r in recs if "loss" in r and "acc" not in r]  # passkey batches have an exact-match figure
+        if not lm:
+            continue
+        loss = [r["loss"] for r in lm]
+        smooth = [sum(loss[max(0, i - 9):i + 1]) / len(loss[max(0, i - 9):i + 1]) for i in range(len(loss))]
+        line, = ax.plot([r["tokens"] / 1e6 for r in lm], smooth, ls="--" if fine_tune else "-",
+                        color=colours.get(base), label=f"{name} train")
+        colours.setdefault(base, line.get_color())
+        evals = [(r["step"], r["eval"]["val_loss"]) for r in recs if "val_loss" in r.get("eval", {})]
+        tokens_at = {r["step"]: r["tokens"] for r in lm}
+        pts = [(tokens_at[s] / 1e6, v) for s, v in evals if s in tokens_at]
+        if pts and not fine_tune:
+            ax.plot(*zip(*pts), "o", color=colours[base], label=f"{name} validation")
+    ax.set_xlabel("tokens seen (M; a fine-tune counts from its own start)")
+    ax.set_ylabel("language-model loss (nats)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    target = out / "training.png"
+    fig.savefig(target, dpi=120)
+    plt.close(fig)
+    return target
+
+
 def ppl_rows(out: Path) -> list[str]:
     path = out / "eval_ppl.json"
     if not path.is_file():
@@ -84,6 +125,8 @@ def main() -> int:
               f"{s['validation']['tokens']:,} tokens (longest {s['validation']['longest_document']:,}).\n")
     print("## Training\n")
     print("\n".join(training_rows(out)) + "\n")
+    if plot_training(out) is not None:
+        print("Loss curves: `training.png`.\n")
     print("## Perplexity by position\n")
     print("\n".join(ppl_rows(out)) + "\n")
     print("## Passkey in natural-text filler (after the passkey fine-tune)\n")

@@ -42,10 +42,11 @@ def single(tmp_path_factory: pytest.TempPathFactory) -> list[float]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+@pytest.mark.parametrize("mode", ["ddp", "fsdp", "fsdp-keep"])
 def test_two_processes_match_one(tmp_path: Path, single: list[float], mode: str) -> None:
     out = tmp_path / mode
-    proc = torchrun(out, *(["--fsdp"] if mode == "fsdp" else []))
+    flags = {"ddp": [], "fsdp": ["--fsdp"], "fsdp-keep": ["--fsdp", "--no-fsdp-reshard"]}[mode]
+    proc = torchrun(out, *flags)
     assert proc.stdout.count("trained 4 steps") == 1  # only rank 0 reports
     losses = train_losses(out)
     assert len(losses) == 4
