@@ -179,14 +179,55 @@ def safe(label, fn, *args, **kwargs):
 #: the kernel bar's protocol and the worst case: no two tokens share a K/V tile) or ``block`` (all tokens
 #: of a 64-token block share one draw: the best case for K/V reuse, closer to trained models, whose
 #: neighbouring tokens mostly pick the same chunks).
+#: Or ``recorded:FILE``: the selections a trained model made, recorded by ``bench/record_selections.py``
+#: (its first retrieval module, retrieval head 0, the first T tokens).
 SELECTIONS = ("uniform", "block")
+RECORDED = "recorded:"
+
+
+def selection_problem(selection: str) -> str | None:
+    """Why ``selection`` cannot be used (``None`` when it can)."""
+    if selection in SELECTIONS:
+        return None
+    if selection.startswith(RECORDED):
+        path = Path(selection.removeprefix(RECORDED))
+        return None if path.is_file() else f"{path}: no such file (write one with bench/record_selections.py)"
+    return f"selection must be one of {', '.join(SELECTIONS)} or {RECORDED}FILE, got {selection!r}"
+
+
+def recorded_selection(path: str | Path, T: int) -> torch.Tensor:
+    """``(T, K)`` int32 chunk ids from a ``bench/record_selections.py`` file: its first retrieval module
+    (by name), retrieval head 0, the first ``T`` tokens. Empty slots (-1) become chunk 0, as in the
+    drawn selections, because the published kernel rejects -1 (every kernel then does K chunks of work
+    per token).
+
+    Raises:
+        ValueError: the file was recorded with another chunk size or top-k than the benchmark's, or
+            holds fewer than ``T`` tokens.
+    """
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        names = sorted(k for k in f.keys() if k.startswith("indices."))  # noqa: SIM118 (safe_open is not iterable)
+        if not names:
+            raise ValueError(f"{path}: no indices.* tensor (not a bench/record_selections.py file)")
+        idx = f.get_tensor(names[0])
+    if int(meta.get("chunk_size", S)) != S or idx.shape[-1] != K:
+        raise ValueError(f"{path}: recorded with chunk size {meta.get('chunk_size')} and top-{idx.shape[-1]}; "
+                         f"the benchmark uses chunk size {S} and top-{K}")
+    if idx.shape[0] < T:
+        raise ValueError(f"{path}: holds {idx.shape[0]:,} tokens, fewer than T={T:,}")
+    idx = idx[:T, 0].to(torch.int32)
+    return torch.where(idx < 0, torch.zeros_like(idx), idx).contiguous()
 
 
 def make_inputs(T: int, B: int, dtype=torch.bfloat16, seed: int = 0, selection: str = "uniform",
                 device: str = "cuda"):
     """``q (B,T,HQ,D), k, v (B,T,H,D), idx (B,T,H,K) int32, w (B,T,H,K)``; see :data:`SELECTIONS`."""
-    if selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+    problem = selection_problem(selection)
+    if problem:
+        raise ValueError(problem)
     g = torch.Generator(device=device).manual_seed(seed)
     dev = device
     C = T // S
@@ -196,6 +237,11 @@ def make_inputs(T: int, B: int, dtype=torch.bfloat16, seed: int = 0, selection: 
     # Selection: K distinct visible chunks per token (uniform), most recent first. Tokens that see fewer
     # than K chunks repeat chunk 0 so that every kernel does the same K chunks of work per token (the
     # published kernel rejects -1).
+    if selection.startswith(RECORDED):  # the same recorded selection for every batch row and KV head
+        idx = recorded_selection(selection.removeprefix(RECORDED), T).to(dev)
+        idx = idx[None, :, None, :].expand(B, T, H, K).contiguous()
+        w = torch.rand(B, T, H, K, device=dev, generator=g) / K
+        return q, k, v, idx, w
     pos = torch.arange(T, device=dev)
     nvis = (pos // S).clamp(min=1)
     if T * C * B > 2**31:
@@ -496,6 +542,12 @@ _SELECTION_TEXT = {"uniform": "uniform over visible chunks",
                    "block": "one uniform draw per 64-token block, shared by its tokens"}
 
 
+def _selection_text(selection: str) -> str:
+    if selection.startswith(RECORDED):
+        return f"recorded from a trained model: {selection.removeprefix(RECORDED)}"
+    return _SELECTION_TEXT[selection]
+
+
 def _fwd_bwd_table(results, title: str, key: str) -> list[str]:
     """A ``fwd_<key> / fwdbwd_<key>`` table (integers) over the shapes, for the fixed contender columns."""
     names = ("ours", "published HSA", "fla NSA selected", "SDPA flash", "SDPA cuDNN")
@@ -512,7 +564,7 @@ def markdown(results) -> str:
     """``results.md``: the tables of a :func:`run_benchmark` results dict."""
     lines = [f"# HSA kernels on {results['device']} ({results['date']})", "",
              f"bf16, HQ={HQ} over H={H} KV head, D={D}, S={S}, top-{K}; selection precomputed "
-             f"({_SELECTION_TEXT[results.get('selection', 'uniform')]}); median ms over CUDA events; "
+             f"({_selection_text(results.get('selection', 'uniform'))}); median ms over CUDA events; "
              f"command: `{results['command']}`", ""]
     # "schedule" since the schedules became arguments; older results recorded CONFIG's "fwd_mode".
     default = results.get("schedule") or f"{results.get('fwd_mode', 'query')}-outer"
@@ -610,8 +662,9 @@ def run_benchmark(
     (:data:`SELECTIONS`; the correctness check always uses ``uniform``). Progress goes to
     stdout. The caller checks :func:`cuda_problem` first.
     """
-    if selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+    problem = selection_problem(selection)
+    if problem:
+        raise ValueError(problem)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if sweep:
@@ -657,9 +710,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", default=DEFAULT_VARIANTS,
                    help=f"extra columns of ours, from: {', '.join(VARIANTS)}; '' for none")
     p.add_argument("--no-correctness", action="store_true", help="skip the bf16-vs-fp32 error check")
-    p.add_argument("--selection", default="uniform", choices=SELECTIONS,
-                   help="uniform (each token its own selection) or block (shared per 64-token block)")
+    p.add_argument("--selection", default="uniform",
+                   help="uniform (each token its own selection), block (shared per 64-token block) or "
+                        "recorded:FILE (a trained model's, from bench/record_selections.py)")
     args = p.parse_args(argv)
+    if selection_problem(args.selection):
+        p.error(f"argument --selection: {selection_problem(args.selection)}")
     try:
         shapes = parse_shapes(args.shapes)
     except ValueError as exc:

@@ -85,7 +85,8 @@ def kernels(
     no_correctness: bool = typer.Option(False, "--no-correctness", help="Skip the bf16-vs-fp32 error check."),
     sweep: bool = typer.Option(False, "--sweep", help="Only sweep launch settings (T=64K) into sweep.json."),
     selection: str = typer.Option("uniform", "--selection", help="How the table's selections are drawn: uniform "
-                                  "(each token its own; the worst case) or block (shared per 64-token block)."),
+                                  "(each token its own; the worst case), block (shared per 64-token block) or "
+                                  "recorded:FILE (a trained model's, from bench/record_selections.py)."),
 ) -> None:
     """Our Triton HSA kernels vs the published HSA kernel, fla's NSA and dense SDPA, on one CUDA GPU.
 
@@ -108,9 +109,8 @@ def kernels(
         keep = bench.parse_variants(variants)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--variants") from None
-    if selection not in bench.SELECTIONS:
-        raise typer.BadParameter(f"{selection!r} is not one of {', '.join(bench.SELECTIONS)}",
-                                 param_hint="--selection")
+    if bench.selection_problem(selection):
+        raise typer.BadParameter(bench.selection_problem(selection), param_hint="--selection")
     problem = bench.cuda_problem()
     if problem:
         fail(problem, EXIT_MISSING_DEP)

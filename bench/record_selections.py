@@ -1,0 +1,139 @@
+"""Record the chunk selections a trained model makes, for the kernel benchmark.
+
+The kernel table's selections are drawn at random (``uniform``: no two tokens share a K/V tile, the
+worst case for every sparse kernel). What a trained model selects is what users run; this script
+records it so that ``bench/bench_kernels.py --selection recorded:FILE`` times the kernels on it:
+
+    python3 bench/record_selections.py RUN --data DIR --length 65536 --out sel.safetensors
+    python3 bench/record_selections.py RUN --task passkey --length 65536 --out sel.safetensors
+
+``RUN`` is a run or model directory. The input is the first validation document of a prepared data
+folder (``hsa data prepare``) with at least ``--length`` tokens, or one sample of a synthetic task in
+the model's vocabulary. The model reads it in segments of ``--segment-len`` tokens with its cache
+carried, as ``hsa eval`` does, and a forward hook on every retrieval module collects its
+``(T, H_r, K)`` chunk ids. The file holds one ``indices.<module>`` int32 tensor per retrieval module
+(``-1`` = empty slot), the same module's weights (``weights.<module>``, fp32), and metadata: the run,
+the input, the chunk size, top-k, and each module's *repeat rate*: the fraction of valid slots whose
+chunk an earlier slot of the same 4-token block already chose (what ``schedule="auto"`` samples to
+decide whether tokens share chunks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+
+def repeat_rate(indices: Tensor, block: int = 4) -> float:
+    """Fraction of valid slots of ``indices`` ``(T, H, K)`` whose chunk an earlier slot of the same
+    ``block`` consecutive tokens (same head) already chose."""
+    T, H, K = indices.shape
+    n = T // block * block
+    if n == 0:
+        return 0.0
+    x = indices[:n].reshape(n // block, block, H, K).permute(0, 2, 1, 3).reshape(n // block, H, block * K)
+    valid = x >= 0
+    # slot j repeats when some slot i < j of its block holds the same chunk
+    same = (x[..., :, None] == x[..., None, :]) & valid[..., :, None] & valid[..., None, :]
+    earlier = torch.ones(block * K, block * K, dtype=torch.bool).tril(-1)
+    repeats = (same & earlier).any(-1)
+    return float(repeats.sum()) / max(1, int(valid.sum()))
+
+
+def input_tokens(args: argparse.Namespace, vocab_size: int) -> tuple[Tensor, str]:
+    """``(1, length)`` int64 token ids and a description of where they came from."""
+    if args.data:
+        from hsa_app.data import open_data
+
+        data = open_data(args.data)
+        part = data.split("validation")
+        for i, n in enumerate(part.doc_lengths):
+            if int(n) >= args.length:
+                ids = torch.from_numpy(part.document(i)[: args.length].copy()).long()
+                return ids[None], f"{args.data}: validation document {i} ({int(n):,} tokens), first {args.length:,}"
+        raise SystemExit(f"error: {args.data}: no validation document has {args.length:,} tokens "
+                         f"(the longest has {int(max(part.doc_lengths, default=0)):,})")
+    from hsa_app.tasks import make_task
+
+    task = make_task(args.task, vocab_size=vocab_size)
+    batch = task.sample(1, args.length, args.seed)
+    return batch.input_ids, f"task {args.task} (seed {args.seed}), {args.length:,} tokens"
+
+
+def record(model: torch.nn.Module, ids: Tensor, segment_len: int) -> dict[str, Tensor]:
+    """Run ``ids`` ``(1, T)`` through ``model`` in segments; every retrieval module's selections
+    ``{name: (indices (T, H_r, K) int32, weights (T, H_r, K) fp32)}`` as two dicts of tensors."""
+    from hsa_core.modules.retrieval import Retrieval
+
+    captured: dict[str, list[tuple[Tensor, Tensor]]] = {}
+
+    def hook(name: str):
+        def keep(_module, _inputs, selection) -> None:
+            captured.setdefault(name, []).append((selection.indices[0].int().cpu(),
+                                                  selection.weights[0].float().cpu()))
+        return keep
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, Retrieval)]
+    if not handles:
+        raise SystemExit("error: the model has no retrieval (HSA) module: nothing to record")
+    cache = None
+    try:
+        with torch.no_grad():
+            for start in range(0, ids.shape[1], segment_len):
+                _, cache = model.forward_hidden(ids[:, start:start + segment_len], cache, return_cache=True)
+    finally:
+        for h in handles:
+            h.remove()
+    out: dict[str, Tensor] = {}
+    for name, parts in captured.items():
+        out[f"indices.{name}"] = torch.cat([p[0] for p in parts]).contiguous()
+        out[f"weights.{name}"] = torch.cat([p[1] for p in parts]).contiguous()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="a run or model directory")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="a prepared data folder: its first validation document of >= --length tokens")
+    src.add_argument("--task", help="a synthetic task (e.g. passkey) sampled at --length")
+    p.add_argument("--length", type=int, default=65536)
+    p.add_argument("--segment-len", type=int, default=16384)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="the .safetensors file to write")
+    args = p.parse_args(argv)
+
+    from hsa_app.runtime.checkpoint import model_dir_of
+    from safetensors.torch import save_file
+
+    from hsa_core.devices import autocast_context, resolve_device
+    from hsa_core.model import load_pretrained
+    from hsa_core.modules.retrieval import Retrieval
+
+    device = resolve_device("auto")
+    model = load_pretrained(model_dir_of(args.run), device=device).eval()
+    ids, source = input_tokens(args, model.vocab_size)
+    with autocast_context(device, torch.bfloat16 if device.type == "cuda" else None):
+        tensors = record(model, ids.to(device), args.segment_len)
+    first = next(m for m in model.modules() if isinstance(m, Retrieval))
+    rates = {k.removeprefix("indices."): round(repeat_rate(v), 4) for k, v in tensors.items()
+             if k.startswith("indices.")}
+    meta = {"run": str(args.run), "source": source, "length": str(ids.shape[1]),
+            "chunk_size": str(first.chunk_size), "topk": str(first.topk), "repeat_rate": json.dumps(rates)}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(out)
+    print(f"wrote {out}: {len(rates)} retrieval module(s), {ids.shape[1]:,} tokens ({source}); "
+          f"repeat rate per module (4-token blocks): {rates}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
