@@ -627,8 +627,10 @@ def _loss(loss_sum: Tensor, answer_logits: Tensor, batch: TaskBatch, on: str,
     """
     with torch.no_grad():
         exact = (answer_logits.argmax(-1) == batch.answers()).all(1).float().sum()
+        # new_full is a fill kernel; torch.tensor(..., device=cuda) would copy from pageable memory and
+        # wait for the queued forward
         stats = torch.stack([loss_sum.detach().float(), batch.loss_mask(on).sum().float(), exact,
-                             torch.tensor(float(batch.batch_size), device=loss_sum.device)])
+                             loss_sum.new_full((), float(batch.batch_size), dtype=torch.float32)])
         stats = all_reduce_sum(stats, env)
     loss = loss_sum / stats[1] * env.world_size
     return loss, stats[0], stats[1], stats[2] / stats[3]
