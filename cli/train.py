@@ -157,6 +157,9 @@ def train(
     fsdp_reshard: bool = typer.Option(
         True, "--fsdp-reshard/--no-fsdp-reshard", help="FSDP2: free each block's gathered parameters after its "
         "forward (least memory) or keep them for the backward (one all-gather fewer per step)."),
+    fsdp_blocks_per_unit: int = typer.Option(
+        1, "--fsdp-blocks-per-unit", min=1, help="FSDP2: consecutive blocks sharded as one unit (fewer, larger "
+        "collectives and fewer hooks per step)."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the model."),
     checkpoint_activations: bool = typer.Option(False, "--checkpoint-activations",
                                                 help="Recompute each block in backward (activation checkpointing): "
@@ -216,7 +219,7 @@ def train(
             eval_every=eval_every, eval_samples=eval_samples,
             eval_lengths=parse_lengths(eval_lengths) if eval_lengths else None,
             checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, fsdp=fsdp, compile=compile_,
-            fsdp_param_dtype=fsdp_param_dtype, fsdp_reshard=fsdp_reshard,
+            fsdp_param_dtype=fsdp_param_dtype, fsdp_reshard=fsdp_reshard, fsdp_blocks_per_unit=fsdp_blocks_per_unit,
             checkpoint_activations=checkpoint_activations)
         if recipe is not None:
             values = _with_recipe(ctx, recipe, values)

@@ -46,6 +46,7 @@ class TrainConfig:
         parameters in bf16 and reduces gradients in fp32, torchtitan's policy; measured slower here, see
         bench/results/h200_model/README.md), fsdp_reshard (free gathered parameters after each
         block's forward; ``False`` keeps them for the backward: one all-gather fewer, more memory),
+        fsdp_blocks_per_unit (consecutive blocks sharded as one FSDP2 unit: fewer collectives and hooks),
         find_unused_parameters (DDP), compile (``torch.compile`` the model), checkpoint_activations
         (recompute every block in backward instead of keeping its activations: less memory, ~30% more time).
     """
@@ -85,6 +86,7 @@ class TrainConfig:
     fsdp: bool = False
     fsdp_param_dtype: str = "fp32"
     fsdp_reshard: bool = True
+    fsdp_blocks_per_unit: int = 1
     find_unused_parameters: bool = False
     compile: bool = False
     checkpoint_activations: bool = False
@@ -92,6 +94,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.loss_on not in ("answer", "all"):
             raise ValueError(f"loss_on must be 'answer' or 'all', got {self.loss_on!r}")
+        if self.fsdp_blocks_per_unit < 1:
+            raise ValueError(f"fsdp_blocks_per_unit must be >= 1, got {self.fsdp_blocks_per_unit}")
         if self.fsdp_param_dtype not in ("fp32", "bf16"):
             raise ValueError(f"fsdp_param_dtype must be fp32 or bf16, got {self.fsdp_param_dtype!r}")
         if self.dtype not in ("auto", "fp32", "bf16"):

@@ -8,7 +8,7 @@
 # global batch (16). Every process gets OMP_NUM_THREADS (torchrun would set 1, the single runs would
 # take every core), so that the host side is the same in all runs.
 #   VARIANTS  fsdp (FSDP2, fp32 parameters on the wire: the default), fsdp-bf16 (--fsdp-param-dtype
-#             bf16), fsdp-keep (--no-fsdp-reshard), ddp
+#             bf16), fsdp-keep (--no-fsdp-reshard), fsdp-group4 (--fsdp-blocks-per-unit 4), ddp
 set +u
 OUT=${OUT:-/tmp/out}
 RUNS=${RUNS:-/tmp/runs/fsdp}
@@ -26,7 +26,8 @@ fi
 CUDA_VISIBLE_DEVICES=0 timeout $LIMIT hsa train "${ARGS[@]}" --batch-size 8 --out "$RUNS/gpu1_b8" > "$RUNS/gpu1_b8.log" 2>&1 &
 CUDA_VISIBLE_DEVICES=1 timeout $LIMIT hsa train "${ARGS[@]}" --batch-size 16 --out "$RUNS/gpu1_b16" > "$RUNS/gpu1_b16.log" 2>&1 &
 wait
-declare -A FLAGS=([fsdp]="--fsdp" [fsdp-bf16]="--fsdp --fsdp-param-dtype bf16" [fsdp-keep]="--fsdp --no-fsdp-reshard" [ddp]="")
+declare -A FLAGS=([fsdp]="--fsdp" [fsdp-bf16]="--fsdp --fsdp-param-dtype bf16" [fsdp-keep]="--fsdp --no-fsdp-reshard"
+                [fsdp-group4]="--fsdp --fsdp-blocks-per-unit 4" [ddp]="")
 for v in $VARIANTS; do
   # shellcheck disable=SC2086  # FLAGS holds several words on purpose
   timeout $LIMIT torchrun --standalone --nproc-per-node 2 -m hsa_cli train "${ARGS[@]}" --batch-size 16 ${FLAGS[$v]} \

@@ -42,10 +42,11 @@ def single(tmp_path_factory: pytest.TempPathFactory) -> list[float]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["ddp", "fsdp", "fsdp-keep"])
+@pytest.mark.parametrize("mode", ["ddp", "fsdp", "fsdp-keep-grouped"])
 def test_two_processes_match_one(tmp_path: Path, single: list[float], mode: str) -> None:
     out = tmp_path / mode
-    flags = {"ddp": [], "fsdp": ["--fsdp"], "fsdp-keep": ["--fsdp", "--no-fsdp-reshard"]}[mode]
+    flags = {"ddp": [], "fsdp": ["--fsdp"],
+             "fsdp-keep-grouped": ["--fsdp", "--no-fsdp-reshard", "--fsdp-blocks-per-unit", "2"]}[mode]
     proc = torchrun(out, *flags)
     assert proc.stdout.count("trained 4 steps") == 1  # only rank 0 reports
     losses = train_losses(out)
