@@ -121,5 +121,7 @@ def test_realtext_scripts_end_to_end_on_cpu(tmp_path: Path) -> None:
     steps = json.loads((out / "ramba_train_config.json").read_text())["config"]["steps"]
     assert steps == 6  # the fitted count (from the calibration run's tokens/s) capped by STEPS
     assert [json.loads(line)["step"] for line in (out / "ramba_metrics.jsonl").read_text().splitlines()][-1] == 6
+    assert (runs / "ramba.pk" / "model").is_dir() and not (runs / "mamba2.pk").exists()  # PK_NAMES only
+    assert (out / "training.png").exists()
     summary = (out / "realtext.md").read_text()
     assert "| ramba |" in summary and "| mamba2 |" in summary and "**ramba**" in summary

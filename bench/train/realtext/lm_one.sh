@@ -14,6 +14,7 @@ RUNS=${RUNS:-runs/realtext}
 SEQ=${SEQ:-4096}; BATCH=${BATCH:-16}; LR=${LR:-1e-3}; WARMUP=${WARMUP:-200}; STEPS=${STEPS:-100000}
 TRAIN_TIME=${TRAIN_TIME:-1080}     # seconds of LM training (the bar: <= 20 minutes); STEPS caps the fitted count
 CALIB_STEPS=${CALIB_STEPS:-30}     # a short run measures tokens/s; the step count is fitted to TRAIN_TIME
+                                   # (0: no calibration, train STEPS steps: equal tokens for every layout)
 EVAL_EVERY=${EVAL_EVERY:-200}; EVAL_SAMPLES=${EVAL_SAMPLES:-32}; CKPT_EVERY=${CKPT_EVERY:-200}
 PK=${PK:-1}; PK_TIME=${PK_TIME:-280}; PK_STEPS_MAX=${PK_STEPS_MAX:-100000}; PK_MIX=${PK_MIX:-0.5}; PK_LR=${PK_LR:-3e-4}; PK_DIGITS=${PK_DIGITS:-5}
 PACKING=${PACKING:-concat}
@@ -30,7 +31,7 @@ print(min(cap, max(10, int(0.9 * budget * statistics.median(tps) / (batch * seq)
 PY
 }
 
-if [ ! -d "$run/checkpoints" ]; then
+if [ ! -d "$run/checkpoints" ] && [ "$CALIB_STEPS" -gt 0 ]; then
   echo "=== $name calibration: $CALIB_STEPS steps ($(date -u +%H:%M:%S))"
   rm -rf "$run.calib"
   hsa train "$spec" "${common[@]}" --steps "$CALIB_STEPS" --warmup 1 --lr "$LR" --checkpoint-every 0 \
