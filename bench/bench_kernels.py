@@ -508,6 +508,24 @@ def _sweep_select(T: int) -> list[dict[str, Any]]:
     return _sweep_rows("select", grid, select)
 
 
+def sweep_select_long(T: int = 1 << 20, dr: int = 256) -> list[dict[str, Any]]:
+    """The fused selection at a long context (default 1M tokens, 16K landmarks, d_r=256 as in the demo
+    RAMba) with and without ``skip_merges``, the tile-skipping that only pays off once many landmarks have
+    been seen; random queries and landmarks (scores without structure: the fewest skips a trained model
+    would allow is not known, this is one data point)."""
+    from hsa_kernels.hsa_select import SelectLaunch, hsa_select_triton
+
+    qr = torch.randn(1, T, 1, dr, device="cuda", dtype=torch.bfloat16)
+    lm = torch.randn(1, T // S, 1, dr, device="cuda", dtype=torch.bfloat16)
+
+    def select(**launch):
+        return hsa_select_triton(qr, lm, topk=K, chunk_size=S, launch=SelectLaunch(**launch))
+
+    grid = [{"skip_merges": skip, "block_t": bt, "block_c": bc} for skip in (False, True)
+            for bt, bc in ((128, 128), (64, 128), (128, 64))]
+    return _sweep_rows(f"select T={T} dr={dr}", grid, select)
+
+
 def run_sweep(T: int = 65536, B: int = 1) -> dict[str, Any]:
     """Launch settings of the kept schedules at T (selection at 2T): the forward schedules and settings on
     uniform and block-shared selections, the fused backward (atomic dQ too), the fused selection. Each
@@ -524,6 +542,8 @@ def run_sweep(T: int = 65536, B: int = 1) -> dict[str, Any]:
         out["bwd (index included)"] = _sweep_backward(T, B)
         torch.cuda.empty_cache()
         out[f"select T={2 * T}"] = _sweep_select(2 * T)
+        torch.cuda.empty_cache()
+        out["select long"] = sweep_select_long()
     return out
 
 

@@ -54,7 +54,7 @@ def _hsa_select_kernel(
     scale,
     S: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
-    STICK: tl.constexpr, PREC: tl.constexpr,
+    STICK: tl.constexpr, PREC: tl.constexpr, SKIP: tl.constexpr,
 ):
     pid_t = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -86,8 +86,17 @@ def _hsa_select_kernel(
         vis = cc[None, :] < nvis[:, None]
         key = (_sortable(s).to(tl.int64) << 32) | cc.to(tl.int64)[None, :]
         key = tl.where(vis, key, tl.full([BLOCK_T, BLOCK_C], -(2**31), tl.int64) << 32)
-        blk = tl.topk(key, KP, dim=1)
-        run = tl.topk(tl.reshape(tl.join(run, blk), [BLOCK_T, 2 * KP]), KP, dim=1)
+        if SKIP:
+            # A key enters a row's top-KP only if it beats the row's smallest kept key (keys are unique:
+            # the chunk id is in the low word), so a tile in which no row has such a key changes nothing
+            # and its two top-k merges are skipped. Exact; pays off once many chunks have been seen.
+            beats = key > tl.min(run, 1)[:, None]
+            if tl.max(tl.max(beats.to(tl.int32), 1), 0) > 0:
+                blk = tl.topk(key, KP, dim=1)
+                run = tl.topk(tl.reshape(tl.join(run, blk), [BLOCK_T, 2 * KP]), KP, dim=1)
+        else:
+            blk = tl.topk(key, KP, dim=1)
+            run = tl.topk(tl.reshape(tl.join(run, blk), [BLOCK_T, 2 * KP]), KP, dim=1)
     # run: (BLOCK_T, KP) sorted by score descending; keep the first TOPK.
     rank = tl.arange(0, KP)[None, :]
     hi = (run >> 32).to(tl.int32)
@@ -130,9 +139,14 @@ class SelectLaunch:
     block_d: int = 64
     warps: int = 8
     stages: int = 3
+    #: skip a landmark tile's top-k merges when no token of the block has a score in it that beats its
+    #: current top-k (exact). Off until measured on the H200 (bench_kernels.py --sweep, "select long").
+    skip_merges: bool = False
 
     def __post_init__(self) -> None:
-        check_counts(self)
+        if not isinstance(self.skip_merges, bool):
+            raise ValueError(f"SelectLaunch.skip_merges must be True or False, got {self.skip_merges!r}")
+        check_counts(self, skip=("skip_merges",))
 
 
 #: compute capability major*10 + minor -> settings measured there (H200 at T=128K, d_r=1024: 128x128
@@ -174,6 +188,7 @@ def _launch(q_r: Tensor, landmarks: Tensor, topk: int, chunk_size: int, q_offset
         landmarks.stride(0), landmarks.stride(1), landmarks.stride(2),
         scale,
         S=chunk_size, TOPK=topk, KP=kp, BLOCK_T=bt, BLOCK_C=bc, BLOCK_D=bd, STICK=stick, PREC=prec,
+        SKIP=launch.skip_merges,
         num_warps=launch.warps, num_stages=launch.stages,
     )
     return idx, w, s

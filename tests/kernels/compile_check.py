@@ -86,18 +86,20 @@ def _decode_case(dtype: str, G: int, D: int, S: int = 64, sink: bool = False):
     return run, {"_hsa_fwd_kernel"}
 
 
-def _select_case(dtype: str, dr: int, topk: int, weighting: str, window: int | None = None):
+def _select_case(dtype: str, dr: int, topk: int, weighting: str, window: int | None = None,
+                 skip_merges: bool = False):
     """The fused selection at the production tile sizes (T, C >= the default tiles)."""
 
     def run() -> None:
         import torch
-        from hsa_kernels.hsa_select import hsa_select_triton
+        from hsa_kernels.hsa_select import SelectLaunch, hsa_select_triton
 
         dt = getattr(torch, dtype)
         B, T, Hr, C, S = 2, 256, 2, 160, 64
         q = torch.randn(B, T, Hr, dr).to(dt)
         lm = torch.randn(B, C, Hr, dr).to(dt)
-        hsa_select_triton(q, lm, topk=topk, chunk_size=S, q_offset=4 * S, weighting=weighting, window=window)
+        hsa_select_triton(q, lm, topk=topk, chunk_size=S, q_offset=4 * S, weighting=weighting, window=window,
+                          launch=SelectLaunch(skip_merges=skip_merges))
 
     return run, {"_hsa_select_kernel"}
 
@@ -124,6 +126,7 @@ CASES: dict[str, Callable[[], tuple[Callable[[], None], set[str]]]] = {
     # fused selection
     "select-bf16-dr128-k16-stick": lambda: _select_case("bfloat16", 128, 16, "stick_breaking"),
     "select-fp32-dr64-k8-softmax-window": lambda: _select_case("float32", 64, 8, "softmax", window=96),
+    "select-bf16-dr256-k8-skip-merges": lambda: _select_case("bfloat16", 256, 8, "stick_breaking", skip_merges=True),
 }
 
 

@@ -70,6 +70,41 @@ def test_select_launch_settings_shrink_and_validate():
         sel_mod.SelectLaunch(block_c=0)
 
 
+SKIPPING = sel_mod.SelectLaunch(block_t=16, block_c=16, block_d=16, warps=2, stages=1, skip_merges=True)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("order", ["oldest-best", "newest-best", "random"])
+def test_select_skip_merges_is_exact(order: str) -> None:
+    """With ``skip_merges`` a landmark tile in which no token beats its kept top-k is skipped. Scores that
+    fall with the chunk index make every tile after the first skippable, rising ones make none, random
+    ones mix both; the selection must equal the fp64 twin's in all three."""
+    T, C, S, K, dr = 200, 48, 4, 4, 16
+    g = torch.Generator(device="cpu").manual_seed(3)
+    q = torch.randn(1, T, 1, dr, generator=g).abs()  # positive: the score follows the landmark's scale
+    lm = torch.randn(1, C, 1, dr, generator=g).abs() * 0.1
+    ramp = torch.arange(C, dtype=torch.float32)[None, :, None, None]
+    if order == "oldest-best":
+        lm = lm + (C - ramp) * 0.05
+    elif order == "newest-best":
+        lm = lm + ramp * 0.05
+    else:
+        lm = torch.randn(1, C, 1, dr, generator=g)
+    for q_offset, window in ((0, None), (17, 24)):
+        kw = dict(topk=K, chunk_size=S, q_offset=q_offset, weighting="softmax", window=window)
+        idx, w = hsa_select_triton(q.to(DEV), lm.to(DEV), **kw, launch=SKIPPING)
+        ridx, rw = hsa_select_naive(q.double(), lm.double(), **kw)
+        assert torch.equal(idx.cpu(), ridx), (idx.cpu() != ridx).nonzero()[:5]
+        torch.testing.assert_close(w.cpu().double(), rw.double(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.triton
+def test_select_skip_merges_with_gradients() -> None:
+    _check(1, 70, 1, 32, 30, 2, 4, 0, None, "stick_breaking", launch=SKIPPING)
+    with pytest.raises(ValueError, match=r"SelectLaunch\.skip_merges must be True or False, got 1"):
+        sel_mod.SelectLaunch(skip_merges=1)
+
+
 @pytest.mark.triton
 def test_select_gumbel_falls_back():
     q, lm = torch.randn(1, 40, 1, 16, device=DEV), torch.randn(1, 4, 1, 16, device=DEV)
