@@ -17,6 +17,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY = (ROOT / "tests" / "app" / "training" / "tiny.yaml").read_text()
 
@@ -85,7 +87,9 @@ def test_build_corpus_from_a_deb_and_site_packages(tmp_path: Path) -> None:
     assert bad.returncode != 0 and "not a .deb" in bad.stderr
 
 
-def test_realtext_scripts_end_to_end_on_cpu(tmp_path: Path) -> None:
+@pytest.mark.slow
+@pytest.mark.parametrize("calib_steps", [pytest.param("0", id="equal-steps"), pytest.param("2", id="calibrated")])
+def test_realtext_scripts_end_to_end_on_cpu(tmp_path: Path, calib_steps: str) -> None:
     rng = random.Random(1)
     deb = tmp_path / "linux-doc-6.1_1_all.deb"
     fake_deb(deb, rng)
@@ -102,8 +106,8 @@ def test_realtext_scripts_end_to_end_on_cpu(tmp_path: Path) -> None:
     env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", DEB=str(deb), SITE=str(site), EXTRA="",
                CORPUS=str(runs / "corpus"), DATA=str(runs / "data"), RUNS=str(runs), VOCAB="300", WORKERS="1",
                VAL="0.5", SAMPLE_MB="1", LAYOUTS=str(layouts), NAMES="ramba mamba2", PK_NAMES="ramba", GPUS="1",
-               SEQ="384", BATCH="2", CALIB_STEPS="2", TRAIN_TIME="120", STEPS="6", PK_TIME="120", PK_STEPS_MAX="2",
-               EVAL_EVERY="3",
+               SEQ="384", BATCH="2", CALIB_STEPS=calib_steps, TRAIN_TIME="120", STEPS="6", PK_TIME="120",
+               PK_STEPS_MAX="2", EVAL_EVERY="3",
                EVAL_SAMPLES="2", CKPT_EVERY="5", WARMUP="2", PPL_LENGTHS="256,1k", PPL_DOCS="2",
                PK_LENGTHS="384", DEPTHS="0.5", SAMPLES="2", SEGMENT="512", OUT_DIR=str(tmp_path / "out"))
     done = subprocess.run(["bash", "bench/train/realtext/build_data.sh"], cwd=ROOT, env=env, capture_output=True,
@@ -119,7 +123,9 @@ def test_realtext_scripts_end_to_end_on_cpu(tmp_path: Path) -> None:
     assert [m["label"] for m in ppl["models"]] == ["ramba", "mamba2"] and (out / "eval_ppl.png").exists()
     assert json.loads((out / "ramba_eval_passkey_text.json").read_text())["lengths"] == [384]
     steps = json.loads((out / "ramba_train_config.json").read_text())["config"]["steps"]
-    assert steps == 6  # the fitted count (from the calibration run's tokens/s) capped by STEPS
+    # CALIB_STEPS=0: exactly STEPS (equal tokens); otherwise the count fitted to TRAIN_TIME from the
+    # calibration run's tokens/s, capped by STEPS (the calibration run is removed after fitting)
+    assert steps == 6 and not (runs / "ramba.calib").exists()
     assert [json.loads(line)["step"] for line in (out / "ramba_metrics.jsonl").read_text().splitlines()][-1] == 6
     assert (runs / "ramba.pk" / "model").is_dir() and not (runs / "mamba2.pk").exists()  # PK_NAMES only
     assert (out / "training.png").exists()
