@@ -10,9 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).with_name("fuzz_specs.py")
 
 
+@pytest.mark.slow  # ~26 s; tests/cli/test_validate.py holds the fast checks of the same errors
 def test_generated_specs_and_set_values_never_crash_hang_or_blow_up() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
     proc = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=900, env=env,

@@ -84,6 +84,7 @@ def test_passkey_steps_in_text(tmp_path: Path, data: Path, spec: dict[str, Any])
     assert set(res.eval) == {"val_loss", "val_ppl", "passkey@320"}
 
 
+@pytest.mark.slow  # ~18 s: two torchrun processes
 def test_two_processes_match_one_on_text(tmp_path: Path, data: Path, spec: dict[str, Any]) -> None:
     """torchrun with 2 gloo processes (FSDP2, whose collectives need the same number of forwards on
     every rank, also in the validation pass) gives the 1-process losses and validation loss."""
