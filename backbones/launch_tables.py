@@ -84,17 +84,22 @@ def config_record(config: Any) -> dict[str, Any]:
 
 
 def safest_config(configs: list[Any]) -> Any:
-    """The candidate most likely to fit any shape: fewest pipeline stages, then smallest tiles, then
-    fewest warps. Narrowing keeps it beside the recorded winners: for an autotune key the table was not
-    recorded at (another head dim, fp32 inputs), a winner may not fit in shared memory, and Triton skips
-    a candidate that fails only when it has more than one to time."""
+    """The candidate most likely to fit any shape: the least shared memory, estimated as pipeline stages
+    x the product of the integer tile sizes, then the smallest tiles, then the fewest warps. Narrowing
+    keeps it beside the recorded winners: for an autotune key the table was not recorded at (another
+    head dim, fp32 inputs), a winner may not fit in shared memory, and Triton skips a candidate that
+    fails only when it has more than one to time.
+
+    (Ranking by stages first picked mamba-ssm's largest matmul tiles, 128 x 256 x 64 at 3 stages, over
+    64 x 32 x 32 at 5: the one candidate that overflowed the H200's shared memory when the launch
+    table was recorded.)"""
 
     def size(config: Any) -> tuple[int, int, int]:
         tiles = 1
         for value in config.kwargs.values():
             if isinstance(value, int) and not isinstance(value, bool):
                 tiles *= max(value, 1)
-        return (config.num_stages, tiles, config.num_warps)
+        return (max(config.num_stages, 1) * tiles, tiles, config.num_warps)
 
     return min(configs, key=size)
 
