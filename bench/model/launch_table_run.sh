@@ -19,7 +19,7 @@ record)  # SHARDS processes per GPU, each timing every (2 x SHARDS)-th candidate
   # Empty caches: a warm machine's Triton cache answers autotuning from disk, and nothing gets timed.
   rm -rf /tmp/triton_record_* runs/launch_tables/shard*.json
   for i in $(seq 0 $((n - 1))); do
-    TRITON_CACHE_DIR=/tmp/triton_record_$i CUDA_VISIBLE_DEVICES=$((i % 2)) timeout ${RECORD_S:-150} \
+    TRITON_CACHE_DIR=/tmp/triton_record_$i CUDA_VISIBLE_DEVICES=$((i % 2)) timeout ${RECORD_S:-240} \
       python3 bench/model/record_launch_table.py gla-hsa rwkv7-hsa ramba-370m --seq-len 4096 --batch 4 \
       --shard $i/$n --out runs/launch_tables/shard$i.json > /tmp/record_$i.log 2>&1 &
   done
