@@ -72,7 +72,11 @@ def _hsa_select_kernel(
     l_base = LM + b * stride_lb + h * stride_lh
     sentinel = tl.full([BLOCK_T, KP], -(2**31), tl.int64) << 32  # below any packed score
     run = sentinel
-    for c0 in range(0, n_max, BLOCK_C):
+    n_tiles = (n_max + BLOCK_C - 1) // BLOCK_C
+    for i in range(0, n_tiles):
+        # With SKIP the scan runs newest first: a model that favours recent chunks fills its top-k
+        # early and skips more of the older tiles. The result is the same in any order (unique keys).
+        c0 = (n_tiles - 1 - i) * BLOCK_C if SKIP else i * BLOCK_C
         cc = c0 + offs_c
         acc = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32)
         for d0 in range(0, DR, BLOCK_D):
@@ -140,7 +144,8 @@ class SelectLaunch:
     warps: int = 8
     stages: int = 3
     #: skip a landmark tile's top-k merges when no token of the block has a score in it that beats its
-    #: current top-k (exact). Off until measured on the H200 (bench_kernels.py --sweep, "select long").
+    #: current top-k (exact; the tiles are then scanned newest first). Off until measured on the H200
+    #: (bench_kernels.py --sweep, "select long").
     skip_merges: bool = False
 
     def __post_init__(self) -> None:

@@ -76,9 +76,9 @@ SKIPPING = sel_mod.SelectLaunch(block_t=16, block_c=16, block_d=16, warps=2, sta
 @pytest.mark.triton
 @pytest.mark.parametrize("order", ["oldest-best", "newest-best", "random"])
 def test_select_skip_merges_is_exact(order: str) -> None:
-    """With ``skip_merges`` a landmark tile in which no token beats its kept top-k is skipped. Scores that
-    fall with the chunk index make every tile after the first skippable, rising ones make none, random
-    ones mix both; the selection must equal the fp64 twin's in all three."""
+    """With ``skip_merges`` the tiles are scanned newest first and a tile in which no token beats its kept
+    top-k is skipped. Scores that rise with the chunk index make every tile after the first skippable,
+    falling ones make none, random ones mix both; the selection must equal the fp64 twin's in all three."""
     T, C, S, K, dr = 96, 48, 2, 4, 16  # three landmark tiles of 16, six token blocks of 16
     g = torch.Generator(device="cpu").manual_seed(3)
     q = torch.randn(1, T, 1, dr, generator=g).abs()  # positive: the score follows the landmark's scale
