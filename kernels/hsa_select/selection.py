@@ -72,12 +72,11 @@ def _hsa_select_kernel(
     l_base = LM + b * stride_lb + h * stride_lh
     sentinel = tl.full([BLOCK_T, KP], -(2**31), tl.int64) << 32  # below any packed score
     run = sentinel
-    n_tiles = (n_max + BLOCK_C - 1) // BLOCK_C
-    for i in range(0, n_tiles):
+    last = (n_max + BLOCK_C - 1) // BLOCK_C * BLOCK_C - BLOCK_C  # first landmark of the newest tile
+    for c0 in range(0, n_max, BLOCK_C):
         # With SKIP the scan runs newest first: a model that favours recent chunks fills its top-k
         # early and skips more of the older tiles. The result is the same in any order (unique keys).
-        c0 = (n_tiles - 1 - i) * BLOCK_C if SKIP else i * BLOCK_C
-        cc = c0 + offs_c
+        cc = (last - c0 if SKIP else c0) + offs_c
         acc = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32)
         for d0 in range(0, DR, BLOCK_D):
             dd = d0 + offs_d
