@@ -508,22 +508,29 @@ def _sweep_select(T: int) -> list[dict[str, Any]]:
     return _sweep_rows("select", grid, select)
 
 
-def sweep_select_long(T: int = 1 << 20, dr: int = 256) -> list[dict[str, Any]]:
-    """The fused selection at a long context (default 1M tokens, 16K landmarks, d_r=256 as in the demo
-    RAMba) with and without ``skip_merges``, the tile-skipping that only pays off once many landmarks have
-    been seen; random queries and landmarks (scores without structure: the fewest skips a trained model
-    would allow is not known, this is one data point)."""
+def sweep_select_long(segment: int = 16384, dr: int = 256) -> list[dict[str, Any]]:
+    """The fused selection deep into a long prefill, with and without ``skip_merges`` (which only pays
+    off once many landmarks have been seen): one segment of ``segment`` tokens at the end of a 16M- and of
+    a 64M-token context (``q_offset``: every token sees 256K / 1M landmarks), d_r=256 as in the demo
+    RAMba, random queries and landmarks (scores without structure; a trained model's recency bias would
+    let the newest-first scan skip more)."""
     from hsa_kernels.hsa_select import SelectLaunch, hsa_select_triton
 
-    qr = torch.randn(1, T, 1, dr, device="cuda", dtype=torch.bfloat16)
-    lm = torch.randn(1, T // S, 1, dr, device="cuda", dtype=torch.bfloat16)
+    rows: list[dict[str, Any]] = []
+    for context in (1 << 24, 1 << 26):
+        C = context // S
+        qr = torch.randn(1, segment, 1, dr, device="cuda", dtype=torch.bfloat16)
+        lm = torch.randn(1, C, 1, dr, device="cuda", dtype=torch.bfloat16)
 
-    def select(**launch):
-        return hsa_select_triton(qr, lm, topk=K, chunk_size=S, launch=SelectLaunch(**launch))
+        def select(_qr=qr, _lm=lm, _offset=context - segment, **launch):
+            return hsa_select_triton(_qr, _lm, topk=K, chunk_size=S, q_offset=_offset, launch=SelectLaunch(**launch))
 
-    grid = [{"skip_merges": skip, "block_t": bt, "block_c": bc} for skip in (False, True)
-            for bt, bc in ((128, 128), (64, 128), (128, 64))]
-    return _sweep_rows(f"select T={T} dr={dr}", grid, select)
+        grid = [{"skip_merges": skip, "block_t": bt} for skip in (False, True) for bt in (128, 64)]
+        rows += [{"context": context, **r} for r in _sweep_rows(f"select {segment} tokens at {context >> 20}M",
+                                                                grid, select)]
+        del qr, lm
+        torch.cuda.empty_cache()
+    return rows
 
 
 def run_sweep(T: int = 65536, B: int = 1) -> dict[str, Any]:
