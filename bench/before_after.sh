@@ -23,11 +23,9 @@ SHAPES=${SHAPES:-4096x4,16384x2,65536x1}
 ROUNDS=${ROUNDS:-2}
 # An environment for the old trees: their own links and wheel (entry points), the carried dependencies,
 # but not this checkout's wheel (its entry points name hsa_app, which the old code does not have).
-before_env() {  # before_env DIR -> prints a PYTHONPATH
-  local dir=$1 pk=/tmp/pkgs_$(basename "$1")
-  mkdir -p "$pk"
-  ln -sfn "$PWD/$dir/kernels" "$pk/hsa_kernels"; ln -sfn "$PWD/$dir/hsa_core" "$pk/hsa_core"
-  ln -sfn "$PWD/$dir/backbones" "$pk/hsa_backbones"; ln -sfn "$PWD/$dir/cli" "$pk/hsa_cli"
+before_env() {  # before_env DIR -> prints a PYTHONPATH (link_packages: bench/device_env.sh)
+  local pk=/tmp/pkgs_$(basename "$1")
+  link_packages "$PWD/$1" "$pk"
   echo "$pk:/tmp/site_before"
 }
 if [ ! -f /tmp/site_before/.installed ]; then

@@ -741,8 +741,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="uniform (each token its own selection), block (shared per 64-token block) or "
                         "recorded:FILE (a trained model's, from bench/record_selections.py)")
     args = p.parse_args(argv)
-    if selection_problem(args.selection):
-        p.error(f"argument --selection: {selection_problem(args.selection)}")
+    if problem := selection_problem(args.selection):
+        p.error(f"argument --selection: {problem}")
     try:
         shapes = parse_shapes(args.shapes)
     except ValueError as exc:

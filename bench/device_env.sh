@@ -5,12 +5,18 @@
 # The checkout comes first on PYTHONPATH, so the code that runs is the checkout's, and the wheel only
 # contributes its metadata (entry points: the built-in backbones are plugins).
 set -e
-mkdir -p /tmp/pkgs
-ln -sfn "$PWD/kernels" /tmp/pkgs/hsa_kernels
-ln -sfn "$PWD/hsa_core" /tmp/pkgs/hsa_core
-ln -sfn "$PWD/backbones" /tmp/pkgs/hsa_backbones
-ln -sfn "$PWD/cli" /tmp/pkgs/hsa_cli
-ln -sfn "$PWD/app" /tmp/pkgs/hsa_app
+# link_packages TREE DEST: DEST/hsa_* -> the folders of the source tree TREE (a tree without app/, such
+# as an older commit's, gets no hsa_app)
+link_packages() {
+  mkdir -p "$2"
+  local folder
+  for pair in kernels:hsa_kernels hsa_core:hsa_core backbones:hsa_backbones cli:hsa_cli app:hsa_app; do
+    folder="$1/${pair%%:*}"
+    [ -d "$folder" ] && ln -sfn "$folder" "$2/${pair##*:}"
+  done
+  return 0
+}
+link_packages "$PWD" /tmp/pkgs
 if ls .whl/*.whl >/dev/null 2>&1; then
   if [ ! -f /tmp/site/.hsa-installed ]; then  # once per machine (parallel scripts source this file too)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl

@@ -66,8 +66,8 @@ def input_tokens(args: argparse.Namespace, vocab_size: int) -> tuple[Tensor, str
 
 
 def record(model: torch.nn.Module, ids: Tensor, segment_len: int) -> dict[str, Tensor]:
-    """Run ``ids`` ``(1, T)`` through ``model`` in segments; every retrieval module's selections
-    ``{name: (indices (T, H_r, K) int32, weights (T, H_r, K) fp32)}`` as two dicts of tensors."""
+    """Run ``ids`` ``(1, T)`` through ``model`` in segments; every retrieval module's selections, as
+    ``indices.<module>`` ``(T, H_r, K)`` int32 and ``weights.<module>`` ``(T, H_r, K)`` fp32 in one dict."""
     from hsa_core.modules.retrieval import Retrieval
 
     captured: dict[str, list[tuple[Tensor, Tensor]]] = {}

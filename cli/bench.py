@@ -109,8 +109,8 @@ def kernels(
         keep = bench.parse_variants(variants)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--variants") from None
-    if bench.selection_problem(selection):
-        raise typer.BadParameter(bench.selection_problem(selection), param_hint="--selection")
+    if problem := bench.selection_problem(selection):
+        raise typer.BadParameter(problem, param_hint="--selection")
     problem = bench.cuda_problem()
     if problem:
         fail(problem, EXIT_MISSING_DEP)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,6 +29,7 @@ from torch import nn
 
 from hsa_core.devices import autocast_context
 
+from ..runtime.checkpoint import write_text_atomic
 from .report import format_length
 
 
@@ -212,9 +212,7 @@ def run_ppl(runs: Sequence[str | Path], data_dir: str | Path, lengths: Sequence[
     out_dir = Path(out) if out is not None else Path(runs[0])
     out_dir.mkdir(parents=True, exist_ok=True)
     jpath = out_dir / "eval_ppl.json"
-    tmp = jpath.with_name(f".{jpath.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, jpath)
+    write_text_atomic(jpath, json.dumps(result, indent=2) + "\n")
     ppath = plot_ppl(curves, out_dir / "eval_ppl.png", L)
     return result, jpath, ppath
 

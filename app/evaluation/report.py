@@ -75,9 +75,9 @@ def rich_table(result: EvalResult, title: str | None = None):
 
 
 def write_json(result: EvalResult, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-    os.replace(tmp, path)
+    from ..runtime.checkpoint import write_text_atomic
+
+    write_text_atomic(path, json.dumps(result.to_dict(), indent=2) + "\n")
     return path
 
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from hsa_app.evaluation.report import format_length as fmt_len
+from hsa_app.evaluation.report import save_figure
 
 
 def training_rows(out: Path) -> list[str]:
@@ -68,10 +69,7 @@ def plot_training(out: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    target = out / "training.png"
-    fig.savefig(target, dpi=120)
-    plt.close(fig)
-    return target
+    return save_figure(fig, out / "training.png")
 
 
 def ppl_rows(out: Path) -> list[str]:
