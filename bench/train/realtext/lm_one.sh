@@ -16,7 +16,8 @@ TRAIN_TIME=${TRAIN_TIME:-1080}     # seconds of LM training (the bar: <= 20 minu
 CALIB_STEPS=${CALIB_STEPS:-30}     # a short run measures tokens/s; the step count is fitted to TRAIN_TIME
                                    # (0: no calibration, train STEPS steps: equal tokens for every layout)
 EVAL_EVERY=${EVAL_EVERY:-200}; EVAL_SAMPLES=${EVAL_SAMPLES:-32}; CKPT_EVERY=${CKPT_EVERY:-200}
-PK=${PK:-1}; PK_TIME=${PK_TIME:-280}; PK_STEPS_MAX=${PK_STEPS_MAX:-100000}; PK_MIX=${PK_MIX:-0.5}; PK_LR=${PK_LR:-3e-4}; PK_DIGITS=${PK_DIGITS:-5}
+PK=${PK:-1}; PK_TIME=${PK_TIME:-280}; PK_STEPS_MAX=${PK_STEPS_MAX:-100000}; PK_MIX=${PK_MIX:-0.5}; PK_LR=${PK_LR:-1e-3}; PK_DIGITS=${PK_DIGITS:-5}
+PK_SHORT_SEQ=${PK_SHORT_SEQ:-512}; PK_SHORT_TIME=${PK_SHORT_TIME:-0}   # seconds of PK_TIME spent at PK_SHORT_SEQ tokens first
 PACKING=${PACKING:-concat}
 run="$RUNS/$name"
 mkdir -p "$RUNS"
@@ -46,13 +47,24 @@ hsa train "$spec" "${common[@]}" --lr "$LR" --warmup "$WARMUP" --eval-every "$EV
     --eval-samples "$EVAL_SAMPLES" --checkpoint-every "$CKPT_EVERY" --time-limit "$TRAIN_TIME" "${resume[@]}" \
     --out "$run" 2>&1 | tee -a "$run.train.log"
 
+pk_stage() {  # pk_stage OUT INIT SEQ_LEN TIME_S: one passkey fine-tune stage (resumable), same tokens per step
+  local out=$1 init=$2 seq=$3 time=$4 steps resume
+  steps=$(fit_steps "$run/metrics.jsonl" "$time" "$PK_STEPS_MAX")
+  echo "=== $name passkey fine-tune at $seq tokens: mix $PK_MIX, $steps steps, at most ${time}s ($(date -u +%H:%M:%S))"
+  resume=(--steps "$steps"); [ -d "$out/checkpoints" ] && resume=(--resume)
+  hsa train "$spec" --data "$DATA" --seq-len "$seq" --batch-size $((BATCH * SEQ / seq)) --packing "$PACKING" \
+      --no-progress --passkey-mix "$PK_MIX" --task-option "digits=$PK_DIGITS" --init-from "$init" \
+      --lr "$PK_LR" --warmup 20 --eval-every "$steps" --eval-samples 16 --eval-lengths "$seq" \
+      --checkpoint-every 100 --time-limit "$time" "${resume[@]}" --out "$out" 2>&1 | tee -a "$run.train.log"
+}
 if [ "$PK" = 1 ]; then
-  pk="$run.pk"
-  PK_STEPS=$(fit_steps "$run/metrics.jsonl" "$PK_TIME" "$PK_STEPS_MAX")
-  echo "=== $name passkey fine-tune: mix $PK_MIX, $PK_STEPS steps, at most ${PK_TIME}s ($(date -u +%H:%M:%S))"
-  resume=(--steps "$PK_STEPS"); [ -d "$pk/checkpoints" ] && resume=(--resume)
-  hsa train "$spec" "${common[@]}" --passkey-mix "$PK_MIX" --task-option "digits=$PK_DIGITS" --init-from "$run" \
-      --lr "$PK_LR" --warmup 20 --eval-every "$PK_STEPS" --eval-samples 16 \
-      --eval-lengths "$SEQ" --checkpoint-every 100 --time-limit "$PK_TIME" "${resume[@]}" \
-      --out "$pk" 2>&1 | tee -a "$run.train.log"
+  # A short-sequence stage first (PK_SHORT_TIME > 0), as in the synthetic demonstration's curriculum:
+  # at PK_SHORT_SEQ tokens every chunk fits in the top-k, so the layers learn to read the key before
+  # the selection has to learn to find it at SEQ tokens. Both stages count towards the 5-minute bar.
+  init="$run"
+  if [ "$PK_SHORT_TIME" -gt 0 ]; then
+    pk_stage "$run.pk$PK_SHORT_SEQ" "$run" "$PK_SHORT_SEQ" "$PK_SHORT_TIME"
+    init="$run.pk$PK_SHORT_SEQ"
+  fi
+  pk_stage "$run.pk" "$init" "$SEQ" "$((PK_TIME - PK_SHORT_TIME))"
 fi

@@ -19,10 +19,13 @@ DEPTHS=${DEPTHS:-0.1,0.3,0.5,0.7,0.9}
 SAMPLES=${SAMPLES:-20}
 SEGMENT=${SEGMENT:-16384}
 EVAL_TIME=${EVAL_TIME:-600}
+STAGES=${STAGES:-train eval}      # "train" alone: a first device call that leaves the evaluations to the next
 mkdir -p "$RUNS" "$OUT_DIR"
 i=0
 pids=()
-for name in $NAMES; do
+status=0
+case " $STAGES " in *" train "*) ;; *) NAMES_TO_TRAIN="" ;; esac
+for name in ${NAMES_TO_TRAIN-$NAMES}; do
   # the passkey fine-tune only for the layouts in PK_NAMES (the twin's curve is shown as it is)
   pk=0; case " $PK_NAMES " in *" $name "*) pk=${PK:-1} ;; esac
   PK=$pk CUDA_VISIBLE_DEVICES=$((i % GPUS)) bash bench/train/realtext/lm_one.sh "$name" > "$RUNS/$name.log" 2>&1 &
@@ -30,9 +33,9 @@ for name in $NAMES; do
   echo "started $name on GPU $((i % GPUS)) (log $RUNS/$name.log)"
   i=$((i + 1))
 done
-status=0
 for p in "${pids[@]}"; do wait "$p" || status=1; done
 [ $status = 0 ] || echo "a training failed: see $RUNS/*.log"
+case " $STAGES " in *" eval "*) ;; *) exit $status ;; esac
 
 first=""; compare=()
 for name in $NAMES; do
@@ -59,7 +62,9 @@ done
 for p in "${pids[@]}"; do wait "$p" || status=1; done
 for name in $NAMES; do
   for f in metrics.jsonl train_config.json; do [ -f "$RUNS/$name/$f" ] && cp "$RUNS/$name/$f" "$OUT_DIR/${name}_$f"; done
-  [ -f "$RUNS/$name.pk/metrics.jsonl" ] && cp "$RUNS/$name.pk/metrics.jsonl" "$OUT_DIR/${name}_pk_metrics.jsonl"
+  for pk in pk pk512; do
+    [ -f "$RUNS/$name.$pk/metrics.jsonl" ] && cp "$RUNS/$name.$pk/metrics.jsonl" "$OUT_DIR/${name}_${pk}_metrics.jsonl"
+  done
   for f in eval_passkey_text.json eval_passkey_text.png; do
     [ -f "$RUNS/$name.pk/$f" ] && cp "$RUNS/$name.pk/$f" "$OUT_DIR/${name}_$f"
   done

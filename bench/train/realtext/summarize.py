@@ -49,7 +49,8 @@ def plot_training(out: Path) -> Path | None:
     colours: dict[str, str] = {}
     for path in runs:
         name = path.name.removesuffix("_metrics.jsonl")
-        base, fine_tune = name.removesuffix("_pk"), name.endswith("_pk")
+        base, pk, _ = name.partition("_pk")  # ramba, ramba_pk512 (short-sequence stage), ramba_pk
+        fine_tune = bool(pk)
         recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         lm = [r for r in recs if "loss" in r and "acc" not in r]  # passkey batches have an exact-match figure
         if not lm:
