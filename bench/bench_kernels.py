@@ -9,7 +9,7 @@ the checkout it was installed from, with the same flags):
 
 Compares, at bf16, 16 query heads over 1 KV head, D=64, chunk 64, top-8, on the same precomputed
 selection:
-  * this project's Triton HSA attention (forward, forward+backward; default ``schedule="auto"``, and
+  * this project's Triton HSA attention (forward, forward+backward; default ``schedule="query"``, and
     the ``--variants`` columns: forced schedules, the atomic-dQ backward) and fused selection;
   * the published HSA Triton kernel (the file ops/hsa_triton.py of RamstorageAI/long-context-modeling), read
     from a git-ignored folder (``--published``; never committed);
@@ -57,15 +57,14 @@ DEFAULT_SHAPES = ",".join(f"{t}x{b}" for t, b in SHAPES)
 DEFAULT_OUT = "bench/results/h200"
 DEFAULT_PUBLISHED = "third_party/hsa_pub/hsa_triton.py"
 #: The forward schedule the "ours" column runs (``hsa_attention_triton``'s default).
-DEFAULT_SCHEDULE = "auto"
+DEFAULT_SCHEDULE = "query"
 #: Extra columns of this project's kernel, by the key ``--variants`` takes -> (column label, keyword
 #: arguments of ``hsa_attention_triton``).
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "query": ("query-outer fwd", {"schedule": "query"}),
     "block": ("token-block fwd", {"schedule": "block"}),
     "atomic_dq": ("fused bwd, atomic dQ", {"atomic_dq": True}),
 }
-DEFAULT_VARIANTS = "query,block"
+DEFAULT_VARIANTS = "block"
 
 
 # ------------------------------------------------------------------------------------------ options
@@ -115,7 +114,7 @@ def attention_variants(keep: Collection[str]) -> list[tuple[str, dict[str, Any]]
     """The extra runs of this project's kernel, in :data:`VARIANTS` order: ``(column label, keyword
     arguments of hsa_attention_triton)`` for each key in ``keep``. Columns read ``ours (<label>)``.
 
-    ``query`` / ``block``: the forward schedule forced (the default ``"auto"`` picks between them);
+    ``block``: the token-block forward (the default is query-outer);
     ``atomic_dq``: the fused backward adding dQ with fp32 atomics (its saving shows in the fwd+bwd
     memory column).
     """
@@ -464,7 +463,7 @@ def _sweep_forward(T: int, B: int, selection: str) -> list[dict[str, Any]]:
         return hsa_attention_fwd(q, k, v, idx, w, S, D**-0.5, False, schedule=schedule, store_lse=False,
                                  launch=AttentionLaunch(**launch))
 
-    grid = [{"schedule": s} for s in ("auto", "query", "block")]
+    grid = [{"schedule": s} for s in ("query", "block")]
     grid += [{"fwd_warps": nw, "fwd_stages": ns} for nw in (1, 2, 4) for ns in (2, 3, 4)]
     grid += [{"schedule": "block", "block_rows": r, "block_share_max": m, "block_warps": nw, "block_stages": ns}
              for r, m, nw, ns in ((64, 8, 4, 3), (64, 24, 4, 3), (64, 16, 8, 3), (64, 16, 4, 2), (32, 8, 2, 3),

@@ -78,10 +78,9 @@ def kernels(
                              help="Folder for results.json/.md/.png (sweep.json with --sweep); created."),
     published: Path = typer.Option(Path("third_party/hsa_pub/hsa_triton.py"), "--published", metavar="PATH",
                                    help="The published HSA Triton kernel file; absent -> its columns read '-'."),
-    variants: str = typer.Option("query,block", "--variants",
-                                 help="Extra columns of ours: query / block (the forward schedule forced; the "
-                                 "default 'auto' picks between them), atomic_dq (the atomic-dQ backward); '' for "
-                                 "none."),
+    variants: str = typer.Option("block", "--variants",
+                                 help="Extra columns of ours: block (the token-block forward; the default is "
+                                 "query-outer), atomic_dq (the atomic-dQ backward); '' for none."),
     no_correctness: bool = typer.Option(False, "--no-correctness", help="Skip the bf16-vs-fp32 error check."),
     sweep: bool = typer.Option(False, "--sweep", help="Only sweep launch settings (T=64K) into sweep.json."),
     selection: str = typer.Option("uniform", "--selection", help="How the table's selections are drawn: uniform "

@@ -7,21 +7,20 @@ Layouts (all row-major, last dim contiguous):
     lse            (B, T, H, K, G)    fp32, log2 units (what exp2 wants); read by the backward
 
 Schedules (``schedule=``; measured on the H200, ``bench/results/h200/README.md``):
-    "query"   `_hsa_fwd_kernel`: one program = one token x the G heads of one KV head (rows padded to
-              BLOCK_G >= 16 for tl.dot); it loops over the K chosen chunks and loads each chunk's K/V
-              tile straight from k/v at row id*S (no gathered copy); one softmax per chunk, LSE stored.
-              Best when every token chose its own chunks (uniform selections: at 84% of the L2
-              bandwidth, every other schedule tried was slower).
+    "query"   (default) `_hsa_fwd_kernel`: one program = one token x the G heads of one KV head (rows
+              padded to BLOCK_G >= 16 for tl.dot); it loops over the K chosen chunks and loads each
+              chunk's K/V tile straight from k/v at row id*S (no gathered copy); one softmax per chunk,
+              LSE stored. At 84% of the L2 bandwidth on uniform selections, and the fastest measured on
+              selections recorded from a trained RAMba (0.98 ms at 64K against 1.22 ms for "block").
     "block"   `_hsa_fwd_block_kernel` first: one program = a block of BLOCK_T consecutive tokens; when
               they chose at most ``block_share_max`` distinct chunks, each distinct K/V tile is loaded
               once for all the block's rows, and the block's verdict (int8) is written; then
               `_hsa_fwd_kernel` with SKIP_SHARED skips the blocks done there and does the rest token by
-              token. 1.3-1.5x "query" when neighbouring tokens share chunks, 3-20% slower when not.
-    "auto"    (default) "block" when neighbouring tokens share chunks, else "query", decided on the
-              device without a host sync: `_hsa_fwd_share_kernel` counts, over a sample of token
-              blocks, the valid slots that repeat a chunk already chosen in their block; the block
-              kernel reads the sum and, below ``auto_min_repeated``, only writes "not shared" verdicts
-              (a token-by-token run then costs the two small launches and one flag read per program).
+              token. 1.3-1.5x "query" when neighbouring tokens share chunks (one selection per 64-token
+              block), 3-20% slower when they do not (run7).
+An automatic choice made on the device ("auto": a sampling kernel, then the block kernel writing "not
+shared" verdicts below a threshold) cost 15-45% against "query" on uniform and on trained selections
+and was deleted (commit 3f0466d holds it); see ``bench/results/h200/README.md``.
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ from .launch import AttentionLaunch, block_g, dot_precision, settings_for, warps
 
 LOG2E = 1.4426950408889634
 #: Values of ``schedule=`` (see the module docstring).
-SCHEDULES = ("auto", "query", "block")
+SCHEDULES = ("query", "block")
 
 
 @triton.jit
@@ -94,23 +93,6 @@ def _block_distinct(IDX, b, h, t0, T, H, C, TOPK: tl.constexpr, BLOCK_T: tl.cons
 
 
 @triton.jit
-def _hsa_fwd_share_kernel(IDX, COUNTS, T, H, C, NB, TOPK: tl.constexpr, BLOCK_T: tl.constexpr,
-                          BLOCK_K: tl.constexpr):
-    """schedule="auto", first step: for token block ``pid * NB // n`` of one KV head (``n`` sampled
-    blocks, evenly spaced), its repeated and its valid slots, into COUNTS (B*H, n, 2) int32."""
-    pid = tl.program_id(0).to(tl.int64)
-    bh = tl.program_id(1).to(tl.int64)
-    n = tl.num_programs(0)
-    blk = pid * NB // n
-    _, _, valid, _, _, n_distinct = _block_distinct(IDX, bh // H, bh % H, blk * BLOCK_T, T, H, C, TOPK, BLOCK_T,
-                                                    BLOCK_K)
-    n_valid = tl.sum(tl.sum(valid.to(tl.int32), 1), 0)
-    out = COUNTS + (bh * n + pid) * 2
-    tl.store(out, n_valid - n_distinct)
-    tl.store(out + 1, n_valid)
-
-
-@triton.jit
 def _hsa_fwd_kernel(
     Q, K, V, IDX, W, OUT, LSE,
     T, C, H, G,
@@ -126,7 +108,7 @@ def _hsa_fwd_kernel(
 ):
     """Query-outer forward: one program = one token x the G heads of one KV head.
 
-    SKIP_SHARED (schedules "block", "auto"): return at once when SHARED (B*H, NB) int8, written by
+    SKIP_SHARED (schedule "block"): return at once when SHARED (B*H, NB) int8, written by
     `_hsa_fwd_block_kernel` just before, flags the token's block of BLOCK_T tokens as done there.
     """
     t = tl.program_id(0).to(tl.int64)
@@ -165,8 +147,8 @@ def _hsa_fwd_kernel(
 
 @triton.jit
 def _hsa_fwd_block_kernel(
-    Q, K, V, IDX, W, OUT, LSE, SHARED, TOTALS,
-    T, C, H, G, SHARE_MAX, MIN_REPEATED,
+    Q, K, V, IDX, W, OUT, LSE, SHARED,
+    T, C, H, G, SHARE_MAX,
     stride_qb, stride_qt, stride_qh,
     stride_kb, stride_kt, stride_kh,
     stride_vb, stride_vt, stride_vh,
@@ -174,7 +156,7 @@ def _hsa_fwd_block_kernel(
     qk_scale,
     S: tl.constexpr, D: tl.constexpr, TOPK: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
-    SINK: tl.constexpr, STORE_LSE: tl.constexpr, PREC: tl.constexpr, AUTO: tl.constexpr,
+    SINK: tl.constexpr, STORE_LSE: tl.constexpr, PREC: tl.constexpr,
 ):
     """Forward of a block of BLOCK_T consecutive tokens x the G heads of one KV head whose tokens chose
     at most SHARE_MAX distinct chunks. Every program writes its verdict to SHARED (B*H, NB) int8; the
@@ -186,9 +168,6 @@ def _hsa_fwd_block_kernel(
     BLOCK_T*K, at BLOCK_T times the matrix work per tile. A token's chunks are added in first-use order
     within the block rather than slot order, so this agrees with the token-by-token kernel to rounding,
     not bit for bit; which kernel handles a block depends on the selection only (deterministic).
-
-    AUTO (schedule "auto"): TOTALS (2,) int64 holds the sampled (repeated, valid) slot counts of
-    `_hsa_fwd_share_kernel`; below MIN_REPEATED * valid every block is left to the token kernel.
     """
     pid = tl.program_id(0).to(tl.int64)
     bh = tl.program_id(1).to(tl.int64)
@@ -196,10 +175,6 @@ def _hsa_fwd_block_kernel(
     h = bh % H
     t0 = pid * BLOCK_T
     verdict = SHARED + bh * tl.num_programs(0) + pid
-    if AUTO:  # noqa: SIM102 (a constexpr branch, compiled out when False)
-        if tl.load(TOTALS).to(tl.float32) < MIN_REPEATED * tl.load(TOTALS + 1).to(tl.float32):
-            tl.store(verdict, tl.zeros([], dtype=tl.int8))
-            return
     slots, ids, valid, ids_f, first, n_distinct = _block_distinct(IDX, b, h, t0, T, H, C, TOPK, BLOCK_T, BLOCK_K)
     tl.store(verdict, (n_distinct <= SHARE_MAX).to(tl.int8))
     if n_distinct > SHARE_MAX:
@@ -250,7 +225,7 @@ def check_schedule(schedule: str) -> None:
 
 
 def hsa_attention_fwd(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, weights: Tensor, chunk_size: int,
-                      scale: float, sink: bool, *, schedule: str = "auto", store_lse: bool = True,
+                      scale: float, sink: bool, *, schedule: str = "query", store_lse: bool = True,
                       launch: AttentionLaunch | None = None) -> tuple[Tensor, Tensor | None]:
     """Forward launches on contiguous-last-dim inputs, int32 ``indices``.
 
@@ -272,25 +247,15 @@ def hsa_attention_fwd(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, weights:
                  SINK=sink, STORE_LSE=store_lse, PREC=dot_precision(q.dtype))
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2))
-    # "auto" with one token per block, or one token in all, has no neighbours to share with.
-    blocked = schedule == "block" or (schedule == "auto" and block_t > 1 and T > 1)
     verdict, nb, skip_kw = o, 0, {}  # the query-outer kernel's VERDICT / NB are unused without a block launch
-    if blocked:
+    if schedule == "block":
         nb = triton.cdiv(T, block_t)
         verdict = torch.empty((B * H, nb), device=q.device, dtype=torch.int8)  # every entry written
         skip_kw = dict(SKIP_SHARED=True, BLOCK_T=block_t)
-        block_k = triton.next_power_of_2(K)
-        totals = verdict  # placeholder outside "auto"
-        if schedule == "auto":
-            n_sample = min(nb, launch.auto_sample_blocks)
-            counts = torch.empty((B * H, n_sample, 2), device=q.device, dtype=torch.int32)
-            _hsa_fwd_share_kernel[(n_sample, B * H)](indices, counts, T, H, C, nb, TOPK=K, BLOCK_T=block_t,
-                                                     BLOCK_K=block_k, num_warps=1)
-            totals = counts.view(-1, 2).sum(0)
         _hsa_fwd_block_kernel[(nb, B * H)](
-            q, k, v, indices, weights, o, lse, verdict, totals,
-            T, C, H, G, launch.block_share_max, float(launch.auto_min_repeated), *strides, scale * LOG2E,
-            BLOCK_K=block_k, BLOCK_T=block_t, AUTO=schedule == "auto", **tiles,
+            q, k, v, indices, weights, o, lse, verdict,
+            T, C, H, G, launch.block_share_max, *strides, scale * LOG2E,
+            BLOCK_K=triton.next_power_of_2(K), BLOCK_T=block_t, **tiles,
             num_warps=launch.block_warps, num_stages=launch.block_stages,
         )
     _hsa_fwd_kernel[(T, B * H)](

@@ -34,11 +34,6 @@ class AttentionLaunch:
         block_share_max: a block whose tokens chose at most this many distinct chunks is done by the
             token-block kernel; the others token by token.
         block_warps, block_stages: launch settings of the token-block kernel.
-        auto_sample_blocks: token blocks per (batch, KV head) that ``schedule="auto"`` samples.
-        auto_min_repeated: ``schedule="auto"`` takes the token-block forward when at least this fraction
-            of the sampled valid slots repeat a chunk already chosen in their block. 0.5 is the token-block
-            kernel's own predicate at the defaults (4 tokens x 8 slots, at most 16 distinct chunks), not a
-            measured crossover.
         bwd_rows: rows (pairs x padded heads) of one fused-backward program.
         bwd_warps: warps of the fused backward; None = by tile size (4 up to 4096 elements, else 8).
         bwd_stages: stages of the fused backward.
@@ -52,18 +47,13 @@ class AttentionLaunch:
     block_share_max: int = 16
     block_warps: int = 4
     block_stages: int = 3
-    auto_sample_blocks: int = 64
-    auto_min_repeated: float = 0.5
     bwd_rows: int = 64
     bwd_warps: int | None = None
     bwd_stages: int = 2
     bwd_seg: int = 1024
 
     def __post_init__(self) -> None:
-        check_counts(self, optional=("fwd_warps", "bwd_warps"), minimum={"block_share_max": 0},
-                     skip=("auto_min_repeated",))
-        if not 0.0 <= self.auto_min_repeated <= 1.0:
-            raise ValueError(f"AttentionLaunch.auto_min_repeated must be in [0, 1], got {self.auto_min_repeated!r}")
+        check_counts(self, optional=("fwd_warps", "bwd_warps"), minimum={"block_share_max": 0})
 
 
 #: compute capability major*10 + minor -> settings measured there.

@@ -69,18 +69,17 @@ def test_parse_shapes_errors_name_the_item(spec: str, needle: str) -> None:
 
 
 def test_parse_variants() -> None:
-    assert benchmark.parse_variants("query,block") == {"query", "block"}
+    assert benchmark.parse_variants("block,atomic_dq") == {"block", "atomic_dq"}
     assert benchmark.parse_variants(" BLOCK ") == {"block"}
     assert benchmark.parse_variants("") == set() and benchmark.parse_variants(None) == set()
-    assert benchmark.parse_variants(benchmark.DEFAULT_VARIANTS) == {"query", "block"}
-    # the deleted schedules are unknown now
-    with pytest.raises(ValueError, match=r"unknown variant.*chunk, tma.*known: query, block, atomic_dq"):
+    assert benchmark.parse_variants(benchmark.DEFAULT_VARIANTS) == {"block"}
+    # the deleted schedules are unknown now ("query" is the default column, not a variant)
+    with pytest.raises(ValueError, match=r"unknown variant.*chunk, query, tma.*known: block, atomic_dq"):
         benchmark.parse_variants("query,tma,chunk")
 
 
 def test_attention_variants_are_keyword_arguments_of_the_entry_point() -> None:
-    assert benchmark.attention_variants({"block", "query"}) == [("query-outer fwd", {"schedule": "query"}),
-                                                                ("token-block fwd", {"schedule": "block"})]
+    assert benchmark.attention_variants({"block"}) == [("token-block fwd", {"schedule": "block"})]
     assert benchmark.attention_variants({"atomic_dq"}) == [("fused bwd, atomic dQ", {"atomic_dq": True})]
     assert benchmark.attention_variants(set()) == []
     import inspect
@@ -168,7 +167,7 @@ def test_run_benchmark_writes_the_same_files(fake_gpu: dict, tmp_path: Path) -> 
     assert list(res) == ["device", "date", "command", "torch", "triton", "python", "published_kernel", "fla_nsa",
                          "shapes", "schedule", "selection", "correctness"]
     assert res["published_kernel"] is False and res["fla_nsa"] is False and res["command"] == "cmd"
-    assert res["schedule"] == "auto"
+    assert res["schedule"] == "query"
     assert json.loads((out / "results.json").read_text()) == res
     assert (out / "results.md").read_text() == benchmark.markdown(res)
     try:

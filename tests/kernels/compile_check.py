@@ -42,7 +42,7 @@ _BWD_ALL = {"_hsa_bwd_fused_kernel", "_hsa_bwd_kv_reduce_kernel", "_hsa_bwd_dq_r
 
 
 def _attention_case(dtype: str, G: int, D: int, S: int = 64, sink: bool = False, atomic_dq: bool = False):
-    """Forward in every schedule (query, block, auto), backward by default and (``atomic_dq``) with atomic dQ,
+    """Forward in every schedule (query, block), backward by default and (``atomic_dq``) with atomic dQ,
     the inverse index by the Triton kernels, at the default launch settings."""
 
     def run() -> None:

@@ -63,7 +63,7 @@ def test_empty_selection(poisoned: None) -> None:
     q, k, v, _, _ = attention_inputs(shape, torch.float32, extra_chunks=2)
     idx = torch.full((1, 20, 1, 3), -1, dtype=torch.int32, device=DEV)
     w = torch.rand(1, 20, 1, 3, device=DEV)  # weights of empty slots must be ignored
-    for schedule in ("query", "auto"):
+    for schedule in ("query", "block"):
         o, grads, _ = run_attention(q, k, v, idx, w, shape.S, False, schedule=schedule)
         assert torch.equal(o, torch.zeros_like(o))
         for g in grads:
@@ -96,14 +96,15 @@ def test_inverse_index_segments() -> None:
 
 
 @pytest.mark.parametrize("bad", [pytest.param(dict(schedule="chunk"), id="old-chunk-schedule"),
-                                 pytest.param(dict(schedule="Query"), id="case-matters")])
+                                 pytest.param(dict(schedule="Query"), id="case-matters"),
+                                 pytest.param(dict(schedule="auto"), id="deleted-auto-schedule")])
 def test_unknown_schedule_is_a_value_error(bad: dict) -> None:
     q, k, v, idx, w = attention_inputs(SMALL, torch.float32)
-    with pytest.raises(ValueError, match=r"schedule must be one of 'auto', 'query', 'block', got '"):
+    with pytest.raises(ValueError, match=r"schedule must be one of 'query', 'block', got '"):
         hsa_attention_triton(q, k, v, idx, w, chunk_size=16, **bad)
 
 
-@pytest.mark.parametrize(("field", "value"), [("bwd_seg", 0), ("fwd_warps", 0), ("auto_min_repeated", 1.5),
+@pytest.mark.parametrize(("field", "value"), [("bwd_seg", 0), ("fwd_warps", 0), ("block_rows", 0),
                                               ("block_share_max", -1), ("fwd_stages", 2.0)])
 def test_launch_settings_are_validated(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=f"AttentionLaunch.{field} must be"):
@@ -132,7 +133,7 @@ GPU_SHAPES = [
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("schedule", ["query", "auto"])
+@pytest.mark.parametrize("schedule", ["query", "block"])
 @pytest.mark.parametrize("shape", GPU_SHAPES)
 def test_gpu_bf16_vs_torch_bf16(shape: Shape, schedule: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Error against the fp32 reference within 2x that of plain PyTorch in bf16 (the kernel bar)."""

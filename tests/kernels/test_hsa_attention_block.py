@@ -1,11 +1,9 @@
-"""The token-block forward (``schedule="block"``) and the automatic choice (``schedule="auto"``) vs the
-fp64 naive twin.
+"""The token-block forward (``schedule="block"``) vs the fp64 naive twin.
 
 Blocks of consecutive tokens that chose few distinct chunks go to ``_hsa_fwd_block_kernel`` (each
 distinct K/V tile loaded once for all the block's rows), the other tokens to the query-outer kernel,
 which skips the shared blocks. ``AttentionLaunch.block_share_max`` forces either (0: no block is
-shared, except all-empty ones; a large value: every block is); ``auto_min_repeated`` forces the
-automatic choice (0: always the token-block forward; 1: only when every sampled slot repeats). CPU:
+shared, except all-empty ones; a large value: every block is). CPU:
 Triton interpreter; 16-bit inputs in fp16 (bf16 tl.dot is wrong in the interpreter; bf16 runs under
 ``-m gpu``).
 """
@@ -27,7 +25,6 @@ from .helpers import (
     check_attention_on,
     check_gpu_bf16_vs_torch_bf16,
     one_chunk_case,
-    random_selection,
     rel_err,
     shared_selection,
 )
@@ -106,65 +103,6 @@ def test_block_empty_selection() -> None:
     idx = torch.full((1, 20, 1, 3), -1, dtype=torch.int32, device=DEV)
     o, _ = _fwd(q, k, v, idx, torch.rand(1, 20, 1, 3, device=DEV), "block", AttentionLaunch(block_share_max=ALWAYS))
     assert torch.equal(o, torch.zeros_like(o))
-
-
-# ---------------------------------------------------------------------------------------------- auto
-def _verdicts(monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
-    """Record the per-block verdict buffers (int8, (B*H, NB)) the forward allocates."""
-    seen: list[torch.Tensor] = []
-
-    class Spy(PoisonTorch):
-        def empty(self, *args, **kwargs):
-            t = super().empty(*args, **kwargs)
-            if t.dtype == torch.int8:
-                seen.append(t)
-            return t
-
-    monkeypatch.setattr(fwd_mod, "torch", Spy())
-    return seen
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(("selection", "min_repeated", "takes_blocks"), [
-    pytest.param("shared", 0.5, True, id="shared-chunks-take-the-block-forward"),
-    pytest.param("distinct", 0.5, False, id="distinct-chunks-stay-token-by-token"),
-    pytest.param("distinct", 0.0, True, id="threshold-0-always-blocks"),
-    pytest.param("shared", 1.0, False, id="threshold-1-needs-every-slot-repeated"),
-])
-def test_auto_decides_from_the_repeated_slots(selection: str, min_repeated: float, takes_blocks: bool,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    B, T, H, K, S = 1, 64, 1, 4, 16
-    shape = Shape(B=B, T=T, HQ=16, H=H, D=16, S=S, K=K)
-    q, k, v, _, _ = attention_inputs(shape, torch.float32, extra_chunks=40)
-    if selection == "shared":  # blocks of 4 tokens with one draw: 3 of 4 tokens repeat every slot (75%)
-        idx, w = shared_selection(B, T, H, K, S, 4)
-    else:  # every token its own K distinct chunks out of 43 with no repeat inside a block of 4 tokens
-        idx = (torch.arange(T, device=DEV)[:, None] * K + torch.arange(K, device=DEV)) % (T // S + 40)
-        idx = idx.sort(-1, descending=True).values.to(torch.int32)[None, :, None, :].contiguous()
-        w = torch.rand(idx.shape, device=DEV)
-    verdicts = _verdicts(monkeypatch)
-    launch = AttentionLaunch(auto_min_repeated=min_repeated, block_share_max=ALWAYS)
-    check_attention_on(q, k, v, idx, w, S, False, 1e-5, schedule="auto", launch=launch)
-    assert len(verdicts) == 1 and verdicts[0].shape == (1, T // 4)
-    assert bool((verdicts[0] == 1).all()) == takes_blocks and bool((verdicts[0] == 0).all()) != takes_blocks
-
-
-def test_auto_without_neighbours_runs_query_outer(monkeypatch: pytest.MonkeyPatch) -> None:
-    # G = 64 fills the 64 rows of a block with one token: no neighbours, so no block launch at all.
-    verdicts = _verdicts(monkeypatch)
-    monkeypatch.setattr(fwd_mod, "_hsa_fwd_block_kernel", None)
-    monkeypatch.setattr(fwd_mod, "_hsa_fwd_share_kernel", None)
-    check_attention(Shape(B=1, T=20, HQ=64, H=1, D=16, S=16, K=2), torch.float32, 1e-5, schedule="auto")
-    assert verdicts == []
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("shape", SHAPES[:3])
-def test_auto_fp32_random_and_shared(shape: Shape) -> None:
-    q, k, v, _, _ = attention_inputs(shape, torch.float32)
-    for idx, w in (random_selection(shape.B, shape.T, shape.H, shape.K, shape.S, empty_frac=0.2),
-                   shared_selection(shape.B, shape.T, shape.H, shape.K, shape.S, 4)):
-        check_attention_on(q, k, v, idx, w, shape.S, shape.sink, 1e-5, schedule="auto")
 
 
 # ---------------------------------------------------------------------------------------------- GPU
