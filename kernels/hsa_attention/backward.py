@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .forward import LOG2E
 from .index import build_inverse_index
-from .launch import AttentionLaunch, contiguous_rows, dot_precision, settings_for, warps_for
+from .launch import AttentionLaunch, contiguous_rows, dot_precision, dot_tile, settings_for, warps_for
 
 
 @triton.jit
@@ -214,7 +214,7 @@ def hsa_attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, indices: Tens
                 torch.zeros(indices.shape, device=q.device, dtype=torch.float32))
     if C == 0:
         return torch.empty_like(q).zero_(), dk, dv, torch.zeros(indices.shape, device=q.device, dtype=torch.float32)
-    BLOCK_S, BLOCK_D = triton.next_power_of_2(S), triton.next_power_of_2(D)
+    BLOCK_S, BLOCK_D = dot_tile(S), dot_tile(D)
     inv = build_inverse_index(indices, C, launch.bwd_seg)
     n_seg = inv["seg_chunk"].numel()
     ws_k = torch.empty((n_seg, BLOCK_S, BLOCK_D), device=q.device, dtype=torch.float32)

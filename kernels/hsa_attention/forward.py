@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .launch import AttentionLaunch, block_g, dot_precision, settings_for, warps_for
+from .launch import AttentionLaunch, block_g, dot_precision, dot_tile, settings_for, warps_for
 
 LOG2E = 1.4426950408889634
 #: Values of ``schedule=`` (see the module docstring).
@@ -243,7 +243,7 @@ def hsa_attention_fwd(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, weights:
         return o, (lse if store_lse else None)
     bg = block_g(G)
     block_t = max(1, launch.block_rows // bg)
-    tiles = dict(S=S, D=D, TOPK=K, BLOCK_G=bg, BLOCK_S=triton.next_power_of_2(S), BLOCK_D=triton.next_power_of_2(D),
+    tiles = dict(S=S, D=D, TOPK=K, BLOCK_G=bg, BLOCK_S=dot_tile(S), BLOCK_D=dot_tile(D),
                  SINK=sink, STORE_LSE=store_lse, PREC=dot_precision(q.dtype))
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2))

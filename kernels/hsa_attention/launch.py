@@ -67,9 +67,16 @@ def settings_for(device: torch.device) -> AttentionLaunch:
     return row_for(device, MEASURED, FALLBACK)
 
 
+def dot_tile(n: int) -> int:
+    """A tile side of ``n`` (query heads, chunk rows, head dim) padded to a power of two >= 16, the
+    smallest size ``tl.dot`` compiles for on GPUs (the interpreter takes smaller ones, so the CPU tests
+    cannot catch this; the sm_90 compile check does)."""
+    return max(16, triton.next_power_of_2(n))
+
+
 def block_g(G: int) -> int:
     """Rows of one token's program: its G query heads, padded to a power of two >= 16 (tl.dot's minimum)."""
-    return max(16, triton.next_power_of_2(G))
+    return dot_tile(G)
 
 
 def warps_for(warps: int | None, tile: int, *, forward: bool) -> int:

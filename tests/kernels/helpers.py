@@ -35,6 +35,7 @@ SMALL_SHAPES: dict[str, Shape] = {
     "G1-two-kv-heads": Shape(B=1, T=45, HQ=2, H=2, D=32, S=16, K=4),
     "D24-K3-not-pow2": Shape(B=1, T=33, HQ=4, H=1, D=24, S=16, K=3),
     "S24-not-pow2-sink": Shape(B=1, T=40, HQ=2, H=1, D=16, S=24, K=2, sink=True),
+    "S8-below-dot-minimum": Shape(B=1, T=35, HQ=2, H=1, D=16, S=8, K=3),  # BLOCK_S padded to 16
 }
 
 

@@ -59,6 +59,6 @@ def test_compiles_for_sm90(case: str) -> None:
 def test_cases_cover_every_launched_kernel() -> None:
     """Each @triton.jit function that the package launches (``name[grid]``) is compiled by some case."""
     launched = compile_check.launched_kernels()
-    assert len(launched) >= 10, sorted(launched)  # the inventory itself works
+    assert len(launched) >= 9, sorted(launched)  # the inventory itself works
     covered = set().union(*(want for _, want in (make() for make in compile_check.CASES.values())))
     assert launched <= covered, f"kernels no case compiles: {sorted(launched - covered)}"
