@@ -24,6 +24,8 @@ from torch import Tensor, nn
 
 from hsa_core.interfaces import MixerState
 
+from ..tasks.base import IGNORE_INDEX
+
 
 class SegmentedForward(nn.Module):
     """Wraps a :class:`~hsa_core.model.HSALanguageModel` for training.
@@ -41,7 +43,7 @@ class SegmentedForward(nn.Module):
     def forward(self, input_ids: Tensor, init_states: list[MixerState | None] | None = None,
                 return_states: bool = False, *, cache: Any = None, passthrough: bool = False,
                 targets: Tensor | None = None, loss_mask: Tensor | None = None,
-                answer_positions: Tensor | None = None) -> Any:
+                answer_positions: Tensor | None = None, mask_is_answers: bool = False) -> Any:
         """``input_ids`` ``(B, T)`` -> logits ``(B, T, V)`` and (if asked) the final mixer states.
 
         With ``targets`` ``(B, T)`` and ``loss_mask`` ``(B, T)`` bool, the LM head and the loss are
@@ -50,6 +52,11 @@ class SegmentedForward(nn.Module):
         positions, and the logits ``(B, A, V)`` at ``answer_positions`` ``(B, A)`` only (for the
         exact-match metric; ``None`` without positions). Computing the loss here, inside the wrapped
         module's forward, is what lets DDP and FSDP2 see the head like any other layer.
+        ``mask_is_answers=True`` says that ``loss_mask`` is exactly the positions in
+        ``answer_positions`` (``TaskBatch.loss_mask("answer")`` of a batch with answers): the loss then
+        runs on those ``B x A`` rows only. Otherwise it runs on every row with the masked-out targets
+        ignored. Neither selects rows by a boolean mask, whose row count the host would have to wait
+        for on every step.
 
         ``passthrough=True`` is plain inference: ``model(input_ids, cache, return_cache=True)``
         (evaluation through a data-parallel wrapper).
@@ -81,19 +88,24 @@ class SegmentedForward(nn.Module):
         out = pieces[0] if len(pieces) == 1 else _cat(pieces)
         if not fused:
             return out, states
-        return (*self._loss(out, targets, loss_mask, answer_positions), states)
+        return (*self._loss(out, targets, loss_mask, answer_positions, mask_is_answers), states)
 
-    def _loss(self, hidden: Tensor, targets: Tensor, loss_mask: Tensor | None,
-              answer_positions: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    def _loss(self, hidden: Tensor, targets: Tensor, loss_mask: Tensor | None, answer_positions: Tensor | None,
+              mask_is_answers: bool) -> tuple[Tensor, Tensor | None]:
         from hsa_core.losses import linear_cross_entropy
 
         weight = self.model.lm_head.weight
-        mask = loss_mask if loss_mask is not None else torch.ones_like(targets, dtype=torch.bool)
-        loss_sum = linear_cross_entropy(hidden[mask], weight, targets[mask])
-        answer_logits = None
-        if answer_positions is not None:
-            rows = hidden.gather(1, answer_positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-            answer_logits = self.model.lm_head(rows)
+        if answer_positions is None:
+            answer_rows = None
+        else:  # (B, A, d)
+            answer_rows = hidden.gather(1, answer_positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        if mask_is_answers and answer_positions is not None and answer_rows is not None:
+            rows, row_targets = answer_rows.flatten(0, 1), targets.gather(1, answer_positions).flatten()
+        else:
+            masked = targets if loss_mask is None else targets.masked_fill(~loss_mask, IGNORE_INDEX)
+            rows, row_targets = hidden.flatten(0, 1), masked.flatten()
+        loss_sum = linear_cross_entropy(rows, weight, row_targets)
+        answer_logits = None if answer_rows is None else self.model.lm_head(answer_rows)
         return loss_sum, answer_logits
 
 

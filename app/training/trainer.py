@@ -390,7 +390,8 @@ class _Trainer:
         with _autocast(env.device, self.amp):
             step_loss, answer_logits, final_states = self.wrapped(
                 batch.input_ids, init_states, return_states=cfg.carry_state, targets=batch.targets,
-                loss_mask=batch.loss_mask(cfg.loss_on), answer_positions=batch.answer_positions)
+                loss_mask=batch.loss_mask(cfg.loss_on), answer_positions=batch.answer_positions,
+                mask_is_answers=cfg.loss_on == "answer" and batch.answer_positions.shape[1] > 0)
         if cfg.carry_state:
             state.carried = detach_states(final_states)
             state.carry_count += 1

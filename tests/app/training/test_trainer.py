@@ -134,6 +134,38 @@ def test_state_reset_segments_match_a_manual_loop(tiny_spec: dict[str, Any]) -> 
     assert cache.memories["mid"].num_chunks == 5
 
 
+@pytest.mark.parametrize(("loss_on", "by_position"), [
+    pytest.param("answer", True, id="answer-rows-by-position"),
+    pytest.param("answer", False, id="answer-mask-over-every-row"),
+    pytest.param("all", False, id="every-target"),
+])
+def test_fused_loss_rows_match_plain_cross_entropy(tiny_spec: dict[str, Any], loss_on: str, by_position: bool) -> None:
+    """The fused loss picks its rows without a boolean mask (no host sync on CUDA): the answer rows by
+    position, or every row with the masked-out targets ignored. Same sum and gradients as cross-entropy
+    over the full logits at the mask."""
+    from hsa_core.model import HSALanguageModel
+
+    torch.manual_seed(0)
+    model = HSALanguageModel.from_spec(tiny_spec)
+    cfg = small_cfg(loss_on=loss_on)
+    batch = global_batch(task_for_spec(cfg, tiny_spec), cfg, 0)
+    mask = batch.loss_mask(loss_on)
+    assert 0 < int(mask.sum()) < mask.numel()  # a mask that leaves rows out
+    seg = SegmentedForward(model)
+    loss_sum, answer_logits, _ = seg(batch.input_ids, targets=batch.targets, loss_mask=mask,
+                                     answer_positions=batch.answer_positions, mask_is_answers=by_position)
+    grads = torch.autograd.grad(loss_sum, [model.lm_head.weight, model.embedding.weight])
+    logits = model(batch.input_ids).logits
+    ref = torch.nn.functional.cross_entropy(logits[mask], batch.targets[mask], reduction="sum")
+    ref_grads = torch.autograd.grad(ref, [model.lm_head.weight, model.embedding.weight])
+    torch.testing.assert_close(loss_sum, ref, rtol=1e-5, atol=1e-4)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
+    assert answer_logits is not None
+    torch.testing.assert_close(answer_logits, logits.gather(1, batch.answer_positions[..., None].expand(
+        -1, -1, logits.shape[-1])), rtol=1e-5, atol=1e-5)
+
+
 def test_carried_state_changes_the_start(tiny_spec: dict[str, Any]) -> None:
     from hsa_core.model import HSALanguageModel
 
