@@ -36,7 +36,8 @@ TASK_OPTION = typer.Option(
 
 
 #: Options a resumed run may change (the rest is the run's configuration, saved in its checkpoints).
-RESUME_MAY_CHANGE = ("steps", "device", "no_progress", "time_limit", "plugin", "out", "resume", "spec", "set_")
+RESUME_MAY_CHANGE = ("steps", "device", "no_progress", "time_limit", "profile_steps", "plugin", "out", "resume",
+                     "spec", "set_")
 #: Command-line parameter -> TrainConfig field, where the names differ.
 _FIELD_OF = {"task_option": "task_options", "compile_": "compile"}
 
@@ -92,7 +93,8 @@ def check_resume(ctx: Any, out: Path, cfg: Any, spec_dict: dict[str, Any]) -> No
         conflicts.insert(0, f"SPEC/--set (the layout differs from the checkpoint's at '{where}')")
     if conflicts:
         raise UsageError("--resume continues a run with its own layout and configuration (only --steps, "
-                         "--time-limit and --device may change), but these differ: " + "; ".join(conflicts)
+                         "--profile-steps, --time-limit and --device may change), but these differ: "
+                         + "; ".join(conflicts)
                          + "; drop them, or train into a new --out")
 
 
@@ -167,11 +169,15 @@ def train(
     resume: bool = typer.Option(
         False, "--resume", help="Continue from the newest intact checkpoint in --out (a corrupt newer one is set "
         "aside, saying so). Refused without a checkpoint, or when SPEC, --set or an option differs from the run's "
-        "(only --steps, --time-limit, --device may change)."),
+        "(only --steps, --time-limit, --profile-steps, --device may change)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (logs only)."),
     time_limit: float | None = typer.Option(
         None, "--time-limit", min=0, help="Stop after this many seconds of wall time: checkpoint, publish the "
         "model, exit 0 (the schedule is not shortened; --resume continues)."),
+    profile_steps: str | None = typer.Option(
+        None, "--profile-steps", metavar="A:B", help="Profile optimizer steps A+1..B with torch.profiler: a "
+        "Chrome trace and an operator table per rank in OUT/profile (the table's first line says how much of "
+        "the wall time the GPU's kernels filled)."),
     recipe: str | None = typer.Option(
         None, "--recipe", help="Training recipe (name or YAML) whose settings replace the defaults of the flags "
         "not given, e.g. ramba-paper (the RAMba paper's optimizer and training tricks)."),
@@ -185,6 +191,7 @@ def train(
     from hsa_app.tasks import parse_task_options
     from hsa_app.training import TrainConfig
     from hsa_app.training import train as run_training
+    from hsa_app.training.profiling import ProfileWindow
     from hsa_app.training.trainer import RunExistsError
 
     load_plugins(plugin)
@@ -231,8 +238,9 @@ def train(
                                                   "concat_segments", "dtype")))
         if resume:
             check_resume(ctx, out, cfg, spec_dict)
+        window = ProfileWindow.parse(profile_steps) if profile_steps is not None else None
         result = run_training(cfg, spec_dict, out, resume=resume, progress=not no_progress, resume_steps=steps,
-                                   time_limit=time_limit)
+                              time_limit=time_limit, profile=window)
     except DataError as exc:
         fail(str(exc), exc.exit_code)
     except RunExistsError as exc:

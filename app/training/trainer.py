@@ -26,6 +26,7 @@ from ..runtime import checkpoint as ckpt
 from ..runtime.distributed import DistEnv, all_reduce_sum, barrier, init_distributed, shutdown, wrap_model
 from ..tasks import Task, TaskBatch, make_task
 from .config import TrainConfig, lr_at
+from .profiling import ProfileWindow, StepProfiler
 from .segments import EvalAdapter as _EvalAdapter
 from .segments import SegmentedForward, detach_states, step_seed
 
@@ -162,7 +163,8 @@ def _progress(enabled: bool, total: int, start: int):
 def train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: str | Path, *, resume: bool = False,
           model_factory: ModelFactory | None = None, progress: bool = True, stop_after: int | None = None,
           env: DistEnv | None = None, log: Callable[[str], None] | None = None,
-          resume_steps: int | None = None, time_limit: float | None = None) -> TrainResult:
+          resume_steps: int | None = None, time_limit: float | None = None,
+          profile: ProfileWindow | None = None) -> TrainResult:
     """Train a model built from ``spec`` on ``cfg.task``; write checkpoints and metrics under ``run``.
 
     Args:
@@ -183,6 +185,7 @@ def train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: str | Path, *, 
             current step, writes a checkpoint there and publishes its weights as ``run/model``, like
             Lightning's ``max_time``: the schedule is *not* shortened, so ``--resume`` later continues
             the same run to ``cfg.steps``. All ranks stop at the same step (rank 0's clock decides).
+        profile: profile these steps (:mod:`.profiling`; files under ``run/profile``).
 
     Returns:
         :class:`TrainResult` (main rank's view; other ranks get the same losses).
@@ -196,7 +199,7 @@ def train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: str | Path, *, 
     try:
         trainer = _Trainer.setup(cfg, spec, run, resume=resume, factory=factory, env=env, say=say, t_start=t_start,
                                  resume_steps=resume_steps)
-        return trainer.fit(show_progress=progress, stop_after=stop_after, time_limit=time_limit)
+        return trainer.fit(show_progress=progress, stop_after=stop_after, time_limit=time_limit, profile=profile)
     finally:
         if own_env:
             shutdown(env)
@@ -326,9 +329,10 @@ class _Trainer:
                  f"{cfg.steps} steps x {cfg.batch_size} x {cfg.seq_len} tokens; world size {env.world_size}")
 
     # -- the loop ------------------------------------------------------------------------------
-    def fit(self, *, show_progress: bool, stop_after: int | None, time_limit: float | None) -> TrainResult:
+    def fit(self, *, show_progress: bool, stop_after: int | None, time_limit: float | None,
+            profile: ProfileWindow | None = None) -> TrainResult:
         """Steps ``state.step + 1 .. cfg.steps`` (or ``stop_after``), evaluating, saving and stopping on
-        time as configured."""
+        time as configured, and profiling the ``profile`` window."""
         cfg, state = self.cfg, self.state
         start_step = state.step
         progress, pid = _progress(show_progress and self.env.is_main, cfg.steps, start_step)
@@ -337,7 +341,11 @@ class _Trainer:
         self.wrapped.train()
         with progress:
             batch = self.device_batch(start_step) if start_step < end else None
+            profiler = (StepProfiler(profile, self.run / "profile", self.env.rank, self.env.device)
+                        if profile is not None else None)
             for step in range(start_step, end):
+                if profiler is not None:
+                    profiler.before_step(step)
                 pending = self.step(step, batch)
                 # The host prepares the next batch while the GPU still runs this step (nothing above
                 # waited for it), and only then reads this step's figures: one sync per step.
@@ -345,6 +353,8 @@ class _Trainer:
                 result = pending.resolve()
                 self.state.last_loss = result.loss
                 done = step + 1
+                if profiler is not None and (written := profiler.after_step(done)) is not None:
+                    self.say(f"profile of steps {profile.after + 1}-{done}: {written} (trace beside it)")
                 now = time.perf_counter()
                 tps = self._log_step(result, done, end, now)
                 progress.update(pid, completed=done,
@@ -364,6 +374,8 @@ class _Trainer:
                              f"(checkpoint written; --resume continues)")
                     end = done
                     break
+            if profiler is not None and (written := profiler.close()) is not None:  # the run ended inside the window
+                self.say(f"profile up to step {end}: {written} (trace beside it)")
         return self.finish(end, start_step, publish=end == cfg.steps or time_limit is not None)
 
     def device_batch(self, step: int) -> TaskBatch:

@@ -7,6 +7,7 @@
 # Throughput: 2 GPUs / 1 GPU at the same per-GPU batch (8); loss curves: 2 GPUs vs 1 GPU at the same
 # global batch (16). Every process gets OMP_NUM_THREADS (torchrun would set 1, the single runs would
 # take every core), so that the host side is the same in all runs.
+#   PROFILE   A:B: profile steps A+1..B of every run (see below)
 #   VARIANTS  fsdp (FSDP2, fp32 parameters on the wire: the default), fsdp-bf16 (--fsdp-param-dtype
 #             bf16), fsdp-keep (--no-fsdp-reshard), fsdp-group4 (--fsdp-blocks-per-unit 4), ddp
 set +u
@@ -19,6 +20,9 @@ mkdir -p "$OUT" "$RUNS"
 rm -rf "${RUNS:?}"/*
 ARGS=(ramba-370m --task passkey --seq-len 4096 --steps "$STEPS" --loss-on all --lr 3e-4 --warmup 4
       --checkpoint-every 0 --no-progress)
+# PROFILE=A:B profiles steps A+1..B of every run (hsa train --profile-steps): the operator tables of each
+# rank land in $OUT as <run>_rank<r>_ops.txt (the traces stay in $RUNS/<run>/profile)
+[ -n "${PROFILE:-}" ] && ARGS+=(--profile-steps "$PROFILE")
 LIMIT=${LIMIT:-150}  # seconds per run
 if [ "${NCCL:-1}" = 1 ]; then  # NCCL=0 skips the bandwidth probe
   timeout 60 torchrun --standalone --nproc-per-node 2 bench/model/nccl_bandwidth.py 2>&1 | grep nccl | tee "$OUT/fsdp2.log"
@@ -35,6 +39,7 @@ for v in $VARIANTS; do
 done
 for n in gpu1_b8 gpu1_b16 $(for v in $VARIANTS; do echo "gpu2_$v"; done); do  # the logs' ends, every run's metrics
   { echo "== $n"; tail -3 "$RUNS/$n.log"; } >> "$OUT/fsdp2.log"
+  for t in "$RUNS/$n"/profile/rank*_ops.txt; do [ -f "$t" ] && cp "$t" "$OUT/${n}_$(basename "$t")"; done
   sed "s/^{/{\"run\": \"$n\", /" "$RUNS/$n/metrics.jsonl" >> "$OUT/fsdp2_metrics.jsonl" 2>/dev/null
 done
 python3 - "$RUNS" $VARIANTS <<'PY' 2>&1 | tee -a "$OUT/fsdp2.log"
