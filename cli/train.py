@@ -93,7 +93,7 @@ def check_resume(ctx: Any, out: Path, cfg: Any, spec_dict: dict[str, Any]) -> No
         conflicts.insert(0, f"SPEC/--set (the layout differs from the checkpoint's at '{where}')")
     if conflicts:
         raise UsageError("--resume continues a run with its own layout and configuration (only --steps, "
-                         "--profile-steps, --time-limit and --device may change), but these differ: "
+                         "--time-limit, --profile-steps and --device may change), but these differ: "
                          + "; ".join(conflicts)
                          + "; drop them, or train into a new --out")
 

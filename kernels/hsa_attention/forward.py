@@ -10,8 +10,9 @@ Schedules (``schedule=``; measured on the H200, ``bench/results/h200/README.md``
     "query"   (default) `_hsa_fwd_kernel`: one program = one token x the G heads of one KV head (rows
               padded to BLOCK_G >= 16 for tl.dot); it loops over the K chosen chunks and loads each
               chunk's K/V tile straight from k/v at row id*S (no gathered copy); one softmax per chunk,
-              LSE stored. At 84% of the L2 bandwidth on uniform selections, and the fastest measured on
-              selections recorded from a trained RAMba (0.98 ms at 64K against 1.22 ms for "block").
+              LSE stored. At 84% of the L2 bandwidth on uniform selections; on selections recorded
+              from the real-text RAMba, within noise of "block" (64K: 0.98 vs 1.22 ms on one machine,
+              1.15 vs 1.08 on another).
     "block"   `_hsa_fwd_block_kernel` first: one program = a block of BLOCK_T consecutive tokens; when
               they chose at most ``block_share_max`` distinct chunks, each distinct K/V tile is loaded
               once for all the block's rows, and the block's verdict (int8) is written; then
@@ -19,8 +20,9 @@ Schedules (``schedule=``; measured on the H200, ``bench/results/h200/README.md``
               token. 1.3-1.5x "query" when neighbouring tokens share chunks (one selection per 64-token
               block), 3-20% slower when they do not (run7).
 An automatic choice made on the device ("auto": a sampling kernel, then the block kernel writing "not
-shared" verdicts below a threshold) cost 15-45% against "query" on uniform and on trained selections
-and was deleted (commit 3f0466d holds it); see ``bench/results/h200/README.md``.
+shared" verdicts below a threshold) made the forward 9-45% slower than "query" at 16K-64K (up to 2.2x at
+4K) on uniform and on recorded selections, and was deleted (commit 3f0466d holds it); see
+``bench/results/h200/before_after/README.md``.
 """
 
 from __future__ import annotations
