@@ -354,7 +354,7 @@ class _Trainer:
                 self.state.last_loss = result.loss
                 done = step + 1
                 if profiler is not None and (written := profiler.after_step(done)) is not None:
-                    self.say(f"profile of steps {profile.after + 1}-{done}: {written} (trace beside it)")
+                    self.say(f"profile of steps {profiler.window.after + 1}-{done}: {written} (trace beside it)")
                 now = time.perf_counter()
                 tps = self._log_step(result, done, end, now)
                 progress.update(pid, completed=done,
