@@ -162,6 +162,10 @@ def train(
     fsdp_blocks_per_unit: int = typer.Option(
         1, "--fsdp-blocks-per-unit", min=1, help="FSDP2: consecutive blocks sharded as one unit (fewer, larger "
         "collectives and fewer hooks per step)."),
+    fsdp_prefetch: int = typer.Option(
+        0, "--fsdp-prefetch", min=0, help="FSDP2: 0 leaves the all-gathers to FSDP2; N makes each unit issue "
+        "those of the next N units (previous N in backward) as soon as its own are done, ahead of the CPU "
+        "reaching them (helps a host-bound step; more memory)."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the model."),
     checkpoint_activations: bool = typer.Option(False, "--checkpoint-activations",
                                                 help="Recompute each block in backward (activation checkpointing): "
@@ -227,6 +231,7 @@ def train(
             eval_lengths=parse_lengths(eval_lengths) if eval_lengths else None,
             checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, fsdp=fsdp, compile=compile_,
             fsdp_param_dtype=fsdp_param_dtype, fsdp_reshard=fsdp_reshard, fsdp_blocks_per_unit=fsdp_blocks_per_unit,
+            fsdp_prefetch=fsdp_prefetch,
             checkpoint_activations=checkpoint_activations)
         if recipe is not None:
             values = _with_recipe(ctx, recipe, values)

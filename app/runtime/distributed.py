@@ -75,7 +75,7 @@ def barrier(env: DistEnv) -> None:
 
 def wrap_model(module: nn.Module, env: DistEnv, *, fsdp: bool = False,
                find_unused_parameters: bool = False, param_dtype: torch.dtype | None = None,
-               reshard_after_forward: bool = True, blocks_per_unit: int = 1) -> nn.Module:
+               reshard_after_forward: bool = True, blocks_per_unit: int = 1, prefetch: int = 0) -> nn.Module:
     """DDP (default) or FSDP2 around ``module`` when distributed; ``module`` itself otherwise.
 
     FSDP2 shards every block of ``model.layers``, then the root (the embedding and the tied head,
@@ -92,6 +92,10 @@ def wrap_model(module: nn.Module, env: DistEnv, *, fsdp: bool = False,
             the backward (one all-gather fewer per step, one block-set of parameters more memory).
         blocks_per_unit: FSDP2 only. Consecutive blocks gathered and reduced together: fewer, larger
             collectives and fewer hooks per step (host time), more parameters gathered at once.
+        prefetch: FSDP2 only. ``0``: FSDP2 issues each unit's all-gather when the host reaches it.
+            ``N``: each unit explicitly prefetches the next ``N`` units in forward and the previous
+            ``N`` in backward (``set_modules_to_forward_prefetch`` / ``..._backward_prefetch``), so the
+            all-gathers start before a host that falls behind the GPU gets there.
     """
     if not env.distributed:
         return module
@@ -103,10 +107,19 @@ def wrap_model(module: nn.Module, env: DistEnv, *, fsdp: bool = False,
             raise ValueError(f"blocks_per_unit must be >= 1, got {blocks_per_unit}")
         model = getattr(module, "model", module)
         blocks = list(getattr(model, "layers", []))
+        if prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0, got {prefetch}")
+        units = []  # one FSDPModule per unit (a grouped unit's modules share one FSDP state)
         for i in range(0, len(blocks), blocks_per_unit):
             unit = blocks[i:i + blocks_per_unit]
             fully_shard(unit if len(unit) > 1 else unit[0], mp_policy=mp, reshard_after_forward=reshard_after_forward)
+            units.append(unit[0])
         fully_shard(module, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+        for i, unit in enumerate(units if prefetch else []):
+            if ahead := units[i + 1:i + 1 + prefetch]:
+                unit.set_modules_to_forward_prefetch(ahead)
+            if behind := units[max(0, i - prefetch):i][::-1]:
+                unit.set_modules_to_backward_prefetch(behind)
         return module
     from torch.nn.parallel import DistributedDataParallel as DDP
 

@@ -47,6 +47,9 @@ class TrainConfig:
         bench/results/h200_model/README.md), fsdp_reshard (free gathered parameters after each
         block's forward; ``False`` keeps them for the backward: one all-gather fewer, more memory),
         fsdp_blocks_per_unit (consecutive blocks sharded as one FSDP2 unit: fewer collectives and hooks),
+        fsdp_prefetch (0: FSDP2's own scheduling; N: each unit issues the all-gathers of the next N units
+        in forward and of the previous N in backward from the CPU as soon as its own are done, which
+        helps when the host falls behind the GPU; more reserved memory),
         find_unused_parameters (DDP), compile (``torch.compile`` the model), checkpoint_activations
         (recompute every block in backward instead of keeping its activations: less memory, ~30% more time).
     """
@@ -87,6 +90,7 @@ class TrainConfig:
     fsdp_param_dtype: str = "fp32"
     fsdp_reshard: bool = True
     fsdp_blocks_per_unit: int = 1
+    fsdp_prefetch: int = 0
     find_unused_parameters: bool = False
     compile: bool = False
     checkpoint_activations: bool = False
@@ -96,6 +100,8 @@ class TrainConfig:
             raise ValueError(f"loss_on must be 'answer' or 'all', got {self.loss_on!r}")
         if self.fsdp_blocks_per_unit < 1:
             raise ValueError(f"fsdp_blocks_per_unit must be >= 1, got {self.fsdp_blocks_per_unit}")
+        if self.fsdp_prefetch < 0:
+            raise ValueError(f"fsdp_prefetch must be >= 0, got {self.fsdp_prefetch}")
         if self.fsdp_param_dtype not in ("fp32", "bf16"):
             raise ValueError(f"fsdp_param_dtype must be fp32 or bf16, got {self.fsdp_param_dtype!r}")
         if self.dtype not in ("auto", "fp32", "bf16"):

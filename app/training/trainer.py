@@ -525,7 +525,7 @@ def _wrap(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig, 
     param_dtype = torch.bfloat16 if cfg.fsdp_param_dtype == "bf16" else None
     wrapped = wrap_model(forward, env, fsdp=cfg.fsdp, find_unused_parameters=cfg.find_unused_parameters,
                          param_dtype=param_dtype, reshard_after_forward=cfg.fsdp_reshard,
-                         blocks_per_unit=cfg.fsdp_blocks_per_unit)
+                         blocks_per_unit=cfg.fsdp_blocks_per_unit, prefetch=cfg.fsdp_prefetch)
     if cfg.fsdp and env.distributed:
         # FSDP2 reshards parameters on wrapping; rebuild the optimizer over the sharded parameters and
         # load the full optimizer state into it.

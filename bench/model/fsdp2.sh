@@ -9,7 +9,8 @@
 # take every core), so that the host side is the same in all runs.
 #   PROFILE   A:B: profile steps A+1..B of every run (see below)
 #   VARIANTS  fsdp (FSDP2, fp32 parameters on the wire: the default), fsdp-bf16 (--fsdp-param-dtype
-#             bf16), fsdp-keep (--no-fsdp-reshard), fsdp-group4 (--fsdp-blocks-per-unit 4), ddp
+#             bf16), fsdp-keep (--no-fsdp-reshard), fsdp-group4 (--fsdp-blocks-per-unit 4), fsdp-prefetch2
+#             (--fsdp-prefetch 2), ddp
 set +u
 OUT=${OUT:-/tmp/out}
 RUNS=${RUNS:-/tmp/runs/fsdp}
@@ -31,7 +32,7 @@ CUDA_VISIBLE_DEVICES=0 timeout $LIMIT hsa train "${ARGS[@]}" --batch-size 8 --ou
 CUDA_VISIBLE_DEVICES=1 timeout $LIMIT hsa train "${ARGS[@]}" --batch-size 16 --out "$RUNS/gpu1_b16" > "$RUNS/gpu1_b16.log" 2>&1 &
 wait
 declare -A FLAGS=([fsdp]="--fsdp" [fsdp-bf16]="--fsdp --fsdp-param-dtype bf16" [fsdp-keep]="--fsdp --no-fsdp-reshard"
-                [fsdp-group4]="--fsdp --fsdp-blocks-per-unit 4" [ddp]="")
+                [fsdp-group4]="--fsdp --fsdp-blocks-per-unit 4" [fsdp-prefetch2]="--fsdp --fsdp-prefetch 2" [ddp]="")
 for v in $VARIANTS; do
   # shellcheck disable=SC2086  # FLAGS holds several words on purpose
   timeout $LIMIT torchrun --standalone --nproc-per-node 2 -m hsa_cli train "${ARGS[@]}" --batch-size 16 ${FLAGS[$v]} \

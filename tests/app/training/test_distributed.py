@@ -42,11 +42,12 @@ def single(tmp_path_factory: pytest.TempPathFactory) -> list[float]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["ddp", "fsdp", "fsdp-keep-grouped"])
+@pytest.mark.parametrize("mode", ["ddp", "fsdp", "fsdp-keep-grouped", "fsdp-prefetch"])
 def test_two_processes_match_one(tmp_path: Path, single: list[float], mode: str) -> None:
     out = tmp_path / mode
     flags = {"ddp": [], "fsdp": ["--fsdp"],
-             "fsdp-keep-grouped": ["--fsdp", "--no-fsdp-reshard", "--fsdp-blocks-per-unit", "2"]}[mode]
+             "fsdp-keep-grouped": ["--fsdp", "--no-fsdp-reshard", "--fsdp-blocks-per-unit", "2"],
+             "fsdp-prefetch": ["--fsdp", "--fsdp-prefetch", "2"]}[mode]
     proc = torchrun(out, *flags)
     assert proc.stdout.count("trained 4 steps") == 1  # only rank 0 reports
     losses = train_losses(out)
@@ -61,3 +62,41 @@ def test_two_processes_match_one(tmp_path: Path, single: list[float], mode: str)
         # the gathered full checkpoint resumes (here: extends the run by 2 steps)
         torchrun(out, "--resume", "--steps", "6")  # (ARGS says --steps 4; the last one wins)
         assert len(train_losses(out)) == 6
+
+
+@pytest.mark.parametrize(("prefetch", "forward", "backward"), [
+    pytest.param(0, {}, {}, id="off"),
+    pytest.param(1, {0: [1], 1: [2]}, {1: [0], 2: [1]}, id="next-one"),
+    pytest.param(2, {0: [1, 2], 1: [2]}, {1: [0], 2: [1, 0]}, id="next-two"),
+])
+def test_fsdp_prefetch_links_each_unit_to_its_neighbours(monkeypatch: pytest.MonkeyPatch, prefetch: int,
+                                                         forward: dict[int, list[int]],
+                                                         backward: dict[int, list[int]]) -> None:
+    """``--fsdp-prefetch N``: unit i prefetches units i+1..i+N in forward and i-1..i-N in backward
+    (a one-process gloo group stands in for torchrun; the wiring is what is checked)."""
+    import torch.distributed as dist
+    from hsa_app.runtime.distributed import DistEnv, wrap_model
+    from hsa_app.training.segments import SegmentedForward
+    from torch.distributed.fsdp import FSDPModule
+
+    from hsa_core.layout import load_spec
+    from hsa_core.model import HSALanguageModel
+
+    calls: dict[str, dict[int, list[int]]] = {"forward": {}, "backward": {}}
+    model = HSALanguageModel.from_spec(load_spec(TINY))
+    layers = list(model.layers)
+    assert len(layers) == 3
+
+    def recorder(direction: str):
+        def record(self: FSDPModule, modules: list[FSDPModule]) -> None:
+            calls[direction][layers.index(self)] = [layers.index(m) for m in modules]
+        return record
+
+    monkeypatch.setattr(FSDPModule, "set_modules_to_forward_prefetch", recorder("forward"))
+    monkeypatch.setattr(FSDPModule, "set_modules_to_backward_prefetch", recorder("backward"))
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        wrap_model(SegmentedForward(model), DistEnv(world_size=2), fsdp=True, prefetch=prefetch)
+    finally:
+        dist.destroy_process_group()
+    assert calls == {"forward": forward, "backward": backward}
