@@ -14,8 +14,8 @@ carried, as ``hsa eval`` does, and a forward hook on every retrieval module coll
 ``(T, H_r, K)`` chunk ids. The file holds one ``indices.<module>`` int32 tensor per retrieval module
 (``-1`` = empty slot), the same module's weights (``weights.<module>``, fp32), and metadata: the run,
 the input, the chunk size, top-k, and each module's *repeat rate*: the fraction of valid slots whose
-chunk an earlier slot of the same 4-token block already chose (what ``schedule="auto"`` samples to
-decide whether tokens share chunks).
+chunk an earlier slot of the same 4-token block already chose (how much the token-block forward,
+``schedule="block"``, can share: it loads each distinct chunk of a block once).
 """
 
 from __future__ import annotations
