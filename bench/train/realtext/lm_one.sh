@@ -50,14 +50,14 @@ hsa train "$spec" "${common[@]}" --lr "$LR" --warmup "$WARMUP" --eval-every "$EV
     --out "$run" 2>&1 | tee -a "$run.train.log"
 
 pk_stage() {  # pk_stage OUT INIT SEQ_LEN TIME_S: one passkey fine-tune stage (resumable), same tokens per step
-  local out=$1 init=$2 seq=$3 time=$4 steps resume
-  steps=$(fit_steps "$run/metrics.jsonl" "$time" "$PK_STEPS_MAX" 0.9)
-  echo "=== $name passkey fine-tune at $seq tokens: mix $PK_MIX, $steps steps, at most ${time}s ($(date -u +%H:%M:%S))"
+  local out=$1 init=$2 seq=$3 secs=$4 steps resume
+  steps=$(fit_steps "$run/metrics.jsonl" "$secs" "$PK_STEPS_MAX" 0.9)
+  echo "=== $name passkey fine-tune at $seq tokens: mix $PK_MIX, $steps steps, at most ${secs}s ($(date -u +%H:%M:%S))"
   resume=(--steps "$steps"); [ -d "$out/checkpoints" ] && resume=(--resume)
   hsa train "$spec" --data "$DATA" --seq-len "$seq" --batch-size $((BATCH * SEQ / seq)) --packing "$PACKING" \
       --no-progress --passkey-mix "$PK_MIX" --task-option "digits=$PK_DIGITS" --init-from "$init" \
       --lr "$PK_LR" --warmup 20 --eval-every "$steps" --eval-samples 16 --eval-lengths "$seq" \
-      --checkpoint-every 100 --time-limit "$time" "${resume[@]}" --out "$out" 2>&1 | tee -a "$run.train.log"
+      --checkpoint-every 100 --time-limit "$secs" "${resume[@]}" --out "$out" 2>&1 | tee -a "$run.train.log"
 }
 if [ "$PK" = 1 ]; then
   # A short-sequence stage first (PK_SHORT_TIME > 0), as in the synthetic demonstration's curriculum:

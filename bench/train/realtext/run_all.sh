@@ -62,7 +62,7 @@ done
 for p in "${pids[@]}"; do wait "$p" || status=1; done
 for name in $NAMES; do
   for f in metrics.jsonl train_config.json; do [ -f "$RUNS/$name/$f" ] && cp "$RUNS/$name/$f" "$OUT_DIR/${name}_$f"; done
-  for pk in pk pk512; do
+  for pk in pk "pk${PK_SHORT_SEQ:-512}"; do  # the 4K stage and the short first stage (lm_one.sh)
     [ -f "$RUNS/$name.$pk/metrics.jsonl" ] && cp "$RUNS/$name.$pk/metrics.jsonl" "$OUT_DIR/${name}_${pk}_metrics.jsonl"
   done
   for f in eval_passkey_text.json eval_passkey_text.png; do
