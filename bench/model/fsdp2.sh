@@ -21,8 +21,8 @@ mkdir -p "$OUT" "$RUNS"
 rm -rf "${RUNS:?}"/*
 ARGS=(ramba-370m --task passkey --seq-len 4096 --steps "$STEPS" --loss-on all --lr 3e-4 --warmup 4
       --checkpoint-every 0 --no-progress)
-# PROFILE=A:B profiles steps A+1..B of every run (hsa train --profile-steps): the operator tables of each
-# rank land in $OUT as <run>_rank<r>_ops.txt (the traces stay in $RUNS/<run>/profile)
+# PROFILE=A:B profiles steps A+1..B of every run (hsa train --profile-steps): every rank's operator table
+# is appended to $OUT/fsdp2_profiles.txt (one file: the device tool returns few); traces stay in $RUNS/<run>/profile
 [ -n "${PROFILE:-}" ] && ARGS+=(--profile-steps "$PROFILE")
 LIMIT=${LIMIT:-150}  # seconds per run
 if [ "${NCCL:-1}" = 1 ]; then  # NCCL=0 skips the bandwidth probe
@@ -40,7 +40,9 @@ for v in $VARIANTS; do
 done
 for n in gpu1_b8 gpu1_b16 $(for v in $VARIANTS; do echo "gpu2_$v"; done); do  # the logs' ends, every run's metrics
   { echo "== $n"; tail -3 "$RUNS/$n.log"; } >> "$OUT/fsdp2.log"
-  for t in "$RUNS/$n"/profile/rank*_ops.txt; do [ -f "$t" ] && cp "$t" "$OUT/${n}_$(basename "$t")"; done
+  for t in "$RUNS/$n"/profile/rank*_ops.txt; do
+    [ -f "$t" ] && { echo "=== $n $(basename "$t")"; cat "$t"; } >> "$OUT/fsdp2_profiles.txt"
+  done
   sed "s/^{/{\"run\": \"$n\", /" "$RUNS/$n/metrics.jsonl" >> "$OUT/fsdp2_metrics.jsonl" 2>/dev/null
 done
 python3 - "$RUNS" $VARIANTS <<'PY' 2>&1 | tee -a "$OUT/fsdp2.log"
