@@ -46,14 +46,16 @@ for n in gpu1_b8 gpu1_b16 $(for v in $VARIANTS; do echo "gpu2_$v"; done); do  # 
   sed "s/^{/{\"run\": \"$n\", /" "$RUNS/$n/metrics.jsonl" >> "$OUT/fsdp2_metrics.jsonl" 2>/dev/null
 done
 python3 - "$RUNS" $VARIANTS <<'PY' 2>&1 | tee -a "$OUT/fsdp2.log"
-import json, statistics, sys
+import json, os, statistics, sys
 runs, variants = sys.argv[1], sys.argv[2:]
 def steady(name):
     try:
         recs = [json.loads(l) for l in open(f"{runs}/{name}/metrics.jsonl") if '"loss"' in l]
     except OSError:
         return None, None
-    return recs, statistics.median(r["tokens_per_s"] for r in recs[3:])
+    # the profiled steps (PROFILE=A:B: steps A+1..B) are slower and left out of the median
+    a, _, b = (os.environ.get("PROFILE") or "0:0").partition(":")
+    return recs, statistics.median(r["tokens_per_s"] for r in recs[3:] if not int(a) < r["step"] <= int(b))
 r8, t8 = steady("gpu1_b8"); r16, t16 = steady("gpu1_b16")
 print(f"tokens/s (median of steps 4..): 1 GPU b8 {t8:,.0f}; 1 GPU b16 {t16:,.0f}")
 for v in variants:
