@@ -59,7 +59,22 @@ pk_stage() {  # pk_stage OUT INIT SEQ_LEN TIME_S: one passkey fine-tune stage (r
       --lr "$PK_LR" --warmup 20 --eval-every "$steps" --eval-samples 16 --eval-lengths "$seq" \
       --checkpoint-every 100 --time-limit "$secs" "${resume[@]}" --out "$out" 2>&1 | tee -a "$run.train.log"
 }
-if [ "$PK" = 1 ]; then
+lm_finished() {  # the LM run has reached its step count (a --time-limit stop leaves it short: resume first)
+  python3 - "$run" <<'PY'
+import json, sys
+from pathlib import Path
+run = Path(sys.argv[1])
+try:
+    total = json.loads((run / "train_config.json").read_text())["config"]["steps"]
+    latest = (run / "checkpoints" / "latest").read_text().strip()
+except (OSError, KeyError, ValueError):
+    sys.exit(1)
+sys.exit(0 if int(latest.rsplit("_", 1)[-1]) >= total else 1)
+PY
+}
+if [ "$PK" = 1 ] && ! lm_finished; then
+  echo "=== $name: LM training stopped before its last step; run this again to resume it, then the fine-tune"
+elif [ "$PK" = 1 ]; then
   # A short-sequence stage first (PK_SHORT_TIME > 0), as in the synthetic demonstration's curriculum:
   # at PK_SHORT_SEQ tokens every chunk fits in the top-k, so the layers learn to read the key before
   # the selection has to learn to find it at SEQ tokens. Both stages count towards the 5-minute bar.
