@@ -65,9 +65,11 @@ def input_tokens(args: argparse.Namespace, vocab_size: int) -> tuple[Tensor, str
     return batch.input_ids, f"task {args.task} (seed {args.seed}), {args.length:,} tokens"
 
 
-def record(model: torch.nn.Module, ids: Tensor, segment_len: int) -> dict[str, Tensor]:
+def record(model: torch.nn.Module, ids: Tensor, segment_len: int,
+           autocast_dtype: torch.dtype | None = None) -> dict[str, Tensor]:
     """Run ``ids`` ``(1, T)`` through ``model`` in segments; every retrieval module's selections, as
     ``indices.<module>`` ``(T, H_r, K)`` int32 and ``weights.<module>`` ``(T, H_r, K)`` fp32 in one dict."""
+    from hsa_core.generation import prefill
     from hsa_core.modules.retrieval import Retrieval
 
     captured: dict[str, list[tuple[Tensor, Tensor]]] = {}
@@ -81,11 +83,9 @@ def record(model: torch.nn.Module, ids: Tensor, segment_len: int) -> dict[str, T
     handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, Retrieval)]
     if not handles:
         raise SystemExit("error: the model has no retrieval (HSA) module: nothing to record")
-    cache = None
     try:
-        with torch.no_grad():
-            for start in range(0, ids.shape[1], segment_len):
-                _, cache = model.forward_hidden(ids[:, start:start + segment_len], cache, return_cache=True)
+        with torch.no_grad():  # hsa eval's segment-wise prefill: the selections are the ones evaluation sees
+            prefill(model, ids, segment_len=segment_len, autocast_dtype=autocast_dtype)
     finally:
         for h in handles:
             h.remove()
@@ -111,15 +111,14 @@ def main(argv: list[str] | None = None) -> int:
     from hsa_app.runtime.checkpoint import model_dir_of
     from safetensors.torch import save_file
 
-    from hsa_core.devices import autocast_context, resolve_device
+    from hsa_core.devices import resolve_device
     from hsa_core.model import load_pretrained
     from hsa_core.modules.retrieval import Retrieval
 
     device = resolve_device("auto")
     model = load_pretrained(model_dir_of(args.run), device=device).eval()
     ids, source = input_tokens(args, model.vocab_size)
-    with autocast_context(device, torch.bfloat16 if device.type == "cuda" else None):
-        tensors = record(model, ids.to(device), args.segment_len)
+    tensors = record(model, ids, args.segment_len, torch.bfloat16 if device.type == "cuda" else None)
     first = next(m for m in model.modules() if isinstance(m, Retrieval))
     rates = {k.removeprefix("indices."): round(repeat_rate(v), 4) for k, v in tensors.items()
              if k.startswith("indices.")}

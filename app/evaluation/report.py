@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..runtime.checkpoint import write_text_atomic
 from .core import EvalResult
 
 
@@ -75,8 +76,6 @@ def rich_table(result: EvalResult, title: str | None = None):
 
 
 def write_json(result: EvalResult, path: Path) -> Path:
-    from ..runtime.checkpoint import write_text_atomic
-
     write_text_atomic(path, json.dumps(result.to_dict(), indent=2) + "\n")
     return path
 

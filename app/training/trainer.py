@@ -399,15 +399,16 @@ class _Trainer:
             # memory reset: every memory_reset_every batches the carried state is replaced by zeros
             carried = state.carried
             init_states = carried if (carried is not None and state.carry_count % cfg.memory_reset_every) else None
+        loss_mask = batch.loss_mask(cfg.loss_on)
         with _autocast(env.device, self.amp):
             step_loss, answer_logits, final_states = self.wrapped(
                 batch.input_ids, init_states, return_states=cfg.carry_state, targets=batch.targets,
-                loss_mask=batch.loss_mask(cfg.loss_on), answer_positions=batch.answer_positions,
+                loss_mask=loss_mask, answer_positions=batch.answer_positions,
                 mask_is_answers=cfg.loss_on == "answer" and batch.answer_positions.shape[1] > 0)
         if cfg.carry_state:
             state.carried = detach_states(final_states)
             state.carry_count += 1
-        loss, loss_sum, n_tok, correct = _loss(step_loss, answer_logits, batch, cfg.loss_on, env)
+        loss, loss_sum, n_tok, correct = _loss(step_loss, answer_logits, batch, loss_mask, env)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = _clip(self.wrapped, cfg.grad_clip)
@@ -632,9 +633,10 @@ def _autocast(device: torch.device, amp: torch.dtype | None):
     return torch.autocast(device.type, dtype=amp)
 
 
-def _loss(loss_sum: Tensor, answer_logits: Tensor, batch: TaskBatch, on: str,
+def _loss(loss_sum: Tensor, answer_logits: Tensor, batch: TaskBatch, loss_mask: Tensor,
           env: DistEnv) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The cross-entropy over the loss positions of the *global* batch, from this rank's summed loss.
+    """The cross-entropy over the loss positions ``loss_mask`` ``(B, T)`` of the *global* batch, from this
+    rank's summed loss.
 
     Returns ``(loss for backward, global loss sum, global token count, global answer exact-match rate)``.
     Each rank divides its local sum by the global token count and multiplies by the world size,
@@ -645,7 +647,7 @@ def _loss(loss_sum: Tensor, answer_logits: Tensor, batch: TaskBatch, on: str,
         exact = (answer_logits.argmax(-1) == batch.answers()).all(1).float().sum()
         # new_full is a fill kernel; torch.tensor(..., device=cuda) would copy from pageable memory and
         # wait for the queued forward
-        stats = torch.stack([loss_sum.detach().float(), batch.loss_mask(on).sum().float(), exact,
+        stats = torch.stack([loss_sum.detach().float(), loss_mask.sum().float(), exact,
                              loss_sum.new_full((), float(batch.batch_size), dtype=torch.float32)])
         stats = all_reduce_sum(stats, env)
     loss = loss_sum / stats[1] * env.world_size

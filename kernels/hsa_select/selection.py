@@ -46,6 +46,13 @@ def _unsortable(k):
 
 
 @triton.jit
+def _merge_topk(run, key, KP: tl.constexpr, BLOCK_T: tl.constexpr):
+    """The KP largest packed keys of each row of ``run`` (BLOCK_T, KP) and ``key`` (BLOCK_T, BLOCK_C)."""
+    blk = tl.topk(key, KP, dim=1)
+    return tl.topk(tl.reshape(tl.join(run, blk), [BLOCK_T, 2 * KP]), KP, dim=1)
+
+
+@triton.jit
 def _hsa_select_kernel(
     QR, LM, IDX, WGT, SC,
     T, C, HR, DR, q_offset, shift,
@@ -95,11 +102,9 @@ def _hsa_select_kernel(
             # and its two top-k merges are skipped. Exact; pays off once many chunks have been seen.
             beats = key > tl.min(run, 1)[:, None]
             if tl.max(tl.max(beats.to(tl.int32), 1), 0) > 0:
-                blk = tl.topk(key, KP, dim=1)
-                run = tl.topk(tl.reshape(tl.join(run, blk), [BLOCK_T, 2 * KP]), KP, dim=1)
+                run = _merge_topk(run, key, KP, BLOCK_T)
         else:
-            blk = tl.topk(key, KP, dim=1)
-            run = tl.topk(tl.reshape(tl.join(run, blk), [BLOCK_T, 2 * KP]), KP, dim=1)
+            run = _merge_topk(run, key, KP, BLOCK_T)
     # run: (BLOCK_T, KP) sorted by score descending; keep the first TOPK.
     rank = tl.arange(0, KP)[None, :]
     hi = (run >> 32).to(tl.int32)
