@@ -17,7 +17,12 @@ CALIB_STEPS=${CALIB_STEPS:-30}     # a short run measures tokens/s; the step cou
                                    # (0: no calibration, train STEPS steps: equal tokens for every layout)
 EVAL_EVERY=${EVAL_EVERY:-200}; EVAL_SAMPLES=${EVAL_SAMPLES:-32}; CKPT_EVERY=${CKPT_EVERY:-200}
 PK=${PK:-1}; PK_TIME=${PK_TIME:-280}; PK_STEPS_MAX=${PK_STEPS_MAX:-100000}; PK_MIX=${PK_MIX:-0.5}; PK_LR=${PK_LR:-1e-3}; PK_DIGITS=${PK_DIGITS:-5}
-PK_SHORT_SEQ=${PK_SHORT_SEQ:-512}; PK_SHORT_TIME=${PK_SHORT_TIME:-0}   # seconds of PK_TIME spent at PK_SHORT_SEQ tokens first
+# The short stage's length: top-k x chunk size (8 x 64) plus the retrieval window (swa-hsa skips the 512
+# tokens its window covers), so that every chunk the selection may choose is chosen.
+declare -A SHORT_SEQ=([ramba]=512 [mamba2]=512 [swa-hsa]=1024)
+PK_SHORT_SEQ=${PK_SHORT_SEQ:-${SHORT_SEQ[$name]}}
+PK_SHORT_TIME=${PK_SHORT_TIME:-0}  # seconds of PK_TIME spent at PK_SHORT_SEQ tokens first
+PK_STAGES=${PK_STAGES:-short long} # "short" alone: a first device call; "long": the next one (run_all.sh)
 PACKING=${PACKING:-concat}
 run="$RUNS/$name"
 mkdir -p "$RUNS"
@@ -42,12 +47,6 @@ if [ ! -d "$run/checkpoints" ] && [ "$CALIB_STEPS" -gt 0 ]; then
   STEPS=$(fit_steps "$run.calib/metrics.jsonl" "$TRAIN_TIME" "$STEPS")
   rm -rf "$run.calib"
 fi
-# on --resume the run keeps its own step count (--steps would set a new total)
-resume=(--steps "$STEPS"); [ -d "$run/checkpoints" ] && resume=(--resume)
-echo "=== $name LM: $SEQ tokens x $BATCH, ${resume[*]}, at most ${TRAIN_TIME}s ($(date -u +%H:%M:%S))"
-hsa train "$spec" "${common[@]}" --lr "$LR" --warmup "$WARMUP" --eval-every "$EVAL_EVERY" \
-    --eval-samples "$EVAL_SAMPLES" --checkpoint-every "$CKPT_EVERY" --time-limit "$TRAIN_TIME" "${resume[@]}" \
-    --out "$run" 2>&1 | tee -a "$run.train.log"
 
 pk_stage() {  # pk_stage OUT INIT SEQ_LEN TIME_S: one passkey fine-tune stage (resumable), same tokens per step
   local out=$1 init=$2 seq=$3 secs=$4 steps resume
@@ -72,6 +71,14 @@ except (OSError, KeyError, ValueError):
 sys.exit(0 if int(latest.rsplit("_", 1)[-1]) >= total else 1)
 PY
 }
+if ! lm_finished; then
+  # on --resume the run keeps its own step count (--steps would set a new total)
+  resume=(--steps "$STEPS"); [ -d "$run/checkpoints" ] && resume=(--resume)
+  echo "=== $name LM: $SEQ tokens x $BATCH, ${resume[*]}, at most ${TRAIN_TIME}s ($(date -u +%H:%M:%S))"
+  hsa train "$spec" "${common[@]}" --lr "$LR" --warmup "$WARMUP" --eval-every "$EVAL_EVERY" \
+      --eval-samples "$EVAL_SAMPLES" --checkpoint-every "$CKPT_EVERY" --time-limit "$TRAIN_TIME" "${resume[@]}" \
+      --out "$run" 2>&1 | tee -a "$run.train.log"
+fi
 if [ "$PK" = 1 ] && ! lm_finished; then
   echo "=== $name: LM training stopped before its last step; run this again to resume it, then the fine-tune"
 elif [ "$PK" = 1 ]; then
@@ -80,8 +87,8 @@ elif [ "$PK" = 1 ]; then
   # the selection has to learn to find it at SEQ tokens. Both stages count towards the 5-minute bar.
   init="$run"
   if [ "$PK_SHORT_TIME" -gt 0 ]; then
-    pk_stage "$run.pk$PK_SHORT_SEQ" "$run" "$PK_SHORT_SEQ" "$PK_SHORT_TIME"
+    case " $PK_STAGES " in *" short "*) pk_stage "$run.pk$PK_SHORT_SEQ" "$run" "$PK_SHORT_SEQ" "$PK_SHORT_TIME" ;; esac
     init="$run.pk$PK_SHORT_SEQ"
   fi
-  pk_stage "$run.pk" "$init" "$SEQ" "$((PK_TIME - PK_SHORT_TIME))"
+  case " $PK_STAGES " in *" long "*) pk_stage "$run.pk" "$init" "$SEQ" "$((PK_TIME - PK_SHORT_TIME))" ;; esac
 fi

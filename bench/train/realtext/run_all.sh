@@ -62,8 +62,8 @@ done
 for p in "${pids[@]}"; do wait "$p" || status=1; done
 for name in $NAMES; do
   for f in metrics.jsonl train_config.json; do [ -f "$RUNS/$name/$f" ] && cp "$RUNS/$name/$f" "$OUT_DIR/${name}_$f"; done
-  for pk in pk "pk${PK_SHORT_SEQ:-512}"; do  # the 4K stage and the short first stage (lm_one.sh)
-    [ -f "$RUNS/$name.$pk/metrics.jsonl" ] && cp "$RUNS/$name.$pk/metrics.jsonl" "$OUT_DIR/${name}_${pk}_metrics.jsonl"
+  for stage in "$RUNS/$name".pk "$RUNS/$name".pk[0-9]*; do  # the 4K stage and the short first stage (lm_one.sh)
+    [ -f "$stage/metrics.jsonl" ] && cp "$stage/metrics.jsonl" "$OUT_DIR/${name}_${stage##*.}_metrics.jsonl"
   done
   for f in eval_passkey_text.json eval_passkey_text.png; do
     [ -f "$RUNS/$name.pk/$f" ] && cp "$RUNS/$name.pk/$f" "$OUT_DIR/${name}_$f"
