@@ -8,6 +8,7 @@ training (steps, tokens, time, final train and validation loss), perplexity by p
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -27,9 +28,11 @@ def training_rows(out: Path) -> list[str]:
         if not steps:
             continue
         last = steps[-1]
+        # a resumed run's "time" starts again from 0: the segments' times add up
+        elapsed = sum(a["time"] for a, b in itertools.pairwise(steps) if b["time"] < a["time"]) + last["time"]
         tps = sorted(r["tokens_per_s"] for r in steps[3:] or steps)[len(steps[3:] or steps) // 2]
         val = f"{evals[-1]['val_loss']:.3f} ({evals[-1]['val_ppl']:.2f})" if evals else "-"
-        rows.append(f"| {name} | {last['step']} | {last['tokens']:,} | {last['time']:.0f} | {tps:,.0f} | "
+        rows.append(f"| {name} | {last['step']} | {last['tokens']:,} | {elapsed:.0f} | {tps:,.0f} | "
                     f"{last['loss']:.3f} | {val} |")
     return rows
 
@@ -97,17 +100,23 @@ def ppl_rows(out: Path) -> list[str]:
 
 
 def passkey_rows(out: Path) -> list[str]:
+    """One table per model; a model's ``<name>_eval_passkey_text*.json`` files (an evaluation of more
+    lengths in a later call, say ``_long``) are merged, the later file's cells winning."""
     rows: list[str] = []
-    for path in sorted(out.glob("*_eval_passkey_text.json")):
-        name = path.name.removesuffix("_eval_passkey_text.json")
-        res = json.loads(path.read_text())
-        lengths, depths = res["lengths"], res["depths"]
-        rows += [f"**{name}** (exact match %, {res['meta'].get('samples_per_cell')} samples per cell):", "",
+    by_model: dict[str, list[dict]] = {}
+    for path in sorted(out.glob("*_eval_passkey_text*.json")):
+        by_model.setdefault(path.name.partition("_eval_passkey_text")[0], []).append(json.loads(path.read_text()))
+    for name, results in by_model.items():
+        cells = {(c["length"], c["depth"]): c["accuracy"] for res in results for c in res["cells"]}
+        lengths = sorted({n for n, _ in cells})
+        depths = sorted({d for _, d in cells})
+        samples = sorted({str(res["meta"].get("samples_per_cell")) for res in results})
+        rows += [f"**{name}** (exact match %, {'/'.join(samples)} samples per cell):", "",
                  "| depth | " + " | ".join(fmt_len(n) for n in lengths) + " |", "|---|" + "---|" * len(lengths)]
         for d in depths:
-            cells = {c["length"]: c["accuracy"] for c in res["cells"] if c["depth"] == d}
-            rows.append(f"| {d} | " + " | ".join(f"{cells[n] * 100:.0f}" for n in lengths) + " |")
-        skipped = res["meta"].get("skipped_lengths")
+            rows.append(f"| {d} | " + " | ".join(f"{cells[n, d] * 100:.0f}" if (n, d) in cells else "-"
+                                                  for n in lengths) + " |")
+        skipped = sorted({n for res in results for n in res["meta"].get("skipped_lengths") or []} - set(lengths))
         rows += ([f"\n(not evaluated within the time limit: {skipped})"] if skipped else []) + [""]
     return rows or ["(no passkey results)"]
 
