@@ -148,14 +148,28 @@ class SelectLaunch:
     warps: int = 8
     stages: int = 3
     #: skip a landmark tile's top-k merges when no token of the block has a score in it that beats its
-    #: current top-k (exact; the tiles are then scanned newest first). Off until measured on the H200
-    #: (bench_kernels.py --sweep, "select long").
-    skip_merges: bool = False
+    #: current top-k (exact; the tiles are then scanned newest first). ``None``: on from
+    #: :data:`SKIP_MERGES_FROM_LANDMARKS` landmarks, where it was measured to win.
+    skip_merges: bool | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.skip_merges, bool):
-            raise ValueError(f"SelectLaunch.skip_merges must be True or False, got {self.skip_merges!r}")
+        if self.skip_merges is not None and not isinstance(self.skip_merges, bool):
+            raise ValueError(f"SelectLaunch.skip_merges must be True, False or None (automatic), "
+                             f"got {self.skip_merges!r}")
         check_counts(self, skip=("skip_merges",))
+
+    def merges_skipped(self, num_landmarks: int) -> bool:
+        """Whether the kernel skips merges over ``num_landmarks`` landmarks (resolves ``None``)."""
+        if self.skip_merges is not None:
+            return self.skip_merges
+        return num_landmarks >= SKIP_MERGES_FROM_LANDMARKS
+
+
+#: The automatic ``skip_merges`` starts here: 2**18 landmarks, a 16M-token context at 64-token chunks.
+#: Measured on the H200 (bench_kernels.sweep_select_long: one 16K-token segment, d_r=256, random scores):
+#: 25.0 -> 21.9 ms at 16M, 98.7 -> 58.3 ms at 64M. Below it, unmeasured: at 1M tokens and fewer the cost
+#: model says no tile can be skipped, so the newest-first scan would only add its comparisons.
+SKIP_MERGES_FROM_LANDMARKS = 1 << 18
 
 
 #: compute capability major*10 + minor -> settings measured there (H200 at T=128K, d_r=1024: 128x128
@@ -197,7 +211,7 @@ def _launch(q_r: Tensor, landmarks: Tensor, topk: int, chunk_size: int, q_offset
         landmarks.stride(0), landmarks.stride(1), landmarks.stride(2),
         scale,
         S=chunk_size, TOPK=topk, KP=kp, BLOCK_T=bt, BLOCK_C=bc, BLOCK_D=bd, STICK=stick, PREC=prec,
-        SKIP=launch.skip_merges,
+        SKIP=launch.merges_skipped(C),
         num_warps=launch.warps, num_stages=launch.stages,
     )
     return idx, w, s
@@ -272,4 +286,5 @@ def hsa_select_triton(q_r: Tensor, landmarks: Tensor, *, topk: int, chunk_size: 
                                    launch or select_settings_for(q_r.device))
 
 
-__all__ = ["FALLBACK", "MEASURED", "HSASelectFunction", "SelectLaunch", "hsa_select_triton", "select_settings_for"]
+__all__ = ["FALLBACK", "MEASURED", "SKIP_MERGES_FROM_LANDMARKS", "HSASelectFunction", "SelectLaunch",
+           "hsa_select_triton", "select_settings_for"]

@@ -101,8 +101,18 @@ def test_select_skip_merges_is_exact(order: str) -> None:
 @pytest.mark.triton
 def test_select_skip_merges_with_gradients() -> None:
     _check(1, 70, 1, 32, 30, 2, 4, 0, None, "stick_breaking", launch=SKIPPING)
-    with pytest.raises(ValueError, match=r"SelectLaunch\.skip_merges must be True or False, got 1"):
+    with pytest.raises(ValueError, match=r"SelectLaunch\.skip_merges must be True, False or None \(automatic\), got 1"):
         sel_mod.SelectLaunch(skip_merges=1)
+
+
+def test_select_skip_merges_automatic_from_the_measured_landmark_count() -> None:
+    """``None`` (the default) skips merges from 2**18 landmarks on, where the H200 measured a gain; an
+    explicit value wins at any count."""
+    auto = sel_mod.SelectLaunch()
+    assert auto.skip_merges is None and sel_mod.SKIP_MERGES_FROM_LANDMARKS == 1 << 18
+    assert not auto.merges_skipped((1 << 18) - 1) and auto.merges_skipped(1 << 18)
+    assert sel_mod.SelectLaunch(skip_merges=False).merges_skipped(1 << 24) is False
+    assert sel_mod.SelectLaunch(skip_merges=True).merges_skipped(1) is True
 
 
 @pytest.mark.triton
