@@ -5,8 +5,9 @@
 #   2. one GPU, batch BATCH (GPU 0) and batch 2 x BATCH (GPU 1) side by side;
 #   3. each data-parallel VARIANT in turn on both GPUs, global batch 2 x BATCH (BATCH per GPU).
 # Throughput: 2 GPUs / 1 GPU at the same per-GPU batch (BATCH, default 8); loss curves: 2 GPUs vs 1 GPU
-# at the same global batch (2 x BATCH; REF_FLAGS, e.g. --checkpointing, lets it fit on one GPU). Every process gets OMP_NUM_THREADS (torchrun would set 1, the single runs would
-# take every core), so that the host side is the same in all runs.
+# at the same global batch (2 x BATCH; REF_FLAGS=--checkpoint-activations lets it fit on one GPU).
+# Every process gets OMP_NUM_THREADS (torchrun would set 1, the single runs would take every core), so
+# that the host side is the same in all runs.
 #   PROFILE   A:B: profile steps A+1..B of every run (see below)
 #   VARIANTS  fsdp (FSDP2, fp32 parameters on the wire: the default), fsdp-bf16 (--fsdp-param-dtype
 #             bf16), fsdp-keep (--no-fsdp-reshard), fsdp-group4 (--fsdp-blocks-per-unit 4), fsdp-prefetch2
