@@ -17,11 +17,18 @@ CALIB_STEPS=${CALIB_STEPS:-30}     # a short run measures tokens/s; the step cou
                                    # (0: no calibration, train STEPS steps: equal tokens for every layout)
 EVAL_EVERY=${EVAL_EVERY:-200}; EVAL_SAMPLES=${EVAL_SAMPLES:-32}; CKPT_EVERY=${CKPT_EVERY:-200}
 PK=${PK:-1}; PK_TIME=${PK_TIME:-280}; PK_STEPS_MAX=${PK_STEPS_MAX:-100000}; PK_MIX=${PK_MIX:-0.5}; PK_LR=${PK_LR:-1e-3}; PK_DIGITS=${PK_DIGITS:-5}
-# The short stage's length: top-k x chunk size (8 x 64) plus the retrieval window (swa-hsa skips the 512
-# tokens its window covers), so that every chunk the selection may choose is chosen.
+# The short stage (PK_SHORT_TIME seconds of PK_TIME at PK_SHORT_SEQ tokens, first) makes every passkey
+# sample need HSA and lets the selection choose every chunk it may see, so the key's chunk always gets
+# gradient. Its length: top-k x chunk size (8 x 64) plus the retrieval window (swa-hsa skips the 512
+# tokens its window covers). Its minimum gap between the key and the question: past the window (with the
+# default gap, 2 chunks, about half of swa-hsa's 1,024-token samples put the key inside its window, where
+# the sliding window answers and HSA learns nothing: run 3). swa-hsa gets the longer stage.
 declare -A SHORT_SEQ=([ramba]=512 [mamba2]=512 [swa-hsa]=1024)
+declare -A SHORT_GAP=([ramba]=0 [mamba2]=0 [swa-hsa]=520)
+declare -A SHORT_TIME=([ramba]=40 [mamba2]=40 [swa-hsa]=100)
 PK_SHORT_SEQ=${PK_SHORT_SEQ:-${SHORT_SEQ[$name]}}
-PK_SHORT_TIME=${PK_SHORT_TIME:-0}  # seconds of PK_TIME spent at PK_SHORT_SEQ tokens first
+PK_SHORT_GAP=${PK_SHORT_GAP:-${SHORT_GAP[$name]}}  # 0: the task's default (2 chunks)
+PK_SHORT_TIME=${PK_SHORT_TIME:-${SHORT_TIME[$name]}}
 PK_STAGES=${PK_STAGES:-short long} # "short" alone: a first device call; "long": the next one (run_all.sh)
 PACKING=${PACKING:-concat}
 run="$RUNS/$name"
@@ -48,13 +55,14 @@ if [ ! -d "$run/checkpoints" ] && [ "$CALIB_STEPS" -gt 0 ]; then
   rm -rf "$run.calib"
 fi
 
-pk_stage() {  # pk_stage OUT INIT SEQ_LEN TIME_S: one passkey fine-tune stage (resumable), same tokens per step
-  local out=$1 init=$2 seq=$3 secs=$4 steps resume
+pk_stage() {  # pk_stage OUT INIT SEQ_LEN TIME_S [MIN_GAP]: one passkey fine-tune stage (resumable), same tokens per step
+  local out=$1 init=$2 seq=$3 secs=$4 gap=${5:-0} steps resume opts=(--task-option "digits=$PK_DIGITS")
+  [ "$gap" -gt 0 ] && opts+=(--task-option "min_gap=$gap")
   steps=$(fit_steps "$run/metrics.jsonl" "$secs" "$PK_STEPS_MAX" 0.9)
   echo "=== $name passkey fine-tune at $seq tokens: mix $PK_MIX, $steps steps, at most ${secs}s ($(date -u +%H:%M:%S))"
   resume=(--steps "$steps"); [ -d "$out/checkpoints" ] && resume=(--resume)
   hsa train "$spec" --data "$DATA" --seq-len "$seq" --batch-size $((BATCH * SEQ / seq)) --packing "$PACKING" \
-      --no-progress --passkey-mix "$PK_MIX" --task-option "digits=$PK_DIGITS" --init-from "$init" \
+      --no-progress --passkey-mix "$PK_MIX" "${opts[@]}" --init-from "$init" \
       --lr "$PK_LR" --warmup 20 --eval-every "$steps" --eval-samples 16 --eval-lengths "$seq" \
       --checkpoint-every 100 --time-limit "$secs" "${resume[@]}" --out "$out" 2>&1 | tee -a "$run.train.log"
 }
@@ -87,7 +95,7 @@ elif [ "$PK" = 1 ]; then
   # the selection has to learn to find it at SEQ tokens. Both stages count towards the 5-minute bar.
   init="$run"
   if [ "$PK_SHORT_TIME" -gt 0 ]; then
-    case " $PK_STAGES " in *" short "*) pk_stage "$run.pk$PK_SHORT_SEQ" "$run" "$PK_SHORT_SEQ" "$PK_SHORT_TIME" ;; esac
+    case " $PK_STAGES " in *" short "*) pk_stage "$run.pk$PK_SHORT_SEQ" "$run" "$PK_SHORT_SEQ" "$PK_SHORT_TIME" "$PK_SHORT_GAP" ;; esac
     init="$run.pk$PK_SHORT_SEQ"
   fi
   case " $PK_STAGES " in *" long "*) pk_stage "$run.pk" "$init" "$SEQ" "$((PK_TIME - PK_SHORT_TIME))" ;; esac
