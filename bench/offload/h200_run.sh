@@ -14,6 +14,7 @@ WORK=${WORK:-runs/offload}
 RUN=${RUN:-$WORK/ramba-sm}
 SEGMENT=${SEGMENT:-16384}
 SEED=${SEED:-1234}
+GPUS=${GPUS:-$(python3 -c 'import torch; print(max(1, torch.cuda.device_count()))')}  # 16m and 64m use them all
 LIMIT=${LIMIT:-540}            # seconds per hsa call (the device command limit is 600)
 mkdir -p "$OUT" "$WORK"
 stage=${1:-short}
@@ -32,6 +33,21 @@ ev() {
   local rc=$?
   [ "$rc" = 124 ] && echo "!!! $name: stopped by timeout $LIMIT s"
   [ -f "$WORK/$name/eval_passkey.json" ] && cp "$WORK/$name/eval_passkey.json" "$OUT/passkey_$name.json"
+  return $rc
+}
+
+# pev NAME LENGTH DEPTHS SAMPLES [options]: ev spread over the GPUS GPUs of the machine, one process each
+# (GPU g: seed SEED+g, ceil(SAMPLES/GPUS) samples per depth; report.py pools the cells), so that the
+# two-H200 machine halves a 16M or 64M stage. Each process pins its own host K/V (32 GiB per 64M sample).
+pev() {
+  local name=$1 length=$2 depths=$3 samples=$4 g rc=0 pids=()
+  shift 4
+  local per=$(( (samples + GPUS - 1) / GPUS ))
+  for g in $(seq 0 $((GPUS - 1))); do
+    SEED=$((SEED + g)) CUDA_VISIBLE_DEVICES=$g ev "${name}_g$g" "$length" "$depths" "$per" "$@" &
+    pids+=($!)
+  done
+  for g in "${pids[@]}"; do wait "$g" || rc=1; done
   return $rc
 }
 
@@ -79,19 +95,19 @@ case "$stage" in
   short)  # (b) 4K, 64K, 1M offloaded, 3 depths x SAMPLES (~1-2 min)
     ev short 4k,64k,1m "${DEPTHS:-0.1,0.5,0.9}" "${SAMPLES:-4}"
     ;;
-  16m)  # (b) 16M offloaded: one sample per forward; DEPTHS=0.1 etc. splits it over commands
+  16m)  # (b) 16M offloaded: one sample per forward, spread over the GPUs; DEPTHS=0.1 etc. splits it over commands
     estimate 16777216
-    ev "16m_d${DEPTHS:-all}_s$SEED" 16m "${DEPTHS:-0.1,0.5,0.9}" "${SAMPLES:-4}"
+    pev "16m_d${DEPTHS:-all}_s$SEED" 16m "${DEPTHS:-0.1,0.5,0.9}" "${SAMPLES:-4}"
     ;;
-  64m)  # (b) 64M offloaded: DEPTHS (default 0.5) x SAMPLES (default 1) per command; vary SEED for new samples
+  64m)  # (b) 64M offloaded: DEPTHS (default 0.5) x SAMPLES (default: one per GPU) per command; vary SEED for new samples
     est=$(estimate 67108864); echo "$est"
     upper=$(echo "$est" | sed -n 's/^UPPER=//p')
-    per=$(( ${SAMPLES:-1} * $(echo "${DEPTHS:-0.5}" | tr ',' '\n' | wc -l) ))
+    per=$(( (${SAMPLES:-$GPUS} + GPUS - 1) / GPUS * $(echo "${DEPTHS:-0.5}" | tr ',' '\n' | wc -l) ))  # samples per process
     if [ -n "$upper" ] && [ $(( upper * per )) -gt "$LIMIT" ] && [ -z "${FORCE:-}" ]; then
       echo "!!! up to $(( upper * per )) s for $per sample(s) > LIMIT=$LIMIT s; FORCE=1 runs it anyway (it may be cut by the timeout)"
       exit 0
     fi
-    ev "64m_d${DEPTHS:-0.5}_s$SEED" 64m "${DEPTHS:-0.5}" "${SAMPLES:-1}"
+    pev "64m_d${DEPTHS:-0.5}_s$SEED" 64m "${DEPTHS:-0.5}" "${SAMPLES:-$GPUS}"
     ;;
   footprint)  # (c) batch 1 at 64K offloaded (the GPU-peak baseline for 64M, also batch 1), and the
               # on-GPU throughput at 1M (the demo's batch: 4 x 1M per forward) beside the offloaded one
