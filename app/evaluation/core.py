@@ -22,7 +22,7 @@ from hsa_core.generation import RunStats
 
 from ..tasks import Task, TaskBatch
 
-__all__ = ["CellResult", "EvalResult", "autocast_context", "evaluate", "predict_answers"]
+__all__ = ["CellResult", "EvalResult", "autocast_context", "cell_seed", "evaluate", "predict_answers"]
 
 
 @dataclass
@@ -112,8 +112,9 @@ def predict_answers(model: nn.Module, batch: TaskBatch, *, segment_len: int = 40
     return preds
 
 
-def _cell_seed(seed: int, length: int, depth_index: int) -> int:
-    # Stable across runs and machines (no Python hash randomisation).
+def cell_seed(seed: int, length: int, depth_index: int) -> int:
+    """The generator seed of one (length, depth) cell: the samples of a cell are the same for every model
+    and every tool that scores it (stable across runs and machines: no Python hash randomisation)."""
     return zlib.crc32(f"{seed}:{length}:{depth_index}".encode()) & 0x7FFFFFFF
 
 
@@ -163,7 +164,7 @@ def evaluate(model: nn.Module, task: Task, lengths: Sequence[int], depths: Seque
             RunStats.start(device)
             for di, depth in enumerate(depths):
                 t0 = time.perf_counter()
-                g = torch.Generator().manual_seed(_cell_seed(seed, length, di))
+                g = torch.Generator().manual_seed(cell_seed(seed, length, di))
                 counts = torch.zeros(3, dtype=torch.float64)  # exact, tokens right, tokens
                 done = 0
                 while done < samples:

@@ -44,6 +44,19 @@ def task_options_for(run: Path, task: str, spec: dict[str, Any], overrides: dict
     return opts, train_len
 
 
+def eval_task_for(run: Path, task: str, spec: dict[str, Any], overrides: dict[str, Any],
+                  filler: str | None = None) -> tuple[Any, int | None]:
+    """The task ``hsa eval TASK RUN`` scores, and the run's training length when known: the synthetic
+    ``task`` with :func:`task_options_for`'s options, or (``filler="text:DIR"``, passkey only) the
+    passkey inside natural text from ``DIR``'s validation split in the run's tokenizer."""
+    if filler is not None:
+        return _text_task(run, task, filler, spec, overrides)
+    from ..tasks import make_task
+
+    opts, train_len = task_options_for(run, task, spec, overrides)
+    return make_task(task, **opts), train_len
+
+
 def run_eval(run: str | Path, task: str, lengths: list[int], depths: list[float | None], *, samples: int = 20,
              seed: int = 1234, segment_len: int = 4096, max_batch_tokens: int = 1 << 17, device: str = "auto",
              dtype: str = "auto", task_overrides: dict[str, Any] | None = None, out: str | Path | None = None,
@@ -63,7 +76,6 @@ def run_eval(run: str | Path, task: str, lengths: list[int], depths: list[float 
     from hsa_core.model import HSALanguageModel
 
     from ..runtime.distributed import resolve_device
-    from ..tasks import make_task
     from .report import heatmap, write_json
 
     run = Path(run)
@@ -72,11 +84,7 @@ def run_eval(run: str | Path, task: str, lengths: list[int], depths: list[float 
     amp = torch.bfloat16 if (dtype == "bf16" or (dtype == "auto" and dev.type == "cuda")) else None
     model = HSALanguageModel.from_pretrained(mdir, device=dev)
     offloaded = any(model.offloaded_memories(offload).values())  # also: offload=True without a memory fails here
-    if filler is not None:
-        t, train_len = _text_task(run, task, filler, model.spec, dict(task_overrides or {}))
-    else:
-        opts, train_len = task_options_for(run, task, model.spec, dict(task_overrides or {}))
-        t = make_task(task, **opts)
+    t, train_len = eval_task_for(run, task, model.spec, dict(task_overrides or {}), filler)
     too_short = [n for n in lengths if n < t.min_length()]
     if too_short:
         raise ValueError(f"lengths {too_short} are shorter than task '{task}' needs ({t.min_length()})")
