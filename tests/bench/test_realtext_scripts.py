@@ -131,3 +131,14 @@ def test_realtext_scripts_end_to_end_on_cpu(tmp_path: Path, calib_steps: str) ->
     assert (out / "training.png").exists()
     summary = (out / "realtext.md").read_text()
     assert "| ramba |" in summary and "| mamba2 |" in summary and "**ramba**" in summary
+
+
+def test_lm_one_refuses_a_short_stage_that_leaves_no_fine_tune_time(tmp_path: Path) -> None:
+    """swa-hsa's short passkey stage defaults to 100 s: a PK_TIME at or below it is refused before any
+    training, naming both knobs (on the GPU machine it would have started a stage with a negative limit)."""
+    env = dict(os.environ, RUNS=str(tmp_path / "runs"), PK_TIME="60")
+    done = subprocess.run(["bash", "bench/train/realtext/lm_one.sh", "swa-hsa"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "PK_SHORT_TIME=100 s leaves nothing of PK_TIME=60 s" in done.stderr
+    assert not (tmp_path / "runs" / "swa-hsa").exists()

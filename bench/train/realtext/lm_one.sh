@@ -29,6 +29,11 @@ declare -A SHORT_TIME=([ramba]=40 [mamba2]=40 [swa-hsa]=100)
 PK_SHORT_SEQ=${PK_SHORT_SEQ:-${SHORT_SEQ[$name]}}
 PK_SHORT_GAP=${PK_SHORT_GAP:-${SHORT_GAP[$name]}}  # 0: the task's default (2 chunks)
 PK_SHORT_TIME=${PK_SHORT_TIME:-${SHORT_TIME[$name]}}
+if [ "$PK" = 1 ] && [ "$PK_SHORT_TIME" -ge "$PK_TIME" ]; then
+  echo "lm_one.sh $name: PK_SHORT_TIME=$PK_SHORT_TIME s leaves nothing of PK_TIME=$PK_TIME s for the $SEQ-token stage" \
+       "(set PK_SHORT_TIME below PK_TIME, or 0 to skip the short stage)" >&2
+  exit 2
+fi
 PK_STAGES=${PK_STAGES:-short long} # "short" alone: a first device call; "long": the next one (run_all.sh)
 PACKING=${PACKING:-concat}
 run="$RUNS/$name"
