@@ -8,7 +8,7 @@
 # `train`), DEPTHS, SAMPLES, SEED, SEGMENT, FORCE=1 (run a 64M stage even when its estimate exceeds LIMIT).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-. bench/device_env.sh
+. "${DEVICE_ENV:-bench/device_env.sh}"   # DEVICE_ENV=/dev/null: the environment as it is (the CPU test)
 OUT=${OUT:-/tmp/out}
 WORK=${WORK:-runs/offload}
 RUN=${RUN:-$WORK/ramba-sm}

@@ -1,0 +1,60 @@
+"""``bench/offload/h200_run.sh``'s long stages on CPU, with a stand-in ``hsa`` that records its calls:
+the 16M and 64M stages spread their samples over the GPUs (one process per GPU, its own seed and
+device) and copy every result to ``$OUT``. Lengths of millions of tokens cannot run here; the shell
+logic around them can, and a slip there would cost device time."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+FAKE_HSA = """#!/usr/bin/env bash
+out=""; prev=""
+for a in "$@"; do [ "$prev" = --out ] && out=$a; prev=$a; done
+echo "GPU=$CUDA_VISIBLE_DEVICES $*" >> "$CALLS"
+mkdir -p "$out"
+echo '{"cells": [], "meta": {}}' > "$out/eval_passkey.json"
+"""
+
+
+def _run(tmp_path: Path, stage: str, **extra: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "hsa").write_text(FAKE_HSA)
+    (bin_dir / "hsa").chmod(0o755)
+    calls = tmp_path / "calls.txt"
+    calls.unlink(missing_ok=True)
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", DEVICE_ENV="/dev/null",
+               CALLS=str(calls), OUT=str(tmp_path / "out"), WORK=str(tmp_path / "work"), RUN="model", GPUS="2",
+               SEED="100", **extra)
+    done = subprocess.run(["bash", "bench/offload/h200_run.sh", stage], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    return done, sorted(calls.read_text().splitlines()) if calls.exists() else []
+
+
+def _opt(call: str, name: str) -> str:
+    words = call.split()
+    return words[words.index(name) + 1]
+
+
+def test_16m_spreads_samples_over_the_gpus_with_their_own_seeds(tmp_path: Path) -> None:
+    done, calls = _run(tmp_path, "16m", SAMPLES="3")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [c.split()[0] for c in calls] == ["GPU=0", "GPU=1"]
+    assert [_opt(c, "--seed") for c in calls] == ["100", "101"]
+    assert {_opt(c, "--samples") for c in calls} == {"2"}  # ceil(3 / 2) per GPU
+    assert all(_opt(c, "--lengths") == "16m" and "--offload" in c for c in calls)
+    out = sorted(p.name for p in (tmp_path / "out").glob("passkey_*.json"))
+    assert out == ["passkey_16m_dall_s100_g0.json", "passkey_16m_dall_s100_g1.json"]
+    assert json.loads((tmp_path / "out" / out[0]).read_text())["cells"] == []
+
+
+def test_64m_defaults_to_one_sample_per_gpu(tmp_path: Path) -> None:
+    done, calls = _run(tmp_path, "64m", DEPTHS="0.5", FORCE="1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [(_opt(c, "--seed"), _opt(c, "--samples"), _opt(c, "--depths")) for c in calls] == [
+        ("100", "1", "0.5"), ("101", "1", "0.5")]
