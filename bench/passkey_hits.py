@@ -51,44 +51,30 @@ def measure(model: torch.nn.Module, task, lengths: list[int], depths: list[float
     """One record per (length, depth): exact match, and per retrieval module ``hit`` and ``hit_any_head``."""
     from hsa_app.evaluation.core import cell_seed, predict_answers
 
-    from hsa_core.modules.retrieval import Retrieval
+    from hsa_core.modules import Retrieval, captured_selections
 
-    modules = {n: m for n, m in model.named_modules() if isinstance(m, Retrieval)}
-    if not modules:
+    chunk_size = {n: m.chunk_size for n, m in model.named_modules() if isinstance(m, Retrieval)}
+    if not chunk_size:
         raise SystemExit("error: the model has no retrieval (HSA) module")
-    captured: dict[str, list[Tensor]] = {}
-
-    def hook(name: str):
-        def keep(_module, _inputs, selection) -> None:
-            captured.setdefault(name, []).append(selection.indices.int().cpu())
-        return keep
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in modules.items()]
     rows = []
-    try:
-        for length in lengths:
-            for di, depth in enumerate(depths):
-                g = torch.Generator().manual_seed(cell_seed(seed, length, di))  # hsa eval's samples
-                batch = task.sample(samples, length, g, depth=depth)
-                captured.clear()
-                with torch.no_grad():
-                    preds = predict_answers(model, batch, segment_len=segment_len, autocast_dtype=autocast_dtype,
-                                            device=device)
-                exact = float((preds.cpu() == batch.answers()).all(1).float().mean())
-                pos = batch.answer_positions
-                record = {"length": length, "depth": depth, "samples": samples, "exact_match": exact}
-                for name, parts in captured.items():
-                    indices = torch.cat(parts, 1)  # (B, T, H_r, K): the segments in order
-                    S = modules[name].chunk_size
-                    chunks = [key_chunks(batch.input_ids[b], batch.answers()[b], int(pos[b, 0]) + 1, S)
-                              for b in range(batch.batch_size)]
-                    hit, any_head = hit_rates(indices, pos, chunks)
-                    record[name] = {"hit": round(hit, 4), "hit_any_head": round(any_head, 4)}
-                rows.append(record)
-                print(json.dumps(record), flush=True)
-    finally:
-        for h in handles:
-            h.remove()
+    for length in lengths:
+        for di, depth in enumerate(depths):
+            g = torch.Generator().manual_seed(cell_seed(seed, length, di))  # hsa eval's samples
+            batch = task.sample(samples, length, g, depth=depth)
+            with captured_selections(model) as captured, torch.no_grad():
+                preds = predict_answers(model, batch, segment_len=segment_len, autocast_dtype=autocast_dtype,
+                                        device=device)
+            answers, pos = batch.answers(), batch.answer_positions
+            record = {"length": length, "depth": depth, "samples": samples,
+                      "exact_match": float((preds.cpu() == answers).all(1).float().mean())}
+            for name, parts in captured.items():
+                indices = torch.cat([p.indices for p in parts], 1)  # (B, T, H_r, K): the segments in order
+                chunks = [key_chunks(batch.input_ids[b], answers[b], int(pos[b, 0]) + 1, chunk_size[name])
+                          for b in range(batch.batch_size)]
+                hit, any_head = hit_rates(indices, pos, chunks)
+                record[name] = {"hit": round(hit, 4), "hit_any_head": round(any_head, 4)}
+            rows.append(record)
+            print(json.dumps(record), flush=True)
     return rows
 
 

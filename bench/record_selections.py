@@ -70,29 +70,17 @@ def record(model: torch.nn.Module, ids: Tensor, segment_len: int,
     """Run ``ids`` ``(1, T)`` through ``model`` in segments; every retrieval module's selections, as
     ``indices.<module>`` ``(T, H_r, K)`` int32 and ``weights.<module>`` ``(T, H_r, K)`` fp32 in one dict."""
     from hsa_core.generation import prefill
-    from hsa_core.modules.retrieval import Retrieval
+    from hsa_core.modules import captured_selections
 
-    captured: dict[str, list[tuple[Tensor, Tensor]]] = {}
-
-    def hook(name: str):
-        def keep(_module, _inputs, selection) -> None:
-            captured.setdefault(name, []).append((selection.indices[0].int().cpu(),
-                                                  selection.weights[0].float().cpu()))
-        return keep
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, Retrieval)]
-    if not handles:
-        raise SystemExit("error: the model has no retrieval (HSA) module: nothing to record")
-    try:
+    with captured_selections(model) as captured:
+        if not captured:
+            raise SystemExit("error: the model has no retrieval (HSA) module: nothing to record")
         with torch.no_grad():  # hsa eval's segment-wise prefill: the selections are the ones evaluation sees
             prefill(model, ids, segment_len=segment_len, autocast_dtype=autocast_dtype)
-    finally:
-        for h in handles:
-            h.remove()
     out: dict[str, Tensor] = {}
     for name, parts in captured.items():
-        out[f"indices.{name}"] = torch.cat([p[0] for p in parts]).contiguous()
-        out[f"weights.{name}"] = torch.cat([p[1] for p in parts]).contiguous()
+        out[f"indices.{name}"] = torch.cat([p.indices[0] for p in parts]).contiguous()
+        out[f"weights.{name}"] = torch.cat([p.weights[0] for p in parts]).contiguous()
     return out
 
 

@@ -99,7 +99,7 @@ class SegmentedForward(nn.Module):
             answer_rows = None
         else:  # (B, A, d)
             answer_rows = hidden.gather(1, answer_positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-        if mask_is_answers and answer_positions is not None and answer_rows is not None:
+        if mask_is_answers and answer_rows is not None:
             rows, row_targets = answer_rows.flatten(0, 1), targets.gather(1, answer_positions).flatten()
         else:
             masked = targets if loss_mask is None else targets.masked_fill(~loss_mask, IGNORE_INDEX)

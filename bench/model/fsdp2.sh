@@ -61,13 +61,13 @@ def steady(name):
     # the profiled steps (PROFILE=A:B: steps A+1..B) are slower and left out of the median
     a, _, b = (os.environ.get("PROFILE") or "0:0").partition(":")
     return recs, statistics.median(r["tokens_per_s"] for r in recs[3:] if not int(a) < r["step"] <= int(b))
-r8, t8 = steady(one); r16, t16 = steady(ref)
-print(f"tokens/s (median of steps 4..): 1 GPU {one} {t8:,.0f}; 1 GPU {ref} {t16:,.0f}")
+r_one, t_one = steady(one); r_ref, t_ref = steady(ref)
+print(f"tokens/s (median of steps 4..): 1 GPU {one} {t_one:,.0f}; 1 GPU {ref} {t_ref:,.0f}")
 for v in variants:
-    f16, tf = steady(f"gpu2_{v}")
-    if f16 is None:
+    r_two, t_two = steady(f"gpu2_{v}")
+    if r_two is None:
         print(f"2 GPUs {v}: no metrics (see its log)"); continue
-    d = [abs(a["loss"] - b["loss"]) for a, b in zip(r16, f16)]
-    print(f"2 GPUs {v} {ref[5:]}: {tf:,.0f} tokens/s = {tf / t8:.2f}x one GPU at the same per-GPU batch; loss vs 1 GPU {ref[5:]}: "
-          f"max |diff| {max(d):.4f}, mean {sum(d)/len(d):.4f}; final {r16[-1]['loss']:.4f} vs {f16[-1]['loss']:.4f}")
+    d = [abs(a["loss"] - b["loss"]) for a, b in zip(r_ref, r_two)]
+    print(f"2 GPUs {v} {ref[5:]}: {t_two:,.0f} tokens/s = {t_two / t_one:.2f}x one GPU at the same per-GPU batch; loss vs 1 GPU {ref[5:]}: "
+          f"max |diff| {max(d):.4f}, mean {sum(d)/len(d):.4f}; final {r_ref[-1]['loss']:.4f} vs {r_two[-1]['loss']:.4f}")
 PY

@@ -5,7 +5,7 @@ from .common import RMSNorm, SwiGLU, swiglu_hidden
 from .encoder import ChunkEncoder
 from .hsa_layer import HSA_LAYER_DEFAULTS, HSALayer
 from .offload import ChunkStore
-from .retrieval import Retrieval, Selection, read_selected
+from .retrieval import Retrieval, Selection, captured_selections, read_selected
 
 __all__ = ["HSA_LAYER_DEFAULTS", "ChunkEncoder", "ChunkMemory", "ChunkStore", "HSALayer", "MemoryState",
-           "RMSNorm", "Retrieval", "Selection", "SwiGLU", "read_selected", "swiglu_hidden"]
+           "RMSNorm", "Retrieval", "Selection", "SwiGLU", "captured_selections", "read_selected", "swiglu_hidden"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import NamedTuple
 
@@ -71,6 +73,34 @@ class Retrieval(nn.Module):
             gumbel=self.gumbel and self.training,
         )
         return Selection(indices, weights)
+
+
+@contextmanager
+def captured_selections(model: nn.Module) -> Iterator[dict[str, list[Selection]]]:
+    """Record what every :class:`Retrieval` module of ``model`` selects while the block runs.
+
+    Yields ``{module name: [Selection, ...]}``, one entry per retrieval module (an empty dict: the model
+    has none), each list in call order: a segment-wise prefill gives one ``Selection`` per segment,
+    ``(B, t, H_r, topk)`` each. They are kept on the CPU (indices int32, weights fp32), so recording a
+    long prefill does not grow device memory. The hooks are removed on exit.
+    """
+    captured: dict[str, list[Selection]] = {}
+
+    def keep(name: str):
+        def hook(_module: nn.Module, _inputs: object, selection: Selection) -> None:
+            captured[name].append(Selection(selection.indices.int().cpu(), selection.weights.float().cpu()))
+        return hook
+
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, Retrieval):
+            captured[name] = []
+            handles.append(module.register_forward_hook(keep(name)))
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def read_selected(memory: MemoryState, selection: Selection) -> tuple[MemoryState, Selection]:

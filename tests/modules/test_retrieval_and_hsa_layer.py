@@ -77,3 +77,23 @@ def test_gumbel_only_while_training():
 def test_bad_head_ratio():
     with pytest.raises(ValueError, match="multiple of kv_heads"):
         HSALayer(32, kv_heads=3, head_dim=8, chunk_size=4, num_heads=4)
+
+
+def test_captured_selections_records_every_call_on_the_cpu_and_unhooks():
+    from hsa_core.modules import captured_selections
+
+    mem, ret, _ = _stack()
+    model = torch.nn.ModuleDict({"sel": ret})
+    x = torch.randn(2, 24, 32)
+    st = mem(x[:, :12])
+    with captured_selections(model) as captured:
+        first = ret(x[:, :12], st)
+        second = ret(x[:, 12:], mem(x[:, 12:], st), q_offset=12)
+    assert list(captured) == ["sel"] and len(captured["sel"]) == 2
+    for got, want in zip(captured["sel"], (first, second), strict=True):
+        assert got.indices.device.type == "cpu" and got.indices.dtype == torch.int32
+        assert torch.equal(got.indices, want.indices.int()) and torch.equal(got.weights, want.weights.float())
+    ret(x[:, :12], st)  # after the block: no hook left
+    assert len(captured["sel"]) == 2
+    with captured_selections(torch.nn.Linear(2, 2)) as none:
+        assert none == {}
