@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .devices import autocast_context
+from .modules.offload import GatherStats
 
 
 @dataclass
@@ -32,6 +33,9 @@ class RunStats:
         gpu_peak_bytes: ``torch.cuda.max_memory_allocated`` since :meth:`start` (``None`` off CUDA).
         host_bytes: host memory of the offloaded K/V at the end (0 when not offloaded).
         memory_device_bytes: device bytes of the cache at the end (states, landmarks, resident chunks).
+        gathers: the offloaded memories' host -> device gathers over the calls recorded
+            (:class:`~hsa_core.modules.offload.GatherStats` as a dict: calls, chunks, bytes,
+            sync_seconds, copy_seconds; all zero when nothing is offloaded).
     """
 
     offload: bool = False
@@ -43,6 +47,7 @@ class RunStats:
     gpu_peak_bytes: int | None = None
     host_bytes: int = 0
     memory_device_bytes: int = 0
+    gathers: dict[str, Any] = field(default_factory=lambda: asdict(GatherStats()))
 
     @staticmethod
     def start(device: torch.device | str) -> None:
@@ -61,6 +66,9 @@ class RunStats:
         if hasattr(cache, "host_nbytes"):  # a ModelCache (evaluation adapters may carry anything)
             self.host_bytes = max(self.host_bytes, cache.host_nbytes())
             self.memory_device_bytes = max(self.memory_device_bytes, cache.nbytes())
+            gathered = GatherStats(**self.gathers)
+            gathered.add(cache.take_gather_stats())  # taken: a later finish on the same cache adds only what is new
+            self.gathers = asdict(gathered)
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -92,6 +100,10 @@ def footprint_line(stats: dict[str, Any]) -> str:
         parts.append(f"GPU peak {format_bytes(stats['gpu_peak_bytes'])}")
     parts.append(f"chunk K/V in host memory {format_bytes(stats['host_bytes'])}" if stats.get("offload")
                  else "chunk memory on the device")
+    g = stats.get("gathers") or {}
+    if g.get("calls"):
+        parts.append(f"gathered {format_bytes(g['bytes'])} from the host in {g['calls']:,} copies "
+                     f"({g['copy_seconds']:.1f} s copying, {g['sync_seconds']:.1f} s waiting for the selection)")
     return "; ".join(parts)
 
 

@@ -42,6 +42,7 @@ from torch.utils.checkpoint import checkpoint
 from .interfaces import Mixer, MixerState
 from .modules import ChunkMemory, MemoryState, Retrieval, RMSNorm, Selection, SwiGLU, read_selected
 from .modules.init import apply_init
+from .modules.offload import GatherStats
 from .plugins import PluginHost, get_host
 
 if TYPE_CHECKING:
@@ -89,6 +90,13 @@ class ModelCache:
     def host_nbytes(self) -> int:
         """Bytes of offloaded chunk K/V in host memory (0 when no memory is offloaded)."""
         return sum(m.host_nbytes() for m in self.memories.values())
+
+    def take_gather_stats(self) -> GatherStats:
+        """The offloaded memories' host -> device gathers since last taken, summed (zeroed after)."""
+        total = GatherStats()
+        for memory in self.memories.values():
+            total.add(memory.take_gather_stats())
+        return total
 
 
 class ModelOutput(NamedTuple):

@@ -66,11 +66,16 @@ def summary(result: EvalResult, rows: list[dict], decode: dict | None) -> str:
         out.append(f"| {dep} | " + " | ".join(f"{c.accuracy * 100:.0f} ({c.samples})" if c.samples else "-"
                                                for c in cs) + " |")
     out += ["", "## Footprint and prefill speed (per file and length)", "",
-            "| file | length | offload | GPU peak GiB | host K/V GiB | prefill tokens/s | prefill s |",
-            "|---|---|---|---|---|---|---|"]
+            "| file | length | offload | GPU peak GiB | host K/V GiB | prefill tokens/s | prefill s | gathered GiB "
+            "| copying s | waiting s |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["length"], r["file"])):
+        g = r.get("gathers") or {}  # files written before the gather counters have none
+        gathered = (f"{_gib(g['bytes'])} | {g['copy_seconds']:.1f} | {g['sync_seconds']:.1f}" if g.get("calls")
+                    else "- | - | -")
         out.append(f"| {r['file']} | {format_length(r['length'])} | {r['offload']} | {_gib(r['gpu_peak_bytes'])} | "
-                   f"{_gib(r['host_bytes'])} | {r['prefill_tokens_per_s']:,.0f} | {r['prefill_seconds']:.1f} |")
+                   f"{_gib(r['host_bytes'])} | {r['prefill_tokens_per_s']:,.0f} | {r['prefill_seconds']:.1f} | "
+                   f"{gathered} |")
     if decode:
         out += ["", f"## Decode latency, {decode['spec']} (random weights, batch 1, {decode['dtype']})", "",
                 "| context | placement | ms/token (median) | p10 | p90 | x shortest | GPU peak GiB | host GiB |",

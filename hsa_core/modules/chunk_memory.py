@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from .common import RMSNorm
 from .encoder import ChunkEncoder
-from .offload import ChunkStore
+from .offload import ChunkStore, GatherStats
 
 LANDMARKS = ("cls", "mean")
 
@@ -80,6 +80,11 @@ class MemoryState:
     def host_nbytes(self) -> int:
         """Bytes held in host memory (the store's K/V buffers; 0 when not offloaded)."""
         return self.store.host_nbytes() if self.store is not None else 0
+
+    def take_gather_stats(self) -> GatherStats:
+        """The host -> device gathers' costs since last taken (:meth:`ChunkStore.take_gather_stats`;
+        empty when not offloaded)."""
+        return self.store.take_gather_stats() if self.store is not None else GatherStats()
 
 
 class ChunkMemory(nn.Module):

@@ -25,13 +25,14 @@ copies carry no gradient, so a state with a store refuses to run with gradients 
 
 from __future__ import annotations
 
+import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import Tensor
 
-__all__ = ["ChunkStore", "GrowableBuffer", "gather_selected"]
+__all__ = ["ChunkStore", "GatherStats", "GrowableBuffer", "gather_selected"]
 
 
 class GrowableBuffer:
@@ -98,6 +99,32 @@ class GrowableBuffer:
 
 
 @dataclass
+class GatherStats:
+    """What the host -> device gathers of one store cost, summed since it was last taken
+    (:meth:`ChunkStore.take_gather_stats`): where the time of a long offloaded prefill goes.
+
+    Attributes:
+        calls: gathers (one per selection per call).
+        chunks: chunks copied (all batch rows, padding included).
+        bytes: bytes of K and V copied from host to device.
+        sync_seconds: host time blocked reading the selected ids back, i.e. waiting for the GPU to
+            finish the work queued before the selection (the one synchronisation of a gather).
+        copy_seconds: host time spent copying the chunks into the pinned staging buffer, including the
+            wait for the previous transfer out of it.
+    """
+
+    calls: int = 0
+    chunks: int = 0
+    bytes: int = 0
+    sync_seconds: float = 0.0
+    copy_seconds: float = 0.0
+
+    def add(self, other: GatherStats) -> None:
+        for name, value in asdict(other).items():
+            setattr(self, name, getattr(self, name) + value)
+
+
+@dataclass
 class ChunkStore:
     """The offloaded part of one chunk memory (one per memory per cache; shared by the states that
     continue one another, appended in place).
@@ -122,6 +149,7 @@ class ChunkStore:
     _appends: deque[tuple[int, torch.cuda.Event]] = field(default_factory=deque)
     _staging: Tensor | None = None
     _staged: torch.cuda.Event | None = None
+    gather_stats: GatherStats = field(default_factory=GatherStats)
 
     @classmethod
     def create(cls, chunk_size: int, device: torch.device | str | None, reserve_chunks: int = 0) -> ChunkStore:
@@ -136,6 +164,11 @@ class ChunkStore:
     @property
     def num_chunks(self) -> int:
         return 0 if self.landmarks is None else self.landmarks.length
+
+    def take_gather_stats(self) -> GatherStats:
+        """The gathers' costs since the last call (then zeroed: several readers never count one twice)."""
+        taken, self.gather_stats = self.gather_stats, GatherStats()
+        return taken
 
     def host_nbytes(self) -> int:
         """Host bytes allocated for K/V."""
@@ -203,11 +236,19 @@ class ChunkStore:
         kh = self.k.data.flatten(0, 1)
         vh = self.v.data.flatten(0, 1)
         shape = (B, n * self.chunk_size, *kh.shape[2:])
+        stats = self.gather_stats
+        stats.calls += 1
+        stats.chunks += B * n
+        stats.bytes += 2 * B * n * kh[0].numel() * kh.element_size()
+        t0 = time.perf_counter()
         if self._copy_stream is None:
-            return kh.index_select(0, flat).view(shape), vh.index_select(0, flat).view(shape), None
+            k, v = kh.index_select(0, flat).view(shape), vh.index_select(0, flat).view(shape)
+            stats.copy_seconds += time.perf_counter() - t0
+            return k, v, None
         staging = self._staging_for(2 * B * n, kh)
         torch.index_select(kh, 0, flat, out=staging[:B * n])
         torch.index_select(vh, 0, flat, out=staging[B * n:])
+        stats.copy_seconds += time.perf_counter() - t0
         with torch.cuda.stream(self._copy_stream):
             dev = staging.to(self.device, non_blocking=True)
             self._staged = torch.cuda.Event()
@@ -282,7 +323,9 @@ def gather_selected(store: ChunkStore, resident_k: Tensor, resident_v: Tensor, n
     sentinel = B * boundary
     keys = torch.where(on_host, row.long() * boundary + indices.long(), sentinel)
     uniq = torch.unique(keys)
+    t0 = time.perf_counter()
     uniq_cpu = uniq.cpu()  # the one synchronisation: the host gather needs the ids
+    store.gather_stats.sync_seconds += time.perf_counter() - t0
     if int(uniq_cpu[-1]) == sentinel:
         uniq, uniq_cpu = uniq[:-1], uniq_cpu[:-1]
     if uniq_cpu.numel() == 0:

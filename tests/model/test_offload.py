@@ -81,6 +81,39 @@ def test_one_gather_per_shared_selection(monkeypatch) -> None:
     assert torch.equal(got, ref) and len(calls) == 4  # 4 segments, one gather each for both layers
 
 
+def test_gather_statistics_count_every_copy_once(monkeypatch) -> None:
+    """The store counts its host -> device gathers (calls, chunks, bytes, host seconds); taking them
+    zeroes them, so RunStats adds a cache's gathers once even when it finishes on it twice (prefill,
+    then decode), and the footprint line reports them."""
+    model = _model("tiny", layers="'M H M H M'")  # one shared selection: one gather per call
+    ids = torch.randint(0, 96, (2, 40), generator=torch.Generator().manual_seed(0))
+    _, cache = _segments(model, ids, 10, offload=True)
+    mem = cache.memories["mid"]
+    chunk_bytes = 2 * mem.store.k.data[0, 0].numel() * mem.store.k.data.element_size()  # K and V of one chunk
+    got = cache.take_gather_stats()
+    # segments 2-4 read chunks on the host (the first segment's chunks are still resident); segment 1 none
+    assert 1 <= got.calls <= 4 and got.chunks >= 2 * got.calls  # both rows, at least one chunk each
+    assert got.bytes == got.chunks * chunk_bytes and got.copy_seconds >= 0 and got.sync_seconds >= 0
+    assert cache.take_gather_stats().calls == 0  # taken: nothing left
+    copies = []
+    real = ChunkStore.gather
+
+    def counting(self, rows, chunk_ids):
+        copies.append(rows.numel() * chunk_ids.shape[1])
+        return real(self, rows, chunk_ids)
+
+    monkeypatch.setattr(ChunkStore, "gather", counting)
+    stats = RunStats()
+    prompt = ids[0].tolist()
+    list(stream_generate(model, prompt, max_new_tokens=6, segment_len=10, offload=True, stats=stats))
+    assert stats.gathers["calls"] == len(copies) > 0 and stats.gathers["chunks"] == sum(copies)
+    assert stats.gathers["bytes"] == sum(copies) * chunk_bytes
+    assert "gathered" in stats.summary()
+    plain = RunStats()
+    list(stream_generate(model, prompt, max_new_tokens=6, segment_len=10, offload=False, stats=plain))
+    assert plain.gathers["calls"] == 0 and "gathered" not in plain.summary()
+
+
 @pytest.mark.parametrize("which", ["tiny", "multihop"])
 def test_generate_and_stream_are_exact(which: str) -> None:
     model = _model(which)
@@ -256,7 +289,7 @@ def test_offload_on_cuda(which: str, dtype: torch.dtype) -> None:
         assert a == b
     stats = RunStats()
     list(stream_generate(model, prompts[2], max_new_tokens=4, offload=True, stats=stats))
-    assert stats.gpu_peak_bytes and stats.host_bytes > 0
+    assert stats.gpu_peak_bytes and stats.host_bytes > 0 and stats.gathers["calls"] > 0
 
 
 def test_evaluate_reports_the_footprint_and_follows_the_layout() -> None:
