@@ -12,8 +12,12 @@ reads the K/V of the few chunks each token picks. So an offloaded memory keeps
   inside it without a round trip through the host.
 
 Before attention, :func:`gather_selected` copies the union of the chunks a call selected (per batch
-row, deduplicated) from the host into one compact device buffer and renumbers the selection into it,
-so :func:`hsa_core.ops.hsa_attention` runs unchanged; the model does this once per selection, so all
+row, deduplicated) from the host into one compact device buffer and renumbers the selection into it.
+On CUDA the GPU reads those chunks straight from the pinned host buffers (a Triton row gather on the
+compute stream, :func:`hsa_core.ops.gather_rows`): each chunk crosses PCIe once and the CPU never
+copies it. ``HSA_OFFLOAD_GATHER=host`` (or ``HSA_BACKEND=torch``) instead gathers them on the CPU
+into a pinned staging buffer and copies that in on the side stream. Either way,
+:func:`hsa_core.ops.hsa_attention` runs unchanged; the model does this once per selection, so all
 the HSA layers that share a selection (RAMba's) share one copy. The values attended are the same
 values, in the same slots and order, as on the on-device path: the result is identical (bit for bit
 on CPU, where the ops are deterministic).
@@ -25,6 +29,7 @@ copies carry no gradient, so a state with a store refuses to run with gradients 
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -32,7 +37,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor
 
-__all__ = ["ChunkStore", "GatherStats", "GrowableBuffer", "gather_selected"]
+from ..errors import UsageError, truncate
+from ..ops import backend_for, gather_rows
+
+__all__ = ["GATHER_MODES", "ChunkStore", "GatherStats", "GrowableBuffer", "gather_mode", "gather_selected"]
 
 
 class GrowableBuffer:
@@ -98,6 +106,24 @@ class GrowableBuffer:
         return self.data.numel() * self.data.element_size()
 
 
+GATHER_MODES = ("device", "host")
+
+
+def gather_mode() -> str:
+    """``HSA_OFFLOAD_GATHER``: ``device`` (default: on CUDA the GPU reads the selected chunks from pinned
+    host memory) or ``host`` (the CPU gathers them into a staging buffer first; the older path, kept to
+    compare).
+
+    Raises:
+        UsageError: any other value (exit code 2 in the CLI).
+    """
+    value = os.environ.get("HSA_OFFLOAD_GATHER", "device").strip().lower() or "device"
+    if value not in GATHER_MODES:
+        raise UsageError(f"environment variable HSA_OFFLOAD_GATHER={truncate(repr(value), 40)} is not one of "
+                         f"{', '.join(GATHER_MODES)}")
+    return value
+
+
 @dataclass
 class GatherStats:
     """What the host -> device gathers of one store cost, summed since it was last taken
@@ -105,15 +131,18 @@ class GatherStats:
 
     Attributes:
         calls: gathers (one per selection per call).
+        device_reads: the gathers among them that the GPU read straight from pinned host memory
+            (:func:`hsa_core.ops.gather_rows` on CUDA); the others went through a host staging copy.
         chunks: chunks copied (all batch rows, padding included).
         bytes: bytes of K and V copied from host to device.
         sync_seconds: host time blocked reading the selected ids back, i.e. waiting for the GPU to
             finish the work queued before the selection (the one synchronisation of a gather).
-        copy_seconds: host time spent copying the chunks into the pinned staging buffer, including the
-            wait for the previous transfer out of it.
+        copy_seconds: host time spent on the copies: the CPU gather into the pinned staging buffer and
+            the wait for the previous transfer out of it, or only the kernel launches of a device read.
     """
 
     calls: int = 0
+    device_reads: int = 0
     chunks: int = 0
     bytes: int = 0
     sync_seconds: float = 0.0
@@ -149,6 +178,7 @@ class ChunkStore:
     _appends: deque[tuple[int, torch.cuda.Event]] = field(default_factory=deque)
     _staging: Tensor | None = None
     _staged: torch.cuda.Event | None = None
+    _read: torch.cuda.Event | None = None  # after the latest device read of the host buffers
     gather_stats: GatherStats = field(default_factory=GatherStats)
 
     @classmethod
@@ -202,9 +232,12 @@ class ChunkStore:
             self.k.append(kc)
             self.v.append(vc)
             return self.landmarks.view()
-        # A host buffer that must grow is reallocated and copied on the CPU: finish copies in flight.
+        # A host buffer that must grow is reallocated and copied on the CPU: finish copies in flight,
+        # and the kernels still reading the old buffer before it is freed.
         if self.k.length + n > self.k.capacity:
             self._wait_appends(self.k.length)  # every copy in flight
+            if self._read is not None:
+                self._read.synchronize()
         self._copy_stream.wait_stream(torch.cuda.current_stream(self.device))
         first = self.k.length
         with torch.cuda.stream(self._copy_stream):
@@ -223,15 +256,36 @@ class ChunkStore:
         while self._appends and self._appends[0][0] < chunks:
             self._appends.popleft()[1].synchronize()
 
+    def _stream_wait_appends(self, chunks: int) -> None:
+        """Make the compute stream (not the host) wait until chunks ``0 .. chunks-1`` are on the host."""
+        while self._appends and self._appends[0][1].query():  # done: forget them
+            self._appends.popleft()
+        stream = torch.cuda.current_stream(self.device)
+        for first, event in self._appends:
+            if first >= chunks:
+                break
+            stream.wait_event(event)
+
     def gather(self, rows: Tensor, ids: Tensor) -> tuple[Tensor, Tensor, torch.cuda.Event | None]:
         """K/V of chunks ``ids`` ``(B, n)`` (host chunk ids, row ``b`` reading row ``b`` of the store)
         on the device: ``(k, v)`` each ``(B, n*S, H, D)``, and the event after which they are there
-        (``None`` without CUDA). ``rows`` is ``arange(B)``, on the CPU.
+        (``None`` when they are written on the compute stream itself). ``rows`` is ``arange(B)``, on
+        the CPU.
+
+        On CUDA the GPU reads the rows straight from pinned host memory (:func:`hsa_core.ops.gather_rows`,
+        on the compute stream); with ``HSA_OFFLOAD_GATHER=host`` or ``HSA_BACKEND=torch`` the CPU gathers
+        them into a pinned staging buffer, copied in on the side stream.
         """
         assert self.k is not None and self.v is not None
         ids = ids.cpu()
-        self._wait_appends(int(ids.max()) + 1)  # the rows read here may still be on their way from the device
         B, n = ids.shape
+        mode = gather_mode()  # checked on every machine: a misspelt value fails on the CPU too
+        device_read = self._copy_stream is not None and mode == "device" \
+            and backend_for("host_gather", self.device) == "triton"
+        if device_read:
+            self._stream_wait_appends(int(ids.max()) + 1)
+        else:
+            self._wait_appends(int(ids.max()) + 1)  # the rows read here may still be on their way from the device
         flat = (ids * B + rows[:, None]).reshape(-1)  # (chunk, row) -> row of the (C*B, S, H, D) view
         kh = self.k.data.flatten(0, 1)
         vh = self.v.data.flatten(0, 1)
@@ -241,8 +295,16 @@ class ChunkStore:
         stats.chunks += B * n
         stats.bytes += 2 * B * n * kh[0].numel() * kh.element_size()
         t0 = time.perf_counter()
-        if self._copy_stream is None:
-            k, v = kh.index_select(0, flat).view(shape), vh.index_select(0, flat).view(shape)
+        if self._copy_stream is None:  # no CUDA: plain memory (under HSA_BACKEND=triton, the interpreted kernel)
+            k, v = gather_rows(kh, flat).view(shape), gather_rows(vh, flat).view(shape)
+            stats.copy_seconds += time.perf_counter() - t0
+            return k, v, None
+        if device_read:
+            index = flat.to(self.device)
+            k, v = gather_rows(kh, index).view(shape), gather_rows(vh, index).view(shape)
+            self._read = torch.cuda.Event()
+            self._read.record()
+            stats.device_reads += 1
             stats.copy_seconds += time.perf_counter() - t0
             return k, v, None
         staging = self._staging_for(2 * B * n, kh)

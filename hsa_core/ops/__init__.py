@@ -1,4 +1,5 @@
-"""Functional HSA: selection (:func:`hsa_select`) and sparse chunk attention (:func:`hsa_attention`).
+"""Functional HSA: selection (:func:`hsa_select`) and sparse chunk attention (:func:`hsa_attention`);
+:func:`gather_rows`, the offloaded chunk store's copy of selected chunks into the compute device.
 
 Both are exact against the spec and differentiable (weights get gradients, indices do not). They
 dispatch to Triton kernels on CUDA and to the pure-PyTorch reference elsewhere
@@ -11,12 +12,12 @@ from __future__ import annotations
 from torch import Tensor
 
 from .dispatch import KERNEL_OPS, backend_for, triton_impl
-from .reference import fusion_weights, hsa_attention_torch, hsa_select_torch, visible_chunks
+from .reference import fusion_weights, gather_rows_naive, hsa_attention_torch, hsa_select_torch, visible_chunks
 
 WEIGHTINGS = ("stick_breaking", "softmax")
 
-__all__ = ["KERNEL_OPS", "WEIGHTINGS", "backend_for", "fusion_weights", "hsa_attention", "hsa_select",
-           "visible_chunks"]
+__all__ = ["KERNEL_OPS", "WEIGHTINGS", "backend_for", "fusion_weights", "gather_rows", "hsa_attention",
+           "hsa_select", "visible_chunks"]
 
 
 def hsa_select(
@@ -102,3 +103,20 @@ def hsa_attention(
     if backend_for("hsa_attention", q.device) == "triton":
         return triton_impl("hsa_attention")(q, k, v, indices, weights, **kwargs)
     return hsa_attention_torch(q, k, v, indices, weights, **kwargs)
+
+
+def gather_rows(src: Tensor, index: Tensor) -> Tensor:
+    """Rows ``index`` of ``src`` on ``index``'s device (no autograd).
+
+    Args:
+        src: ``(R, ...)`` contiguous rows, typically pinned host memory (the offloaded chunk K/V).
+        index: ``(N,)`` integer row ids in ``[0, R)`` on the compute device.
+
+    Returns:
+        ``(N, ...)`` on ``index.device`` with ``src``'s dtype. On CUDA a Triton kernel reads the rows
+        straight from pinned host memory; elsewhere (and with ``HSA_BACKEND=torch``) ``index_select``
+        and a copy.
+    """
+    if backend_for("host_gather", index.device) == "triton":
+        return triton_impl("host_gather")(src, index)
+    return gather_rows_naive(src, index)

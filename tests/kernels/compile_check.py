@@ -104,6 +104,19 @@ def _select_case(dtype: str, dr: int, topk: int, weighting: str, window: int | N
     return run, {"_hsa_select_kernel"}
 
 
+def _gather_case(dtype: str, row_shape: tuple[int, ...]):
+    """The offloaded store's row gather (a chunk of K: S x H x D elements per row)."""
+
+    def run() -> None:
+        import torch
+        from hsa_kernels.host_gather import gather_rows_triton
+
+        src = torch.randn(40, *row_shape).to(getattr(torch, dtype))
+        gather_rows_triton(src, torch.tensor([3, 1, 39]))
+
+    return run, {"_gather_rows_kernel"}
+
+
 #: The cases that also compile the backward's "fused_atomic" mode (``_hsa_bwd_fused_kernel`` ATOMIC_DQ=True).
 ATOMIC_DQ_CASES = ("attn-bf16-G16-D64", "attn-bf16-G1-D128", "attn-bf16-G3-D64-sink")
 #: The PTX of the atomic-dQ backward (ATOMIC_DQ) holds exactly this global atomic: the fp32 relaxed add of 4
@@ -129,6 +142,9 @@ CASES: dict[str, Callable[[], tuple[Callable[[], None], set[str]]]] = {
     "select-bf16-dr128-k16-stick": lambda: _select_case("bfloat16", 128, 16, "stick_breaking"),
     "select-fp32-dr64-k8-softmax-window": lambda: _select_case("float32", 64, 8, "softmax", window=96),
     "select-bf16-dr256-k8-skip-merges": lambda: _select_case("bfloat16", 256, 8, "stick_breaking", skip_merges=True),
+    # the offloaded chunk store's row gather: a bf16 chunk of K (64 x 2 x 64), an fp32 odd-sized row
+    "gather-bf16-chunk": lambda: _gather_case("bfloat16", (64, 2, 64)),
+    "gather-fp32-odd": lambda: _gather_case("float32", (5, 3, 7)),
 }
 
 

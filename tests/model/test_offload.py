@@ -81,6 +81,36 @@ def test_one_gather_per_shared_selection(monkeypatch) -> None:
     assert torch.equal(got, ref) and len(calls) == 4  # 4 segments, one gather each for both layers
 
 
+@pytest.mark.triton
+@pytest.mark.parametrize("which", ["tiny", "multihop"])
+def test_offload_through_the_gather_kernel(which: str, monkeypatch) -> None:
+    """The store's copy-in through the Triton row gather (here interpreted on CPU; on CUDA it reads
+    pinned host memory): the same logits as the on-device memory, which runs the same kernels."""
+    if torch.cuda.is_available():
+        pytest.skip("CPU interpreter test (test_offload_on_cuda covers CUDA)")
+    monkeypatch.setenv("HSA_BACKEND", "triton")
+    model = _model(which, **({"memories.mid.head_dim": "16"} if which == "multihop" else {}))
+    ids = torch.randint(0, 96, (2, 50), generator=torch.Generator().manual_seed(5))
+    ref, _ = _segments(model, ids, 17, offload=False)
+    got, cache = _segments(model, ids, 17, offload=True)
+    assert torch.equal(got, ref) and cache.take_gather_stats().calls > 0
+
+
+def test_gather_mode_comes_from_the_environment(monkeypatch) -> None:
+    from hsa_core.errors import UsageError
+
+    monkeypatch.delenv("HSA_OFFLOAD_GATHER", raising=False)
+    assert offload.gather_mode() == "device"
+    monkeypatch.setenv("HSA_OFFLOAD_GATHER", " Host ")
+    assert offload.gather_mode() == "host"
+    model = _model("tiny")
+    ids = torch.randint(0, 96, (1, 30), generator=torch.Generator().manual_seed(2))
+    assert torch.equal(_segments(model, ids, 10, offload=True)[0], _segments(model, ids, 10, offload=False)[0])
+    monkeypatch.setenv("HSA_OFFLOAD_GATHER", "gpu")
+    with pytest.raises(UsageError, match="HSA_OFFLOAD_GATHER='gpu' is not one of device, host"):
+        _segments(model, ids, 10, offload=True)
+
+
 def test_gather_statistics_count_every_copy_once(monkeypatch) -> None:
     """The store counts its host -> device gathers (calls, chunks, bytes, host seconds); taking them
     zeroes them, so RunStats adds a cache's gathers once even when it finishes on it twice (prefill,
@@ -265,7 +295,7 @@ def test_select_rows_of_an_offloaded_cache() -> None:
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("which", ["tiny", "multihop"])
-def test_offload_on_cuda(which: str, dtype: torch.dtype) -> None:
+def test_offload_on_cuda(which: str, dtype: torch.dtype, monkeypatch) -> None:
     """Pinned host buffers, the copy stream and its events, buffer growth with copies in flight (no
     reservation), the Triton kernels on the gathered chunks: the same logits as the on-device memory
     within the kernels' own tolerance (fp32: tight; the compact buffer changes no arithmetic)."""
@@ -277,6 +307,13 @@ def test_offload_on_cuda(which: str, dtype: torch.dtype) -> None:
         got, cache = _segments(model, ids, 37, offload=True)
     mem = cache.memories["mid"]
     assert mem.store is not None and mem.store.k.data.is_pinned() and mem.landmarks.is_cuda
+    gathered = cache.take_gather_stats()
+    assert gathered.calls > 0 and gathered.device_reads == gathered.calls  # the GPU read the pinned chunks
+    monkeypatch.setenv("HSA_OFFLOAD_GATHER", "host")  # through the CPU staging buffer: the same chunks
+    with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+        staged, staged_cache = _segments(model, ids, 37, offload=True)
+    assert torch.equal(staged, got) and staged_cache.take_gather_stats().device_reads == 0
+    monkeypatch.delenv("HSA_OFFLOAD_GATHER")
     if dtype == torch.float32:
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
     else:
