@@ -14,7 +14,7 @@ def _broken(op: str):
 
 
 def test_kernel_ops_are_the_kernel_packages() -> None:
-    assert KERNEL_OPS == hsa_kernels.OPS == ("hsa_attention", "hsa_decode", "hsa_select")
+    assert KERNEL_OPS == hsa_kernels.OPS == ("hsa_attention", "hsa_decode", "hsa_select", "host_gather")
     with pytest.raises(ValueError, match="no Triton kernel for op 'hsa_nope'; known: hsa_attention"):
         hsa_kernels.triton_entry("hsa_nope")
 
@@ -58,6 +58,7 @@ def test_the_naive_references_import_without_triton() -> None:
 
     code = ("import sys; sys.modules['triton'] = None\n"  # any `import triton` now raises ImportError
             "import hsa_core.ops, hsa_kernels.hsa_attention, hsa_kernels.hsa_select, hsa_kernels.hsa_decode\n"
+            "import hsa_kernels.host_gather\n"
             "import torch; q = torch.randn(1, 4, 2, 8)\n"
             "print(hsa_core.ops.hsa_select(q, torch.randn(1, 1, 2, 8), topk=1, chunk_size=2)[0].shape)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
