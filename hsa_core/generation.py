@@ -34,8 +34,8 @@ class RunStats:
         host_bytes: host memory of the offloaded K/V at the end (0 when not offloaded).
         memory_device_bytes: device bytes of the cache at the end (states, landmarks, resident chunks).
         gathers: the offloaded memories' host -> device gathers over the calls recorded
-            (:class:`~hsa_core.modules.offload.GatherStats` as a dict: calls, chunks, bytes,
-            sync_seconds, copy_seconds; all zero when nothing is offloaded).
+            (:class:`~hsa_core.modules.offload.GatherStats` as a dict: calls, device_reads, chunks,
+            bytes, sync_seconds, copy_seconds; all zero when nothing is offloaded).
     """
 
     offload: bool = False

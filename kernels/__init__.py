@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 #: The ops with a Triton entry point (``hsa_decode`` is reached through ``hsa_attention`` at T == 1).
-OPS = ("hsa_attention", "hsa_decode", "hsa_select")
+OPS = ("hsa_attention", "hsa_decode", "hsa_select", "host_gather")
 
 
 def triton_available() -> bool:
@@ -36,6 +36,10 @@ def triton_entry(op: str) -> Callable[..., Any]:
         from .hsa_select import hsa_select_triton
 
         return hsa_select_triton
+    if op == "host_gather":
+        from .host_gather import gather_rows_triton
+
+        return gather_rows_triton
     if op == "hsa_decode":
         from .hsa_decode import hsa_decode_triton
 

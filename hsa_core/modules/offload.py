@@ -300,6 +300,9 @@ class ChunkStore:
             stats.copy_seconds += time.perf_counter() - t0
             return k, v, None
         if device_read:
+            # The kernel reads the pinned buffers on the compute stream. Later device -> host copies
+            # into them are ordered after it (append makes the copy stream wait for the compute
+            # stream), and a buffer that grows waits for it before it is freed (self._read).
             index = flat.to(self.device)
             k, v = gather_rows(kh, index).view(shape), gather_rows(vh, index).view(shape)
             self._read = torch.cuda.Event()
