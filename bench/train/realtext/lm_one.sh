@@ -23,12 +23,17 @@ PK=${PK:-1}; PK_TIME=${PK_TIME:-280}; PK_STEPS_MAX=${PK_STEPS_MAX:-100000}; PK_M
 # tokens its window covers). Its minimum gap between the key and the question: past the window (with the
 # default gap, 2 chunks, about half of swa-hsa's 1,024-token samples put the key inside its window, where
 # the sliding window answers and HSA learns nothing: run 3). swa-hsa gets the longer stage.
+# swa-hsa's short stage also runs at twice the learning rate: like the synthetic demonstration's first
+# stage (2e-3), it has to leave a plateau at chance before retrieval starts to help (run 4: 220 steps at
+# 1e-3 never left it).
 declare -A SHORT_SEQ=([ramba]=512 [mamba2]=512 [swa-hsa]=1024)
 declare -A SHORT_GAP=([ramba]=0 [mamba2]=0 [swa-hsa]=520)
 declare -A SHORT_TIME=([ramba]=40 [mamba2]=40 [swa-hsa]=100)
+declare -A SHORT_LR=([ramba]=1e-3 [mamba2]=1e-3 [swa-hsa]=2e-3)
 PK_SHORT_SEQ=${PK_SHORT_SEQ:-${SHORT_SEQ[$name]}}
 PK_SHORT_GAP=${PK_SHORT_GAP:-${SHORT_GAP[$name]}}  # 0: the task's default (2 chunks)
 PK_SHORT_TIME=${PK_SHORT_TIME:-${SHORT_TIME[$name]}}
+PK_SHORT_LR=${PK_SHORT_LR:-${SHORT_LR[$name]}}
 if [ "$PK" = 1 ] && [ "$PK_SHORT_TIME" -ge "$PK_TIME" ]; then
   echo "lm_one.sh $name: PK_SHORT_TIME=$PK_SHORT_TIME s leaves nothing of PK_TIME=$PK_TIME s for the $SEQ-token stage" \
        "(set PK_SHORT_TIME below PK_TIME, or 0 to skip the short stage)" >&2
@@ -60,15 +65,15 @@ if [ ! -d "$run/checkpoints" ] && [ "$CALIB_STEPS" -gt 0 ]; then
   rm -rf "$run.calib"
 fi
 
-pk_stage() {  # pk_stage OUT INIT SEQ_LEN TIME_S [MIN_GAP]: one passkey fine-tune stage (resumable), same tokens per step
-  local out=$1 init=$2 seq=$3 secs=$4 gap=${5:-0} steps resume opts=(--task-option "digits=$PK_DIGITS")
+pk_stage() {  # pk_stage OUT INIT SEQ_LEN TIME_S LR [MIN_GAP]: one passkey fine-tune stage (resumable), same tokens per step
+  local out=$1 init=$2 seq=$3 secs=$4 lr=$5 gap=${6:-0} steps resume opts=(--task-option "digits=$PK_DIGITS")
   [ "$gap" -gt 0 ] && opts+=(--task-option "min_gap=$gap")
   steps=$(fit_steps "$run/metrics.jsonl" "$secs" "$PK_STEPS_MAX" 0.9)
-  echo "=== $name passkey fine-tune at $seq tokens: mix $PK_MIX, $steps steps, at most ${secs}s ($(date -u +%H:%M:%S))"
+  echo "=== $name passkey fine-tune at $seq tokens: mix $PK_MIX, lr $lr, $steps steps, at most ${secs}s ($(date -u +%H:%M:%S))"
   resume=(--steps "$steps"); [ -d "$out/checkpoints" ] && resume=(--resume)
   hsa train "$spec" --data "$DATA" --seq-len "$seq" --batch-size $((BATCH * SEQ / seq)) --packing "$PACKING" \
       --no-progress --passkey-mix "$PK_MIX" "${opts[@]}" --init-from "$init" \
-      --lr "$PK_LR" --warmup 20 --eval-every "$steps" --eval-samples 16 --eval-lengths "$seq" \
+      --lr "$lr" --warmup 20 --eval-every "$steps" --eval-samples 16 --eval-lengths "$seq" \
       --checkpoint-every 100 --time-limit "$secs" "${resume[@]}" --out "$out" 2>&1 | tee -a "$run.train.log"
 }
 lm_finished() {  # the LM run has reached its step count (a --time-limit stop leaves it short: resume first)
@@ -100,8 +105,8 @@ elif [ "$PK" = 1 ]; then
   # the selection has to learn to find it at SEQ tokens. Both stages count towards the 5-minute bar.
   init="$run"
   if [ "$PK_SHORT_TIME" -gt 0 ]; then
-    case " $PK_STAGES " in *" short "*) pk_stage "$run.pk$PK_SHORT_SEQ" "$run" "$PK_SHORT_SEQ" "$PK_SHORT_TIME" "$PK_SHORT_GAP" ;; esac
+    case " $PK_STAGES " in *" short "*) pk_stage "$run.pk$PK_SHORT_SEQ" "$run" "$PK_SHORT_SEQ" "$PK_SHORT_TIME" "$PK_SHORT_LR" "$PK_SHORT_GAP" ;; esac
     init="$run.pk$PK_SHORT_SEQ"
   fi
-  case " $PK_STAGES " in *" long "*) pk_stage "$run.pk" "$init" "$SEQ" "$((PK_TIME - PK_SHORT_TIME))" ;; esac
+  case " $PK_STAGES " in *" long "*) pk_stage "$run.pk" "$init" "$SEQ" "$((PK_TIME - PK_SHORT_TIME))" "$PK_LR" ;; esac
 fi
