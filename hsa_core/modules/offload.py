@@ -29,7 +29,6 @@ copies carry no gradient, so a state with a store refuses to run with gradients 
 
 from __future__ import annotations
 
-import os
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -37,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor
 
-from ..errors import UsageError, truncate
+from ..envvars import env_choice
 from ..ops import backend_for, gather_rows
 
 __all__ = ["GATHER_MODES", "ChunkStore", "GatherStats", "GrowableBuffer", "gather_mode", "gather_selected"]
@@ -117,11 +116,7 @@ def gather_mode() -> str:
     Raises:
         UsageError: any other value (exit code 2 in the CLI).
     """
-    value = os.environ.get("HSA_OFFLOAD_GATHER", "device").strip().lower() or "device"
-    if value not in GATHER_MODES:
-        raise UsageError(f"environment variable HSA_OFFLOAD_GATHER={truncate(repr(value), 40)} is not one of "
-                         f"{', '.join(GATHER_MODES)}")
-    return value
+    return env_choice("HSA_OFFLOAD_GATHER", GATHER_MODES, "device")
 
 
 @dataclass

@@ -17,7 +17,8 @@ from typing import Any
 import hsa_kernels
 import torch
 
-from ..errors import MissingDependencyError, UsageError, truncate
+from ..envvars import env_choice
+from ..errors import MissingDependencyError, UsageError
 
 BACKENDS = ("auto", "torch", "triton")
 #: The ops with a Triton implementation (what ``hsa info`` reports a backend for).
@@ -30,11 +31,7 @@ def requested_backend() -> str:
     Raises:
         UsageError: any other value (exit code 2 in the CLI).
     """
-    value = os.environ.get("HSA_BACKEND", "auto").strip().lower() or "auto"
-    if value not in BACKENDS:
-        raise UsageError(f"environment variable HSA_BACKEND={truncate(repr(value), 40)} is not one of "
-                         f"{', '.join(BACKENDS)}")
-    return value
+    return env_choice("HSA_BACKEND", BACKENDS, "auto")
 
 
 def _interpreting() -> bool:
