@@ -34,8 +34,8 @@ class RunStats:
         host_bytes: host memory of the offloaded K/V at the end (0 when not offloaded).
         memory_device_bytes: device bytes of the cache at the end (states, landmarks, resident chunks).
         gathers: the offloaded memories' host -> device gathers over the calls recorded
-            (:class:`~hsa_core.modules.offload.GatherStats` as a dict: calls, device_reads, chunks,
-            bytes, sync_seconds, copy_seconds; all zero when nothing is offloaded).
+            (:class:`~hsa_core.modules.offload.GatherStats`: calls, device_reads, chunks, bytes,
+            sync_seconds, copy_seconds; all zero when nothing is offloaded; a dict in :meth:`to_dict`).
     """
 
     offload: bool = False
@@ -47,7 +47,7 @@ class RunStats:
     gpu_peak_bytes: int | None = None
     host_bytes: int = 0
     memory_device_bytes: int = 0
-    gathers: dict[str, Any] = field(default_factory=lambda: asdict(GatherStats()))
+    gathers: GatherStats = field(default_factory=GatherStats)
 
     @staticmethod
     def start(device: torch.device | str) -> None:
@@ -66,9 +66,7 @@ class RunStats:
         if hasattr(cache, "host_nbytes"):  # a ModelCache (evaluation adapters may carry anything)
             self.host_bytes = max(self.host_bytes, cache.host_nbytes())
             self.memory_device_bytes = max(self.memory_device_bytes, cache.nbytes())
-            gathered = GatherStats(**self.gathers)
-            gathered.add(cache.take_gather_stats())  # taken: a later finish on the same cache adds only what is new
-            self.gathers = asdict(gathered)
+            self.gathers.add(cache.take_gather_stats())  # taken: a later finish on the same cache adds only what is new
 
     @property
     def prefill_tokens_per_s(self) -> float:

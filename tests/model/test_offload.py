@@ -136,12 +136,12 @@ def test_gather_statistics_count_every_copy_once(monkeypatch) -> None:
     stats = RunStats()
     prompt = ids[0].tolist()
     list(stream_generate(model, prompt, max_new_tokens=6, segment_len=10, offload=True, stats=stats))
-    assert stats.gathers["calls"] == len(copies) > 0 and stats.gathers["chunks"] == sum(copies)
-    assert stats.gathers["bytes"] == sum(copies) * chunk_bytes
+    assert stats.gathers.calls == len(copies) > 0 and stats.gathers.chunks == sum(copies)
+    assert stats.gathers.bytes == sum(copies) * chunk_bytes
     assert "gathered" in stats.summary()
     plain = RunStats()
     list(stream_generate(model, prompt, max_new_tokens=6, segment_len=10, offload=False, stats=plain))
-    assert plain.gathers["calls"] == 0 and "gathered" not in plain.summary()
+    assert plain.gathers.calls == 0 and "gathered" not in plain.summary()
 
 
 @pytest.mark.parametrize("which", ["tiny", "multihop"])
@@ -326,7 +326,7 @@ def test_offload_on_cuda(which: str, dtype: torch.dtype, monkeypatch) -> None:
         assert a == b
     stats = RunStats()
     list(stream_generate(model, prompts[2], max_new_tokens=4, offload=True, stats=stats))
-    assert stats.gpu_peak_bytes and stats.host_bytes > 0 and stats.gathers["calls"] > 0
+    assert stats.gpu_peak_bytes and stats.host_bytes > 0 and stats.gathers.calls > 0
 
 
 def test_evaluate_reports_the_footprint_and_follows_the_layout() -> None:
