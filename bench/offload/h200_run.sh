@@ -15,6 +15,7 @@ RUN=${RUN:-$WORK/ramba-sm}
 SEGMENT=${SEGMENT:-16384}
 SEED=${SEED:-1234}
 GPUS=${GPUS:-$(python3 -c 'import torch; print(max(1, torch.cuda.device_count()))')}  # 16m and 64m use them all
+GPU_IDS=(${GPU_IDS:-$(seq 0 $((GPUS - 1)))})  # which GPUs those are (GPU_IDS="1" GPUS=1: GPU 1 alone, the other busy)
 LIMIT=${LIMIT:-540}            # seconds per hsa call (the device command limit is 600)
 mkdir -p "$OUT" "$WORK"
 stage=${1:-short}
@@ -44,11 +45,19 @@ pev() {
   shift 4
   local per=$(( (samples + GPUS - 1) / GPUS ))
   for g in $(seq 0 $((GPUS - 1))); do
-    SEED=$((SEED + g)) CUDA_VISIBLE_DEVICES=$g ev "${name}_g$g" "$length" "$depths" "$per" "$@" &
+    SEED=$((SEED + g)) CUDA_VISIBLE_DEVICES=${GPU_IDS[$g]} ev "${name}_g$g" "$length" "$depths" "$per" "$@" &
     pids+=($!)
   done
   for g in "${pids[@]}"; do wait "$g" || rc=1; done
   return $rc
+}
+
+# unsplit DIR: model.safetensors from the parts `train` sends back (carried to a fresh machine as RUN)
+unsplit() {
+  if [ ! -f "$1/model.safetensors" ] && ls "$1"/model.safetensors.part* >/dev/null 2>&1; then
+    cat "$1"/model.safetensors.part* > "$1/model.safetensors.tmp" && mv "$1/model.safetensors.tmp" "$1/model.safetensors"
+  fi
+  return 0
 }
 
 # estimate LENGTH: seconds per sample at LENGTH from the newest measured length below it. Selection
@@ -84,12 +93,15 @@ case "$stage" in
   train)  # (a) the demo RAMba of bench/results/h200_train (ramba-demo-sm, <= 4K tokens, ~4 min), same commands
     if [ -f "$RUN/model/config.json" ] || [ -f "$RUN/config.json" ]; then
       echo "found $RUN"
+      unsplit "$RUN/model"; unsplit "$RUN"
     else
       RUNS=$WORK S1_TIME=${S1_TIME:-70} S2_TIME=${S2_TIME:-160} LENGTHS=4k DEPTHS=0.5 SAMPLES=8 RANDOM_LENGTHS= \
         timeout 570 bash bench/train/demo_one.sh ramba-sm
     fi
     mdir=$RUN/model; [ -f "$mdir/config.json" ] || mdir=$RUN
-    mkdir -p "$OUT/model" && cp "$mdir"/config.json "$mdir"/config.yaml "$mdir"/model.safetensors "$OUT/model/"
+    # the weights come back in parts under the device tool's 16 MB per file; `unsplit` joins them
+    mkdir -p "$OUT/model" && cp "$mdir"/config.json "$mdir"/config.yaml "$OUT/model/"
+    split -b 15000000 -d "$mdir/model.safetensors" "$OUT/model/model.safetensors.part"
     [ -f "$WORK/ramba-sm.train.log" ] && tail -5 "$WORK/ramba-sm.train.log"
     ;;
   short)  # (b) 4K, 64K, 1M offloaded, 3 depths x SAMPLES (~1-2 min)
@@ -97,7 +109,7 @@ case "$stage" in
     ;;
   16m)  # (b) 16M offloaded: one sample per forward, spread over the GPUs; DEPTHS=0.1 etc. splits it over commands
     estimate 16777216
-    pev "16m_d${DEPTHS:-all}_s$SEED" 16m "${DEPTHS:-0.1,0.5,0.9}" "${SAMPLES:-4}"
+    d=${DEPTHS:-all}; pev "16m_d${d//,/-}_s$SEED" 16m "${DEPTHS:-0.1,0.5,0.9}" "${SAMPLES:-4}"
     ;;
   64m)  # (b) 64M offloaded: DEPTHS (default 0.5) x SAMPLES (default: one per GPU) per command; vary SEED for new samples
     est=$(estimate 67108864); echo "$est"
@@ -107,7 +119,7 @@ case "$stage" in
       echo "!!! up to $(( upper * per )) s for $per sample(s) > LIMIT=$LIMIT s; FORCE=1 runs it anyway (it may be cut by the timeout)"
       exit 0
     fi
-    pev "64m_d${DEPTHS:-0.5}_s$SEED" 64m "${DEPTHS:-0.5}" "${SAMPLES:-$GPUS}"
+    d=${DEPTHS:-0.5}; pev "64m_d${d//,/-}_s$SEED" 64m "${DEPTHS:-0.5}" "${SAMPLES:-$GPUS}"
     ;;
   footprint)  # (c) batch 1 at 64K offloaded (the GPU-peak baseline for 64M, also batch 1), and the
               # on-GPU throughput at 1M (the demo's batch: 4 x 1M per forward) beside the offloaded one

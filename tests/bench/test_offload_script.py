@@ -30,7 +30,8 @@ def _run(tmp_path: Path, stage: str, **extra: str) -> tuple[subprocess.Completed
     calls.unlink(missing_ok=True)
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", DEVICE_ENV="/dev/null",
                CALLS=str(calls), OUT=str(tmp_path / "out"), WORK=str(tmp_path / "work"), RUN="model", GPUS="2",
-               SEED="100", **extra)
+               SEED="100")
+    env.update(extra)
     done = subprocess.run(["bash", "bench/offload/h200_run.sh", stage], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=120)
     return done, sorted(calls.read_text().splitlines()) if calls.exists() else []
@@ -58,3 +59,38 @@ def test_64m_defaults_to_one_sample_per_gpu(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert [(_opt(c, "--seed"), _opt(c, "--samples"), _opt(c, "--depths")) for c in calls] == [
         ("100", "1", "0.5"), ("101", "1", "0.5")]
+
+
+def test_gpu_ids_pick_the_gpus_a_stage_runs_on(tmp_path: Path) -> None:
+    done, calls = _run(tmp_path, "16m", SAMPLES="1", GPUS="1", GPU_IDS="1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [c.split()[0] for c in calls] == ["GPU=1"]  # the other GPU is left to another job
+
+
+def test_train_sends_the_weights_back_in_parts_that_join_again(tmp_path: Path) -> None:
+    model = tmp_path / "run" / "model"
+    model.mkdir(parents=True)
+    weights = os.urandom(31_000_000)  # over the device tool's 16 MB per file: three parts of <= 15 MB
+    (model / "model.safetensors").write_bytes(weights)
+    for name in ("config.json", "config.yaml"):
+        (model / name).write_text("{}")
+    done, _ = _run(tmp_path, "train", RUN=str(tmp_path / "run"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    parts = sorted((tmp_path / "out" / "model").glob("model.safetensors.part*"))
+    assert len(parts) == 3 and all(p.stat().st_size <= 15_000_000 for p in parts)
+    # a fresh machine gets the parts carried (no weights file) and `train` joins them
+    carried = tmp_path / "carried"
+    (carried / "model").mkdir(parents=True)
+    for p in [*parts, model / "config.json", model / "config.yaml"]:
+        (carried / "model" / p.name).write_bytes(p.read_bytes())
+    done, _ = _run(tmp_path, "train", RUN=str(carried), OUT=str(tmp_path / "out2"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (carried / "model" / "model.safetensors").read_bytes() == weights
+
+
+def test_result_names_have_no_commas(tmp_path: Path) -> None:
+    """The device tool refuses to send back a file whose name has a comma (two came back only inside a tarball)."""
+    done, _ = _run(tmp_path, "16m", SAMPLES="2", DEPTHS="0.1,0.9")
+    assert done.returncode == 0, done.stdout + done.stderr
+    names = sorted(p.name for p in (tmp_path / "out").glob("passkey_*.json"))
+    assert names == ["passkey_16m_d0.1-0.9_s100_g0.json", "passkey_16m_d0.1-0.9_s100_g1.json"]
