@@ -507,28 +507,42 @@ def _sweep_select(T: int) -> list[dict[str, Any]]:
     return _sweep_rows("select", grid, select)
 
 
-def sweep_select_long(segment: int = 16384, dr: int = 256) -> list[dict[str, Any]]:
+def sweep_select_long(segment: int = 16384, dr: int = 256, contexts: Iterable[int] = (1 << 24, 1 << 26),
+                      kinds: Iterable[str] = ("random",), heads: int = 1) -> list[dict[str, Any]]:
     """The fused selection deep into a long prefill, with and without ``skip_merges`` (which only pays
-    off once many landmarks have been seen): one segment of ``segment`` tokens at the end of a 16M- and of
-    a 64M-token context (``q_offset``: every token sees 256K / 1M landmarks), d_r=256 as in the demo
-    RAMba, random queries and landmarks (scores without structure; a trained model's recency bias would
-    let the newest-first scan skip more)."""
+    off once many landmarks have been seen): one segment of ``segment`` tokens at the end of each context
+    (``q_offset``: every token sees ``context / S`` landmarks), ``heads`` retrieval heads of ``dr`` each.
+
+    ``kinds``: ``random`` queries and landmarks (scores without structure: few tiles can be skipped
+    until the context is long), or ``periodic`` landmarks (997 distinct ones repeated along the
+    memory, as periodic filler gives a trained model: many equal scores, and the newest-first scan
+    skips every older copy). Defaults: the first measurement's grid (16M and 64M, random, d_r=256).
+        python3 -c "import sys; sys.path.insert(0, 'bench'); import bench_kernels as b; \
+            b.sweep_select_long(contexts=(1 << 20, 1 << 22, 1 << 24, 1 << 26), kinds=('random', 'periodic'), \
+            dr=128, heads=2)"
+    """
     from hsa_kernels.hsa_select import SelectLaunch, hsa_select_triton
 
     rows: list[dict[str, Any]] = []
-    for context in (1 << 24, 1 << 26):
-        C = context // S
-        qr = torch.randn(1, segment, 1, dr, device="cuda", dtype=torch.bfloat16)
-        lm = torch.randn(1, C, 1, dr, device="cuda", dtype=torch.bfloat16)
+    for kind in kinds:
+        for context in contexts:
+            C = context // S
+            qr = torch.randn(1, segment, heads, dr, device="cuda", dtype=torch.bfloat16)
+            if kind == "periodic":
+                distinct = torch.randn(1, 997, heads, dr, device="cuda", dtype=torch.bfloat16)
+                lm = distinct[:, torch.arange(C, device="cuda") % 997]
+            else:
+                lm = torch.randn(1, C, heads, dr, device="cuda", dtype=torch.bfloat16)
 
-        def select(_qr=qr, _lm=lm, _offset=context - segment, **launch):
-            return hsa_select_triton(_qr, _lm, topk=K, chunk_size=S, q_offset=_offset, launch=SelectLaunch(**launch))
+            def select(_qr=qr, _lm=lm, _offset=context - segment, **launch):
+                return hsa_select_triton(_qr, _lm, topk=K, chunk_size=S, q_offset=_offset,
+                                         launch=SelectLaunch(**launch))
 
-        grid = [{"skip_merges": skip, "block_t": bt} for skip in (False, True) for bt in (128, 64)]
-        rows += [{"context": context, **r} for r in _sweep_rows(f"select {segment} tokens at {context >> 20}M",
-                                                                grid, select)]
-        del qr, lm
-        torch.cuda.empty_cache()
+            grid = [{"skip_merges": skip, "block_t": bt} for skip in (False, True) for bt in (128, 64)]
+            label = f"select {segment} tokens at {context >> 20}M, {kind}, {heads}x{dr}"
+            rows += [{"context": context, "kind": kind, **r} for r in _sweep_rows(label, grid, select)]
+            del qr, lm
+            torch.cuda.empty_cache()
     return rows
 
 

@@ -79,6 +79,7 @@ def _hsa_select_kernel(
     l_base = LM + b * stride_lb + h * stride_lh
     sentinel = tl.full([BLOCK_T, KP], -(2**31), tl.int64) << 32  # below any packed score
     run = sentinel
+    min_hi = tl.full([BLOCK_T], -(2**31), tl.int32)  # with SKIP: each row's smallest kept score image
     last = (n_max + BLOCK_C - 1) // BLOCK_C * BLOCK_C - BLOCK_C  # first landmark of the newest tile
     for c0 in range(0, n_max, BLOCK_C):
         # With SKIP the scan runs newest first: a model that favours recent chunks fills its top-k
@@ -94,16 +95,25 @@ def _hsa_select_kernel(
             acc = tl.dot(qt, tl.trans(lt), acc, input_precision=PREC)
         s = acc * scale
         vis = cc[None, :] < nvis[:, None]
-        key = (_sortable(s).to(tl.int64) << 32) | cc.to(tl.int64)[None, :]
-        key = tl.where(vis, key, tl.full([BLOCK_T, BLOCK_C], -(2**31), tl.int64) << 32)
         if SKIP:
             # A key enters a row's top-KP only if it beats the row's smallest kept key (keys are unique:
             # the chunk id is in the low word), so a tile in which no row has such a key changes nothing
             # and its two top-k merges are skipped. Exact; pays off once many chunks have been seen.
-            beats = key > tl.min(run, 1)[:, None]
+            # The test needs only the 32-bit score images, not the tile's 64-bit keys (built only for a
+            # tile that merges): the scan runs newest first, so every kept chunk is newer than the
+            # tile's, and a chunk of the tile with a score equal to the smallest kept one loses the tie
+            # (the id breaks it). Only a strictly higher score can enter; periodic filler, which scores
+            # many chunks alike, skips every older copy of a chunk it keeps.
+            sv = _sortable(s)
+            beats = vis & (sv > min_hi[:, None])
             if tl.max(tl.max(beats.to(tl.int32), 1), 0) > 0:
+                key = (sv.to(tl.int64) << 32) | cc.to(tl.int64)[None, :]
+                key = tl.where(vis, key, tl.full([BLOCK_T, BLOCK_C], -(2**31), tl.int64) << 32)
                 run = _merge_topk(run, key, KP, BLOCK_T)
+                min_hi = (tl.min(run, 1) >> 32).to(tl.int32)
         else:
+            key = (_sortable(s).to(tl.int64) << 32) | cc.to(tl.int64)[None, :]
+            key = tl.where(vis, key, tl.full([BLOCK_T, BLOCK_C], -(2**31), tl.int64) << 32)
             run = _merge_topk(run, key, KP, BLOCK_T)
     # run: (BLOCK_T, KP) sorted by score descending; keep the first TOPK.
     rank = tl.arange(0, KP)[None, :]
@@ -168,7 +178,9 @@ class SelectLaunch:
 #: The automatic ``skip_merges`` starts here: 2**18 landmarks, a 16M-token context at 64-token chunks.
 #: Measured on the H200 (bench_kernels.sweep_select_long: one 16K-token segment, d_r=256, random scores):
 #: 25.0 -> 21.9 ms at 16M, 98.7 -> 58.3 ms at 64M. Below it, unmeasured: at 1M tokens and fewer the cost
-#: model says no tile can be skipped, so the newest-first scan would only add its comparisons.
+#: model says no tile can be skipped, so the newest-first scan would only add its comparisons. Those
+#: numbers predate the 32-bit skip test (cheaper per tile, not yet timed); ``sweep_select_long`` with
+#: ``kinds=("random", "periodic")`` and 1M-64M contexts is the measurement that should move this line.
 SKIP_MERGES_FROM_LANDMARKS = 1 << 18
 
 

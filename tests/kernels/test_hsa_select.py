@@ -6,6 +6,7 @@ import hsa_kernels.hsa_select.selection as sel_mod
 import pytest
 import torch
 from hsa_kernels.hsa_select import hsa_select_naive, hsa_select_triton
+from hsa_kernels.hsa_select.naive import visible_chunks
 
 from .helpers import DEV, PoisonTorch, rel_err
 
@@ -96,6 +97,33 @@ def test_select_skip_merges_is_exact(order: str) -> None:
         ridx, rw = hsa_select_naive(q.double(), lm.double(), **kw)
         assert torch.equal(idx.cpu(), ridx), (idx.cpu() != ridx).nonzero()[:5]
         torch.testing.assert_close(w.cpu().double(), rw.double(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.triton
+def test_select_skip_merges_breaks_ties_like_the_full_scan() -> None:
+    """Periodic filler gives many chunks the same score. Keys order equal scores by chunk id (the newer
+    chunk wins), so the skipping scan must let an older chunk with an equal score pass untouched and a
+    newer one in: both scans pick the same chunks, and those are the top-k by (score, id)."""
+    T, C, S, K, dr, period = 96, 48, 2, 4, 16, 5
+    g = torch.Generator(device="cpu").manual_seed(5)
+    q = torch.randn(1, T, 1, dr, generator=g)
+    lm = torch.randn(1, period, 1, dr, generator=g)[:, torch.arange(C) % period]  # chunk c = chunk c % 5
+    full = sel_mod.SelectLaunch(block_t=16, block_c=16, block_d=16, warps=2, stages=1, skip_merges=False)
+    for q_offset, window in ((0, None), (17, 24)):
+        kw = dict(topk=K, chunk_size=S, q_offset=q_offset, weighting="softmax", window=window)
+        idx, w = hsa_select_triton(q.to(DEV), lm.to(DEV), **kw, launch=SKIPPING)
+        fidx, fw = hsa_select_triton(q.to(DEV), lm.to(DEV), **kw, launch=full)
+        assert torch.equal(idx.cpu(), fidx.cpu()) and torch.equal(w.cpu(), fw.cpu())
+        # the rule itself, in fp64: among visible chunks, order by score then id, keep K, newest first
+        scores = torch.einsum("td,cd->tc", q[0, :, 0].double(), lm[0, :, 0].double()) * dr**-0.5
+        visible = visible_chunks(torch.arange(T) + q_offset, C, S, window)  # (T, C) bool
+        order = torch.arange(C).flip(0)  # id descending, then a stable sort by score
+        ranked = order[torch.sort(scores[:, order].masked_fill(~visible[:, order], float("-inf")), dim=1,
+                                  descending=True, stable=True).indices]
+        for t in range(T):
+            want = sorted(ranked[t, :min(K, int(visible[t].sum()))].tolist(), reverse=True)
+            got = [i for i in idx[0, t, 0].tolist() if i >= 0]
+            assert got == want, (t, got, want)
 
 
 @pytest.mark.triton
