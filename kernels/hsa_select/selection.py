@@ -54,17 +54,18 @@ def _merge_topk(run, key, KP: tl.constexpr, BLOCK_T: tl.constexpr):
 
 @triton.jit
 def _hsa_select_kernel(
-    QR, LM, IDX, WGT, SC,
-    T, C, HR, DR, q_offset, shift,
+    QR, LM, IDX, WGT, SC, PART,
+    T, C, HR, DR, q_offset, shift, split_len,
     stride_qb, stride_qt, stride_qh,
     stride_lb, stride_lc, stride_lh,
     scale,
     S: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
-    STICK: tl.constexpr, PREC: tl.constexpr, SKIP: tl.constexpr,
+    STICK: tl.constexpr, PREC: tl.constexpr, SKIP: tl.constexpr, PARTIAL: tl.constexpr,
 ):
     pid_t = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
+    pid_s = tl.program_id(2)  # which slice of split_len landmarks (one slice unless PARTIAL)
     b = bh // HR
     h = bh % HR
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -80,11 +81,13 @@ def _hsa_select_kernel(
     sentinel = tl.full([BLOCK_T, KP], -(2**31), tl.int64) << 32  # below any packed score
     run = sentinel
     min_hi = tl.full([BLOCK_T], -(2**31), tl.int32)  # with SKIP: each row's smallest kept score image
-    last = (n_max + BLOCK_C - 1) // BLOCK_C * BLOCK_C - BLOCK_C  # first landmark of the newest tile
-    for c0 in range(0, n_max, BLOCK_C):
+    lo = pid_s * split_len  # this program's landmarks: [lo, hi)
+    hi = tl.minimum(lo + split_len, n_max)
+    last = lo + (hi - lo + BLOCK_C - 1) // BLOCK_C * BLOCK_C - BLOCK_C  # first landmark of the newest tile
+    for c0 in range(lo, hi, BLOCK_C):
         # With SKIP the scan runs newest first: a model that favours recent chunks fills its top-k
         # early and skips more of the older tiles. The result is the same in any order (unique keys).
-        cc = (last - c0 if SKIP else c0) + offs_c
+        cc = (last + lo - c0 if SKIP else c0) + offs_c
         acc = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32)
         for d0 in range(0, DR, BLOCK_D):
             dd = d0 + offs_d
@@ -115,6 +118,12 @@ def _hsa_select_kernel(
             key = (_sortable(s).to(tl.int64) << 32) | cc.to(tl.int64)[None, :]
             key = tl.where(vis, key, tl.full([BLOCK_T, BLOCK_C], -(2**31), tl.int64) << 32)
             run = _merge_topk(run, key, KP, BLOCK_T)
+    if PARTIAL:
+        # one slice's top-KP keys per token; _merge_slices finishes the selection
+        part = (((b * T + offs_t.to(tl.int64)) * HR + h) * tl.num_programs(2) + pid_s)[:, None] * KP \
+            + tl.arange(0, KP)[None, :]
+        tl.store(PART + part, run, mask=tmask[:, None])
+        return
     # run: (BLOCK_T, KP) sorted by score descending; keep the first TOPK.
     rank = tl.arange(0, KP)[None, :]
     hi = (run >> 32).to(tl.int32)
@@ -161,12 +170,30 @@ class SelectLaunch:
     #: current top-k (exact; the tiles are then scanned newest first). ``None``: on from
     #: :data:`SKIP_MERGES_FROM_LANDMARKS` landmarks, where it was measured to win.
     skip_merges: bool | None = None
+    #: split the landmarks into this many slices, scanned by separate programs whose top-k are then
+    #: merged (exact: the same keys in the same order). ``None``: automatic (:meth:`splits_for`), 1: off.
+    splits: int | None = None
 
     def __post_init__(self) -> None:
         if self.skip_merges is not None and not isinstance(self.skip_merges, bool):
             raise ValueError(f"SelectLaunch.skip_merges must be True, False or None (automatic), "
                              f"got {self.skip_merges!r}")
-        check_counts(self, skip=("skip_merges",))
+        check_counts(self, skip=("skip_merges",), optional=("splits",))
+
+    def splits_for(self, programs: int, tiles: int, processors: int) -> int:
+        """Landmark slices for a launch of ``programs`` (token blocks x batch x heads) over ``tiles``
+        landmark tiles on ``processors`` streaming multiprocessors.
+
+        Automatic: one slice while the programs fill the GPU. Below one program per processor (decode:
+        one token, one program per head scanning every landmark), enough slices for about two programs
+        per processor, each slice at least :data:`MIN_SPLIT_TILES` tiles: a 64M-token context at decode
+        is 8K tiles that one program would scan alone.
+        """
+        if self.splits is not None:
+            return max(1, min(self.splits, tiles))
+        if programs >= processors:
+            return 1
+        return max(1, min(-(-2 * processors // programs), tiles // MIN_SPLIT_TILES))
 
     def merges_skipped(self, num_landmarks: int) -> bool:
         """Whether the kernel skips merges over ``num_landmarks`` landmarks (resolves ``None``)."""
@@ -182,6 +209,11 @@ class SelectLaunch:
 #: numbers predate the 32-bit skip test (cheaper per tile, not yet timed); ``sweep_select_long`` with
 #: ``kinds=("random", "periodic")`` and 1M-64M contexts is the measurement that should move this line.
 SKIP_MERGES_FROM_LANDMARKS = 1 << 18
+
+
+#: The automatic split keeps at least this many landmark tiles in each slice (the merge of the slices'
+#: top-k is then small next to the scan). Not measured: chosen so that a slice is several times its merge.
+MIN_SPLIT_TILES = 4
 
 
 #: compute capability major*10 + minor -> settings measured there (H200 at T=128K, d_r=1024: 128x128
@@ -200,6 +232,11 @@ def select_settings_for(device: torch.device) -> SelectLaunch:
 _BWD_TOKENS = 8192
 
 
+def _processors(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (the interpreter: a few, so that tests split)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
 def _launch(q_r: Tensor, landmarks: Tensor, topk: int, chunk_size: int, q_offset: int, stick: bool, scale: float,
             window: int | None, launch: SelectLaunch) -> tuple[Tensor, Tensor, Tensor]:
     B, T, Hr, dr = q_r.shape
@@ -215,18 +252,46 @@ def _launch(q_r: Tensor, landmarks: Tensor, topk: int, chunk_size: int, q_offset
     kp = max(triton.next_power_of_2(topk), 2)
     if kp > bc:
         bc = kp
+    tiles = triton.cdiv(C, bc)
+    splits = launch.splits_for(triton.cdiv(T, bt) * B * Hr, tiles, _processors(dev))
+    split_len = triton.cdiv(tiles, splits) * bc
+    splits = triton.cdiv(C, split_len)  # no empty slice
+    part = torch.empty((B, T, Hr, splits, kp), device=dev, dtype=torch.int64) if splits > 1 else idx
     prec = "ieee" if q_r.dtype == torch.float32 else "tf32"
-    _hsa_select_kernel[(triton.cdiv(T, bt), B * Hr)](
-        q_r, landmarks, idx, w, s,
-        T, C, Hr, dr, q_offset, shift,
+    _hsa_select_kernel[(triton.cdiv(T, bt), B * Hr, splits)](
+        q_r, landmarks, idx, w, s, part,
+        T, C, Hr, dr, q_offset, shift, split_len,
         q_r.stride(0), q_r.stride(1), q_r.stride(2),
         landmarks.stride(0), landmarks.stride(1), landmarks.stride(2),
         scale,
         S=chunk_size, TOPK=topk, KP=kp, BLOCK_T=bt, BLOCK_C=bc, BLOCK_D=bd, STICK=stick, PREC=prec,
-        SKIP=launch.merges_skipped(C),
+        SKIP=launch.merges_skipped(C), PARTIAL=splits > 1,
         num_warps=launch.warps, num_stages=launch.stages,
     )
+    if splits > 1:
+        return _merge_slices(part, topk, "stick_breaking" if stick else "softmax")
     return idx, w, s
+
+
+_EMPTY_KEY = -(2**31) << 32  # a packed key below every score: an empty slot
+
+
+def _merge_slices(part: Tensor, topk: int, weighting: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Finish a split selection: ``part`` ``(B, T, Hr, splits, KP)`` int64 packed keys (score image in the
+    high word, chunk id in the low), each slice's top-KP. The top ``topk`` keys overall are the ones the
+    unsplit scan keeps (same keys, same order); then, as the kernel's epilogue does, sorted by recency
+    (id descending, empty slots last) with their fusion weights. Returns ``(idx int32, w fp32, s fp32)``.
+    """
+    keys = part.flatten(3).topk(topk, dim=-1).values  # (B, T, Hr, topk), by score then id
+    valid = keys != _EMPTY_KEY
+    hi = (keys >> 32).to(torch.int32)
+    score = (hi ^ ((hi >> 31) & 0x7FFFFFFF)).view(torch.float32)  # the kernel's _unsortable
+    ids = torch.where(valid, (keys & 0xFFFFFFFF).to(torch.int32), -1)
+    ids, order = ids.sort(dim=-1, descending=True)
+    valid = ids >= 0
+    score = torch.where(valid, score.gather(-1, order), 0.0)
+    w = torch.where(valid, fusion_weights(score, valid, weighting).float(), 0.0)
+    return ids, w, score
 
 
 class HSASelectFunction(torch.autograd.Function):

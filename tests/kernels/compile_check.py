@@ -87,19 +87,20 @@ def _decode_case(dtype: str, G: int, D: int, S: int = 64, sink: bool = False):
 
 
 def _select_case(dtype: str, dr: int, topk: int, weighting: str, window: int | None = None,
-                 skip_merges: bool = False):
-    """The fused selection at the production tile sizes (T, C >= the default tiles)."""
+                 skip_merges: bool = False, T: int = 256, splits: int = 1):
+    """The fused selection at the production tile sizes (T, C >= the default tiles unless ``T`` is set;
+    ``splits`` > 1: the landmark-slice variant that stores each slice's top-k)."""
 
     def run() -> None:
         import torch
         from hsa_kernels.hsa_select import SelectLaunch, hsa_select_triton
 
         dt = getattr(torch, dtype)
-        B, T, Hr, C, S = 2, 256, 2, 160, 64
+        B, Hr, C, S = 2, 2, 160, 64
         q = torch.randn(B, T, Hr, dr).to(dt)
         lm = torch.randn(B, C, Hr, dr).to(dt)
         hsa_select_triton(q, lm, topk=topk, chunk_size=S, q_offset=4 * S, weighting=weighting, window=window,
-                          launch=SelectLaunch(skip_merges=skip_merges))
+                          launch=SelectLaunch(skip_merges=skip_merges, splits=splits))
 
     return run, {"_hsa_select_kernel"}
 
@@ -142,6 +143,9 @@ CASES: dict[str, Callable[[], tuple[Callable[[], None], set[str]]]] = {
     "select-bf16-dr128-k16-stick": lambda: _select_case("bfloat16", 128, 16, "stick_breaking"),
     "select-fp32-dr64-k8-softmax-window": lambda: _select_case("float32", 64, 8, "softmax", window=96),
     "select-bf16-dr256-k8-skip-merges": lambda: _select_case("bfloat16", 256, 8, "stick_breaking", skip_merges=True),
+    # decode over many landmarks: slices scanned by separate programs (ramba-370m: one head of 1024)
+    "select-bf16-dr1024-k8-decode-split": lambda: _select_case("bfloat16", 1024, 8, "stick_breaking", skip_merges=True,
+                                                               T=1, splits=2),
     # the offloaded chunk store's row gather: a bf16 chunk of K (64 x 2 x 64), an fp32 odd-sized row
     "gather-bf16-chunk": lambda: _gather_case("bfloat16", (64, 2, 64)),
     "gather-fp32-odd": lambda: _gather_case("float32", (5, 3, 7)),

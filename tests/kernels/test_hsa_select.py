@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import hsa_kernels.hsa_select.selection as sel_mod
 import pytest
 import torch
@@ -124,6 +126,54 @@ def test_select_skip_merges_breaks_ties_like_the_full_scan() -> None:
             want = sorted(ranked[t, :min(K, int(visible[t].sum()))].tolist(), reverse=True)
             got = [i for i in idx[0, t, 0].tolist() if i >= 0]
             assert got == want, (t, got, want)
+
+
+SPLIT_CASES = [  # T, C, slices, periodic landmarks, (q_offset, window) pairs
+    pytest.param(1, 70, 3, False, ((139, 24),), id="decode"),
+    pytest.param(40, 70, 5, False, ((0, None),), id="prefill-empty-slices"),  # tokens see <= 19 of 70
+    pytest.param(1, 48, 7, True, ((95, None),), id="decode-ties"),
+]
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("skip", [pytest.param(False, id="full-scan"), pytest.param(True, id="skip-merges")])
+@pytest.mark.parametrize(("T", "C", "splits", "periodic", "offsets"), SPLIT_CASES)
+def test_select_split_landmarks_equal_one_scan(skip: bool, T: int, C: int, splits: int, periodic: bool,
+                                               offsets: tuple[tuple[int, int | None], ...]) -> None:
+    """Slices of the landmarks scanned by separate programs, their top-k merged after: the same chunks as
+    one program scanning them all and as the fp64 twin, the same weights; slices that no token sees,
+    and ties across slices (periodic landmarks), included. Decode (one token) is the case this is for."""
+    g = torch.Generator(device="cpu").manual_seed(11)
+    one = sel_mod.SelectLaunch(block_t=16, block_c=16, block_d=16, warps=2, stages=1, skip_merges=skip, splits=1)
+    split = dataclasses.replace(one, splits=splits)
+    weighting = "stick_breaking" if skip else "softmax"
+    q = torch.randn(1, T, 2, 16, generator=g)
+    lm = torch.randn(1, 5 if periodic else C, 2, 16, generator=g)
+    if periodic:
+        lm = lm[:, torch.arange(C) % 5]
+    for q_offset, window in offsets:
+        kw = dict(topk=6, chunk_size=2, q_offset=q_offset, weighting=weighting, window=window)
+        idx, w = hsa_select_triton(q.to(DEV), lm.to(DEV), **kw, launch=split)
+        oidx, ow = hsa_select_triton(q.to(DEV), lm.to(DEV), **kw, launch=one)
+        assert torch.equal(idx.cpu(), oidx.cpu()), (q_offset, window)
+        torch.testing.assert_close(w.cpu(), ow.cpu(), rtol=1e-6, atol=1e-6)
+        if not periodic:  # distinct scores: the fp64 twin picks the same chunks
+            ridx, rw = hsa_select_naive(q.double(), lm.double(), **kw)
+            assert torch.equal(idx.cpu(), ridx)
+            torch.testing.assert_close(w.cpu().double(), rw.double(), rtol=1e-5, atol=1e-5)
+
+
+def test_select_splits_automatic_only_below_one_program_per_processor() -> None:
+    auto = sel_mod.SelectLaunch()
+    assert auto.splits is None
+    assert auto.splits_for(programs=132, tiles=8192, processors=132) == 1  # a prefill segment fills the GPU
+    assert auto.splits_for(programs=1, tiles=8192, processors=132) == 264  # decode at 64M: 2 per processor
+    assert auto.splits_for(programs=1, tiles=8, processors=132) == 2  # at least MIN_SPLIT_TILES tiles a slice
+    assert auto.splits_for(programs=1, tiles=3, processors=132) == 1
+    assert sel_mod.SelectLaunch(splits=1).splits_for(1, 8192, 132) == 1
+    assert sel_mod.SelectLaunch(splits=9).splits_for(132, 4, 132) == 4  # never more slices than tiles
+    with pytest.raises(ValueError, match=r"SelectLaunch\.splits must be an int >= 1, got 0"):
+        sel_mod.SelectLaunch(splits=0)
 
 
 @pytest.mark.triton
