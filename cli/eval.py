@@ -52,6 +52,7 @@ def eval_task(
     from hsa_core.generation import footprint_line
 
     from ._data import data_errors
+    from ._progress import PrefillDisplay
 
     load_plugins(plugin)
     if task == "ppl":
@@ -76,11 +77,12 @@ def eval_task(
                       f"({cell.samples} samples, {cell.seconds:.1f}s)")
 
     try:
-        with data_errors():
+        with data_errors(), PrefillDisplay(console()) as prefill_progress:
             result, jpath, ppath = run_eval(run, task, lens, deps, samples=samples, seed=seed,
                                             segment_len=segment_len, max_batch_tokens=batch_tokens, device=device,
                                             dtype=dtype, task_overrides=opts, out=out, on_cell=show,
-                                            time_limit=time_limit, filler=filler, offload=offload)
+                                            time_limit=time_limit, filler=filler, offload=offload,
+                                            on_prefill=prefill_progress)
     except (ValueError, FileNotFoundError) as exc:
         if type(exc) not in (ValueError, FileNotFoundError):
             raise

@@ -22,7 +22,8 @@ from hsa_core.generation import RunStats
 
 from ..tasks import Task, TaskBatch
 
-__all__ = ["CellResult", "EvalResult", "autocast_context", "cell_seed", "evaluate", "predict_answers"]
+__all__ = ["CellResult", "EvalResult", "PrefillProgress", "autocast_context", "cell_seed", "evaluate",
+           "predict_answers"]
 
 
 @dataclass
@@ -69,7 +70,8 @@ class EvalResult:
 @torch.inference_mode()
 def predict_answers(model: nn.Module, batch: TaskBatch, *, segment_len: int = 4096,
                     autocast_dtype: torch.dtype | None = None, device: torch.device | str | None = None,
-                    offload: bool | None = None, stats: Any = None) -> Tensor:
+                    offload: bool | None = None, stats: Any = None,
+                    on_segment: Callable[[int, int], None] | None = None) -> Tensor:
     """Teacher-forced argmax at the answer positions, prefilling ``segment_len`` tokens at a time.
 
     Args:
@@ -80,6 +82,8 @@ def predict_answers(model: nn.Module, batch: TaskBatch, *, segment_len: int = 40
         offload: chunk memories' K/V in host memory (``model.init_cache(offload=...)``; ``None``: as
             the layout says).
         stats: a :class:`hsa_core.generation.RunStats` to add this prefill's tokens, time and memory to.
+        on_segment: called after each segment is queued with ``(tokens of each row done, T)`` (no GPU
+            synchronisation of its own: a progress display for prefills of millions of tokens).
 
     Returns:
         ``(B, A)`` predicted ids at ``batch.answer_positions``, on ``device``.
@@ -96,6 +100,8 @@ def predict_answers(model: nn.Module, batch: TaskBatch, *, segment_len: int = 40
             e = min(T, s + segment_len)
             out = model(ids[:, s:e].to(device), cache, return_cache=True)
             cache = out.cache
+            if on_segment is not None:
+                on_segment(e, T)
             if e <= first_needed:
                 continue
             inside = (pos >= s) & (pos < e)
@@ -112,6 +118,33 @@ def predict_answers(model: nn.Module, batch: TaskBatch, *, segment_len: int = 40
     return preds
 
 
+@dataclass(frozen=True)
+class PrefillProgress:
+    """Where a cell's prefill stands (``evaluate``'s ``on_prefill``).
+
+    Attributes:
+        length, depth: the cell.
+        first, batch: samples ``first .. first + batch - 1`` of the cell's ``samples`` are in this forward.
+        tokens, total: tokens of each of those rows prefilled so far, of ``total``.
+    """
+
+    length: int
+    depth: float | None
+    first: int
+    batch: int
+    samples: int
+    tokens: int
+    total: int
+
+
+def _reporter(on_prefill: Callable[[PrefillProgress], None], length: int, depth: float | None, first: int,
+              batch: int, samples: int) -> Callable[[int, int], None]:
+    """``predict_answers``' ``on_segment`` for one forward of a cell: ``on_prefill`` with the cell's context."""
+    def report(tokens: int, total: int) -> None:
+        on_prefill(PrefillProgress(length, depth, first, batch, samples, tokens, total))
+    return report
+
+
 def cell_seed(seed: int, length: int, depth_index: int) -> int:
     """The generator seed of one (length, depth) cell: the samples of a cell are the same for every model
     and every tool that scores it (stable across runs and machines: no Python hash randomisation)."""
@@ -123,7 +156,8 @@ def evaluate(model: nn.Module, task: Task, lengths: Sequence[int], depths: Seque
              device: torch.device | str | None = None, autocast_dtype: torch.dtype | None = None,
              rank: int = 0, world_size: int = 1, reduce: Callable[[Tensor], Tensor] | None = None,
              on_cell: Callable[[CellResult], None] | None = None,
-             time_limit: float | None = None, offload: bool | None = None) -> EvalResult:
+             time_limit: float | None = None, offload: bool | None = None,
+             on_prefill: Callable[[PrefillProgress], None] | None = None) -> EvalResult:
     """Exact-match accuracy of ``model`` on ``task`` for every (length, depth).
 
     The samples of a cell are the same for every model (seeded by ``seed``, length and depth index),
@@ -140,6 +174,8 @@ def evaluate(model: nn.Module, task: Task, lengths: Sequence[int], depths: Seque
         offload: chunk memories' K/V in host memory (``None``: as the layout says). The footprint and
             speed of every length (GPU peak, host memory, prefill tokens/s) go to
             ``result.meta["footprint"]``.
+        on_prefill: called after every prefill segment with a :class:`PrefillProgress` (which cell,
+            which samples, how far), for a progress display.
     """
 
     t_start = time.perf_counter()
@@ -175,8 +211,10 @@ def evaluate(model: nn.Module, task: Task, lengths: Sequence[int], depths: Seque
                     if not mine.any():
                         continue
                     b = batch.select(mine)  # ids stay on the CPU; segments go to the device
+                    report = None if on_prefill is None else _reporter(on_prefill, length, depth, done - n, n,
+                                                                         samples)
                     preds = predict_answers(model, b, segment_len=segment_len, autocast_dtype=autocast_dtype,
-                                            device=device, offload=offload, stats=stats)
+                                            device=device, offload=offload, stats=stats, on_segment=report)
                     right = preds.cpu() == b.answers().cpu()
                     counts += torch.tensor([right.all(1).sum().item(), right.sum().item(), right.numel()],
                                            dtype=torch.float64)

@@ -12,7 +12,7 @@ import torch
 from hsa_core.errors import InvalidFileError
 
 from ..runtime.checkpoint import model_dir_of
-from .core import CellResult, EvalResult, evaluate
+from .core import CellResult, EvalResult, PrefillProgress, evaluate
 
 
 def task_options_for(run: Path, task: str, spec: dict[str, Any], overrides: dict[str, Any]) -> tuple[
@@ -62,13 +62,15 @@ def run_eval(run: str | Path, task: str, lengths: list[int], depths: list[float 
              dtype: str = "auto", task_overrides: dict[str, Any] | None = None, out: str | Path | None = None,
              on_cell: Callable[[CellResult], None] | None = None,
              time_limit: float | None = None, filler: str | None = None,
-             offload: bool | None = None) -> tuple[EvalResult, Path, Path]:
+             offload: bool | None = None,
+             on_prefill: Callable[[PrefillProgress], None] | None = None) -> tuple[EvalResult, Path, Path]:
     """Evaluate the model of ``run`` and write ``eval_<task>.json`` and ``eval_<task>.png``.
 
     ``filler="text:DIR"`` (passkey only): the passkey inside natural text from the validation split
     of the prepared folder ``DIR``, in the run's tokenizer (:mod:`hsa_app.data.passkey`); the files
     are then ``eval_passkey_text.json``/``.png``. ``offload``: the chunk memories' K/V in host memory
     (``None``: as the model's layout says); ``meta["footprint"]`` reports memory and speed per length.
+    ``on_prefill``: progress within each prefill (:class:`~hsa_app.evaluation.core.PrefillProgress`).
 
     Returns:
         ``(result, json path, png path)``.
@@ -91,7 +93,7 @@ def run_eval(run: str | Path, task: str, lengths: list[int], depths: list[float 
     t0 = time.perf_counter()
     result = evaluate(model, t, lengths, depths, samples=samples, seed=seed, segment_len=segment_len,
                       max_batch_tokens=max_batch_tokens, device=dev, autocast_dtype=amp, on_cell=on_cell,
-                      time_limit=time_limit, offload=offload)
+                      time_limit=time_limit, offload=offload, on_prefill=on_prefill)
     result.meta = {**result.meta, "model_dir": str(mdir), "train_seq_len": train_len, "samples_per_cell": samples,
                    "seed": seed, "offload": offloaded,
                    "segment_len": segment_len, "device": str(dev), "dtype": "bf16" if amp else "fp32",
