@@ -152,6 +152,9 @@ def train(
     seed: int = typer.Option(0, "--seed"),
     init_from: Path | None = typer.Option(
         None, "--init-from", help="Start from the weights of this run or model directory (curriculum stage)."),
+    freeze: list[str] | None = typer.Option(
+        None, "--freeze", metavar="REGEX", help="Do not train the parameters whose names match this regular "
+        "expression (repeatable; e.g. '^embedding' or 'memories\\..*\\.encoder' in a fine-tune)."),
     fsdp: bool = typer.Option(False, "--fsdp", help="FSDP2 (fully_shard) instead of DDP under torchrun."),
     fsdp_param_dtype: str = typer.Option(
         "fp32", "--fsdp-param-dtype", help="FSDP2: fp32 (gather fp32 parameters; autocast casts them) or bf16 "
@@ -226,7 +229,7 @@ def train(
             packing=packing, passkey_mix=passkey_mix, steps=steps or 1000, lr=lr, min_lr_ratio=min_lr_ratio,
             warmup=warmup, weight_decay=weight_decay, grad_clip=grad_clip, state_reset_every=state_reset_every,
             carry_state=carry_state, memory_reset_every=memory_reset_every, device=device, dtype=dtype, seed=seed,
-            init_from=str(init_from) if init_from else None,
+            init_from=str(init_from) if init_from else None, freeze=list(freeze or []),
             eval_every=eval_every, eval_samples=eval_samples,
             eval_lengths=parse_lengths(eval_lengths) if eval_lengths else None,
             checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, fsdp=fsdp, compile=compile_,

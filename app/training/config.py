@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -37,6 +38,9 @@ class TrainConfig:
         init_from: start from the weights of this model directory (``RUN/model`` of an earlier run,
             e.g. a shorter-context stage of a curriculum) instead of a fresh initialisation; the
             optimizer starts fresh. The layout must match.
+        freeze: regular expressions (``re.search``) over parameter names: the parameters that match
+            are not trained (no gradient, not in the optimizer; a fine-tune that must not move the
+            embeddings or a chunk memory's encoder). Each must match at least one parameter.
     Runtime:
         device (``auto`` = CUDA when available), dtype (``auto`` = bf16 autocast on CUDA, fp32 on CPU;
         or ``fp32``/``bf16``), seed, eval_every / eval_samples / eval_lengths (periodic exact-match
@@ -79,6 +83,7 @@ class TrainConfig:
     dtype: str = "auto"
     seed: int = 0
     init_from: str | None = None
+    freeze: list[str] = field(default_factory=list)
     eval_every: int = 0
     eval_samples: int = 32
     eval_lengths: list[int] | None = None
@@ -96,6 +101,11 @@ class TrainConfig:
     checkpoint_activations: bool = False
 
     def __post_init__(self) -> None:
+        for pattern in self.freeze:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"freeze: {pattern!r} is not a regular expression ({exc})") from None
         if self.loss_on not in ("answer", "all"):
             raise ValueError(f"loss_on must be 'answer' or 'all', got {self.loss_on!r}")
         if self.fsdp_blocks_per_unit < 1:

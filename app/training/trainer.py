@@ -11,6 +11,7 @@ killed after step ``k`` and resumed from its checkpoint at ``c <= k`` therefore 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -486,12 +487,40 @@ def _build_model(cfg: TrainConfig, spec: Mapping[str, Any], factory: ModelFactor
             raise ValueError("checkpoint_activations needs a model with a 'gradient_checkpointing' switch")
         model.gradient_checkpointing = True
     spec = getattr(model, "spec", spec)
+    if cfg.freeze:
+        frozen = freeze_parameters(model, cfg.freeze)
+        say(f"frozen: {frozen:,} parameters matching {', '.join(cfg.freeze)}")
     if cfg.init_from and fresh:
         from ..runtime.checkpoint import model_dir_of
 
         _load_weights(model, model_dir_of(cfg.init_from), device)
         say(f"initialised from {model_dir_of(cfg.init_from)}")
     return model, spec
+
+
+def freeze_parameters(model: nn.Module, patterns: list[str]) -> int:
+    """Stop training the parameters whose names match any of ``patterns`` (``re.search``); returns how
+    many values were frozen (a tied weight once).
+
+    Raises:
+        ValueError: a pattern that matches no parameter (naming some that exist), or patterns that
+            freeze every parameter.
+    """
+    names = [name for name, _ in model.named_parameters()]
+    for pattern in patterns:
+        if not any(re.search(pattern, name) for name in names):
+            shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+            raise ValueError(f"freeze: {pattern!r} matches no parameter of the model (its parameters: {shown})")
+    frozen, trainable = 0, 0
+    for name, p in model.named_parameters():  # tied weights appear once
+        if any(re.search(pattern, name) for pattern in patterns):
+            p.requires_grad_(False)
+            frozen += p.numel()
+        else:
+            trainable += p.numel()
+    if trainable == 0:
+        raise ValueError(f"freeze: {', '.join(patterns)} freeze every parameter: nothing left to train")
+    return frozen
 
 
 def _adamw(model: nn.Module, cfg: TrainConfig, **kwargs: Any) -> torch.optim.Optimizer:

@@ -109,7 +109,8 @@ def test_realtext_scripts_end_to_end_on_cpu(tmp_path: Path, calib_steps: str) ->
                SEQ="384", BATCH="2", CALIB_STEPS=calib_steps, TRAIN_TIME="120", STEPS="6", PK_TIME="120",
                PK_STEPS_MAX="2", EVAL_EVERY="3",
                EVAL_SAMPLES="2", CKPT_EVERY="5", WARMUP="2", PPL_LENGTHS="256,1k", PPL_DOCS="2",
-               PK_LENGTHS="384", DEPTHS="0.5", SAMPLES="2", SEGMENT="512", OUT_DIR=str(tmp_path / "out"))
+               PK_LENGTHS="384", DEPTHS="0.5", SAMPLES="2", SEGMENT="512", OUT_DIR=str(tmp_path / "out"),
+               PK_FREEZE=r"^embedding\. ^memories\.\w+\.encoder\." if calib_steps == "2" else "")
     done = subprocess.run(["bash", "bench/train/realtext/build_data.sh"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -128,6 +129,8 @@ def test_realtext_scripts_end_to_end_on_cpu(tmp_path: Path, calib_steps: str) ->
     assert steps == 6 and not (runs / "ramba.calib").exists()
     assert [json.loads(line)["step"] for line in (out / "ramba_metrics.jsonl").read_text().splitlines()][-1] == 6
     assert (runs / "ramba.pk" / "model").is_dir() and not (runs / "mamba2.pk").exists()  # PK_NAMES only
+    frozen = json.loads((runs / "ramba.pk" / "train_config.json").read_text())["config"]["freeze"]
+    assert frozen == ([r"^embedding\.", r"^memories\.\w+\.encoder\."] if calib_steps == "2" else [])  # PK_FREEZE
     assert (out / "training.png").exists()
     summary = (out / "realtext.md").read_text()
     assert "| ramba |" in summary and "| mamba2 |" in summary and "**ramba**" in summary

@@ -23,13 +23,15 @@ PK=${PK:-1}; PK_TIME=${PK_TIME:-280}; PK_STEPS_MAX=${PK_STEPS_MAX:-100000}; PK_M
 # tokens its window covers). Its minimum gap between the key and the question: past the window (with the
 # default gap, 2 chunks, about half of swa-hsa's 1,024-token samples put the key inside its window, where
 # the sliding window answers and HSA learns nothing: run 3). swa-hsa gets the longer stage.
-# swa-hsa's short stage also runs at twice the learning rate: like the synthetic demonstration's first
-# stage (2e-3), it has to leave a plateau at chance before retrieval starts to help (run 4: 220 steps at
-# 1e-3 never left it).
+# Every short stage runs at 1e-3. Run 5 gave swa-hsa's 2e-3 (meant to leave the plateau that its old
+# memory, built after the SWA layers, kept it on): its validation ppl went 48.8 -> 125.8 in that stage
+# and its memory's keys collapsed (in-chunk cosine 0.10 -> 1.00; bench/results/h200_realtext/README.md).
+# PK_FREEZE: regular expressions of parameters both passkey stages leave untrained (hsa train --freeze),
+# e.g. PK_FREEZE='^memories\.' keeps the memory the LM phase learned.
 declare -A SHORT_SEQ=([ramba]=512 [mamba2]=512 [swa-hsa]=1024)
 declare -A SHORT_GAP=([ramba]=0 [mamba2]=0 [swa-hsa]=520)
 declare -A SHORT_TIME=([ramba]=40 [mamba2]=40 [swa-hsa]=100)
-declare -A SHORT_LR=([ramba]=1e-3 [mamba2]=1e-3 [swa-hsa]=2e-3)
+declare -A SHORT_LR=([ramba]=1e-3 [mamba2]=1e-3 [swa-hsa]=1e-3)
 PK_SHORT_SEQ=${PK_SHORT_SEQ:-${SHORT_SEQ[$name]}}
 PK_SHORT_GAP=${PK_SHORT_GAP:-${SHORT_GAP[$name]}}  # 0: the task's default (2 chunks)
 PK_SHORT_TIME=${PK_SHORT_TIME:-${SHORT_TIME[$name]}}
@@ -66,8 +68,9 @@ if [ ! -d "$run/checkpoints" ] && [ "$CALIB_STEPS" -gt 0 ]; then
 fi
 
 pk_stage() {  # pk_stage OUT INIT SEQ_LEN TIME_S LR [MIN_GAP]: one passkey fine-tune stage (resumable), same tokens per step
-  local out=$1 init=$2 seq=$3 secs=$4 lr=$5 gap=${6:-0} steps resume opts=(--task-option "digits=$PK_DIGITS")
+  local out=$1 init=$2 seq=$3 secs=$4 lr=$5 gap=${6:-0} steps resume opts=(--task-option "digits=$PK_DIGITS") f
   [ "$gap" -gt 0 ] && opts+=(--task-option "min_gap=$gap")
+  for f in ${PK_FREEZE:-}; do opts+=(--freeze "$f"); done
   steps=$(fit_steps "$run/metrics.jsonl" "$secs" "$PK_STEPS_MAX" 0.9)
   echo "=== $name passkey fine-tune at $seq tokens: mix $PK_MIX, lr $lr, $steps steps, at most ${secs}s ($(date -u +%H:%M:%S))"
   resume=(--steps "$steps"); [ -d "$out/checkpoints" ] && resume=(--resume)

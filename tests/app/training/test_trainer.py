@@ -201,3 +201,48 @@ def test_bad_settings_fail_clearly(tmp_path: Path, tiny_spec: dict[str, Any]) ->
         TrainConfig(loss_on="everything")
     with pytest.raises(ValueError, match="shorter than task"):
         train(small_cfg(seq_len=20), tiny_spec, tmp_path / "x", progress=False, log=lambda m: None)
+
+
+def test_freeze_keeps_the_matching_parameters_and_trains_the_rest(tmp_path: Path, tiny_spec: dict[str, Any]) -> None:
+    """``freeze``: the matching parameters end exactly as they started (the tied embedding included),
+    every other one moves; the setting is saved, and a resume applies it again."""
+    from hsa_core.io import load_model
+    from hsa_core.model import HSALanguageModel
+
+    torch.manual_seed(0)
+    start = HSALanguageModel.from_spec(tiny_spec)
+    start.save_pretrained(tmp_path / "start")
+    before = dict(start.named_parameters())
+    patterns = [r"^embedding\.", r"^memories\.\w+\.encoder\."]
+    cfg = small_cfg(steps=4, init_from=str(tmp_path / "start"), freeze=patterns)
+    train(cfg, tiny_spec, tmp_path / "r", progress=False, log=lambda m: None, stop_after=2)
+    train(cfg, None, tmp_path / "r", resume=True, progress=False, log=lambda m: None)
+    after = dict(load_model(HSALanguageModel, tmp_path / "r" / "model").named_parameters())
+    frozen = [n for n in before if n.startswith("embedding.") or ".encoder." in n]
+    assert frozen and len(frozen) < len(before)
+    changed = {n for n, p in before.items() if not torch.equal(p, after[n])}
+    assert changed == set(before) - set(frozen)
+    saved = json.loads((tmp_path / "r" / "train_config.json").read_text())
+    assert saved["config"]["freeze"] == patterns
+
+
+def test_freeze_names_a_pattern_that_matches_nothing(tmp_path: Path, tiny_spec: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=r"freeze: '\^embeddings' matches no parameter of the model \(its parameters: "
+                                         r"embedding\.weight"):
+        train(small_cfg(freeze=["^embeddings"]), tiny_spec, tmp_path / "a", progress=False, log=lambda m: None)
+    with pytest.raises(ValueError, match="freeze every parameter: nothing left to train"):
+        train(small_cfg(freeze=["."]), tiny_spec, tmp_path / "b", progress=False, log=lambda m: None)
+    with pytest.raises(ValueError, match=r"freeze: '\(' is not a regular expression"):
+        small_cfg(freeze=["("])
+
+
+def test_cli_freeze_with_a_pattern_that_matches_nothing_exits_2(tmp_path: Path) -> None:
+    from hsa_cli.app import app
+    from typer.testing import CliRunner
+
+    tiny = Path(__file__).with_name("tiny.yaml")
+    r = CliRunner().invoke(app, ["train", str(tiny), "--out", str(tmp_path / "r"), "--seq-len", "48", "--steps", "1",
+                                 "-t", "num_symbols=16", "--no-progress", "--freeze", "^encoder"],
+                           env={"COLUMNS": "300"})
+    assert r.exit_code == 2, r.output
+    assert r.stderr.count("\n") == 1 and "freeze: '^encoder' matches no parameter" in r.stderr
