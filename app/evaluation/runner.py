@@ -70,6 +70,8 @@ def run_eval(run: str | Path, task: str, lengths: list[int], depths: list[float 
     of the prepared folder ``DIR``, in the run's tokenizer (:mod:`hsa_app.data.passkey`); the files
     are then ``eval_passkey_text.json``/``.png``. ``offload``: the chunk memories' K/V in host memory
     (``None``: as the model's layout says); ``meta["footprint"]`` reports memory and speed per length.
+    The JSON is written after every cell too, with ``meta["partial"] = True`` until the grid is done,
+    so a run cut short keeps the cells it finished.
     ``on_prefill``: progress within each prefill (:class:`~hsa_app.evaluation.core.PrefillProgress`).
 
     Returns:
@@ -90,19 +92,31 @@ def run_eval(run: str | Path, task: str, lengths: list[int], depths: list[float 
     too_short = [n for n in lengths if n < t.min_length()]
     if too_short:
         raise ValueError(f"lengths {too_short} are shorter than task '{task}' needs ({t.min_length()})")
-    t0 = time.perf_counter()
-    result = evaluate(model, t, lengths, depths, samples=samples, seed=seed, segment_len=segment_len,
-                      max_batch_tokens=max_batch_tokens, device=dev, autocast_dtype=amp, on_cell=on_cell,
-                      time_limit=time_limit, offload=offload, on_prefill=on_prefill)
-    result.meta = {**result.meta, "model_dir": str(mdir), "train_seq_len": train_len, "samples_per_cell": samples,
-                   "seed": seed, "offload": offloaded,
-                   "segment_len": segment_len, "device": str(dev), "dtype": "bf16" if amp else "fp32",
-                   "seconds": round(time.perf_counter() - t0, 2), "torch": torch.__version__,
-                   "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None}
+    meta = {"model_dir": str(mdir), "train_seq_len": train_len, "samples_per_cell": samples, "seed": seed,
+            "offload": offloaded, "segment_len": segment_len, "device": str(dev), "dtype": "bf16" if amp else "fp32",
+            "torch": torch.__version__, "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None}
     out_dir = Path(out) if out is not None else run
     out_dir.mkdir(parents=True, exist_ok=True)
     name = f"{task}_text" if filler is not None else task
-    jpath = write_json(result, out_dir / f"eval_{name}.json")
+    jpath = out_dir / f"eval_{name}.json"
+    done: list[CellResult] = []
+
+    def keep(cell: CellResult) -> None:
+        # Every finished cell is on disk at once (meta.partial: true until the end): a 64M cell takes
+        # minutes, and a run stopped by a time limit or a kill keeps the cells it finished.
+        done.append(cell)
+        partial = EvalResult(t.name, dict(t.options), sorted({c.length for c in done}), list(depths), list(done),
+                             meta={**meta, "partial": True})
+        write_json(partial, jpath)
+        if on_cell is not None:
+            on_cell(cell)
+
+    t0 = time.perf_counter()
+    result = evaluate(model, t, lengths, depths, samples=samples, seed=seed, segment_len=segment_len,
+                      max_batch_tokens=max_batch_tokens, device=dev, autocast_dtype=amp, on_cell=keep,
+                      time_limit=time_limit, offload=offload, on_prefill=on_prefill)
+    result.meta = {**result.meta, **meta, "seconds": round(time.perf_counter() - t0, 2)}
+    write_json(result, jpath)
     ppath = heatmap(result, out_dir / f"eval_{name}.png")
     return result, jpath, ppath
 

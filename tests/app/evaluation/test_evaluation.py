@@ -192,3 +192,20 @@ def test_cli_train_then_eval(tmp_path: Path) -> None:
     assert r.exit_code == 2
     r = runner.invoke(app, ["train", str(TINY), "--out", str(run), "--steps", "1"])
     assert r.exit_code == 2 and "--resume" in r.output
+    assert "partial" not in data["meta"]  # the finished grid
+    # a run stopped after its first cell (a kill, a time limit) leaves that cell on disk, marked partial
+    from hsa_app.evaluation import run_eval
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_one(cell) -> None:
+        raise Stop
+
+    with pytest.raises(Stop):
+        run_eval(run, "passkey", [48, 96], [0.2, 0.8], samples=2, segment_len=32, out=tmp_path / "cut",
+                 on_cell=stop_after_one)
+    cut = json.loads((tmp_path / "cut" / "eval_passkey.json").read_text())
+    assert cut["meta"]["partial"] is True and cut["lengths"] == [48]
+    assert [(c["length"], c["depth"], c["samples"]) for c in cut["cells"]] == [(48, 0.2, 2)]
+    assert not (tmp_path / "cut" / "eval_passkey.png").exists()
