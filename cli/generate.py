@@ -3,6 +3,7 @@ model, streaming the decoded text to stdout (prompt statistics go to stderr)."""
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -43,10 +44,13 @@ def generate(
     from hsa_app.data.tokenizer import ByteTokenizer, load_tokenizer
     from hsa_app.runtime.checkpoint import model_dir_of
     from hsa_app.training.text_data import find_run_tokenizer
+    from rich.console import Console
 
     from hsa_core.devices import resolve_device
     from hsa_core.generation import RunStats, TextStream, stream_generate
     from hsa_core.model import load_pretrained
+
+    from ._progress import PromptDisplay
 
     if (prompt is None) == (prompt_file is None):
         fail("give exactly one of --prompt and --prompt-file", EXIT_USAGE)
@@ -92,10 +96,14 @@ def generate(
     t0 = time.perf_counter()
     n = 0
     t_first = None
-    for token in stream_generate(model, ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+    # the prompt's progress goes to stderr (stdout is the generated text), for prompts of >= 1M tokens
+    with PromptDisplay(Console(stderr=True, highlight=False)) as show_prefill:
+        tokens = stream_generate(model, ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                                  top_p=top_p, seed=seed, eos_id=None if ignore_eos else tok.eos_id,
                                  segment_len=segment_len, device=dev, autocast_dtype=amp, offload=offload,
-                                 stats=stats):
+                                 stats=stats, on_segment=show_prefill)
+        first = next(tokens, None)  # the prefill and the first token
+    for token in ([] if first is None else itertools.chain([first], tokens)):
         if t_first is None:
             t_first = time.perf_counter() - t0
         n += 1

@@ -11,7 +11,7 @@ memory of the offloaded K/V and the prefill and decode throughput.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -113,7 +113,8 @@ def _sync(device: torch.device) -> None:
 @torch.inference_mode()
 def prefill(model: nn.Module, input_ids: Tensor, *, segment_len: int = 4096,
             autocast_dtype: torch.dtype | None = None, offload: bool | None = None,
-            stats: RunStats | None = None) -> tuple[Tensor, Any]:
+            stats: RunStats | None = None,
+            on_segment: Callable[[int, int], None] | None = None) -> tuple[Tensor, Any]:
     """Run ``input_ids`` ``(B, T)`` through the model ``segment_len`` tokens at a time, carrying the
     cache (recurrent states, chunk memory, position), so activations never exceed one segment.
 
@@ -123,6 +124,8 @@ def prefill(model: nn.Module, input_ids: Tensor, *, segment_len: int = 4096,
     Args:
         offload: keep the chunk memories' K/V in host memory (``None``: as the layout says).
         stats: filled with the prefill's tokens, time, GPU peak and cache memory.
+        on_segment: called after each segment is queued with ``(tokens done, T)`` (a progress display;
+            it adds no GPU synchronisation).
 
     Returns:
         ``(logits of the last position (B, V) fp32, cache)``.
@@ -140,6 +143,8 @@ def prefill(model: nn.Module, input_ids: Tensor, *, segment_len: int = 4096,
     with autocast_context(device, autocast_dtype):
         for s in range(0, T, segment_len):
             h, cache = model.forward_hidden(input_ids[:, s:s + segment_len].to(device), cache, return_cache=True)
+            if on_segment is not None:
+                on_segment(min(T, s + segment_len), T)
         assert h is not None
         last = model.lm_head(h[:, -1]).float()
     if stats is not None:
@@ -210,13 +215,14 @@ def stream_generate(model: nn.Module, prompt: Sequence[int], *, max_new_tokens: 
                     top_k: int | None = None, top_p: float | None = None, seed: int = 0,
                     eos_id: int | None = None, segment_len: int = 4096, device: torch.device | str | None = None,
                     autocast_dtype: torch.dtype | None = None, offload: bool | None = None,
-                    stats: RunStats | None = None) -> Iterator[int]:
+                    stats: RunStats | None = None,
+                    on_segment: Callable[[int, int], None] | None = None) -> Iterator[int]:
     """Yield up to ``max_new_tokens`` token ids continuing ``prompt`` (stops after ``eos_id``).
 
     The prompt is prefilled segment-wise (:func:`prefill`) on the model's device (``device`` is
     accepted for compatibility); every new token is one forward call of one token on the cache
-    (:func:`decode`). Deterministic for a given ``seed``. ``offload`` as in :func:`prefill`; ``stats``
-    gets the prefill and decode figures.
+    (:func:`decode`). Deterministic for a given ``seed``. ``offload`` and ``on_segment`` as in
+    :func:`prefill`; ``stats`` gets the prefill and decode figures.
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -225,7 +231,7 @@ def stream_generate(model: nn.Module, prompt: Sequence[int], *, max_new_tokens: 
     try:
         ids = torch.tensor([list(prompt)], dtype=torch.long)
         logits, cache = prefill(model, ids, segment_len=segment_len, autocast_dtype=autocast_dtype,
-                                offload=offload, stats=stats)
+                                offload=offload, stats=stats, on_segment=on_segment)
         for token, _ in decode(model, logits, cache, max_new_tokens=max_new_tokens, temperature=temperature,
                                top_k=top_k, top_p=top_p, generator=torch.Generator().manual_seed(seed),
                                eos_id=eos_id, autocast_dtype=autocast_dtype, stats=stats):

@@ -56,3 +56,11 @@ def test_text_stream_never_splits_a_character() -> None:
     pieces = [stream.push(int(i)) for i in tok.encode(text)]
     assert "".join(pieces) + stream.flush() == text
     assert all("\ufffd" not in p for p in pieces)
+
+
+def test_prefill_reports_each_segment() -> None:
+    model = _model()
+    calls: list[tuple[int, int]] = []
+    prefill(model, torch.randint(0, 32, (1, 70)), segment_len=32, on_segment=lambda done, total: calls.append(
+        (done, total)))
+    assert calls == [(32, 70), (64, 70), (70, 70)]
