@@ -1,5 +1,6 @@
 """Environment variables that choose among a few named behaviours (``HSA_BACKEND``,
-``HSA_OFFLOAD_GATHER``): read, normalised, and refused with a usage error when misspelt."""
+``HSA_OFFLOAD_GATHER``, ``HSA_OFFLOAD_LANDMARKS``): read, normalised, and refused with a usage error
+when misspelt."""
 
 from __future__ import annotations
 

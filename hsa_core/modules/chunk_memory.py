@@ -66,7 +66,7 @@ class MemoryState:
             return replace(self, k=self.k[index], v=self.v[index], landmarks=self.landmarks[index],
                            pending=self.pending[index])
         store = self.store.select(index)
-        lmk = store.landmarks.view() if store.landmarks is not None else self.landmarks[index]
+        lmk = store.landmarks_view() if store.landmarks is not None else self.landmarks[index]
         return replace(self, k=self.k[index], v=self.v[index], landmarks=lmk, pending=self.pending[index],
                        store=store)
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -39,7 +40,8 @@ from torch import Tensor
 from ..envvars import env_choice
 from ..ops import backend_for, gather_rows
 
-__all__ = ["GATHER_MODES", "ChunkStore", "GatherStats", "GrowableBuffer", "gather_mode", "gather_selected"]
+__all__ = ["GATHER_MODES", "LANDMARK_MODES", "LANDMARK_WINDOW_CHUNKS", "ChunkStore", "GatherStats", "GrowableBuffer",
+           "gather_mode", "gather_selected", "landmark_mode"]
 
 
 class GrowableBuffer:
@@ -119,6 +121,25 @@ def gather_mode() -> str:
     return env_choice("HSA_OFFLOAD_GATHER", GATHER_MODES, "device")
 
 
+LANDMARK_MODES = ("device", "host")
+
+#: Landmarks per window when they live in host memory: the device holds one window at a time
+#: (32K chunks = 2M tokens at S=64; 16 MiB for the demo RAMba's 2 x 128 bf16 values per chunk).
+LANDMARK_WINDOW_CHUNKS = 1 << 15
+
+
+def landmark_mode() -> str:
+    """``HSA_OFFLOAD_LANDMARKS``: where an offloaded memory keeps its landmarks. ``device`` (default: the
+    selection reads them all at every call, so they stay on the GPU) or ``host`` (pinned host memory
+    too, copied in a window at a time for each selection: GPU memory no longer grows with the context,
+    for one more copy of every landmark per selection).
+
+    Raises:
+        UsageError: any other value (exit code 2 in the CLI).
+    """
+    return env_choice("HSA_OFFLOAD_LANDMARKS", LANDMARK_MODES, "device")
+
+
 @dataclass
 class GatherStats:
     """What the host -> device gathers of one store cost, summed since it was last taken
@@ -157,13 +178,16 @@ class ChunkStore:
         chunk_size: S.
         device: the compute device (landmarks, resident chunks, gathered chunks).
         reserve_chunks: capacity to allocate on the first append (the caller's length hint).
+        host_landmarks: the landmarks live in host memory too (:func:`landmark_mode`).
         k, v: host buffers of ``(chunks, B, S, H, D)`` (chunk-major; ``None`` until the first chunk).
-        landmarks: device buffer of ``(B, chunks, H_r, d_rh)`` (``None`` until the first chunk).
+        landmarks: device buffer of ``(B, chunks, H_r, d_rh)``, or with ``host_landmarks`` a host
+            buffer of ``(chunks, B, H_r, d_rh)`` (chunk-major, as K/V) (``None`` until the first chunk).
     """
 
     chunk_size: int
     device: torch.device
     reserve_chunks: int = 0
+    host_landmarks: bool = False
     k: GrowableBuffer | None = None
     v: GrowableBuffer | None = None
     landmarks: GrowableBuffer | None = None
@@ -177,10 +201,13 @@ class ChunkStore:
     gather_stats: GatherStats = field(default_factory=GatherStats)
 
     @classmethod
-    def create(cls, chunk_size: int, device: torch.device | str | None, reserve_chunks: int = 0) -> ChunkStore:
+    def create(cls, chunk_size: int, device: torch.device | str | None, reserve_chunks: int = 0,
+               host_landmarks: bool | None = None) -> ChunkStore:
+        """A store for ``device``; ``host_landmarks=None``: as ``HSA_OFFLOAD_LANDMARKS`` says."""
         device = torch.device(device if device is not None else "cpu")
         stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        return cls(chunk_size, device, reserve_chunks, _copy_stream=stream)
+        host = landmark_mode() == "host" if host_landmarks is None else host_landmarks
+        return cls(chunk_size, device, reserve_chunks, host, _copy_stream=stream)
 
     @property
     def cuda(self) -> bool:
@@ -196,12 +223,35 @@ class ChunkStore:
         return taken
 
     def host_nbytes(self) -> int:
-        """Host bytes allocated for K/V."""
-        return sum(b.nbytes() for b in (self.k, self.v) if b is not None)
+        """Host bytes allocated for K/V (and the landmarks, with ``host_landmarks``)."""
+        bufs = (self.k, self.v, self.landmarks) if self.host_landmarks else (self.k, self.v)
+        return sum(b.nbytes() for b in bufs if b is not None)
 
     def device_nbytes(self) -> int:
-        """Device bytes allocated for the landmarks."""
-        return 0 if self.landmarks is None else self.landmarks.nbytes()
+        """Device bytes allocated for the landmarks (0 with ``host_landmarks``)."""
+        return 0 if self.landmarks is None or self.host_landmarks else self.landmarks.nbytes()
+
+    def landmarks_view(self) -> Tensor:
+        """The landmarks of all chunks so far, ``(B, C, H_r, d_rh)``: a device view, or with
+        ``host_landmarks`` a host view (read it through :meth:`landmark_windows`)."""
+        assert self.landmarks is not None
+        return self.landmarks.view().transpose(0, 1) if self.host_landmarks else self.landmarks.view()
+
+    def landmark_windows(self, num_chunks: int, window_chunks: int = LANDMARK_WINDOW_CHUNKS
+                         ) -> Iterator[tuple[int, Tensor]]:
+        """Host landmarks of chunks ``0 .. num_chunks-1`` on the device, a window at a time:
+        ``(first chunk, (B, n, H_r, d_rh))`` pairs, each copied in on the compute stream (asynchronous,
+        from pinned memory) after the device -> host copies of those chunks. A window is only valid
+        until the next is taken."""
+        assert self.landmarks is not None and self.host_landmarks
+        if self._copy_stream is not None:
+            self._stream_wait_appends(num_chunks)
+        rows = self.landmarks.data
+        for c0 in range(0, num_chunks, window_chunks):
+            part = rows[c0:min(num_chunks, c0 + window_chunks)]
+            if self._copy_stream is not None:
+                part = part.to(self.device, non_blocking=True)
+            yield c0, part.transpose(0, 1)
 
     def append(self, k: Tensor, v: Tensor, landmarks: Tensor) -> Tensor:
         """Add ``n`` complete chunks: k, v ``(B, n*S, H, D)`` and landmarks ``(B, n, H_r, d_rh)`` on the
@@ -214,19 +264,28 @@ class ChunkStore:
         # chunk-major (n, B, S, H, D): one contiguous block per append (a no-op for B = 1)
         kc = k.reshape(B, n, self.chunk_size, *k.shape[2:]).transpose(0, 1).contiguous()
         vc = v.reshape(B, n, self.chunk_size, *v.shape[2:]).transpose(0, 1).contiguous()
+        lc = landmarks.transpose(0, 1).contiguous() if self.host_landmarks else None  # chunk-major, as K/V
         if self.landmarks is None:
             cap = max(self.reserve_chunks, n)
             host = torch.device("cpu")
-            self.landmarks = GrowableBuffer(landmarks, dim=1, device=self.device, capacity=cap)
+            if lc is not None:
+                self.landmarks = GrowableBuffer(lc, dim=0, device=host, capacity=cap, pin=self.cuda)
+            else:
+                self.landmarks = GrowableBuffer(landmarks, dim=1, device=self.device, capacity=cap)
             self.k = GrowableBuffer(kc, dim=0, device=host, capacity=cap, pin=self.cuda)
             self.v = GrowableBuffer(vc, dim=0, device=host, capacity=cap, pin=self.cuda)
         assert self.k is not None and self.v is not None
-        self.landmarks.append(landmarks.to(self.landmarks.dtype))
+        if lc is None:
+            self.landmarks.append(landmarks.to(self.landmarks.dtype))
+        else:
+            lc = lc.to(self.landmarks.dtype)
         kc, vc = kc.to(self.k.dtype), vc.to(self.v.dtype)
         if self._copy_stream is None:
             self.k.append(kc)
             self.v.append(vc)
-            return self.landmarks.view()
+            if lc is not None:
+                self.landmarks.append(lc)
+            return self.landmarks_view()
         # A host buffer that must grow is reallocated and copied on the CPU: finish copies in flight,
         # and the kernels still reading the old buffer before it is freed.
         if self.k.length + n > self.k.capacity:
@@ -238,13 +297,15 @@ class ChunkStore:
         with torch.cuda.stream(self._copy_stream):
             self.k.append(kc, non_blocking=True)
             self.v.append(vc, non_blocking=True)
+            if lc is not None:
+                self.landmarks.append(lc, non_blocking=True)
             event = torch.cuda.Event()
             event.record()
         self._appends.append((first, event))
         # The sources are freed by the compute stream's allocator; keep them until the copy is done.
-        kc.record_stream(self._copy_stream)
-        vc.record_stream(self._copy_stream)
-        return self.landmarks.view()
+        for src in (kc, vc) if lc is None else (kc, vc, lc):
+            src.record_stream(self._copy_stream)
+        return self.landmarks_view()
 
     def _wait_appends(self, chunks: int) -> None:
         """Block until the host holds chunks ``0 .. chunks-1`` (their device -> host copies are done)."""
@@ -326,14 +387,14 @@ class ChunkStore:
         return self._staging[:n]
 
     def select(self, index: Tensor | slice) -> ChunkStore:
-        """A new store with batch rows ``index`` (copies; the landmarks stay on the device)."""
-        new = ChunkStore.create(self.chunk_size, self.device, self.reserve_chunks)
+        """A new store with batch rows ``index`` (copies; the landmarks stay where they are)."""
+        new = ChunkStore.create(self.chunk_size, self.device, self.reserve_chunks, self.host_landmarks)
         if self.landmarks is not None and self.k is not None and self.v is not None:
             self._wait_appends(self.k.length)
             if isinstance(index, Tensor):
                 index = index.cpu()
             new.k, new.v = self.k.select(index), self.v.select(index)
-            new.landmarks = self.landmarks.select(index if not isinstance(index, Tensor)
+            new.landmarks = self.landmarks.select(index if not isinstance(index, Tensor) or self.host_landmarks
                                                   else index.to(self.device))
         return new
 

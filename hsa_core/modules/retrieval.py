@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 from torch import Tensor, nn
 
-from ..ops import WEIGHTINGS, hsa_select
+from ..ops import WEIGHTINGS, hsa_select, hsa_select_windows
 from .chunk_memory import MemoryState
 from .common import RMSNorm
 from .offload import gather_selected
@@ -64,6 +64,9 @@ class Retrieval(nn.Module):
         """x ``(B, T, d)`` at absolute positions ``q_offset..q_offset+T-1`` -> :class:`Selection`."""
         B, T, _ = x.shape
         q_r = self.query(self.norm(x)).view(B, T, self.retrieval_heads, -1)
+        store = memory.store
+        if store is not None and store.host_landmarks and store.landmarks is not None:
+            return self._select_windows(q_r, memory, q_offset)
         landmarks = memory.landmarks.to(q_r.dtype)
         if self.q_norm is not None and self.landmark_norm is not None:
             q_r, landmarks = self.q_norm(q_r), self.landmark_norm(landmarks)
@@ -72,6 +75,23 @@ class Retrieval(nn.Module):
             q_offset=q_offset, weighting=self.weighting, window=self.window,
             gumbel=self.gumbel and self.training,
         )
+        return Selection(indices, weights)
+
+    def _select_windows(self, q_r: Tensor, memory: MemoryState, q_offset: int) -> Selection:
+        """The selection of a memory whose landmarks live in host memory: a window of them on the device
+        at a time (:func:`hsa_core.ops.hsa_select_windows`); the same indices and weights."""
+        assert memory.store is not None
+        norm = self.landmark_norm if self.q_norm is not None else None
+        if self.q_norm is not None:
+            q_r = self.q_norm(q_r)
+
+        def windows() -> Iterator[tuple[int, Tensor]]:
+            for c0, lm in memory.store.landmark_windows(memory.num_chunks):
+                lm = lm.to(q_r.dtype)
+                yield c0, norm(lm) if norm is not None else lm
+
+        indices, weights = hsa_select_windows(q_r, windows(), topk=self.topk, chunk_size=self.chunk_size,
+                                              q_offset=q_offset, weighting=self.weighting, window=self.window)
         return Selection(indices, weights)
 
 

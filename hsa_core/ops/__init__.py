@@ -9,6 +9,9 @@ reference).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+import torch
 from torch import Tensor
 
 from .dispatch import KERNEL_OPS, backend_for, triton_impl
@@ -17,7 +20,7 @@ from .reference import fusion_weights, gather_rows_naive, hsa_attention_torch, h
 WEIGHTINGS = ("stick_breaking", "softmax")
 
 __all__ = ["KERNEL_OPS", "WEIGHTINGS", "backend_for", "fusion_weights", "gather_rows", "hsa_attention",
-           "hsa_select", "visible_chunks"]
+           "hsa_select", "hsa_select_windows", "visible_chunks"]
 
 
 def hsa_select(
@@ -60,6 +63,45 @@ def hsa_select(
                   window=window, gumbel=gumbel)
     if backend_for("hsa_select", q_r.device) == "triton":
         return triton_impl("hsa_select")(q_r, landmarks, **kwargs)
+    return hsa_select_torch(q_r, landmarks, **kwargs)
+
+
+def hsa_select_windows(
+    q_r: Tensor,
+    windows: Iterable[tuple[int, Tensor]],
+    *,
+    topk: int,
+    chunk_size: int,
+    q_offset: int = 0,
+    weighting: str = "stick_breaking",
+    scale: float | None = None,
+    window: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`hsa_select` over landmarks that arrive in windows (inference: no gradient, no Gumbel noise).
+
+    Args:
+        windows: ``(first chunk id, landmarks (B, n, H_r, d_rh))`` pairs covering chunks ``0 .. C-1``
+            without gaps, on ``q_r``'s device; each is read before the next is taken (a generator may
+            copy every window into one buffer: an offloaded memory's host landmarks,
+            :meth:`hsa_core.modules.offload.ChunkStore.landmark_windows`).
+
+    Returns:
+        The same indices and weights as :func:`hsa_select` over the windows put together: the Triton
+        kernel merges each window's top-k (exact keys); the reference concatenates them.
+    """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if topk < 1:
+        raise ValueError(f"topk must be >= 1, got {topk}")
+    kwargs = dict(topk=topk, chunk_size=chunk_size, q_offset=q_offset, weighting=weighting, scale=scale,
+                  window=window)
+    if backend_for("hsa_select", q_r.device) == "triton":
+        from hsa_kernels.hsa_select import hsa_select_windows_triton
+
+        return hsa_select_windows_triton(q_r, windows, **kwargs)
+    parts = sorted(((c0, lm.clone()) for c0, lm in windows), key=lambda part: part[0])
+    B, _, Hr, dr = q_r.shape
+    landmarks = torch.cat([lm for _, lm in parts], 1) if parts else q_r.new_zeros((B, 0, Hr, dr))
     return hsa_select_torch(q_r, landmarks, **kwargs)
 
 

@@ -12,11 +12,11 @@ from typing import Any
 from .naive import fusion_weights, hsa_select_naive, visible_chunks
 
 __all__ = ["HSASelectFunction", "SelectLaunch", "fusion_weights", "hsa_select_naive", "hsa_select_triton",
-           "visible_chunks"]
+           "hsa_select_windows_triton", "visible_chunks"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("HSASelectFunction", "SelectLaunch", "hsa_select_triton"):
+    if name in ("HSASelectFunction", "SelectLaunch", "hsa_select_triton", "hsa_select_windows_triton"):
         from . import selection
 
         return getattr(selection, name)

@@ -20,6 +20,7 @@ noise (training-time exploration) runs the naive selection (``naive.py``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -55,7 +56,7 @@ def _merge_topk(run, key, KP: tl.constexpr, BLOCK_T: tl.constexpr):
 @triton.jit
 def _hsa_select_kernel(
     QR, LM, IDX, WGT, SC, PART,
-    T, C, HR, DR, q_offset, shift, split_len,
+    T, C, HR, DR, q_offset, shift, split_len, c_base,
     stride_qb, stride_qt, stride_qh,
     stride_lb, stride_lc, stride_lh,
     scale,
@@ -72,8 +73,9 @@ def _hsa_select_kernel(
     offs_c = tl.arange(0, BLOCK_C)
     offs_d = tl.arange(0, BLOCK_D)
     tmask = offs_t < T
-    # visible chunks of each token: i < floor((q_offset + t - shift) / S), clamped to [0, C]
-    nvis = tl.minimum(tl.maximum((q_offset + offs_t - shift) // S, 0), C)
+    # visible chunks of each token: i < floor((q_offset + t - shift) / S), counted from c_base (the chunk
+    # id of landmark row 0: a window of a longer memory) and clamped to the C rows given
+    nvis = tl.minimum(tl.maximum((q_offset + offs_t - shift) // S - c_base, 0), C)
     nvis = tl.where(tmask, nvis, 0)
     n_max = tl.max(nvis, 0)
     q_base = QR + b * stride_qb + h * stride_qh + offs_t.to(tl.int64)[:, None] * stride_qt
@@ -110,12 +112,12 @@ def _hsa_select_kernel(
             sv = _sortable(s)
             beats = vis & (sv > min_hi[:, None])
             if tl.max(tl.max(beats.to(tl.int32), 1), 0) > 0:
-                key = (sv.to(tl.int64) << 32) | cc.to(tl.int64)[None, :]
+                key = (sv.to(tl.int64) << 32) | (cc + c_base).to(tl.int64)[None, :]
                 key = tl.where(vis, key, tl.full([BLOCK_T, BLOCK_C], -(2**31), tl.int64) << 32)
                 run = _merge_topk(run, key, KP, BLOCK_T)
                 min_hi = (tl.min(run, 1) >> 32).to(tl.int32)
         else:
-            key = (_sortable(s).to(tl.int64) << 32) | cc.to(tl.int64)[None, :]
+            key = (_sortable(s).to(tl.int64) << 32) | (cc + c_base).to(tl.int64)[None, :]
             key = tl.where(vis, key, tl.full([BLOCK_T, BLOCK_C], -(2**31), tl.int64) << 32)
             run = _merge_topk(run, key, KP, BLOCK_T)
     if PARTIAL:
@@ -238,7 +240,10 @@ def _processors(device: torch.device) -> int:
 
 
 def _launch(q_r: Tensor, landmarks: Tensor, topk: int, chunk_size: int, q_offset: int, stick: bool, scale: float,
-            window: int | None, launch: SelectLaunch) -> tuple[Tensor, Tensor, Tensor]:
+            window: int | None, launch: SelectLaunch, c_base: int = 0,
+            keys_only: bool = False) -> tuple[Tensor, Tensor, Tensor] | Tensor:
+    """The kernel over ``landmarks`` (chunk ids ``c_base ..``): ``(idx, w, s)``, or with ``keys_only`` each
+    token's top-KP packed keys ``(B, T, Hr, slices * KP)`` int64 (:func:`hsa_select_windows_triton`)."""
     B, T, Hr, dr = q_r.shape
     C = landmarks.shape[1]
     dev = q_r.device
@@ -256,18 +261,21 @@ def _launch(q_r: Tensor, landmarks: Tensor, topk: int, chunk_size: int, q_offset
     splits = launch.splits_for(triton.cdiv(T, bt) * B * Hr, tiles, _processors(dev))
     split_len = triton.cdiv(tiles, splits) * bc
     splits = triton.cdiv(C, split_len)  # no empty slice
-    part = torch.empty((B, T, Hr, splits, kp), device=dev, dtype=torch.int64) if splits > 1 else idx
+    partial = splits > 1 or keys_only
+    part = torch.empty((B, T, Hr, splits, kp), device=dev, dtype=torch.int64) if partial else idx
     prec = "ieee" if q_r.dtype == torch.float32 else "tf32"
     _hsa_select_kernel[(triton.cdiv(T, bt), B * Hr, splits)](
         q_r, landmarks, idx, w, s, part,
-        T, C, Hr, dr, q_offset, shift, split_len,
+        T, C, Hr, dr, q_offset, shift, split_len, c_base,
         q_r.stride(0), q_r.stride(1), q_r.stride(2),
         landmarks.stride(0), landmarks.stride(1), landmarks.stride(2),
         scale,
         S=chunk_size, TOPK=topk, KP=kp, BLOCK_T=bt, BLOCK_C=bc, BLOCK_D=bd, STICK=stick, PREC=prec,
-        SKIP=launch.merges_skipped(C), PARTIAL=splits > 1,
+        SKIP=launch.merges_skipped(c_base + C), PARTIAL=partial,
         num_warps=launch.warps, num_stages=launch.stages,
     )
+    if keys_only:
+        return part.flatten(3)
     if splits > 1:
         return _merge_slices(part, topk, "stick_breaking" if stick else "softmax")
     return idx, w, s
@@ -363,5 +371,42 @@ def hsa_select_triton(q_r: Tensor, landmarks: Tensor, *, topk: int, chunk_size: 
                                    launch or select_settings_for(q_r.device))
 
 
+@torch.no_grad()
+def hsa_select_windows_triton(q_r: Tensor, windows: Iterable[tuple[int, Tensor]], *, topk: int, chunk_size: int,
+                              q_offset: int = 0, weighting: str = "stick_breaking", scale: float | None = None,
+                              window: int | None = None, launch: SelectLaunch | None = None) -> tuple[Tensor, Tensor]:
+    """The fused selection over landmarks that arrive in windows (inference only: no gradient).
+
+    A memory whose landmarks live in host memory is scored a window at a time, each copied in just
+    before it is read, so the device never holds more than a window. Each window's top-KP keys (score
+    image and absolute chunk id) merge into the running top-KP, and the same keys in the same order
+    give the same selection as :func:`hsa_select_triton` over all landmarks at once.
+
+    Args:
+        q_r: ``(B, T, Hr, dr)`` retrieval queries.
+        windows: ``(c_base, landmarks (B, n, Hr, dr))`` pairs, chunk ids ``c_base .. c_base + n - 1``, in
+            any order, on ``q_r``'s device and dtype. Each is read before the next is taken, so a
+            generator may reuse one buffer.
+    Returns:
+        ``indices`` int32 and ``weights`` fp32 ``(B, T, Hr, topk)``, as :func:`hsa_select_triton`.
+    """
+    B, T, Hr, dr = q_r.shape
+    scale = dr**-0.5 if scale is None else float(scale)
+    launch = launch or select_settings_for(q_r.device)
+    q_r = q_r if q_r.stride(-1) == 1 else q_r.contiguous()
+    kp = max(triton.next_power_of_2(topk), 2)
+    running = torch.full((B, T, Hr, kp), _EMPTY_KEY, device=q_r.device, dtype=torch.int64)
+    stick = weighting == "stick_breaking"
+    for c_base, lm in windows:
+        if lm.shape[1] == 0 or T == 0:
+            continue
+        lm = lm if lm.stride(-1) == 1 else lm.contiguous()
+        keys = _launch(q_r, lm, topk, chunk_size, q_offset, stick, scale, window, launch, c_base=c_base,
+                       keys_only=True)
+        running = torch.cat([running, keys], -1).topk(kp, dim=-1).values
+    idx, w, _ = _merge_slices(running[..., None, :], topk, weighting)
+    return idx, w
+
+
 __all__ = ["FALLBACK", "MEASURED", "SKIP_MERGES_FROM_LANDMARKS", "HSASelectFunction", "SelectLaunch",
-           "hsa_select_triton", "select_settings_for"]
+           "hsa_select_triton", "hsa_select_windows_triton", "select_settings_for"]

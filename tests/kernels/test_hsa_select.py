@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import hsa_kernels.hsa_select.selection as sel_mod
 import pytest
@@ -161,6 +162,33 @@ def test_select_split_landmarks_equal_one_scan(skip: bool, T: int, C: int, split
             ridx, rw = hsa_select_naive(q.double(), lm.double(), **kw)
             assert torch.equal(idx.cpu(), ridx)
             torch.testing.assert_close(w.cpu().double(), rw.double(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("order", ["oldest-first", "newest-first"])
+def test_select_windows_equal_one_scan(order: str) -> None:
+    """Landmarks scored a window at a time (a memory whose landmarks live in host memory), the windows'
+    top-k merged: the same chunks and weights as one scan over all of them, and as the fp64 twin, for
+    windows of uneven sizes given in either order, a window nobody sees yet and a decode token."""
+    from hsa_kernels.hsa_select import hsa_select_windows_triton
+
+    g = torch.Generator(device="cpu").manual_seed(21)
+    C, cuts = 70, (0, 16, 19, 48, 70)
+    lm = torch.randn(1, C, 2, 16, generator=g)
+    windows = [(a, lm[:, a:b]) for a, b in itertools.pairwise(cuts)]
+    if order == "newest-first":
+        windows.reverse()
+    launch = sel_mod.SelectLaunch(block_t=16, block_c=16, block_d=16, warps=2, stages=1)
+    for T, q_offset, window, weighting in ((40, 0, None, "stick_breaking"), (1, 139, 24, "softmax")):
+        q = torch.randn(1, T, 2, 16, generator=g)
+        kw = dict(topk=6, chunk_size=2, q_offset=q_offset, weighting=weighting, window=window)
+        idx, w = hsa_select_windows_triton(q.to(DEV), [(c, x.to(DEV)) for c, x in windows], **kw, launch=launch)
+        oidx, ow = hsa_select_triton(q.to(DEV), lm.to(DEV), **kw, launch=launch)
+        assert torch.equal(idx.cpu(), oidx.cpu()), (T, q_offset)
+        torch.testing.assert_close(w.cpu(), ow.cpu(), rtol=1e-6, atol=1e-6)
+        ridx, rw = hsa_select_naive(q.double(), lm.double(), **kw)
+        assert torch.equal(idx.cpu(), ridx)
+        torch.testing.assert_close(w.cpu().double(), rw.double(), rtol=1e-5, atol=1e-5)
 
 
 def test_select_splits_automatic_only_below_one_program_per_processor() -> None:

@@ -96,6 +96,57 @@ def test_offload_through_the_gather_kernel(which: str, monkeypatch) -> None:
     assert torch.equal(got, ref) and cache.take_gather_stats().calls > 0
 
 
+@pytest.mark.parametrize("which", ["tiny", "multihop"])
+def test_landmarks_in_host_memory_give_the_same_logits(which: str, monkeypatch) -> None:
+    """``HSA_OFFLOAD_LANDMARKS=host``: the landmarks live in host memory too and each selection reads them a
+    window at a time (windows of 3 chunks here): the same logits, cache rows and decoding as the memory
+    on the device; the landmarks count as host bytes, not device bytes."""
+    monkeypatch.setattr(offload, "LANDMARK_WINDOW_CHUNKS", 3)
+    model = _model(which)
+    ids = torch.randint(0, 96, (2, 77), generator=torch.Generator().manual_seed(9))
+    ref, ref_cache = _segments(model, ids, 19, offload=False)
+    monkeypatch.setenv("HSA_OFFLOAD_LANDMARKS", "host")
+    got, cache = _segments(model, ids, 19, offload=True)
+    assert torch.equal(got, ref)
+    store = cache.memories["mid"].store
+    assert store.host_landmarks and store.device_nbytes() == 0
+    assert store.host_nbytes() >= store.landmarks.nbytes() > 0
+    one, one_ref = cache.select(torch.tensor([1])), ref_cache.select(torch.tensor([1]))
+    with torch.no_grad():
+        assert torch.equal(model(ids[1:, :4], one).logits, model(ids[1:, :4], one_ref).logits)
+
+
+def test_landmark_mode_comes_from_the_environment(monkeypatch) -> None:
+    from hsa_core.errors import UsageError
+
+    monkeypatch.delenv("HSA_OFFLOAD_LANDMARKS", raising=False)
+    assert offload.landmark_mode() == "device" and not ChunkStore.create(8, "cpu").host_landmarks
+    monkeypatch.setenv("HSA_OFFLOAD_LANDMARKS", " Host ")
+    assert ChunkStore.create(8, "cpu").host_landmarks
+    assert not ChunkStore.create(8, "cpu", host_landmarks=False).host_landmarks  # an explicit choice wins
+    monkeypatch.setenv("HSA_OFFLOAD_LANDMARKS", "cpu")
+    with pytest.raises(UsageError, match="HSA_OFFLOAD_LANDMARKS='cpu' is not one of device, host"):
+        ChunkStore.create(8, "cpu")
+
+
+@pytest.mark.triton
+def test_landmark_windows_through_the_kernel(monkeypatch) -> None:
+    """The same with the interpreted selection kernel scoring each window and merging their top-k: the same
+    chunks, and logits equal to rounding (the merged windows' weights come from the reference fusion
+    formula in torch, the one-scan weights from the kernel's epilogue)."""
+    if torch.cuda.is_available():
+        pytest.skip("CPU interpreter test (test_offload_on_cuda covers CUDA)")
+    monkeypatch.setenv("HSA_BACKEND", "triton")
+    monkeypatch.setattr(offload, "LANDMARK_WINDOW_CHUNKS", 2)
+    model = _model("multihop", **{"memories.mid.head_dim": "16"})
+    ids = torch.randint(0, 96, (1, 50), generator=torch.Generator().manual_seed(6))
+    ref, _ = _segments(model, ids, 17, offload=False)
+    monkeypatch.setenv("HSA_OFFLOAD_LANDMARKS", "host")
+    got, cache = _segments(model, ids, 17, offload=True)
+    assert cache.memories["mid"].store.host_landmarks
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+
+
 def test_gather_mode_comes_from_the_environment(monkeypatch) -> None:
     from hsa_core.errors import UsageError
 
@@ -318,6 +369,18 @@ def test_offload_on_cuda(which: str, dtype: torch.dtype, monkeypatch) -> None:
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
     else:
         assert (got - ref).abs().mean() < 0.02 * ref.abs().mean()
+    monkeypatch.setenv("HSA_OFFLOAD_LANDMARKS", "host")  # landmarks in pinned host memory, read in windows
+    monkeypatch.setattr(offload, "LANDMARK_WINDOW_CHUNKS", 8)
+    with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+        windowed, windowed_cache = _segments(model, ids, 37, offload=True)
+    store = windowed_cache.memories["mid"].store
+    assert store.landmarks.data.is_pinned() and store.device_nbytes() == 0
+    # the same chunks; the merged windows' weights come from the torch fusion formula (rounding apart)
+    if dtype == torch.float32:
+        torch.testing.assert_close(windowed, got, rtol=1e-5, atol=1e-5)
+    else:
+        assert (windowed - got).abs().mean() < 0.01 * got.abs().mean()
+    monkeypatch.delenv("HSA_OFFLOAD_LANDMARKS")
     prompts = [ids[0, :n].tolist() for n in (5, 70, 141)]
     with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
         a = generate_batch(model, prompts, max_new_tokens=8, segment_len=32, offload=True)
