@@ -78,6 +78,7 @@ def run_eval(run: str | Path, task: str, lengths: list[int], depths: list[float 
         ``(result, json path, png path)``.
     """
     from hsa_core.model import HSALanguageModel
+    from hsa_core.modules.offload import landmark_mode
 
     from ..runtime.distributed import resolve_device
     from .report import heatmap, write_json
@@ -93,7 +94,8 @@ def run_eval(run: str | Path, task: str, lengths: list[int], depths: list[float 
     if too_short:
         raise ValueError(f"lengths {too_short} are shorter than task '{task}' needs ({t.min_length()})")
     meta = {"model_dir": str(mdir), "train_seq_len": train_len, "samples_per_cell": samples, "seed": seed,
-            "offload": offloaded, "segment_len": segment_len, "device": str(dev), "dtype": "bf16" if amp else "fp32",
+            "offload": offloaded, "offload_landmarks": landmark_mode() if offloaded else None,
+            "segment_len": segment_len, "device": str(dev), "dtype": "bf16" if amp else "fp32",
             "torch": torch.__version__, "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None}
     out_dir = Path(out) if out is not None else run
     out_dir.mkdir(parents=True, exist_ok=True)

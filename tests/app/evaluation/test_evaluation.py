@@ -165,6 +165,7 @@ def test_cli_train_then_eval(tmp_path: Path) -> None:
     r = runner.invoke(app, ["train", str(TINY), "--out", str(run), "--steps", "1"])
     assert r.exit_code == 2 and "--resume" in r.output
     assert "partial" not in data["meta"]  # the finished grid
+    assert data["meta"]["offload"] is False and data["meta"]["offload_landmarks"] is None
     # a run stopped after its first cell (a kill, a time limit) leaves that cell on disk, marked partial
     from hsa_app.evaluation import run_eval
 
