@@ -23,6 +23,13 @@ __all__ = ["KERNEL_OPS", "WEIGHTINGS", "backend_for", "fusion_weights", "gather_
            "hsa_select", "hsa_select_windows", "visible_chunks"]
 
 
+def _check_selection(weighting: str, topk: int) -> None:
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if topk < 1:
+        raise ValueError(f"topk must be >= 1, got {topk}")
+
+
 def hsa_select(
     q_r: Tensor,
     landmarks: Tensor,
@@ -53,10 +60,7 @@ def hsa_select(
         ``indices`` int32 ``(B, T, H_r, topk)``, chunk ids sorted descending, -1 for empty slots;
         ``weights`` fp32 ``(B, T, H_r, topk)``, 0 on empty slots.
     """
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-    if topk < 1:
-        raise ValueError(f"topk must be >= 1, got {topk}")
+    _check_selection(weighting, topk)
     if q_r.shape[-1] != landmarks.shape[-1] or q_r.shape[2] != landmarks.shape[2]:
         raise ValueError(f"q_r {tuple(q_r.shape)} and landmarks {tuple(landmarks.shape)} disagree on (H_r, d_rh)")
     kwargs = dict(topk=topk, chunk_size=chunk_size, q_offset=q_offset, weighting=weighting, scale=scale,
@@ -66,17 +70,9 @@ def hsa_select(
     return hsa_select_torch(q_r, landmarks, **kwargs)
 
 
-def hsa_select_windows(
-    q_r: Tensor,
-    windows: Iterable[tuple[int, Tensor]],
-    *,
-    topk: int,
-    chunk_size: int,
-    q_offset: int = 0,
-    weighting: str = "stick_breaking",
-    scale: float | None = None,
-    window: int | None = None,
-) -> tuple[Tensor, Tensor]:
+def hsa_select_windows(q_r: Tensor, windows: Iterable[tuple[int, Tensor]], *, topk: int, chunk_size: int,
+                       q_offset: int = 0, weighting: str = "stick_breaking", scale: float | None = None,
+                       window: int | None = None) -> tuple[Tensor, Tensor]:
     """:func:`hsa_select` over landmarks that arrive in windows (inference: no gradient, no Gumbel noise).
 
     Args:
@@ -89,10 +85,7 @@ def hsa_select_windows(
         The same indices and weights as :func:`hsa_select` over the windows put together: the Triton
         kernel merges each window's top-k (exact keys); the reference concatenates them.
     """
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-    if topk < 1:
-        raise ValueError(f"topk must be >= 1, got {topk}")
+    _check_selection(weighting, topk)
     kwargs = dict(topk=topk, chunk_size=chunk_size, q_offset=q_offset, weighting=weighting, scale=scale,
                   window=window)
     if backend_for("hsa_select", q_r.device) == "triton":
