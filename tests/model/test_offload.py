@@ -195,8 +195,14 @@ def test_gather_statistics_count_every_copy_once(monkeypatch) -> None:
     assert plain.gathers.calls == 0 and "gathered" not in plain.summary()
 
 
+LANDMARKS = [pytest.param("device", id="landmarks-on-device"), pytest.param("host", id="landmarks-in-host")]
+
+
+@pytest.mark.parametrize("landmarks", LANDMARKS)
 @pytest.mark.parametrize("which", ["tiny", "multihop"])
-def test_generate_and_stream_are_exact(which: str) -> None:
+def test_generate_and_stream_are_exact(which: str, landmarks: str, monkeypatch) -> None:
+    monkeypatch.setenv("HSA_OFFLOAD_LANDMARKS", landmarks)
+    monkeypatch.setattr(offload, "LANDMARK_WINDOW_CHUNKS", 2)
     model = _model(which)
     prompt = torch.randint(0, 96, (2, 45), generator=torch.Generator().manual_seed(1))
     ids_ref, lg_ref = model.generate(prompt, 20, return_logits=True, offload=False)
@@ -221,10 +227,13 @@ def test_generate_and_stream_are_exact(which: str) -> None:
         assert torch.equal(model(more, cache_off).logits, model(more, cache_ref).logits)
 
 
+@pytest.mark.parametrize("landmarks", LANDMARKS)
 @pytest.mark.parametrize("which", ["tiny", "multihop"])
-def test_ragged_batch(which: str) -> None:
+def test_ragged_batch(which: str, landmarks: str, monkeypatch) -> None:
     """Prompts of different lengths in one batch: offloaded == on-device exactly, and each row's greedy
     continuation is that of its prompt alone (the padding never reaches a real position)."""
+    monkeypatch.setenv("HSA_OFFLOAD_LANDMARKS", landmarks)
+    monkeypatch.setattr(offload, "LANDMARK_WINDOW_CHUNKS", 2)
     model = _model(which)
     g = torch.Generator().manual_seed(2)
     prompts = [torch.randint(0, 96, (n,), generator=g).tolist() for n in (3, 26, 8, 26, 61)]
