@@ -44,3 +44,10 @@ def test_summary_pools_cells_and_shows_the_gathers(tmp_path: Path) -> None:
     assert gathered["calls"] > 0 and f"{gathered['bytes'] / 2**30:.2f}" in new_row
     assert old_row.rstrip().endswith("- | - | - |")
     assert "gathered GiB" in text
+    assert "| True | device |" in new_row  # no offload_landmarks recorded: the landmarks were on the GPU
+    host_doc = json.loads(new.read_text())
+    host_doc["meta"]["offload_landmarks"] = "host"
+    host = tmp_path / "host.json"
+    host.write_text(json.dumps(host_doc))
+    _, rows = report.merge([host])
+    assert "| True | host |" in report.summary(pooled, rows, None)
