@@ -124,7 +124,8 @@ class PrefillProgress:
 
     Attributes:
         length, depth: the cell.
-        first, batch: samples ``first .. first + batch - 1`` of the cell's ``samples`` are in this forward.
+        first, batch, samples: samples ``first .. first + batch - 1`` of the cell's ``samples`` are in this
+            forward.
         tokens, total: tokens of each of those rows prefilled so far, of ``total``.
     """
 

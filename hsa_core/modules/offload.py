@@ -264,27 +264,26 @@ class ChunkStore:
         # chunk-major (n, B, S, H, D): one contiguous block per append (a no-op for B = 1)
         kc = k.reshape(B, n, self.chunk_size, *k.shape[2:]).transpose(0, 1).contiguous()
         vc = v.reshape(B, n, self.chunk_size, *v.shape[2:]).transpose(0, 1).contiguous()
-        lc = landmarks.transpose(0, 1).contiguous() if self.host_landmarks else None  # chunk-major, as K/V
         if self.landmarks is None:
             cap = max(self.reserve_chunks, n)
             host = torch.device("cpu")
-            if lc is not None:
-                self.landmarks = GrowableBuffer(lc, dim=0, device=host, capacity=cap, pin=self.cuda)
-            else:
-                self.landmarks = GrowableBuffer(landmarks, dim=1, device=self.device, capacity=cap)
             self.k = GrowableBuffer(kc, dim=0, device=host, capacity=cap, pin=self.cuda)
             self.v = GrowableBuffer(vc, dim=0, device=host, capacity=cap, pin=self.cuda)
+            if self.host_landmarks:  # chunk-major (n, B, H_r, d_rh), as K/V
+                self.landmarks = GrowableBuffer(landmarks.transpose(0, 1), dim=0, device=host, capacity=cap,
+                                                pin=self.cuda)
+            else:
+                self.landmarks = GrowableBuffer(landmarks, dim=1, device=self.device, capacity=cap)
         assert self.k is not None and self.v is not None
-        if lc is None:
-            self.landmarks.append(landmarks.to(self.landmarks.dtype))
+        # (host buffer, rows for it): K/V, and the landmarks when they live on the host too
+        to_host = [(self.k, kc.to(self.k.dtype)), (self.v, vc.to(self.v.dtype))]
+        if self.host_landmarks:
+            to_host.append((self.landmarks, landmarks.transpose(0, 1).contiguous().to(self.landmarks.dtype)))
         else:
-            lc = lc.to(self.landmarks.dtype)
-        kc, vc = kc.to(self.k.dtype), vc.to(self.v.dtype)
+            self.landmarks.append(landmarks.to(self.landmarks.dtype))
         if self._copy_stream is None:
-            self.k.append(kc)
-            self.v.append(vc)
-            if lc is not None:
-                self.landmarks.append(lc)
+            for buf, rows in to_host:
+                buf.append(rows)
             return self.landmarks_view()
         # A host buffer that must grow is reallocated and copied on the CPU: finish copies in flight,
         # and the kernels still reading the old buffer before it is freed.
@@ -295,16 +294,14 @@ class ChunkStore:
         self._copy_stream.wait_stream(torch.cuda.current_stream(self.device))
         first = self.k.length
         with torch.cuda.stream(self._copy_stream):
-            self.k.append(kc, non_blocking=True)
-            self.v.append(vc, non_blocking=True)
-            if lc is not None:
-                self.landmarks.append(lc, non_blocking=True)
+            for buf, rows in to_host:
+                buf.append(rows, non_blocking=True)
             event = torch.cuda.Event()
             event.record()
         self._appends.append((first, event))
         # The sources are freed by the compute stream's allocator; keep them until the copy is done.
-        for src in (kc, vc) if lc is None else (kc, vc, lc):
-            src.record_stream(self._copy_stream)
+        for _, rows in to_host:
+            rows.record_stream(self._copy_stream)
         return self.landmarks_view()
 
     def _wait_appends(self, chunks: int) -> None:

@@ -81,14 +81,14 @@ class Retrieval(nn.Module):
         """The selection of a memory whose landmarks live in host memory: a window of them on the device
         at a time (:func:`hsa_core.ops.hsa_select_windows`); the same indices and weights."""
         assert memory.store is not None
-        norm = self.landmark_norm if self.q_norm is not None else None
+        norm = self.landmark_norm  # set together with q_norm (landmark_norm=True)
         if self.q_norm is not None:
             q_r = self.q_norm(q_r)
 
         def windows() -> Iterator[tuple[int, Tensor]]:
             for c0, lm in memory.store.landmark_windows(memory.num_chunks):
                 lm = lm.to(q_r.dtype)
-                yield c0, norm(lm) if norm is not None else lm
+                yield c0, lm if norm is None else norm(lm)
 
         indices, weights = hsa_select_windows(q_r, windows(), topk=self.topk, chunk_size=self.chunk_size,
                                               q_offset=q_offset, weighting=self.weighting, window=self.window)
