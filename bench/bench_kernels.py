@@ -508,21 +508,28 @@ def _sweep_select(T: int) -> list[dict[str, Any]]:
 
 
 def sweep_select_long(segment: int = 16384, dr: int = 256, contexts: Iterable[int] = (1 << 24, 1 << 26),
-                      kinds: Iterable[str] = ("random",), heads: int = 1) -> list[dict[str, Any]]:
-    """The fused selection deep into a long prefill, with and without ``skip_merges`` (which only pays
-    off once many landmarks have been seen): one segment of ``segment`` tokens at the end of each context
-    (``q_offset``: every token sees ``context / S`` landmarks), ``heads`` retrieval heads of ``dr`` each.
+                      kinds: Iterable[str] = ("random",), heads: int = 1,
+                      grid: Iterable[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The fused selection deep into a long prefill: one segment of ``segment`` tokens at the end of each
+    context (``q_offset``: every token sees ``context / S`` landmarks), ``heads`` retrieval heads of ``dr``
+    each, timed for each ``SelectLaunch`` setting of ``grid``. Each setting's selection is compared with
+    the first setting's: a row's ``differ`` counts the (token, head, slot) indices that are not the same.
 
-    ``kinds``: ``random`` queries and landmarks (scores without structure: few tiles can be skipped
-    until the context is long), or ``periodic`` landmarks (997 distinct ones repeated along the
-    memory, as periodic filler gives a trained model: many equal scores, and the newest-first scan
-    skips every older copy). Defaults: the first measurement's grid (16M and 64M, random, d_r=256).
+    ``kinds``: ``random`` queries and landmarks (scores without structure), or ``periodic`` landmarks (997
+    distinct ones repeated along the memory, as periodic filler gives a trained model: many equal scores).
+    ``grid`` default: per-chunk merges (``group=1``) and groups of 16, each with and without
+    ``skip_merges``; the grouped ones with the query tile reloaded per tile (``resident_d=16``) and
+    resident (the default up to d_r=128).
         python3 -c "import sys; sys.path.insert(0, 'bench'); import bench_kernels as b; \
             b.sweep_select_long(contexts=(1 << 20, 1 << 22, 1 << 24, 1 << 26), kinds=('random', 'periodic'), \
             dr=128, heads=2)"
     """
     from hsa_kernels.hsa_select import SelectLaunch, hsa_select_triton
 
+    grid = list(grid) if grid is not None else (
+        [{"group": 1, "skip_merges": skip} for skip in (False, True)]
+        + [{"group": 16, "skip_merges": skip, **resident}
+           for resident in ({"resident_d": 16}, {}) for skip in (False, True)])
     rows: list[dict[str, Any]] = []
     for kind in kinds:
         for context in contexts:
@@ -538,10 +545,17 @@ def sweep_select_long(segment: int = 16384, dr: int = 256, contexts: Iterable[in
                 return hsa_select_triton(_qr, _lm, topk=K, chunk_size=S, q_offset=_offset,
                                          launch=SelectLaunch(**launch))
 
-            grid = [{"skip_merges": skip, "block_t": bt} for skip in (False, True) for bt in (128, 64)]
             label = f"select {segment} tokens at {context >> 20}M, {kind}, {heads}x{dr}"
-            rows += [{"context": context, "kind": kind, **r} for r in _sweep_rows(label, grid, select)]
-            del qr, lm
+            first = None
+            for row in _sweep_rows(label, grid, select):
+                setting = {k: v for k, v in row.items() if k != "ms"}
+                idx = safe(label, lambda setting=setting: select(**setting)[0])
+                if isinstance(idx, torch.Tensor):
+                    first = idx if first is None else first
+                    row["differ"] = int((idx != first).sum())
+                    print(f"  {setting}: {row['differ']} indices differ from {grid[0]}", flush=True)
+                rows.append({"context": context, "kind": kind, **row})
+            del qr, lm, first
             torch.cuda.empty_cache()
     return rows
 

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/out}
 WORK=${WORK:-runs/offload}
 RUN=${RUN:-$WORK/ramba-sm}
-SEGMENT=${SEGMENT:-16384}
+SEGMENT=${SEGMENT:-65536}   # tokens per prefill segment: 16K segments cost 4x the per-segment host work (run 3)
 SEED=${SEED:-1234}
 GPUS=${GPUS:-$(python3 -c 'import torch; print(max(1, torch.cuda.device_count()))')}  # 16m and 64m use them all
 GPU_IDS=(${GPU_IDS:-$(seq 0 $((GPUS - 1)))})  # which GPUs those are (GPU_IDS="1" GPUS=1: GPU 1 alone, the other busy)

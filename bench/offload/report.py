@@ -42,7 +42,8 @@ def merge(files: list[Path]) -> tuple[EvalResult, list[dict]]:
         for length, fp in meta.get("footprint", {}).items():
             # where the landmarks lived (files written before HSA_OFFLOAD_LANDMARKS existed: on the GPU)
             landmarks = meta.get("offload_landmarks") or ("device" if meta.get("offload") else "-")
-            rows.append({"file": f"{f.parent.name}/{f.name}", "length": int(length), "landmarks": landmarks, **fp})
+            rows.append({"file": f"{f.parent.name}/{f.name}", "length": int(length), "landmarks": landmarks,
+                         "segment": meta.get("segment_len"), **fp})
     if first is None or not cells:
         raise SystemExit("error: no offloaded passkey results among the files given")
     lengths = sorted({k[0] for k in cells})
@@ -68,14 +69,15 @@ def summary(result: EvalResult, rows: list[dict], decode: dict | None) -> str:
         out.append(f"| {dep} | " + " | ".join(f"{c.accuracy * 100:.0f} ({c.samples})" if c.samples else "-"
                                                for c in cs) + " |")
     out += ["", "## Footprint and prefill speed (per file and length)", "",
-            "| file | length | offload | landmarks | GPU peak GiB | host GiB | prefill tokens/s | prefill s "
+            "| file | length | segment | offload | landmarks | GPU peak GiB | host GiB | prefill tokens/s | prefill s "
             "| gathered GiB | copying s | waiting s |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["length"], r["file"])):
         g = r.get("gathers") or {}  # files written before the gather counters have none
         gathered = (f"{_gib(g['bytes'])} | {g['copy_seconds']:.1f} | {g['sync_seconds']:.1f}" if g.get("calls")
                     else "- | - | -")
-        out.append(f"| {r['file']} | {format_length(r['length'])} | {r['offload']} | {r['landmarks']} | "
+        segment = format_length(r["segment"]) if r.get("segment") else "-"
+        out.append(f"| {r['file']} | {format_length(r['length'])} | {segment} | {r['offload']} | {r['landmarks']} | "
                    f"{_gib(r['gpu_peak_bytes'])} | "
                    f"{_gib(r['host_bytes'])} | {r['prefill_tokens_per_s']:,.0f} | {r['prefill_seconds']:.1f} | "
                    f"{gathered} |")

@@ -7,10 +7,18 @@ matrix never exists.
 Layouts: q_r (B, T, Hr, dr); landmarks (B, C, Hr, dr); outputs idx int32 / w fp32 / s fp32 (B, T, Hr, K).
 
 One program = BLOCK_T tokens of one (b, hr). For each block of BLOCK_C visible landmarks it computes the
-(BLOCK_T, BLOCK_C) score tile with tl.dot (looping over dr), packs each score with its chunk id into one
-int64 key (order-preserving integer image of the fp32 score in the high word, the id in the low word),
-and merges the tile's top-KP into the running top-KP with tl.topk. Packing keeps the exact fp32 score,
-so weights need no second pass.
+(BLOCK_T, BLOCK_C) score tile with tl.dot, packs scores with ids into int64 keys (order-preserving
+integer image of the fp32 score in the high word, the id in the low word) and merges them into a running
+top-KP with tl.topk. Packing keeps the exact fp32 score, so weights need no second pass.
+
+The top-k merge, not the matmul, bounds a long scan, so by default the scan screens by *groups* of
+``SelectLaunch.group`` consecutive chunks: one key per group (its best score, its first chunk id), a
+merge BLOCK_C / group keys wide. A token's top-k chunks lie in its top-KP groups (a group ranks above
+one holding a top-k chunk only by holding a chunk that outranks that one, and there are at most k - 1
+such), so a second kernel (``_hsa_rescore_kernel``) scores the KP * group chunks of those groups and
+keeps the top-k: the same selection. Deep into a long context most tiles cannot change a token's top-k;
+``skip_merges`` scans newest first and skips their merges after one comparison. On the H200 the three
+together take a 16K-token segment at a 64M context from 186 ms to 31-48 ms (``bench/results/h200/select_long.txt``).
 
 Backward: top-k has no gradient; the weights' gradient goes to the kept scores through the fusion
 formula (recomputed in torch on the (B,T,Hr,K) scores the kernel saved), then to q_r and the landmarks
@@ -47,6 +55,14 @@ def _unsortable(k):
 
 
 @triton.jit
+def _visible_rows(offs_t, tmask, q_offset, shift, c_base, C, S: tl.constexpr):
+    """Landmark rows each token sees: chunk i is visible while i < floor((q_offset + t - shift) / S), counted
+    from c_base (the chunk id of landmark row 0: a window of a longer memory) and clamped to the C rows."""
+    nvis = tl.minimum(tl.maximum((q_offset + offs_t - shift) // S - c_base, 0), C)
+    return tl.where(tmask, nvis, 0)
+
+
+@triton.jit
 def _merge_topk(run, key, KP: tl.constexpr, BLOCK_T: tl.constexpr):
     """The KP largest packed keys of each row of ``run`` (BLOCK_T, KP) and ``key`` (BLOCK_T, BLOCK_C)."""
     blk = tl.topk(key, KP, dim=1)
@@ -54,78 +70,10 @@ def _merge_topk(run, key, KP: tl.constexpr, BLOCK_T: tl.constexpr):
 
 
 @triton.jit
-def _hsa_select_kernel(
-    QR, LM, IDX, WGT, SC, PART,
-    T, C, HR, DR, q_offset, shift, split_len, c_base,
-    stride_qb, stride_qt, stride_qh,
-    stride_lb, stride_lc, stride_lh,
-    scale,
-    S: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
-    STICK: tl.constexpr, PREC: tl.constexpr, SKIP: tl.constexpr, PARTIAL: tl.constexpr,
-):
-    pid_t = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    pid_s = tl.program_id(2)  # which slice of split_len landmarks (one slice unless PARTIAL)
-    b = bh // HR
-    h = bh % HR
-    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
-    offs_c = tl.arange(0, BLOCK_C)
-    offs_d = tl.arange(0, BLOCK_D)
-    tmask = offs_t < T
-    # visible chunks of each token: i < floor((q_offset + t - shift) / S), counted from c_base (the chunk
-    # id of landmark row 0: a window of a longer memory) and clamped to the C rows given
-    nvis = tl.minimum(tl.maximum((q_offset + offs_t - shift) // S - c_base, 0), C)
-    nvis = tl.where(tmask, nvis, 0)
-    n_max = tl.max(nvis, 0)
-    q_base = QR + b * stride_qb + h * stride_qh + offs_t.to(tl.int64)[:, None] * stride_qt
-    l_base = LM + b * stride_lb + h * stride_lh
-    sentinel = tl.full([BLOCK_T, KP], -(2**31), tl.int64) << 32  # below any packed score
-    run = sentinel
-    min_hi = tl.full([BLOCK_T], -(2**31), tl.int32)  # with SKIP: each row's smallest kept score image
-    lo = pid_s * split_len  # this program's landmarks: [lo, hi)
-    hi = tl.minimum(lo + split_len, n_max)
-    last = lo + (hi - lo + BLOCK_C - 1) // BLOCK_C * BLOCK_C - BLOCK_C  # first landmark of the newest tile
-    for c0 in range(lo, hi, BLOCK_C):
-        # With SKIP the scan runs newest first: a model that favours recent chunks fills its top-k
-        # early and skips more of the older tiles. The result is the same in any order (unique keys).
-        cc = (last + lo - c0 if SKIP else c0) + offs_c
-        acc = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32)
-        for d0 in range(0, DR, BLOCK_D):
-            dd = d0 + offs_d
-            dm = dd < DR
-            qt = tl.load(q_base + dd[None, :], mask=tmask[:, None] & dm[None, :], other=0.0)
-            lt = tl.load(l_base + cc.to(tl.int64)[:, None] * stride_lc + dd[None, :],
-                         mask=(cc < C)[:, None] & dm[None, :], other=0.0)
-            acc = tl.dot(qt, tl.trans(lt), acc, input_precision=PREC)
-        s = acc * scale
-        vis = cc[None, :] < nvis[:, None]
-        if SKIP:
-            # A key enters a row's top-KP only if it beats the row's smallest kept key (keys are unique:
-            # the chunk id is in the low word), so a tile in which no row has such a key changes nothing
-            # and its two top-k merges are skipped. Exact; pays off once many chunks have been seen.
-            # The test needs only the 32-bit score images, not the tile's 64-bit keys (built only for a
-            # tile that merges): the scan runs newest first, so every kept chunk is newer than the
-            # tile's, and a chunk of the tile with a score equal to the smallest kept one loses the tie
-            # (the id breaks it). Only a strictly higher score can enter; periodic filler, which scores
-            # many chunks alike, skips every older copy of a chunk it keeps.
-            sv = _sortable(s)
-            beats = vis & (sv > min_hi[:, None])
-            if tl.max(tl.max(beats.to(tl.int32), 1), 0) > 0:
-                key = (sv.to(tl.int64) << 32) | (cc + c_base).to(tl.int64)[None, :]
-                key = tl.where(vis, key, tl.full([BLOCK_T, BLOCK_C], -(2**31), tl.int64) << 32)
-                run = _merge_topk(run, key, KP, BLOCK_T)
-                min_hi = (tl.min(run, 1) >> 32).to(tl.int32)
-        else:
-            key = (_sortable(s).to(tl.int64) << 32) | (cc + c_base).to(tl.int64)[None, :]
-            key = tl.where(vis, key, tl.full([BLOCK_T, BLOCK_C], -(2**31), tl.int64) << 32)
-            run = _merge_topk(run, key, KP, BLOCK_T)
-    if PARTIAL:
-        # one slice's top-KP keys per token; _merge_slices finishes the selection
-        part = (((b * T + offs_t.to(tl.int64)) * HR + h) * tl.num_programs(2) + pid_s)[:, None] * KP \
-            + tl.arange(0, KP)[None, :]
-        tl.store(PART + part, run, mask=tmask[:, None])
-        return
+def _store_selection(run, b, h, offs_t, tmask, T, HR, IDX, WGT, SC, TOPK: tl.constexpr, KP: tl.constexpr,
+                     STICK: tl.constexpr):
+    """Store a block's selection from ``run`` (BLOCK_T, KP), its packed keys sorted by score descending:
+    the first TOPK, sorted by recency, with their fusion weights and scores."""
     # run: (BLOCK_T, KP) sorted by score descending; keep the first TOPK.
     rank = tl.arange(0, KP)[None, :]
     hi = (run >> 32).to(tl.int32)
@@ -158,6 +106,150 @@ def _hsa_select_kernel(
     tl.store(SC + out, score, mask=omask)
 
 
+@triton.jit
+def _merge_tile(run, sv, ids, vis, KP: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Merge a tile's keys into ``run`` (BLOCK_T, KP): score images ``sv`` (BLOCK_T, N) int32 packed with
+    ``ids`` (N,) in the low word; entries outside ``vis`` become empty keys."""
+    key = (sv.to(tl.int64) << 32) | ids.to(tl.int64)[None, :]
+    key = tl.where(vis, key, tl.full(sv.shape, -(2**31), tl.int64) << 32)
+    return _merge_topk(run, key, KP, BLOCK_T)
+
+
+@triton.jit
+def _hsa_select_kernel(
+    QR, LM, IDX, WGT, SC, PART,
+    T, C, HR, DR, q_offset, shift, split_len, c_base,
+    stride_qb, stride_qt, stride_qh,
+    stride_lb, stride_lc, stride_lh,
+    scale,
+    S: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
+    STICK: tl.constexpr, PREC: tl.constexpr, SKIP: tl.constexpr, PARTIAL: tl.constexpr, GROUP: tl.constexpr,
+    Q_RESIDENT: tl.constexpr,
+):
+    pid_t = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    pid_s = tl.program_id(2)  # which slice of split_len landmarks (one slice unless PARTIAL)
+    b = bh // HR
+    h = bh % HR
+    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_c = tl.arange(0, BLOCK_C)
+    offs_d = tl.arange(0, BLOCK_D)
+    tmask = offs_t < T
+    nvis = _visible_rows(offs_t, tmask, q_offset, shift, c_base, C, S)
+    n_max = tl.max(nvis, 0)
+    q_base = QR + b * stride_qb + h * stride_qh + offs_t.to(tl.int64)[:, None] * stride_qt
+    l_base = LM + b * stride_lb + h * stride_lh
+    sentinel = tl.full([BLOCK_T, KP], -(2**31), tl.int64) << 32  # below any packed score
+    run = sentinel
+    min_hi = tl.full([BLOCK_T], -(2**31), tl.int32)  # with SKIP: each row's smallest kept score image
+    lo = pid_s * split_len  # this program's landmarks: [lo, hi)
+    hi = tl.minimum(lo + split_len, n_max)
+    last = lo + (hi - lo + BLOCK_C - 1) // BLOCK_C * BLOCK_C - BLOCK_C  # first landmark of the newest tile
+    if Q_RESIDENT:  # d_r fits one step: the query tile stays in registers for the whole scan
+        q_all = tl.load(q_base + offs_d[None, :], mask=tmask[:, None] & (offs_d < DR)[None, :], other=0.0)
+    for c0 in range(lo, hi, BLOCK_C):
+        # With SKIP the scan runs newest first: a model that favours recent chunks fills its top-k
+        # early and skips more of the older tiles. The result is the same in any order (unique keys).
+        t0 = last + lo - c0 if SKIP else c0
+        cc = t0 + offs_c
+        if Q_RESIDENT:
+            lt = tl.load(l_base + cc.to(tl.int64)[:, None] * stride_lc + offs_d[None, :],
+                         mask=(cc < C)[:, None] & (offs_d < DR)[None, :], other=0.0)
+            acc = tl.dot(q_all, tl.trans(lt), input_precision=PREC)
+        else:
+            acc = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32)
+            for d0 in range(0, DR, BLOCK_D):
+                dd = d0 + offs_d
+                dm = dd < DR
+                qt = tl.load(q_base + dd[None, :], mask=tmask[:, None] & dm[None, :], other=0.0)
+                lt = tl.load(l_base + cc.to(tl.int64)[:, None] * stride_lc + dd[None, :],
+                             mask=(cc < C)[:, None] & dm[None, :], other=0.0)
+                acc = tl.dot(qt, tl.trans(lt), acc, input_precision=PREC)
+        s = acc * scale
+        vis = cc[None, :] < nvis[:, None]
+        if GROUP > 1:
+            # Screening: one key per group of GROUP chunks, its best score with the group's first chunk
+            # id. The groups that hold a token's top-k chunks are among its top-KP groups by this key
+            # (each higher-ranked group holds a chunk that outranks, so at most k - 1 groups can rank
+            # above one holding a top-k chunk); _hsa_rescore_kernel then ranks their chunks. The merge is
+            # BLOCK_C / GROUP keys wide instead of BLOCK_C.
+            s = tl.max(tl.reshape(tl.where(vis, s, float("-inf")), [BLOCK_T, BLOCK_C // GROUP, GROUP]), 2)
+            ids = c_base + t0 + tl.arange(0, BLOCK_C // GROUP) * GROUP
+            vis = s > float("-inf")
+        else:
+            ids = cc + c_base
+        sv = _sortable(s)
+        if SKIP:
+            # A key enters a row's top-KP only if it beats the row's smallest kept key (keys are unique:
+            # the id is in the low word), so a tile in which no row has such a key changes nothing and
+            # its merges are skipped. Exact; pays off once many chunks have been seen. The test needs
+            # only the 32-bit score images, not the 64-bit keys (built only for a tile that merges): the
+            # scan runs newest first, so every kept chunk (group) is newer than the tile's, and one of the
+            # tile's with a score equal to the smallest kept one loses the tie (the id breaks it). Only a
+            # strictly higher score can enter; periodic filler, which scores many chunks alike, skips
+            # every older copy of a chunk it keeps.
+            if tl.max(tl.max((vis & (sv > min_hi[:, None])).to(tl.int32), 1), 0) > 0:
+                run = _merge_tile(run, sv, ids, vis, KP, BLOCK_T)
+                min_hi = (tl.min(run, 1) >> 32).to(tl.int32)
+        else:
+            run = _merge_tile(run, sv, ids, vis, KP, BLOCK_T)
+    if PARTIAL:
+        # one slice's top-KP keys per token; _merge_slices finishes the selection
+        part = (((b * T + offs_t.to(tl.int64)) * HR + h) * tl.num_programs(2) + pid_s)[:, None] * KP \
+            + tl.arange(0, KP)[None, :]
+        tl.store(PART + part, run, mask=tmask[:, None])
+        return
+    _store_selection(run, b, h, offs_t, tmask, T, HR, IDX, WGT, SC, TOPK, KP, STICK)
+
+
+@triton.jit
+def _hsa_rescore_kernel(
+    QR, LM, GK, IDX, WGT, SC, PART,
+    T, C, HR, DR, q_offset, shift, c_base,
+    stride_qb, stride_qt, stride_qh,
+    stride_lb, stride_lc, stride_lh,
+    scale,
+    S: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr, GROUP: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, STICK: tl.constexpr, PARTIAL: tl.constexpr,
+):
+    """Second pass of a grouped selection: each token's top-KP chunks among the KP * GROUP chunks of its
+    top-KP groups (GK (B, T, Hr, KP) packed group keys from the scan, first chunk id in the low word).
+
+    One program = BLOCK_T tokens of one (b, hr); the candidates differ per token, so the scores are
+    gathered dot products in fp32 (products of bf16 inputs are exact there), not a tile matmul."""
+    pid_t = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // HR
+    h = bh % HR
+    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_d = tl.arange(0, BLOCK_D)
+    tmask = offs_t < T
+    nvis = _visible_rows(offs_t, tmask, q_offset, shift, c_base, C, S)
+    col = tl.arange(0, KP * GROUP)
+    row = (b * T + offs_t.to(tl.int64)) * HR + h
+    empty = tl.full([BLOCK_T, KP * GROUP], -(2**31), tl.int64) << 32
+    gk = tl.load(GK + row[:, None] * KP + (col // GROUP)[None, :], mask=tmask[:, None], other=empty)
+    cc = (gk & 0xFFFFFFFF).to(tl.int32) - c_base + (col % GROUP)[None, :]  # landmark row of each candidate
+    vis = ((gk >> 32).to(tl.int32) != -(2**31)) & (cc < nvis[:, None])
+    cc = tl.where(vis, cc, 0)
+    q_base = QR + b * stride_qb + h * stride_qh + offs_t.to(tl.int64)[:, None] * stride_qt
+    l_rows = LM + b * stride_lb + h * stride_lh + cc.to(tl.int64)[:, :, None] * stride_lc
+    acc = tl.zeros([BLOCK_T, KP * GROUP], dtype=tl.float32)
+    for d0 in range(0, DR, BLOCK_D):
+        dd = d0 + offs_d
+        dm = dd < DR
+        qt = tl.load(q_base + dd[None, :], mask=tmask[:, None] & dm[None, :], other=0.0).to(tl.float32)
+        lt = tl.load(l_rows + dd[None, None, :], mask=vis[:, :, None] & dm[None, None, :], other=0.0)
+        acc += tl.sum(qt[:, None, :] * lt.to(tl.float32), 2)
+    key = (_sortable(acc * scale).to(tl.int64) << 32) | (cc + c_base).to(tl.int64)
+    run = tl.topk(tl.where(vis, key, empty), KP, dim=1)
+    if PARTIAL:
+        tl.store(PART + row[:, None] * KP + tl.arange(0, KP)[None, :], run, mask=tmask[:, None])
+        return
+    _store_selection(run, b, h, offs_t, tmask, T, HR, IDX, WGT, SC, TOPK, KP, STICK)
+
+
 # ------------------------------------------------------------------------------------ launch settings
 @dataclass(frozen=True)
 class SelectLaunch:
@@ -175,12 +267,28 @@ class SelectLaunch:
     #: split the landmarks into this many slices, scanned by separate programs whose top-k are then
     #: merged (exact: the same keys in the same order). ``None``: automatic (:meth:`splits_for`), 1: off.
     splits: int | None = None
+    #: chunks per screening group (a power of two; 1: off). The scan keeps each token's top-k *groups*,
+    #: ranked by their best chunk, merging BLOCK_C / group keys per tile instead of BLOCK_C; a second
+    #: kernel ranks the chunks of those groups (exact: the same selection). Capped at block_c / KP so that
+    #: a tile holds at least KP groups; off when the landmarks fit one tile.
+    group: int = 16
+    #: tokens and d_r elements per step of the rescoring kernel (its gathered (tokens, KP * group, d_r)
+    #: landmark tile lives in registers)
+    rescore_block_t: int = 16
+    rescore_block_d: int = 16
+    #: d_r up to this many elements is read in one step (block_d grows to it): the query tile then stays
+    #: in registers for the whole scan instead of being reloaded with every landmark tile
+    resident_d: int = 128
 
     def __post_init__(self) -> None:
         if self.skip_merges is not None and not isinstance(self.skip_merges, bool):
             raise ValueError(f"SelectLaunch.skip_merges must be True, False or None (automatic), "
                              f"got {self.skip_merges!r}")
         check_counts(self, skip=("skip_merges",), optional=("splits",))
+        for name in ("block_t", "block_c", "block_d", "group", "rescore_block_t", "rescore_block_d", "resident_d"):
+            value = getattr(self, name)
+            if value & (value - 1):
+                raise ValueError(f"SelectLaunch.{name} must be a power of two, got {value}")
 
     def splits_for(self, programs: int, tiles: int, processors: int) -> int:
         """Landmark slices for a launch of ``programs`` (token blocks x batch x heads) over ``tiles``
@@ -204,13 +312,12 @@ class SelectLaunch:
         return num_landmarks >= SKIP_MERGES_FROM_LANDMARKS
 
 
-#: The automatic ``skip_merges`` starts here: 2**18 landmarks, a 16M-token context at 64-token chunks.
-#: Measured on the H200 (bench_kernels.sweep_select_long: one 16K-token segment, d_r=256, random scores):
-#: 25.0 -> 21.9 ms at 16M, 98.7 -> 58.3 ms at 64M. Below it, unmeasured: at 1M tokens and fewer the cost
-#: model says no tile can be skipped, so the newest-first scan would only add its comparisons. Those
-#: numbers predate the 32-bit skip test (cheaper per tile, not yet timed); ``sweep_select_long`` with
-#: ``kinds=("random", "periodic")`` and 1M-64M contexts is the measurement that should move this line.
-SKIP_MERGES_FROM_LANDMARKS = 1 << 18
+#: The automatic ``skip_merges`` starts here: 2**16 landmarks, a 4M-token context at 64-token chunks.
+#: Measured on the H200 with the grouped scan (bench_kernels.sweep_select_long: one 16K-token segment,
+#: 2 heads of d_r=128, bench/results/h200/select_long.txt): at 4M it costs 4% on random scores (5.89 ->
+#: 6.14 ms) and saves 47% on periodic ones (5.66 -> 3.01 ms), the passkey filler's case; at 64M it saves
+#: 40% and 62% (80.3 -> 48.2, 80.4 -> 30.7 ms). Below 4M, unmeasured with the grouped scan.
+SKIP_MERGES_FROM_LANDMARKS = 1 << 16
 
 
 #: The automatic split keeps at least this many landmark tiles in each slice (the merge of the slices'
@@ -219,7 +326,8 @@ MIN_SPLIT_TILES = 4
 
 
 #: compute capability major*10 + minor -> settings measured there (H200 at T=128K, d_r=1024: 128x128
-#: tiles, 8 warps, 3 stages; bench/results/h200/README.md).
+#: tiles, 8 warps, 3 stages, bench/results/h200/README.md; groups of 16, the query tile resident up to
+#: d_r=128 and the rescoring tiles at T=16K and 1M-64M contexts, bench/results/h200/select_long.txt).
 MEASURED: MappingProxyType[int, SelectLaunch] = MappingProxyType({90: SelectLaunch()})
 #: Every other architecture (and the CPU interpreter): the H200's values, unmeasured there.
 FALLBACK = SelectLaunch()
@@ -253,27 +361,44 @@ def _launch(q_r: Tensor, landmarks: Tensor, topk: int, chunk_size: int, q_offset
     shift = 0 if window is None else max(window - chunk_size, 0)
     bt = min(launch.block_t, max(16, triton.next_power_of_2(T)))
     bc = min(launch.block_c, max(16, triton.next_power_of_2(C)))
-    bd = min(launch.block_d, max(16, triton.next_power_of_2(dr)))
+    bd = max(16, triton.next_power_of_2(dr))
+    bd = bd if bd <= launch.resident_d else min(launch.block_d, bd)
     kp = max(triton.next_power_of_2(topk), 2)
     if kp > bc:
         bc = kp
     tiles = triton.cdiv(C, bc)
+    # a tile must hold at least KP groups; over a single tile (training at 4K: 64 chunks) the screening
+    # saves nothing and would add the rescoring launch
+    group = min(launch.group, bc // kp) if tiles > 1 else 1
     splits = launch.splits_for(triton.cdiv(T, bt) * B * Hr, tiles, _processors(dev))
     split_len = triton.cdiv(tiles, splits) * bc
     splits = triton.cdiv(C, split_len)  # no empty slice
-    partial = splits > 1 or keys_only
+    partial = splits > 1 or keys_only or group > 1
     part = torch.empty((B, T, Hr, splits, kp), device=dev, dtype=torch.int64) if partial else idx
     prec = "ieee" if q_r.dtype == torch.float32 else "tf32"
+    strides = (q_r.stride(0), q_r.stride(1), q_r.stride(2), landmarks.stride(0), landmarks.stride(1),
+               landmarks.stride(2))
     _hsa_select_kernel[(triton.cdiv(T, bt), B * Hr, splits)](
         q_r, landmarks, idx, w, s, part,
-        T, C, Hr, dr, q_offset, shift, split_len, c_base,
-        q_r.stride(0), q_r.stride(1), q_r.stride(2),
-        landmarks.stride(0), landmarks.stride(1), landmarks.stride(2),
-        scale,
+        T, C, Hr, dr, q_offset, shift, split_len, c_base, *strides, scale,
         S=chunk_size, TOPK=topk, KP=kp, BLOCK_T=bt, BLOCK_C=bc, BLOCK_D=bd, STICK=stick, PREC=prec,
-        SKIP=launch.merges_skipped(c_base + C), PARTIAL=partial,
+        SKIP=launch.merges_skipped(c_base + C), PARTIAL=partial, GROUP=group, Q_RESIDENT=bd >= dr,
         num_warps=launch.warps, num_stages=launch.stages,
     )
+    if group > 1:
+        # the scan left each slice's top-KP groups; the best KP over the slices go to the rescoring pass
+        groups = part[..., 0, :] if splits == 1 else part.flatten(3).topk(kp, dim=-1).values
+        groups = groups.contiguous()
+        keys = torch.empty((B, T, Hr, kp), device=dev, dtype=torch.int64) if keys_only else idx
+        rbt = min(launch.rescore_block_t, max(16, triton.next_power_of_2(T)))
+        rbd = min(launch.rescore_block_d, max(16, triton.next_power_of_2(dr)))
+        _hsa_rescore_kernel[(triton.cdiv(T, rbt), B * Hr)](
+            q_r, landmarks, groups, idx, w, s, keys,
+            T, C, Hr, dr, q_offset, shift, c_base, *strides, scale,
+            S=chunk_size, TOPK=topk, KP=kp, GROUP=group, BLOCK_T=rbt, BLOCK_D=rbd, STICK=stick,
+            PARTIAL=keys_only, num_warps=launch.warps,
+        )
+        return keys if keys_only else (idx, w, s)
     if keys_only:
         return part.flatten(3)
     if splits > 1:

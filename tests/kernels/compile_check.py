@@ -87,9 +87,10 @@ def _decode_case(dtype: str, G: int, D: int, S: int = 64, sink: bool = False):
 
 
 def _select_case(dtype: str, dr: int, topk: int, weighting: str, window: int | None = None,
-                 skip_merges: bool = False, T: int = 256, splits: int = 1):
+                 skip_merges: bool = False, T: int = 256, splits: int = 1, group: int = 16):
     """The fused selection at the production tile sizes (T, C >= the default tiles unless ``T`` is set;
-    ``splits`` > 1: the landmark-slice variant that stores each slice's top-k)."""
+    ``splits`` > 1: the landmark-slice variant that stores each slice's top-k; ``group`` > 1: the grouped
+    scan and its rescoring kernel, 1: per-chunk merges)."""
 
     def run() -> None:
         import torch
@@ -100,9 +101,9 @@ def _select_case(dtype: str, dr: int, topk: int, weighting: str, window: int | N
         q = torch.randn(B, T, Hr, dr).to(dt)
         lm = torch.randn(B, C, Hr, dr).to(dt)
         hsa_select_triton(q, lm, topk=topk, chunk_size=S, q_offset=4 * S, weighting=weighting, window=window,
-                          launch=SelectLaunch(skip_merges=skip_merges, splits=splits))
+                          launch=SelectLaunch(skip_merges=skip_merges, splits=splits, group=group))
 
-    return run, {"_hsa_select_kernel"}
+    return run, {"_hsa_select_kernel", "_hsa_rescore_kernel"} if group > 1 else {"_hsa_select_kernel"}
 
 
 def _gather_case(dtype: str, row_shape: tuple[int, ...]):
@@ -143,6 +144,8 @@ CASES: dict[str, Callable[[], tuple[Callable[[], None], set[str]]]] = {
     "select-bf16-dr128-k16-stick": lambda: _select_case("bfloat16", 128, 16, "stick_breaking"),
     "select-fp32-dr64-k8-softmax-window": lambda: _select_case("float32", 64, 8, "softmax", window=96),
     "select-bf16-dr256-k8-skip-merges": lambda: _select_case("bfloat16", 256, 8, "stick_breaking", skip_merges=True),
+    "select-bf16-dr128-k8-per-chunk-skip": lambda: _select_case("bfloat16", 128, 8, "stick_breaking", skip_merges=True,
+                                                                group=1),
     # decode over many landmarks: slices scanned by separate programs (ramba-370m: one head of 1024)
     "select-bf16-dr1024-k8-decode-split": lambda: _select_case("bfloat16", 1024, 8, "stick_breaking", skip_merges=True,
                                                                T=1, splits=2),

@@ -74,7 +74,7 @@ def test_select_launch_settings_shrink_and_validate():
         sel_mod.SelectLaunch(block_c=0)
 
 
-SKIPPING = sel_mod.SelectLaunch(block_t=16, block_c=16, block_d=16, warps=2, stages=1, skip_merges=True)
+SKIPPING = sel_mod.SelectLaunch(block_t=16, block_c=16, block_d=16, warps=2, stages=1, skip_merges=True, group=1)
 
 
 @pytest.mark.triton
@@ -111,7 +111,7 @@ def test_select_skip_merges_breaks_ties_like_the_full_scan() -> None:
     g = torch.Generator(device="cpu").manual_seed(5)
     q = torch.randn(1, T, 1, dr, generator=g)
     lm = torch.randn(1, period, 1, dr, generator=g)[:, torch.arange(C) % period]  # chunk c = chunk c % 5
-    full = sel_mod.SelectLaunch(block_t=16, block_c=16, block_d=16, warps=2, stages=1, skip_merges=False)
+    full = sel_mod.SelectLaunch(block_t=16, block_c=16, block_d=16, warps=2, stages=1, skip_merges=False, group=1)
     for q_offset, window in ((0, None), (17, 24)):
         kw = dict(topk=K, chunk_size=S, q_offset=q_offset, weighting="softmax", window=window)
         idx, w = hsa_select_triton(q.to(DEV), lm.to(DEV), **kw, launch=SKIPPING)
@@ -127,6 +127,58 @@ def test_select_skip_merges_breaks_ties_like_the_full_scan() -> None:
             want = sorted(ranked[t, :min(K, int(visible[t].sum()))].tolist(), reverse=True)
             got = [i for i in idx[0, t, 0].tolist() if i >= 0]
             assert got == want, (t, got, want)
+
+
+GROUPED_SCORES = ["random", "newest-best", "oldest-best", "one-group-holds-all", "adjacent-ties"]
+
+
+def _grouped_case(scores: str, C: int, dr: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Queries (1, 32, 2, dr) and landmarks (1, C, 2, dr) whose scores put the top-k where the screening by
+    groups could go wrong: all in one group, in the newest or oldest groups, or tied inside a group."""
+    q = torch.randn(1, 32, 2, dr, generator=g).abs()
+    lm = torch.randn(1, C, 2, dr, generator=g)
+    ramp = torch.arange(C, dtype=torch.float32)[None, :, None, None] / C
+    if scores == "newest-best":
+        lm = lm.abs() * 0.1 + ramp
+    elif scores == "oldest-best":
+        lm = lm.abs() * 0.1 + (1 - ramp)
+    elif scores == "one-group-holds-all":  # chunks 16..31 (one group of 16, two of 8, ...) outscore the rest
+        lm[:, 16:32] = lm[:, 16:32].abs() + 2.0
+    elif scores == "adjacent-ties":  # chunk c = chunk c // 2: equal scores side by side within every group
+        lm = lm[:, torch.arange(C) // 2]
+    return q, lm
+
+
+@pytest.mark.slow
+@pytest.mark.triton
+@pytest.mark.parametrize("scores", GROUPED_SCORES)
+def test_select_grouped_screening_equals_per_chunk_merges(scores: str) -> None:
+    """The scan keeps each token's top groups (by their best chunk), the rescoring pass ranks those groups'
+    chunks: the same indices and weights as merging every chunk, for groups of 2 and 8 chunks (tile of
+    32, top-4), with and without skipped merges, a window and an offset, and ties broken by id like the
+    per-chunk scan."""
+    g = torch.Generator(device="cpu").manual_seed(31)
+    q, lm = _grouped_case(scores, 80, 16, g)
+    q, lm = q.to(DEV), lm.to(DEV)
+    per_chunk = sel_mod.SelectLaunch(block_t=16, block_c=32, block_d=16, warps=2, stages=1, skip_merges=False, group=1)
+    for q_offset, window, weighting in ((0, None, "stick_breaking"), (100, 48, "softmax")):
+        kw = dict(topk=4, chunk_size=2, q_offset=q_offset, weighting=weighting, window=window)
+        oidx, ow = hsa_select_triton(q, lm, **kw, launch=per_chunk)
+        if scores != "adjacent-ties":  # distinct scores: the fp64 twin picks the same chunks
+            ridx, _ = hsa_select_naive(q.cpu().double(), lm.cpu().double(), **kw)
+            assert torch.equal(oidx.cpu(), ridx), q_offset
+        for group, skip in itertools.product((2, 8), (False, True)):
+            grouped = dataclasses.replace(per_chunk, group=group, skip_merges=skip)
+            idx, w = hsa_select_triton(q, lm, **kw, launch=grouped)
+            assert torch.equal(idx, oidx), (group, skip, q_offset, (idx != oidx).nonzero()[:4])
+            torch.testing.assert_close(w, ow, rtol=1e-6, atol=1e-6)
+
+
+def test_select_launch_group_is_a_power_of_two() -> None:
+    with pytest.raises(ValueError, match=r"SelectLaunch\.group must be a power of two, got 12"):
+        sel_mod.SelectLaunch(group=12)
+    with pytest.raises(ValueError, match=r"SelectLaunch\.group must be an int >= 1, got 0"):
+        sel_mod.SelectLaunch(group=0)
 
 
 SPLIT_CASES = [  # T, C, slices, periodic landmarks, (q_offset, window) pairs
@@ -212,11 +264,11 @@ def test_select_skip_merges_with_gradients() -> None:
 
 
 def test_select_skip_merges_automatic_from_the_measured_landmark_count() -> None:
-    """``None`` (the default) skips merges from 2**18 landmarks on, where the H200 measured a gain; an
+    """``None`` (the default) skips merges from 2**16 landmarks on, where the H200 measured a gain; an
     explicit value wins at any count."""
     auto = sel_mod.SelectLaunch()
-    assert auto.skip_merges is None and sel_mod.SKIP_MERGES_FROM_LANDMARKS == 1 << 18
-    assert not auto.merges_skipped((1 << 18) - 1) and auto.merges_skipped(1 << 18)
+    assert auto.skip_merges is None and sel_mod.SKIP_MERGES_FROM_LANDMARKS == 1 << 16
+    assert not auto.merges_skipped((1 << 16) - 1) and auto.merges_skipped(1 << 16)
     assert sel_mod.SelectLaunch(skip_merges=False).merges_skipped(1 << 24) is False
     assert sel_mod.SelectLaunch(skip_merges=True).merges_skipped(1) is True
 
