@@ -239,15 +239,15 @@ class ChunkStore:
 
     def landmark_windows(self, num_chunks: int, window_chunks: int = LANDMARK_WINDOW_CHUNKS
                          ) -> Iterator[tuple[int, Tensor]]:
-        """Host landmarks of chunks ``0 .. num_chunks-1`` on the device, a window at a time:
-        ``(first chunk, (B, n, H_r, d_rh))`` pairs, each copied in on the compute stream (asynchronous,
-        from pinned memory) after the device -> host copies of those chunks. A window is only valid
-        until the next is taken."""
+        """Host landmarks of chunks ``0 .. num_chunks-1`` on the device, a window at a time, newest first
+        (the windowed selection skips more after the newest): ``(first chunk, (B, n, H_r, d_rh))`` pairs,
+        each copied in on the compute stream (asynchronous, from pinned memory) after the device -> host
+        copies of those chunks. A window is only valid until the next is taken."""
         assert self.landmarks is not None and self.host_landmarks
         if self._copy_stream is not None:
             self._stream_wait_appends(num_chunks)
         rows = self.landmarks.data
-        for c0 in range(0, num_chunks, window_chunks):
+        for c0 in reversed(range(0, num_chunks, window_chunks)):
             part = rows[c0:min(num_chunks, c0 + window_chunks)]
             if self._copy_stream is not None:
                 part = part.to(self.device, non_blocking=True)

@@ -117,7 +117,7 @@ def _merge_tile(run, sv, ids, vis, KP: tl.constexpr, BLOCK_T: tl.constexpr):
 
 @triton.jit
 def _hsa_select_kernel(
-    QR, LM, IDX, WGT, SC, PART,
+    QR, LM, IDX, WGT, SC, PART, FLOOR,
     T, C, HR, DR, q_offset, shift, split_len, c_base,
     stride_qb, stride_qt, stride_qh,
     stride_lb, stride_lc, stride_lh,
@@ -125,7 +125,7 @@ def _hsa_select_kernel(
     S: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
     STICK: tl.constexpr, PREC: tl.constexpr, SKIP: tl.constexpr, PARTIAL: tl.constexpr, GROUP: tl.constexpr,
-    Q_RESIDENT: tl.constexpr,
+    Q_RESIDENT: tl.constexpr, FLOORED: tl.constexpr,
 ):
     pid_t = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -143,6 +143,11 @@ def _hsa_select_kernel(
     sentinel = tl.full([BLOCK_T, KP], -(2**31), tl.int64) << 32  # below any packed score
     run = sentinel
     min_hi = tl.full([BLOCK_T], -(2**31), tl.int32)  # with SKIP: each row's smallest kept score image
+    if FLOORED:
+        # Scores at or below each row's floor cannot enter its final top-k (a window of a longer memory:
+        # the windows scanned before already hold KP higher ones), so they never force a merge.
+        floor = tl.load(FLOOR + (b * T + offs_t.to(tl.int64)) * HR + h, mask=tmask, other=-(2**31))
+        min_hi = floor
     lo = pid_s * split_len  # this program's landmarks: [lo, hi)
     hi = tl.minimum(lo + split_len, n_max)
     last = lo + (hi - lo + BLOCK_C - 1) // BLOCK_C * BLOCK_C - BLOCK_C  # first landmark of the newest tile
@@ -192,6 +197,8 @@ def _hsa_select_kernel(
             if tl.max(tl.max((vis & (sv > min_hi[:, None])).to(tl.int32), 1), 0) > 0:
                 run = _merge_tile(run, sv, ids, vis, KP, BLOCK_T)
                 min_hi = (tl.min(run, 1) >> 32).to(tl.int32)
+                if FLOORED:
+                    min_hi = tl.maximum(min_hi, floor)
         else:
             run = _merge_tile(run, sv, ids, vis, KP, BLOCK_T)
     if PARTIAL:
@@ -348,10 +355,12 @@ def _processors(device: torch.device) -> int:
 
 
 def _launch(q_r: Tensor, landmarks: Tensor, topk: int, chunk_size: int, q_offset: int, stick: bool, scale: float,
-            window: int | None, launch: SelectLaunch, c_base: int = 0,
-            keys_only: bool = False) -> tuple[Tensor, Tensor, Tensor] | Tensor:
+            window: int | None, launch: SelectLaunch, c_base: int = 0, keys_only: bool = False,
+            floor: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor] | Tensor:
     """The kernel over ``landmarks`` (chunk ids ``c_base ..``): ``(idx, w, s)``, or with ``keys_only`` each
-    token's top-KP packed keys ``(B, T, Hr, slices * KP)`` int64 (:func:`hsa_select_windows_triton`)."""
+    token's top-KP packed keys ``(B, T, Hr, slices * KP)`` int64 (:func:`hsa_select_windows_triton`).
+    ``floor`` ``(B, T, Hr)`` int32 score images: merges are skipped (newest first) unless a score is
+    above its row's floor."""
     B, T, Hr, dr = q_r.shape
     C = landmarks.shape[1]
     dev = q_r.device
@@ -379,10 +388,11 @@ def _launch(q_r: Tensor, landmarks: Tensor, topk: int, chunk_size: int, q_offset
     strides = (q_r.stride(0), q_r.stride(1), q_r.stride(2), landmarks.stride(0), landmarks.stride(1),
                landmarks.stride(2))
     _hsa_select_kernel[(triton.cdiv(T, bt), B * Hr, splits)](
-        q_r, landmarks, idx, w, s, part,
+        q_r, landmarks, idx, w, s, part, idx if floor is None else floor,
         T, C, Hr, dr, q_offset, shift, split_len, c_base, *strides, scale,
         S=chunk_size, TOPK=topk, KP=kp, BLOCK_T=bt, BLOCK_C=bc, BLOCK_D=bd, STICK=stick, PREC=prec,
-        SKIP=launch.merges_skipped(c_base + C), PARTIAL=partial, GROUP=group, Q_RESIDENT=bd >= dr,
+        SKIP=floor is not None or launch.merges_skipped(c_base + C), PARTIAL=partial, GROUP=group,
+        Q_RESIDENT=bd >= dr, FLOORED=floor is not None,
         num_warps=launch.warps, num_stages=launch.stages,
     )
     if group > 1:
@@ -496,6 +506,29 @@ def hsa_select_triton(q_r: Tensor, landmarks: Tensor, *, topk: int, chunk_size: 
                                    launch or select_settings_for(q_r.device))
 
 
+def _floor(running: Tensor, q_norm: Tensor, landmarks: Tensor, scale: float) -> Tensor:
+    """Each row's floor for a window's scan: ``(B, T, Hr)`` int32 score images below which no chunk of
+    ``landmarks`` ``(B, n, Hr, dr)`` can enter the running top-KP ``running`` ``(B, T, Hr, KP)`` (sorted
+    descending; an unfilled row has no floor).
+
+    The kept scores come from the rescoring kernel's fp32 sums, the scan compares its tl.dot scores:
+    both are fp32 sums of the same dr products in different orders, each within dr * 2**-24 * |q| * |l|
+    of the exact score. The floor sits twice that below the KP-th kept score, so a chunk at or under it
+    scores strictly less than KP kept chunks in every rounding and cannot enter whatever its id; an
+    equal score still merges, in any window order.
+    """
+    hi = (running[..., -1] >> 32).to(torch.int32)
+    kth = (hi ^ ((hi >> 31) & 0x7FFFFFFF)).view(torch.float32)  # the kernel's _unsortable
+    dr = landmarks.shape[-1]
+    l_max = landmarks.float().norm(dim=-1).amax(dim=1)  # (B, Hr)
+    margin = 4 * dr * 2.0**-24 * q_norm * l_max[:, None, :] * scale
+    below = kth - margin - kth.abs() * 2.0**-22  # and a few ulps for the two roundings of the scale
+    bits = below.view(torch.int32)
+    floor = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # the kernel's _sortable
+    empty = hi == torch.iinfo(torch.int32).min
+    return torch.where(empty | ~torch.isfinite(below), torch.iinfo(torch.int32).min, floor).contiguous()
+
+
 @torch.no_grad()
 def hsa_select_windows_triton(q_r: Tensor, windows: Iterable[tuple[int, Tensor]], *, topk: int, chunk_size: int,
                               q_offset: int = 0, weighting: str = "stick_breaking", scale: float | None = None,
@@ -505,7 +538,9 @@ def hsa_select_windows_triton(q_r: Tensor, windows: Iterable[tuple[int, Tensor]]
     A memory whose landmarks live in host memory is scored a window at a time, each copied in just
     before it is read, so the device never holds more than a window. Each window's top-KP keys (score
     image and absolute chunk id) merge into the running top-KP, and the same keys in the same order
-    give the same selection as :func:`hsa_select_triton` over all landmarks at once.
+    give the same selection as :func:`hsa_select_triton` over all landmarks at once. Each window's scan
+    skips the merges of tiles whose scores fall below the KP-th kept score, so windows given newest
+    first (where a model's best chunks mostly are, and where equal scores win) skip the most.
 
     Args:
         q_r: ``(B, T, Hr, dr)`` retrieval queries.
@@ -521,13 +556,14 @@ def hsa_select_windows_triton(q_r: Tensor, windows: Iterable[tuple[int, Tensor]]
     q_r = q_r if q_r.stride(-1) == 1 else q_r.contiguous()
     kp = max(triton.next_power_of_2(topk), 2)
     running = torch.full((B, T, Hr, kp), _EMPTY_KEY, device=q_r.device, dtype=torch.int64)
+    q_norm = q_r.float().norm(dim=-1)  # (B, T, Hr): bounds the scan's rounding (_floor)
     stick = weighting == "stick_breaking"
     for c_base, lm in windows:
         if lm.shape[1] == 0 or T == 0:
             continue
         lm = lm if lm.stride(-1) == 1 else lm.contiguous()
         keys = _launch(q_r, lm, topk, chunk_size, q_offset, stick, scale, window, launch, c_base=c_base,
-                       keys_only=True)
+                       keys_only=True, floor=_floor(running, q_norm, lm, scale))
         running = torch.cat([running, keys], -1).topk(kp, dim=-1).values
     idx, w, _ = _merge_slices(running[..., None, :], topk, weighting)
     return idx, w

@@ -106,6 +106,23 @@ def _select_case(dtype: str, dr: int, topk: int, weighting: str, window: int | N
     return run, {"_hsa_select_kernel", "_hsa_rescore_kernel"} if group > 1 else {"_hsa_select_kernel"}
 
 
+def _select_windows_case(dtype: str, dr: int):
+    """The selection over landmarks in windows (host landmarks): each window's scan floored by the kept
+    top-k, grouped, with its rescoring."""
+
+    def run() -> None:
+        import torch
+        from hsa_kernels.hsa_select import hsa_select_windows_triton
+
+        dt = getattr(torch, dtype)
+        B, Hr, S, T = 1, 2, 64, 256
+        q = torch.randn(B, T, Hr, dr).to(dt)
+        windows = [(c0, torch.randn(B, 320, Hr, dr).to(dt)) for c0 in (320, 0)]
+        hsa_select_windows_triton(q, windows, topk=8, chunk_size=S, q_offset=640 * S)
+
+    return run, {"_hsa_select_kernel", "_hsa_rescore_kernel"}
+
+
 def _gather_case(dtype: str, row_shape: tuple[int, ...]):
     """The offloaded store's row gather (a chunk of K: S x H x D elements per row)."""
 
@@ -144,6 +161,7 @@ CASES: dict[str, Callable[[], tuple[Callable[[], None], set[str]]]] = {
     "select-bf16-dr128-k16-stick": lambda: _select_case("bfloat16", 128, 16, "stick_breaking"),
     "select-fp32-dr64-k8-softmax-window": lambda: _select_case("float32", 64, 8, "softmax", window=96),
     "select-bf16-dr256-k8-skip-merges": lambda: _select_case("bfloat16", 256, 8, "stick_breaking", skip_merges=True),
+    "select-bf16-dr128-windows-floored": lambda: _select_windows_case("bfloat16", 128),
     "select-bf16-dr128-k8-per-chunk-skip": lambda: _select_case("bfloat16", 128, 8, "stick_breaking", skip_merges=True,
                                                                 group=1),
     # decode over many landmarks: slices scanned by separate programs (ramba-370m: one head of 1024)

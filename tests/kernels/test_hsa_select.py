@@ -217,30 +217,45 @@ def test_select_split_landmarks_equal_one_scan(skip: bool, T: int, C: int, split
 
 
 @pytest.mark.triton
+@pytest.mark.parametrize("scores", ["distinct", "periodic", "ties-at-the-floor"])
 @pytest.mark.parametrize("order", ["oldest-first", "newest-first"])
-def test_select_windows_equal_one_scan(order: str) -> None:
+def test_select_windows_equal_one_scan(order: str, scores: str) -> None:
     """Landmarks scored a window at a time (a memory whose landmarks live in host memory), the windows'
-    top-k merged: the same chunks and weights as one scan over all of them, and as the fp64 twin, for
-    windows of uneven sizes given in either order, a window nobody sees yet and a decode token."""
+    top-k merged, each window's merges skipped below the KP-th kept score: the same chunks and weights as
+    one scan over all of them, and as the fp64 twin, for windows of uneven sizes given in either order, a
+    window nobody sees yet, a decode token, and equal scores across windows: periodic landmarks, and
+    newer windows holding only copies of the chunk the older window ranks KP-th (each copy must
+    displace it: equal score, newer id)."""
     from hsa_kernels.hsa_select import hsa_select_windows_triton
 
     g = torch.Generator(device="cpu").manual_seed(21)
     C, cuts = 70, (0, 16, 19, 48, 70)
-    lm = torch.randn(1, C, 2, 16, generator=g)
+    periodic = scores != "distinct"
+    lm = torch.randn(1, 7 if scores == "periodic" else C, 2, 16, generator=g)
+    if scores == "periodic":
+        lm = lm[:, torch.arange(C) % 7]
+    elif scores == "ties-at-the-floor":  # score = a_c * (q . v) with q, v > 0: the same order for every token
+        a = torch.full((C,), 0.1)
+        a[:16] = 1 + torch.arange(16) / 16  # window 0: chunk 15 best ... chunk 8 eighth (KP = 8)
+        a[16::2] = a[8]
+        lm = (torch.rand(1, 1, 2, 16, generator=g) + 0.5) * a[None, :, None, None]
     windows = [(a, lm[:, a:b]) for a, b in itertools.pairwise(cuts)]
     if order == "newest-first":
         windows.reverse()
     launch = sel_mod.SelectLaunch(block_t=16, block_c=16, block_d=16, warps=2, stages=1)
     for T, q_offset, window, weighting in ((40, 0, None, "stick_breaking"), (1, 139, 24, "softmax")):
         q = torch.randn(1, T, 2, 16, generator=g)
-        kw = dict(topk=6, chunk_size=2, q_offset=q_offset, weighting=weighting, window=window)
+        q = q.abs() if scores == "ties-at-the-floor" else q
+        topk = 8 if scores == "ties-at-the-floor" else 6  # = KP: the KP-th kept chunk is selected
+        kw = dict(topk=topk, chunk_size=2, q_offset=q_offset, weighting=weighting, window=window)
         idx, w = hsa_select_windows_triton(q.to(DEV), [(c, x.to(DEV)) for c, x in windows], **kw, launch=launch)
         oidx, ow = hsa_select_triton(q.to(DEV), lm.to(DEV), **kw, launch=launch)
         assert torch.equal(idx.cpu(), oidx.cpu()), (T, q_offset)
         torch.testing.assert_close(w.cpu(), ow.cpu(), rtol=1e-6, atol=1e-6)
-        ridx, rw = hsa_select_naive(q.double(), lm.double(), **kw)
-        assert torch.equal(idx.cpu(), ridx)
-        torch.testing.assert_close(w.cpu().double(), rw.double(), rtol=1e-5, atol=1e-5)
+        if not periodic:
+            ridx, rw = hsa_select_naive(q.double(), lm.double(), **kw)
+            assert torch.equal(idx.cpu(), ridx)
+            torch.testing.assert_close(w.cpu().double(), rw.double(), rtol=1e-5, atol=1e-5)
 
 
 def test_select_splits_automatic_only_below_one_program_per_processor() -> None:
