@@ -16,9 +16,13 @@ The top-k merge, not the matmul, bounds a long scan, so by default the scan scre
 merge BLOCK_C / group keys wide. A token's top-k chunks lie in its top-KP groups (a group ranks above
 one holding a top-k chunk only by holding a chunk that outranks that one, and there are at most k - 1
 such), so a second kernel (``_hsa_rescore_kernel``) scores the KP * group chunks of those groups and
-keeps the top-k: the same selection. Deep into a long context most tiles cannot change a token's top-k;
-``skip_merges`` scans newest first and skips their merges after one comparison. On the H200 the three
-together take a 16K-token segment at a 64M context from 186 ms to 31-48 ms (``bench/results/h200/select_long.txt``).
+keeps the top-k: the same selection. (The two kernels sum the same fp32 products in different orders,
+so chunks whose scores lie within that rounding of each other may be ranked differently than by the
+per-chunk scan, as by any two fp32 evaluations; equal landmarks score equally in both.)
+
+Deep into a long context most tiles cannot change a token's top-k; ``skip_merges`` scans newest first
+and skips their merges after one comparison. On the H200 the three together take a 16K-token segment
+at a 64M context from 186 ms to 31-48 ms (``bench/results/h200/select_long.txt``).
 
 Backward: top-k has no gradient; the weights' gradient goes to the kept scores through the fusion
 formula (recomputed in torch on the (B,T,Hr,K) scores the kernel saved), then to q_r and the landmarks
