@@ -423,6 +423,17 @@ def _launch(q_r: Tensor, landmarks: Tensor, topk: int, chunk_size: int, q_offset
 _EMPTY_KEY = -(2**31) << 32  # a packed key below every score: an empty slot
 
 
+def _scores_of(images: Tensor) -> Tensor:
+    """fp32 scores of int32 score images (the kernel's ``_unsortable``, in torch)."""
+    return (images ^ ((images >> 31) & 0x7FFFFFFF)).view(torch.float32)
+
+
+def _images_of(scores: Tensor) -> Tensor:
+    """int32 score images of fp32 scores (the kernel's ``_sortable``, in torch)."""
+    bits = scores.view(torch.int32)
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
 def _merge_slices(part: Tensor, topk: int, weighting: str) -> tuple[Tensor, Tensor, Tensor]:
     """Finish a split selection: ``part`` ``(B, T, Hr, splits, KP)`` int64 packed keys (score image in the
     high word, chunk id in the low), each slice's top-KP. The top ``topk`` keys overall are the ones the
@@ -432,7 +443,7 @@ def _merge_slices(part: Tensor, topk: int, weighting: str) -> tuple[Tensor, Tens
     keys = part.flatten(3).topk(topk, dim=-1).values  # (B, T, Hr, topk), by score then id
     valid = keys != _EMPTY_KEY
     hi = (keys >> 32).to(torch.int32)
-    score = (hi ^ ((hi >> 31) & 0x7FFFFFFF)).view(torch.float32)  # the kernel's _unsortable
+    score = _scores_of(hi)
     ids = torch.where(valid, (keys & 0xFFFFFFFF).to(torch.int32), -1)
     ids, order = ids.sort(dim=-1, descending=True)
     valid = ids >= 0
@@ -522,15 +533,14 @@ def _floor(running: Tensor, q_norm: Tensor, landmarks: Tensor, scale: float) -> 
     equal score still merges, in any window order.
     """
     hi = (running[..., -1] >> 32).to(torch.int32)
-    kth = (hi ^ ((hi >> 31) & 0x7FFFFFFF)).view(torch.float32)  # the kernel's _unsortable
+    kth = _scores_of(hi)
     dr = landmarks.shape[-1]
-    l_max = landmarks.float().norm(dim=-1).amax(dim=1)  # (B, Hr)
+    l_max = torch.linalg.vector_norm(landmarks, dim=-1, dtype=torch.float32).amax(dim=1)  # (B, Hr)
     margin = 4 * dr * 2.0**-24 * q_norm * l_max[:, None, :] * scale
     below = kth - margin - kth.abs() * 2.0**-22  # and a few ulps for the two roundings of the scale
-    bits = below.view(torch.int32)
-    floor = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # the kernel's _sortable
     empty = hi == torch.iinfo(torch.int32).min
-    return torch.where(empty | ~torch.isfinite(below), torch.iinfo(torch.int32).min, floor).contiguous()
+    return torch.where(empty | ~torch.isfinite(below), hi.new_tensor(torch.iinfo(torch.int32).min),
+                       _images_of(below)).contiguous()
 
 
 @torch.no_grad()
@@ -560,7 +570,7 @@ def hsa_select_windows_triton(q_r: Tensor, windows: Iterable[tuple[int, Tensor]]
     q_r = q_r if q_r.stride(-1) == 1 else q_r.contiguous()
     kp = max(triton.next_power_of_2(topk), 2)
     running = torch.full((B, T, Hr, kp), _EMPTY_KEY, device=q_r.device, dtype=torch.int64)
-    q_norm = q_r.float().norm(dim=-1)  # (B, T, Hr): bounds the scan's rounding (_floor)
+    q_norm = torch.linalg.vector_norm(q_r, dim=-1, dtype=torch.float32)  # (B, T, Hr), for _floor
     stick = weighting == "stick_breaking"
     for c_base, lm in windows:
         if lm.shape[1] == 0 or T == 0:

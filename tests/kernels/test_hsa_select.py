@@ -230,7 +230,7 @@ def test_select_windows_equal_one_scan(order: str, scores: str) -> None:
 
     g = torch.Generator(device="cpu").manual_seed(21)
     C, cuts = 70, (0, 16, 19, 48, 70)
-    periodic = scores != "distinct"
+    ties = scores != "distinct"
     lm = torch.randn(1, 7 if scores == "periodic" else C, 2, 16, generator=g)
     if scores == "periodic":
         lm = lm[:, torch.arange(C) % 7]
@@ -252,7 +252,7 @@ def test_select_windows_equal_one_scan(order: str, scores: str) -> None:
         oidx, ow = hsa_select_triton(q.to(DEV), lm.to(DEV), **kw, launch=launch)
         assert torch.equal(idx.cpu(), oidx.cpu()), (T, q_offset)
         torch.testing.assert_close(w.cpu(), ow.cpu(), rtol=1e-6, atol=1e-6)
-        if not periodic:
+        if not ties:
             ridx, rw = hsa_select_naive(q.double(), lm.double(), **kw)
             assert torch.equal(idx.cpu(), ridx)
             torch.testing.assert_close(w.cpu().double(), rw.double(), rtol=1e-5, atol=1e-5)
