@@ -3,7 +3,7 @@
 # GPU peak and prefill throughput, decode latency of ramba-370m. From the repo root, with .whl carried
 # (bench/train/README.md), one stage per device command (each ends inside 600 s):
 #   bash bench/offload/h200_run.sh STAGE
-#   STAGE = tests | train | short | 16m | 64m | footprint | decode | estimate | report   (bench/offload/README.md)
+#   STAGE = tests | train | short | 16m | 64m | footprint | memory | decode | estimate | report   (bench/offload/README.md)
 # Knobs (env): RUN (the demo RAMba: a run or model directory; default runs/offload/ramba-sm, trained by
 # `train`), DEPTHS, SAMPLES, SEED, SEGMENT, FORCE=1 (run a 64M stage even when its estimate exceeds LIMIT).
 set -uo pipefail
@@ -121,10 +121,16 @@ case "$stage" in
     fi
     d=${DEPTHS:-0.5}; pev "64m_d${d//,/-}_s$SEED" 64m "${DEPTHS:-0.5}" "${SAMPLES:-$GPUS}"
     ;;
-  footprint)  # (c) batch 1 at 64K offloaded (the GPU-peak baseline for 64M, also batch 1), and the
-              # on-GPU throughput at 1M (the demo's batch: 4 x 1M per forward) beside the offloaded one
-    BATCH_TOKENS=65536 ev fp64k 64k 0.5 2
-    BATCH_TOKENS=4194304 ev ref1m_gpu 1m 0.5 4 --no-offload
+  footprint)  # (c) the references of the bars, batch 1 and 64K segments as the 64M stage: the GPU peak at 64K
+              # offloaded (after a 4K cell, so that its kernels are compiled; HSA_OFFLOAD_LANDMARKS=host for
+              # the host-landmark 64M run), and the on-GPU throughput at 1M (after a warm-up 64K cell)
+    BATCH_TOKENS=65536 ev fp64k 4k,64k 0.5 2
+    BATCH_TOKENS=1048576 ev ref1m_gpu_b1 64k,1m 0.5 2 --no-offload
+    ;;
+  memory)  # (c) where a deep context adds to the GPU peak: the peak inside each module, first segment
+           # against the last, for a LENGTH-token prefill (default 16M: 8 windows of host landmarks)
+    timeout "$LIMIT" python3 bench/offload/profile_prefill.py "$RUN/model" "${LENGTH:-16m}" --segment "$SEGMENT" \
+      --memory | tee "$OUT/memory_${LENGTH:-16m}.txt"
     ;;
   decode)  # (d) ramba-370m, random weights, batch 1: ms/token at 4K, 1M, 64M (offloaded; on the GPU up to 1M)
     timeout "$LIMIT" python3 bench/offload/decode_latency.py --spec ramba-370m --contexts "${CONTEXTS:-4k,1m,64m}" \
@@ -138,6 +144,6 @@ case "$stage" in
     # (elsewhere, e.g. on CPU from fetched files: python bench/offload/report.py DIR/passkey_*.json --decode ...)
     python3 bench/offload/report.py "$WORK"/*/eval_passkey.json --decode "${DECODE:-$WORK/decode.json}" --out "$OUT"
     ;;
-  *) echo "unknown stage $stage (tests | train | short | 16m | 64m | footprint | decode | estimate | report)"; exit 2 ;;
+  *) echo "unknown stage $stage (tests | train | short | 16m | 64m | footprint | memory | decode | estimate | report)"; exit 2 ;;
 esac
 ls "$OUT"

@@ -252,6 +252,7 @@ class ChunkStore:
             if self._copy_stream is not None:
                 part = part.to(self.device, non_blocking=True)
             yield c0, part.transpose(0, 1)
+            del part  # before the next window is copied in: one window on the device at a time
 
     def append(self, k: Tensor, v: Tensor, landmarks: Tensor) -> Tensor:
         """Add ``n`` complete chunks: k, v ``(B, n*S, H, D)`` and landmarks ``(B, n, H_r, d_rh)`` on the
@@ -437,9 +438,13 @@ def gather_selected(store: ChunkStore, resident_k: Tensor, resident_v: Tensor, n
         return resident_k, resident_v, new
     # Deduplicate per row: keys b * boundary + id (sorted by torch.unique, so row b's chunks form a
     # run, in increasing order); every slot not read from the host gets the key B * boundary, dropped.
-    row = torch.arange(B, device=indices.device).view(B, *([1] * (indices.dim() - 1))).expand_as(indices)
+    # The keys are int32 while they fit (a 64M-token context is 1M chunks): these (B, T, H_r, topk)
+    # temporaries are what a deep context adds to the GPU peak of a segment, so each goes once used.
     sentinel = B * boundary
-    keys = torch.where(on_host, row.long() * boundary + indices.long(), sentinel)
+    key_dtype = torch.int32 if sentinel < torch.iinfo(torch.int32).max else torch.int64
+    row = torch.arange(B, device=indices.device, dtype=key_dtype).view(B, *([1] * (indices.dim() - 1)))
+    keys = torch.where(on_host, row * boundary + indices.to(key_dtype), sentinel)
+    del valid
     uniq = torch.unique(keys)
     t0 = time.perf_counter()
     uniq_cpu = uniq.cpu()  # the one synchronisation: the host gather needs the ids
@@ -453,6 +458,7 @@ def gather_selected(store: ChunkStore, resident_k: Tensor, resident_v: Tensor, n
         # (every slot is empty, so it is never read).
         host = store.gather(torch.arange(B), torch.zeros(B, 1, dtype=torch.long))
         return (*_with_resident(host, resident_k, resident_v), new)
+    uniq_cpu = uniq_cpu.long()
     row_u = uniq_cpu // boundary
     counts = torch.bincount(row_u, minlength=B)
     starts = torch.cumsum(counts, 0) - counts
@@ -461,6 +467,8 @@ def gather_selected(store: ChunkStore, resident_k: Tensor, resident_v: Tensor, n
     ids[row_u, torch.arange(uniq_cpu.numel()) - starts[row_u]] = uniq_cpu % boundary
     host = store.gather(torch.arange(B), ids)
     # slot -> its chunk's place in its row's run: (index of the key among all keys) - (start of the row)
-    pos = torch.searchsorted(uniq, keys) - starts.to(indices.device)[row]
-    new = torch.where(on_host, pos.to(indices.dtype), torch.where(valid, new + n, new))
+    pos = torch.searchsorted(uniq, keys, out_int32=True)
+    del keys, uniq
+    pos -= starts.to(device=indices.device, dtype=torch.int32).view(B, *([1] * (indices.dim() - 1)))
+    new = torch.where(on_host, pos.to(indices.dtype), torch.where(new >= 0, new + n, new))
     return (*_with_resident(host, resident_k, resident_v), new)

@@ -579,6 +579,7 @@ def hsa_select_windows_triton(q_r: Tensor, windows: Iterable[tuple[int, Tensor]]
         keys = _launch(q_r, lm, topk, chunk_size, q_offset, stick, scale, window, launch, c_base=c_base,
                        keys_only=True, floor=_floor(running, q_norm, lm, scale))
         running = torch.cat([running, keys], -1).topk(kp, dim=-1).values
+        del lm, keys  # a generator may copy the next window in where this one was (one at a time)
     idx, w, _ = _merge_slices(running[..., None, :], topk, weighting)
     return idx, w
 

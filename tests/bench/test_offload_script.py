@@ -94,3 +94,15 @@ def test_result_names_have_no_commas(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     names = sorted(p.name for p in (tmp_path / "out").glob("passkey_*.json"))
     assert names == ["passkey_16m_d0.1-0.9_s100_g0.json", "passkey_16m_d0.1-0.9_s100_g1.json"]
+
+
+def test_footprint_measures_both_references_at_batch_one_after_a_warm_up_cell(tmp_path: Path) -> None:
+    """The bars compare 64M (batch 1, 64K segments) with 64K offloaded and with 1M on the GPU: both at
+    batch 1 and the stage's segment length, each after a shorter cell that compiles the kernels."""
+    done, calls = _run(tmp_path, "footprint")
+    assert done.returncode == 0, done.stdout + done.stderr
+    got = [(_opt(c, "--lengths"), _opt(c, "--batch-tokens"), _opt(c, "--segment-len"), "--no-offload" in c)
+           for c in calls]
+    assert sorted(got) == [("4k,64k", "65536", "65536", False), ("64k,1m", "1048576", "65536", True)]
+    out = sorted(p.name for p in (tmp_path / "out").glob("passkey_*.json"))
+    assert out == ["passkey_fp64k.json", "passkey_ref1m_gpu_b1.json"]

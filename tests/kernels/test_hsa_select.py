@@ -258,6 +258,33 @@ def test_select_windows_equal_one_scan(order: str, scores: str) -> None:
             torch.testing.assert_close(w.cpu().double(), rw.double(), rtol=1e-5, atol=1e-5)
 
 
+def test_select_windows_holds_one_window_at_a_time() -> None:
+    """A memory with its landmarks in host memory copies each window to the device just before it is
+    scored: the selection must drop its references to a window before it takes the next one, or two
+    windows are on the device at once (16 MiB each for the demo RAMba, 64 MiB at ramba-370m's d_r)."""
+    import weakref
+
+    from hsa_kernels.hsa_select import hsa_select_windows_triton
+
+    g = torch.Generator(device="cpu").manual_seed(5)
+    q = torch.randn(1, 6, 2, 16, generator=g).to(DEV)
+    alive: list[int] = []  # windows still referenced when the next was taken
+    previous: list[weakref.ref] = []
+
+    def windows():
+        for c0 in (24, 12, 0):  # newest first, as ChunkStore.landmark_windows gives them
+            alive.append(sum(r() is not None for r in previous))
+            window = torch.randn(1, 12, 2, 16, generator=g).to(DEV)
+            previous.append(weakref.ref(window))
+            yield c0, window
+            del window
+
+    launch = sel_mod.SelectLaunch(block_t=16, block_c=16, block_d=16, warps=2, stages=1)
+    idx, _ = hsa_select_windows_triton(q, windows(), topk=4, chunk_size=2, q_offset=80, launch=launch)
+    assert alive == [0, 0, 0]
+    assert idx.shape == (1, 6, 2, 4) and bool((idx >= 0).all())
+
+
 def test_select_splits_automatic_only_below_one_program_per_processor() -> None:
     auto = sel_mod.SelectLaunch()
     assert auto.splits is None
