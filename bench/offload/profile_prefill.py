@@ -24,10 +24,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from hsa_app.evaluation.report import parse_lengths
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from hsa_app.evaluation.report import parse_lengths
 from hsa_core.io import load_model
 from hsa_core.model import HSALanguageModel
 
