@@ -368,9 +368,12 @@ def _launch(q_r: Tensor, landmarks: Tensor, topk: int, chunk_size: int, q_offset
     B, T, Hr, dr = q_r.shape
     C = landmarks.shape[1]
     dev = q_r.device
-    idx = torch.empty((B, T, Hr, topk), device=dev, dtype=torch.int32)
-    w = torch.empty((B, T, Hr, topk), device=dev, dtype=torch.float32)
-    s = torch.empty((B, T, Hr, topk), device=dev, dtype=torch.float32)
+    # keys_only: both kernels stop at their top-KP keys and never write a selection, so its three
+    # outputs are placeholders (at a 64K-token segment they would be 12 MiB per landmark window)
+    out_shape = (1,) if keys_only else (B, T, Hr, topk)
+    idx = torch.empty(out_shape, device=dev, dtype=torch.int32)
+    w = torch.empty(out_shape, device=dev, dtype=torch.float32)
+    s = torch.empty(out_shape, device=dev, dtype=torch.float32)
     shift = 0 if window is None else max(window - chunk_size, 0)
     bt = min(launch.block_t, max(16, triton.next_power_of_2(T)))
     bc = min(launch.block_c, max(16, triton.next_power_of_2(C)))
