@@ -129,8 +129,9 @@ case "$stage" in
     ;;
   memory)  # (c) where a deep context adds to the GPU peak: the peak inside each module, first segment
            # against the last, for a LENGTH-token prefill (default 16M: 8 windows of host landmarks)
-    timeout "$LIMIT" python3 bench/offload/profile_prefill.py "$RUN/model" "${LENGTH:-16m}" --segment "$SEGMENT" \
-      --memory | tee "$OUT/memory_${LENGTH:-16m}.txt"
+    length=${LENGTH:-16m}
+    timeout "$LIMIT" python3 bench/offload/profile_prefill.py "$RUN/model" "$length" --segment "$SEGMENT" \
+      --memory | tee "$OUT/memory_$length.txt"
     ;;
   decode)  # (d) ramba-370m, random weights, batch 1: ms/token at 4K, 1M, 64M (offloaded; on the GPU up to 1M)
     timeout "$LIMIT" python3 bench/offload/decode_latency.py --spec ramba-370m --contexts "${CONTEXTS:-4k,1m,64m}" \

@@ -242,17 +242,21 @@ class ChunkStore:
         """Host landmarks of chunks ``0 .. num_chunks-1`` on the device, a window at a time, newest first
         (the windowed selection skips more after the newest): ``(first chunk, (B, n, H_r, d_rh))`` pairs,
         each copied in on the compute stream (asynchronous, from pinned memory) after the device -> host
-        copies of those chunks. A window is only valid until the next is taken."""
+        copies of those chunks. Every window is copied into the same device buffer (the copy is queued
+        on the compute stream after the kernels that read the previous window), so the device holds one
+        window whoever still references the last one; a window is only valid until the next is taken."""
         assert self.landmarks is not None and self.host_landmarks
+        rows = self.landmarks.data
+        buffer = None
         if self._copy_stream is not None:
             self._stream_wait_appends(num_chunks)
-        rows = self.landmarks.data
+            buffer = torch.empty((min(window_chunks, num_chunks), *rows.shape[1:]), dtype=rows.dtype,
+                                 device=self.device)
         for c0 in reversed(range(0, num_chunks, window_chunks)):
             part = rows[c0:min(num_chunks, c0 + window_chunks)]
-            if self._copy_stream is not None:
-                part = part.to(self.device, non_blocking=True)
+            if buffer is not None:
+                part = buffer[:part.shape[0]].copy_(part, non_blocking=True)
             yield c0, part.transpose(0, 1)
-            del part  # before the next window is copied in: one window on the device at a time
 
     def append(self, k: Tensor, v: Tensor, landmarks: Tensor) -> Tensor:
         """Add ``n`` complete chunks: k, v ``(B, n*S, H, D)`` and landmarks ``(B, n, H_r, d_rh)`` on the
@@ -442,7 +446,8 @@ def gather_selected(store: ChunkStore, resident_k: Tensor, resident_v: Tensor, n
     # temporaries are what a deep context adds to the GPU peak of a segment, so each goes once used.
     sentinel = B * boundary
     key_dtype = torch.int32 if sentinel < torch.iinfo(torch.int32).max else torch.int64
-    row = torch.arange(B, device=indices.device, dtype=key_dtype).view(B, *([1] * (indices.dim() - 1)))
+    per_row = (B, *([1] * (indices.dim() - 1)))  # a (B,) vector broadcast over (B, T, H_r, topk)
+    row = torch.arange(B, device=indices.device, dtype=key_dtype).view(per_row)
     keys = torch.where(on_host, row * boundary + indices.to(key_dtype), sentinel)
     del valid
     uniq = torch.unique(keys)
@@ -469,6 +474,6 @@ def gather_selected(store: ChunkStore, resident_k: Tensor, resident_v: Tensor, n
     # slot -> its chunk's place in its row's run: (index of the key among all keys) - (start of the row)
     pos = torch.searchsorted(uniq, keys, out_int32=True)
     del keys, uniq
-    pos -= starts.to(device=indices.device, dtype=torch.int32).view(B, *([1] * (indices.dim() - 1)))
+    pos -= starts.to(device=indices.device, dtype=torch.int32).view(per_row)
     new = torch.where(on_host, pos.to(indices.dtype), torch.where(new >= 0, new + n, new))
     return (*_with_resident(host, resident_k, resident_v), new)

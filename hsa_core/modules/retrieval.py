@@ -89,7 +89,7 @@ class Retrieval(nn.Module):
             for c0, lm in memory.store.landmark_windows(memory.num_chunks):
                 lm = lm.to(q_r.dtype)
                 yield c0, lm if norm is None else norm(lm)
-                del lm  # the consumer is done with it: no reference left when the next is copied in
+                del lm  # a dtype conversion or the norm made a new tensor: not kept past its window
 
         indices, weights = hsa_select_windows(q_r, windows(), topk=self.topk, chunk_size=self.chunk_size,
                                               q_offset=q_offset, weighting=self.weighting, window=self.window)

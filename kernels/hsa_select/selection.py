@@ -423,7 +423,8 @@ def _launch(q_r: Tensor, landmarks: Tensor, topk: int, chunk_size: int, q_offset
     return idx, w, s
 
 
-_EMPTY_KEY = -(2**31) << 32  # a packed key below every score: an empty slot
+_EMPTY_IMAGE = -(2**31)  # an int32 score image below every score's: an empty slot
+_EMPTY_KEY = _EMPTY_IMAGE << 32  # the packed key of an empty slot
 
 
 def _scores_of(images: Tensor) -> Tensor:
@@ -541,9 +542,8 @@ def _floor(running: Tensor, q_norm: Tensor, landmarks: Tensor, scale: float) -> 
     l_max = torch.linalg.vector_norm(landmarks, dim=-1, dtype=torch.float32).amax(dim=1)  # (B, Hr)
     margin = 4 * dr * 2.0**-24 * q_norm * l_max[:, None, :] * scale
     below = kth - margin - kth.abs() * 2.0**-22  # and a few ulps for the two roundings of the scale
-    empty = hi == torch.iinfo(torch.int32).min
-    return torch.where(empty | ~torch.isfinite(below), hi.new_tensor(torch.iinfo(torch.int32).min),
-                       _images_of(below)).contiguous()
+    empty = hi == _EMPTY_IMAGE
+    return torch.where(empty | ~torch.isfinite(below), hi.new_tensor(_EMPTY_IMAGE), _images_of(below)).contiguous()
 
 
 @torch.no_grad()

@@ -147,6 +147,24 @@ def test_landmark_windows_through_the_kernel(monkeypatch) -> None:
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
 
 
+def test_landmark_windows_share_one_device_buffer(monkeypatch) -> None:
+    """With a copy stream (CUDA), every window of host landmarks is copied into one buffer that the store
+    allocates per call: the device holds one window whoever keeps a reference to the previous one. The
+    copies themselves run here on the CPU, with the stream's wait stubbed."""
+    store = ChunkStore.create(4, "cpu", host_landmarks=True)
+    lm = torch.randn(2, 7, 3, 5)  # (B, C, H_r, d_rh)
+    store.append(torch.randn(2, 28, 1, 2), torch.randn(2, 28, 1, 2), lm)
+    monkeypatch.setattr(store, "_copy_stream", object())  # the CUDA branch, on CPU tensors
+    monkeypatch.setattr(store, "_stream_wait_appends", lambda chunks: None)
+    windows = []
+    for c0, window in store.landmark_windows(7, window_chunks=3):
+        torch.testing.assert_close(window, lm[:, c0:c0 + window.shape[1]], rtol=0, atol=0)
+        windows.append((c0, window.shape[1], window.untyped_storage().data_ptr()))
+    assert [w[:2] for w in windows] == [(6, 1), (3, 3), (0, 3)]  # newest first
+    assert len({w[2] for w in windows}) == 1  # one buffer for all three
+    assert windows[0][2] != store.landmarks.data.untyped_storage().data_ptr()  # a copy, not the host rows
+
+
 def test_gather_mode_comes_from_the_environment(monkeypatch) -> None:
     from hsa_core.errors import UsageError
 
