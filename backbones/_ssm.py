@@ -71,7 +71,9 @@ def causal_conv(x: Tensor, conv_state: Tensor | None, weight: Tensor, bias: Tens
         if bias is not None:
             y = y + bias[:, None]
         y = F.silu(y)
-    new_state = torch.cat([conv_state, xt], dim=-1)[:, :, -width:]
+    # From the last W inputs only, and contiguous: a slice of the whole (B, C, W + T) concatenation
+    # would keep the segment's inputs alive in the carried state.
+    new_state = torch.cat([conv_state, xt[:, :, -width:]], dim=-1)[:, :, -width:].contiguous()
     return y.transpose(1, 2), new_state
 
 
@@ -180,7 +182,8 @@ def ssd_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, *, chunk_si
     states = torch.cat([initial_state.to(u.dtype).unsqueeze(1), chunk_states], dim=1)  # (b, c+1, h, p, n)
     chunk_decay = torch.exp(_segsum(F.pad(a_cum[..., -1], (1, 0))))  # (b, h, c+1, c+1)
     states = torch.einsum("bhzc,bchpn->bzhpn", chunk_decay, states)
-    entering, final = states[:, :-1], states[:, -1]
+    # final copied: a view would keep every chunk's state alive in the carried state
+    entering, final = states[:, :-1], states[:, -1].clone()
 
     # 4. The state entering each chunk, decayed to each position, read out by C.
     y = y + torch.einsum("bclhn,bchpn,bhcl->bclhp", Cc, entering, torch.exp(a_cum))

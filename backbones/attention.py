@@ -147,9 +147,10 @@ class CausalAttention(Mixer):
             k_all = torch.cat([empty["k"], k], dim=1)
             v_all = torch.cat([empty["v"], v], dim=1)
         if self.window is not None:
-            # Keep exactly the window - 1 newest slots: all a future token can attend to.
+            # Keep exactly the window - 1 newest slots: all a future token can attend to. Copied: a
+            # slice would keep the whole segment's keys and values alive in the carried cache.
             keep = self._cache_len()
-            k_all, v_all = k_all[:, k_all.shape[1] - keep:], v_all[:, v_all.shape[1] - keep:]
+            k_all, v_all = k_all[:, k_all.shape[1] - keep:].clone(), v_all[:, v_all.shape[1] - keep:].clone()
         return y, {"k": k_all, "v": v_all, "pos": start + t}
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, positions: Tensor, start: Tensor, past: int) -> Tensor:

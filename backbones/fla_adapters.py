@@ -299,7 +299,9 @@ class RWKV6(_FLAMixer):
         return {"recurrent_state": state["recurrent"], "conv_state": state["shift"]}
 
     def _from_fla(self, entry: dict[str, Any]) -> MixerState:
-        return {"recurrent": entry["recurrent_state"], "shift": entry["conv_state"]}
+        # fla returns the token shift as a view of the last input: copied, so that the carried state
+        # does not keep the whole segment's input alive
+        return {"recurrent": entry["recurrent_state"], "shift": entry["conv_state"].clone()}
 
 
 class RWKV7(RWKV6):

@@ -173,7 +173,8 @@ class ChunkMemory(nn.Module):
         x = torch.cat([state.pending.to(h.dtype), h], dim=1) if state.pending.shape[1] else h
         S = self.chunk_size
         n = x.shape[1] // S
-        pending = x[:, n * S:]
+        # a copy: a slice would keep the whole of x, the segment's hidden states, alive in the cache
+        pending = x[:, n * S:].clone()
         if n == 0:
             return replace(state, pending=pending, num_tokens=state.num_tokens + h.shape[1])
         k, v, lmk = self.encode(x[:, : n * S].reshape(x.shape[0], n, S, x.shape[2]))

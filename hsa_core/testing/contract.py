@@ -18,7 +18,9 @@ check                      what must hold
 ``check_forward_shape``    ``mixer(x)`` returns ``(y, None)`` with ``y`` of shape ``(B, T, d_model)`` in
                            ``x``'s dtype; ``return_state=True`` returns a state dict
 ``check_state_layout``     ``init_state(B)`` is a flat ``dict[str, Tensor]``, every tensor batch-first;
-                           states returned by ``forward`` have the same keys and batch-first tensors
+                           states returned by ``forward`` have the same keys and batch-first tensors,
+                           and hold no more memory than their own tensors (no view into the step's
+                           activations)
 ``check_gradients``        a backward pass gives finite gradients to the input and to every parameter
                            that requires one
 ``check_segments``         processing ``x`` in segments (several random splits, carrying the state)
@@ -245,8 +247,34 @@ def _check_layout(state: Any, batch: int, what: str) -> None:
             )
 
 
+def _check_owns_memory(state: MixerState, what: str) -> None:
+    """The storages behind a state hold nothing but the state's own tensors.
+
+    A state taken as a slice of a larger tensor (the last ``W`` inputs of a concatenation, the last of
+    all chunk states) is a view that keeps the whole tensor alive: in a segment-wise prefill every
+    carried state then pins that segment's activations (megabytes per layer at long segments).
+    """
+    storages: dict[int, int] = {}
+    own = 0
+    for value in state.values():
+        if value.device.type == "meta":
+            return
+        storage = value.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        own += value.numel() * value.element_size()
+    held = sum(storages.values())
+    if held > own:
+        big = [k for k, v in state.items()
+               if v.untyped_storage().nbytes() > v.numel() * v.element_size()]
+        raise AssertionError(
+            f"{what}: the state's tensors keep {held:,} bytes alive for {own:,} bytes of state; "
+            f"state{big} are views into larger tensors: copy them (.clone() or .contiguous()) "
+            "so that a carried state does not pin the activations it was sliced from")
+
+
 def check_state_layout(mixer: Mixer, x: Tensor) -> None:
-    """``init_state`` and the states ``forward`` returns are flat dicts of batch-first tensors.
+    """``init_state`` and the states ``forward`` returns are flat dicts of batch-first tensors, and a
+    returned state holds no more memory than its own tensors.
 
     Checked at the batch size of ``x`` and at a different one (so that a dimension equal to the batch
     by accident is not taken for the batch), and on the ``meta`` device (used for memory estimates).
@@ -270,11 +298,13 @@ def check_state_layout(mixer: Mixer, x: Tensor) -> None:
     with torch.no_grad():
         _, state = mixer(x, return_state=True)
         _check_layout(state, batch, f"{name}.forward(return_state=True)")
+        _check_owns_memory(state, f"{name}.forward(return_state=True)")
         if set(state) != set(init):
             raise AssertionError(f"{name}: forward returns state keys {sorted(state)} but init_state gives "
                                  f"{sorted(init)}")
         _, state2 = mixer(x[:, :1], init)
         _check_layout(state2, batch, f"{name}.forward(x, init_state)")
+        _check_owns_memory(state2, f"{name}.forward(x, init_state)")
     if mixer.state_size(batch, x.shape[1]) < 0:
         raise AssertionError(f"{name}.state_size must be >= 0")
 

@@ -57,6 +57,20 @@ def test_incremental_equals_one_pass(splits):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("offload", [False, True], ids=["on-device", "offloaded"])
+def test_state_keeps_no_view_of_the_input(offload: bool) -> None:
+    """The carried state holds only its own tensors: a view (the pending tokens sliced from the
+    segment) would keep the whole segment's hidden states alive for as long as the cache lives."""
+    mem = ChunkMemory(16, chunk_size=4, head_dim=8, encoder_layers=1).eval()
+    st = mem.empty_state(1, device="cpu", dtype=torch.float32, offload=offload)
+    with torch.no_grad():
+        for n in (23, 9, 2):  # 3, then 0, then 2 pending tokens
+            st = mem(torch.randn(1, n, 16), st)
+            held = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in (st.k, st.v, st.pending)}
+            own = sum(t.numel() * t.element_size() for t in (st.k, st.v, st.pending))
+            assert sum(held.values()) <= own, (n, sum(held.values()), own)
+
+
 def test_empty_state_and_errors():
     mem = ChunkMemory(16, chunk_size=4, head_dim=8)
     st = mem.empty_state(3)

@@ -50,6 +50,17 @@ class TimeFirstStateMixer(EMAMixer):
         return y, (None if new is None else {"h": new["h"].unsqueeze(0)})
 
 
+class ViewStateMixer(EMAMixer):
+    """Returns its state as a slice of all the hidden states of the pass (keeps them alive)."""
+
+    def forward(self, x, state=None, *, return_state=False):
+        y, new = super().forward(x, state, return_state=return_state)
+        if new is None:
+            return y, None
+        every = torch.stack([new["h"]] * x.shape[1], dim=1)  # (B, T, inner), as a scan's outputs
+        return y, {"h": every[:, -1]}
+
+
 class DeadParameterMixer(EMAMixer):
     def __init__(self, d_model: int, expand: int = 2) -> None:
         super().__init__(d_model, expand)
@@ -105,6 +116,12 @@ def test_non_causal_mixer_fails_causality() -> None:
 def test_time_first_state_fails_layout() -> None:
     mixer, x = _built(TimeFirstStateMixer)
     with pytest.raises(AssertionError, match=r"batch .* as its first dimension"):
+        check_state_layout(mixer, x)
+
+
+def test_state_viewing_its_activations_fails_layout() -> None:
+    mixer, x = _built(ViewStateMixer)
+    with pytest.raises(AssertionError, match=r"state\['h'\] are views into larger tensors"):
         check_state_layout(mixer, x)
 
 

@@ -85,7 +85,8 @@ class MinLSTMMixer(Mixer):
         y = self.out_proj(h.to(x.dtype))
         if state is None and not return_state:
             return y, None
-        return y, {"h": h[:, -1]}
+        # a copy: the slice would keep every position's hidden state alive in the carried state
+        return y, {"h": h[:, -1].clone()}
 
     def step(self, x: Tensor, state: MixerState) -> tuple[Tensor, MixerState]:
         """One token with the plain recurrence (no scan): ``h = a * h + b``."""
