@@ -110,7 +110,8 @@ def test_realtext_scripts_end_to_end_on_cpu(tmp_path: Path, calib_steps: str) ->
                PK_STEPS_MAX="2", EVAL_EVERY="3",
                EVAL_SAMPLES="2", CKPT_EVERY="5", WARMUP="2", PPL_LENGTHS="256,1k", PPL_DOCS="2",
                PK_LENGTHS="384", DEPTHS="0.5", SAMPLES="2", SEGMENT="512", OUT_DIR=str(tmp_path / "out"),
-               PK_FREEZE=r"^embedding\. ^memories\.\w+\.encoder\." if calib_steps == "2" else "")
+               PK_FREEZE=r"^embedding\. ^memories\.\w+\.encoder\." if calib_steps == "2" else "",
+               PK_BATCH="1" if calib_steps == "2" else "2")
     done = subprocess.run(["bash", "bench/train/realtext/build_data.sh"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -131,6 +132,8 @@ def test_realtext_scripts_end_to_end_on_cpu(tmp_path: Path, calib_steps: str) ->
     assert (runs / "ramba.pk" / "model").is_dir() and not (runs / "mamba2.pk").exists()  # PK_NAMES only
     frozen = json.loads((runs / "ramba.pk" / "train_config.json").read_text())["config"]["freeze"]
     assert frozen == ([r"^embedding\.", r"^memories\.\w+\.encoder\."] if calib_steps == "2" else [])  # PK_FREEZE
+    pk_batch = json.loads((runs / "ramba.pk" / "train_config.json").read_text())["config"]["batch_size"]
+    assert pk_batch == (1 if calib_steps == "2" else 2)  # PK_BATCH
     assert (out / "training.png").exists()
     summary = (out / "realtext.md").read_text()
     assert "| ramba |" in summary and "| mamba2 |" in summary and "**ramba**" in summary

@@ -16,7 +16,7 @@ TRAIN_TIME=${TRAIN_TIME:-1080}     # seconds of LM training (the bar: <= 20 minu
 CALIB_STEPS=${CALIB_STEPS:-30}     # a short run measures tokens/s; the step count is fitted to TRAIN_TIME
                                    # (0: no calibration, train STEPS steps: equal tokens for every layout)
 EVAL_EVERY=${EVAL_EVERY:-200}; EVAL_SAMPLES=${EVAL_SAMPLES:-32}; CKPT_EVERY=${CKPT_EVERY:-200}
-PK=${PK:-1}; PK_TIME=${PK_TIME:-280}; PK_STEPS_MAX=${PK_STEPS_MAX:-100000}; PK_MIX=${PK_MIX:-0.5}; PK_LR=${PK_LR:-1e-3}; PK_DIGITS=${PK_DIGITS:-5}
+PK=${PK:-1}; PK_TIME=${PK_TIME:-280}; PK_BATCH=${PK_BATCH:-$BATCH}; PK_STEPS_MAX=${PK_STEPS_MAX:-100000}; PK_MIX=${PK_MIX:-0.5}; PK_LR=${PK_LR:-1e-3}; PK_DIGITS=${PK_DIGITS:-5}
 # The short stage (PK_SHORT_TIME seconds of PK_TIME at PK_SHORT_SEQ tokens, first) makes every passkey
 # sample need HSA and lets the selection choose every chunk it may see, so the key's chunk always gets
 # gradient. Its length: top-k x chunk size (8 x 64) plus the retrieval window (swa-hsa skips the 512
@@ -29,12 +29,16 @@ PK=${PK:-1}; PK_TIME=${PK_TIME:-280}; PK_STEPS_MAX=${PK_STEPS_MAX:-100000}; PK_M
 # PK_FREEZE: regular expressions of parameters both passkey stages leave untrained (hsa train --freeze).
 # swa-hsa keeps the memory its LM phase learned ('^memories\.'): run 6 scored 82-95% in every cell to 64K
 # with it, run 5 25-38% without it, when the fine-tune folded its memory's keys into one direction
-# (in-chunk cosine 1.00; frozen: 0.31). PK_FREEZE= (empty) trains everything.
+# (in-chunk cosine 1.00; frozen: 0.31). ramba too since run 7: its farthest cell (64K, depth 0.1) went
+# from 70% to 87.5%. Freezing the (tied) embeddings as well stops swa-hsa from learning the passkey at
+# all (run 7: 0% in both stages). PK_FREEZE= (empty) trains everything.
+# PK_BATCH: sequences per step of the SEQ-token passkey stage (default BATCH; the short stage keeps the
+# same tokens per step). Half the batch gives twice the steps in the same PK_TIME.
 declare -A SHORT_SEQ=([ramba]=512 [mamba2]=512 [swa-hsa]=1024)
 declare -A SHORT_GAP=([ramba]=0 [mamba2]=0 [swa-hsa]=520)
 declare -A SHORT_TIME=([ramba]=40 [mamba2]=40 [swa-hsa]=100)
 declare -A SHORT_LR=([ramba]=1e-3 [mamba2]=1e-3 [swa-hsa]=1e-3)
-declare -A FREEZE=([ramba]='' [mamba2]='' [swa-hsa]='^memories\.')
+declare -A FREEZE=([ramba]='^memories\.' [mamba2]='' [swa-hsa]='^memories\.')
 PK_FREEZE=${PK_FREEZE-${FREEZE[$name]}}
 PK_SHORT_SEQ=${PK_SHORT_SEQ:-${SHORT_SEQ[$name]}}
 PK_SHORT_GAP=${PK_SHORT_GAP:-${SHORT_GAP[$name]}}  # 0: the task's default (2 chunks)
@@ -51,10 +55,10 @@ run="$RUNS/$name"
 mkdir -p "$RUNS"
 common=(--data "$DATA" --seq-len "$SEQ" --batch-size "$BATCH" --packing "$PACKING" --no-progress)
 
-fit_steps() {  # fit_steps METRICS BUDGET_S CAP [QUANTILE]: steps that fill BUDGET_S at the measured tokens/s (x0.9)
+fit_steps() {  # fit_steps METRICS BUDGET_S CAP [QUANTILE [BATCH]]: steps of BATCH x SEQ tokens that fill BUDGET_S at the measured tokens/s (x0.9)
   # QUANTILE of the per-step tokens/s (default 0.5). The fine-tunes use 0.9: the LM run may have shared its
   # GPU with another layout for a while, and the fine-tune runs alone (run 2: median 110K, alone 240K).
-  python3 - "$1" "$2" "$SEQ" "$BATCH" "$3" "${4:-0.5}" <<'PY'
+  python3 - "$1" "$2" "$SEQ" "${5:-$BATCH}" "$3" "${4:-0.5}" <<'PY'
 import json, sys
 path, budget, seq, batch, cap, q = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
 tps = sorted([r["tokens_per_s"] for r in map(json.loads, open(path)) if "tokens_per_s" in r][3:]) or [1.0]
@@ -75,10 +79,10 @@ pk_stage() {  # pk_stage OUT INIT SEQ_LEN TIME_S LR [MIN_GAP]: one passkey fine-
   local out=$1 init=$2 seq=$3 secs=$4 lr=$5 gap=${6:-0} steps resume opts=(--task-option "digits=$PK_DIGITS") f
   [ "$gap" -gt 0 ] && opts+=(--task-option "min_gap=$gap")
   for f in ${PK_FREEZE:-}; do opts+=(--freeze "$f"); done
-  steps=$(fit_steps "$run/metrics.jsonl" "$secs" "$PK_STEPS_MAX" 0.9)
+  steps=$(fit_steps "$run/metrics.jsonl" "$secs" "$PK_STEPS_MAX" 0.9 "$PK_BATCH")
   echo "=== $name passkey fine-tune at $seq tokens: mix $PK_MIX, lr $lr, $steps steps, at most ${secs}s ($(date -u +%H:%M:%S))"
   resume=(--steps "$steps"); [ -d "$out/checkpoints" ] && resume=(--resume)
-  hsa train "$spec" --data "$DATA" --seq-len "$seq" --batch-size $((BATCH * SEQ / seq)) --packing "$PACKING" \
+  hsa train "$spec" --data "$DATA" --seq-len "$seq" --batch-size $((PK_BATCH * SEQ >= seq ? PK_BATCH * SEQ / seq : 1)) --packing "$PACKING" \
       --no-progress --passkey-mix "$PK_MIX" "${opts[@]}" --init-from "$init" \
       --lr "$lr" --warmup 20 --eval-every "$steps" --eval-samples 16 --eval-lengths "$seq" \
       --checkpoint-every 100 --time-limit "$secs" "${resume[@]}" --out "$out" 2>&1 | tee -a "$run.train.log"
