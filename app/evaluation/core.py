@@ -3,7 +3,8 @@
 A sequence far longer than training is prefilled segment by segment through the model cache
 (recurrent states + incremental chunk memory + position), so activations never exceed one segment;
 only the chunk memory grows with the length (keys/values of the complete chunks, which HSA needs).
-Of each segment's logits only the rows at answer positions are kept.
+Only the rows at answer positions go through the LM head: a segment's full ``(B, L, V)`` logits would
+be the largest tensor of the prefill (the model's ``forward_hidden`` and ``lm_head``, where it has them).
 """
 
 from __future__ import annotations
@@ -75,7 +76,9 @@ def predict_answers(model: nn.Module, batch: TaskBatch, *, segment_len: int = 40
     """Teacher-forced argmax at the answer positions, prefilling ``segment_len`` tokens at a time.
 
     Args:
-        model: ``forward(ids, cache, return_cache=True) -> (logits, cache)``.
+        model: ``forward(ids, cache, return_cache=True) -> (logits, cache)``; a model that also has
+            ``forward_hidden`` (same call, returning hidden states) and an ``lm_head`` module (as
+            :class:`~hsa_core.model.HSALanguageModel`) runs the head on the answer rows only.
         batch: ``input_ids`` ``(B, T)``; may stay on the CPU (each segment is moved to ``device``, so
             a 64M-token prompt does not sit on the GPU).
         device: where the model runs (default: the batch's device).
@@ -94,21 +97,26 @@ def predict_answers(model: nn.Module, batch: TaskBatch, *, segment_len: int = 40
     preds = torch.full_like(pos, -1)
     cache = None if offload is None else model.init_cache(B, offload=offload, reserve_tokens=T)
     first_needed = int(pos.min())
+    head = getattr(model, "lm_head", None) if hasattr(model, "forward_hidden") else None
     t0 = time.perf_counter()
     with autocast_context(device, autocast_dtype):
         for s in range(0, T, segment_len):
             e = min(T, s + segment_len)
-            out = model(ids[:, s:e].to(device), cache, return_cache=True)
-            cache = out.cache
+            if head is not None:
+                out, cache = model.forward_hidden(ids[:, s:e].to(device), cache, return_cache=True)  # (B, L, d)
+            else:
+                result = model(ids[:, s:e].to(device), cache, return_cache=True)
+                out, cache = result.logits, result.cache  # (B, L, V)
             if on_segment is not None:
                 on_segment(e, T)
-            if e <= first_needed:
-                continue
             inside = (pos >= s) & (pos < e)
-            if inside.any():
+            if e > first_needed and inside.any():
                 idx = (pos - s).clamp(0, e - s - 1)
-                rows = out.logits.gather(1, idx.unsqueeze(-1).expand(-1, -1, out.logits.shape[-1]))
+                rows = out.gather(1, idx.unsqueeze(-1).expand(-1, -1, out.shape[-1]))  # (B, A, d or V)
+                if head is not None:
+                    rows = head(rows)
                 preds = torch.where(inside, rows.argmax(-1), preds)
+            del out  # not alive through the next segment's forward
     if stats is not None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)

@@ -91,6 +91,7 @@ def position_nll(model: nn.Module, docs: Sequence[np.ndarray], length: int, *, e
     """Summed NLL and token count at every position ``0 .. length-1`` over ``docs``.
 
     Args:
+        model: an :class:`~hsa_core.model.HSALanguageModel` (``forward_hidden``, ``lm_head``, ``init_cache``).
         docs: token arrays of at least ``length`` tokens each (read as ``[eos_id, *doc]``).
         max_batch_tokens: documents per forward = ``max(1, max_batch_tokens // length)``.
         on_segment: called with ``(tokens done, tokens total)`` after each segment.
@@ -115,14 +116,14 @@ def position_nll(model: nn.Module, docs: Sequence[np.ndarray], length: int, *, e
             for s in range(0, length, segment_len):
                 e = min(length, s + segment_len)
                 with autocast_context(device, autocast_dtype):
-                    out = model(inputs[:, s:e].to(device), cache, return_cache=True)
-                cache = out.cache
-                for c in range(s, e, 2048):  # fp32 cross-entropy a slice at a time
-                    lg = out.logits[:, c - s:min(e, c + 2048) - s].float()
-                    tg = targets[:, c:c + lg.shape[1]]
-                    nll = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), tg.reshape(-1), reduction="none")
-                    nll_sum[c:c + lg.shape[1]] += nll.view(tg.shape).sum(0).double().cpu().numpy()
-                    count[c:c + lg.shape[1]] += tg.shape[0]
+                    h, cache = model.forward_hidden(inputs[:, s:e].to(device), cache, return_cache=True)
+                    for c in range(s, e, 2048):  # the LM head and an fp32 cross-entropy a slice at a time
+                        lg = model.lm_head(h[:, c - s:min(e, c + 2048) - s]).float()  # never (B, L, V) at once
+                        tg = targets[:, c:c + lg.shape[1]]
+                        nll = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), tg.reshape(-1), reduction="none")
+                        nll_sum[c:c + lg.shape[1]] += nll.view(tg.shape).sum(0).double().cpu().numpy()
+                        count[c:c + lg.shape[1]] += tg.shape[0]
+                del h  # not alive through the next segment's forward
                 done += (e - s) * len(group)
                 if on_segment is not None:
                     on_segment(done, total)

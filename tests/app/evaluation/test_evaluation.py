@@ -56,6 +56,21 @@ def test_real_model_segmented_equals_full(tiny_model) -> None:
         assert torch.equal(predict_answers(tiny_model, b, segment_len=seg), full)
 
 
+def test_lm_head_sees_only_the_answer_rows(tiny_model) -> None:
+    """The head runs on the answer positions only, never on a segment's (B, L, V) logits."""
+    task = make_task("passkey", vocab_size=96, num_symbols=16, min_gap=16)
+    b = task.sample(2, 90, seed=1)
+    rows: list[int] = []
+    hook = tiny_model.lm_head.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[:-1].numel()))
+    try:
+        preds = predict_answers(tiny_model, b, segment_len=32)
+    finally:
+        hook.remove()
+    assert rows and max(rows) <= b.answer_positions.numel()
+    full = tiny_model(b.input_ids).logits.gather(1, b.answer_positions[..., None].expand(-1, -1, 96)).argmax(-1)
+    assert torch.equal(preds, full)
+
+
 def test_evaluate_grid_and_reduce() -> None:
     task = make_task("passkey", vocab_size=64, num_symbols=16, min_gap=8)
 
