@@ -164,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-python", action="store_true", help="leave out the Python source code")
     ap.add_argument("--stdlib", action="store_true", help="add the Python standard library as one document")
     ap.add_argument("--exclude", action="append", default=[], help="a distribution name to leave out (repeatable)")
+    ap.add_argument("--only", action="append", default=[],
+                    help="keep only these distributions (repeatable; the standard library is python3.X-stdlib)")
     args = ap.parse_args(argv)
 
     entries = []
@@ -183,8 +185,12 @@ def main(argv: list[str] | None = None) -> int:
         projects = python_projects(sites)
         if args.stdlib:
             projects[f"python{sys.version_info.major}.{sys.version_info.minor}-stdlib"] = stdlib_files()
+        missing = sorted(set(args.only) - set(projects))
+        if missing:
+            raise SystemExit(f"error: --only {', '.join(missing)}: no such distribution here "
+                             f"(found: {', '.join(sorted(projects)) or 'none'})")
         for name in sorted(projects):
-            if name in args.exclude:
+            if name in args.exclude or (args.only and name not in args.only):
                 continue
             stdlib_root = Path(sysconfig.get_paths()["stdlib"])
             parts = []

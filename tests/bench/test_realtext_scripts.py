@@ -82,6 +82,14 @@ def test_build_corpus_from_a_deb_and_site_packages(tmp_path: Path) -> None:
     entries = json.loads((out / "corpus.json").read_text())["documents"]
     assert {e["document"] for e in entries} == {"linux-doc/admin-guide.txt", "linux-doc/filesystems.txt",
                                                "linux-doc/networking.txt", "python/toypkg.txt"}
+    only = subprocess.run([sys.executable, "bench/data/build_corpus.py", "--site", str(site), "--stdlib",
+                           "--only", "toypkg", "--out", str(tmp_path / "only")], cwd=ROOT, capture_output=True, text=True)
+    assert only.returncode == 0, only.stderr
+    kept = json.loads((tmp_path / "only" / "corpus.json").read_text())["documents"]
+    assert [e["document"] for e in kept] == ["python/toypkg.txt"]  # the stdlib document left out
+    unknown = subprocess.run([sys.executable, "bench/data/build_corpus.py", "--site", str(site), "--only", "numpyy",
+                              "--out", str(tmp_path / "none")], cwd=ROOT, capture_output=True, text=True)
+    assert unknown.returncode != 0 and "--only numpyy: no such distribution here (found: toypkg)" in unknown.stderr
     bad = subprocess.run([sys.executable, "bench/data/build_corpus.py", "--deb", str(site / "toypkg" / "m0.py"),
                           "--out", str(tmp_path / "c2")], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode != 0 and "not a .deb" in bad.stderr
