@@ -83,7 +83,8 @@ def test_build_corpus_from_a_deb_and_site_packages(tmp_path: Path) -> None:
     assert {e["document"] for e in entries} == {"linux-doc/admin-guide.txt", "linux-doc/filesystems.txt",
                                                "linux-doc/networking.txt", "python/toypkg.txt"}
     only = subprocess.run([sys.executable, "bench/data/build_corpus.py", "--site", str(site), "--stdlib",
-                           "--only", "toypkg", "--out", str(tmp_path / "only")], cwd=ROOT, capture_output=True, text=True)
+                           "--only", "toypkg", "--out", str(tmp_path / "only")],
+                          cwd=ROOT, capture_output=True, text=True)
     assert only.returncode == 0, only.stderr
     kept = json.loads((tmp_path / "only" / "corpus.json").read_text())["documents"]
     assert [e["document"] for e in kept] == ["python/toypkg.txt"]  # the stdlib document left out
