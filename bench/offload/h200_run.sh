@@ -127,8 +127,8 @@ case "$stage" in
     BATCH_TOKENS=65536 ev fp64k 4k,64k 0.5 2
     BATCH_TOKENS=1048576 ev ref1m_gpu_b1 64k,1m 0.5 2 --no-offload
     ;;
-  memory)  # (c) where a deep context adds to the GPU peak: the peak inside each module, first segment
-           # against the last, for a LENGTH-token prefill (default 16M: 8 windows of host landmarks)
+  memory)  # (c) where a deep context adds to the GPU peak: what each segment begins with, and the peak
+           # inside each module, second segment against the last, for a LENGTH-token prefill (default 16M)
     length=${LENGTH:-16m}
     timeout "$LIMIT" python3 bench/offload/profile_prefill.py "$RUN/model" "$length" --segment "$SEGMENT" \
       --memory | tee "$OUT/memory_$length.txt"

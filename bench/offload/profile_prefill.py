@@ -6,10 +6,11 @@ passkey task's repeated filler) through the model in segments with its chunk mem
 * Time (the default): prints the wall time of some segments along the way (how the per-segment cost
   grows with the context), then profiles the last two segments with ``torch.profiler`` and prints the
   top operators by GPU time and by CPU time.
-* ``--memory``: the peak of allocated GPU memory inside each module's forward (modules up to
-  ``--depth`` dots deep, e.g. ``layers.4.retrieval``), in the first segment (a context of one segment)
-  and in the last one (the deepest context), side by side: what a deep context adds to the peak, and
-  where. ``HSA_OFFLOAD_LANDMARKS=host`` keeps the landmarks in host memory as ``hsa eval`` does.
+* ``--memory``: the memory allocated when the first, second and last segments begin (what the cache
+  carries), and the peak of allocated GPU memory inside each module's forward (modules up to
+  ``--depth`` dots deep, e.g. ``layers.4.retrieval``) in the second segment (one segment of context
+  carried in) and in the last one (the deepest context), side by side: what a deep context adds to the
+  peak, and where. ``HSA_OFFLOAD_LANDMARKS=host`` keeps the landmarks in host memory as ``hsa eval`` does.
 
     python3 bench/offload/profile_prefill.py runs/offload/ramba-sm/model 4194304
     HSA_OFFLOAD_LANDMARKS=host python3 bench/offload/profile_prefill.py runs/offload/ramba-sm/model 16m \\
@@ -85,9 +86,9 @@ class ModulePeaks:
             handle.remove()
 
 
-def peak_table(first: dict[str, int], last: dict[str, int]) -> str:
-    """Markdown rows: module, peak MiB in the first and the last segment, and the difference."""
-    rows = ["| module | first segment MiB | last segment MiB | last - first MiB |", "|---|---|---|---|"]
+def peak_table(first: dict[str, int], last: dict[str, int], first_name: str = "first") -> str:
+    """Markdown rows: module, peak MiB in the ``first_name`` and the last segment, and the difference."""
+    rows = [f"| module | {first_name} segment MiB | last segment MiB | last - {first_name} MiB |", "|---|---|---|---|"]
     for name in sorted(set(first) | set(last), key=lambda n: -last.get(n, 0)):
         a, b = first.get(name, 0) / 2**20, last.get(name, 0) / 2**20
         rows.append(f"| {name} | {a:,.1f} | {b:,.1f} | {b - a:+,.1f} |")
@@ -104,17 +105,22 @@ def main(run: str, length: int, segment: int, memory: bool, depth: int) -> None:
     timed = segments if memory else segments - 2
     times: list[float] = []
     peaks = ModulePeaks(model, depth) if memory else None
-    first: dict[str, int] = {}
+    # The second segment is the reference: the first starts from an empty cache, so against it every
+    # module's peak also shows what the cache and this loop carry from one segment to the next.
+    second: dict[str, int] = {}
+    starts: list[int] = []  # bytes allocated when each segment begins
     with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16):
         for i in range(timed):
             torch.cuda.synchronize()
+            starts.append(torch.cuda.memory_allocated())
             t0 = time.perf_counter()
             _, cache = model.forward_hidden(ids[:, i * segment:(i + 1) * segment].to(dev), cache, return_cache=True)
             torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
             if peaks is not None:
                 taken = peaks.take()
-                first = first or taken
+                if i <= 1:
+                    second = taken
                 last = taken
         for k in [1, 8, 32, 64, 128, 192, 512, len(times) - 1]:
             if k < len(times):
@@ -122,9 +128,12 @@ def main(run: str, length: int, segment: int, memory: bool, depth: int) -> None:
         print(f"total {sum(times):.1f} s for {len(times)} segments")
         if peaks is not None:
             peaks.close()
-            print(f"\npeak allocated inside each module, first segment against the last (context {length:,}, "
+            print("\nallocated when a segment begins: "
+                  + ", ".join(f"segment {k + 1}: {starts[k] / 2**20:,.1f} MiB" for k in sorted({0, 1, len(starts) - 1})
+                              if k < len(starts)))
+            print(f"\npeak allocated inside each module, second segment against the last (context {length:,}, "
                   f"segments of {segment:,}):")
-            print(peak_table(first, last))
+            print(peak_table(second, last, "second"))
             return
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for i in range(segments - 2, segments):
