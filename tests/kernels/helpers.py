@@ -39,6 +39,14 @@ SMALL_SHAPES: dict[str, Shape] = {
 }
 
 
+def grid_randn(*shape: int, generator: torch.Generator, steps: int = 8) -> Tensor:
+    """Roughly normal fp32 values on a grid of ``1 / steps`` (|x| <= 3): their products and sums over a
+    head dim of up to 64 are exact in fp32, so equal landmarks score bit-equal in any summation order.
+    Tests of exact ties need this: a BLAS (the interpreter's ``tl.dot``) rounds a tile's edge columns
+    differently from its inner ones (OpenBLAS's AVX-512 and AVX kernels do; CI's CPU picks one)."""
+    return (torch.randn(*shape, generator=generator) * steps).round().clamp(-3 * steps, 3 * steps) / steps
+
+
 def rel_err(a: Tensor, ref: Tensor) -> float:
     """||a - ref|| / ||ref|| in fp64 (NaN anywhere -> inf)."""
     a, ref = a.double(), ref.double()

@@ -11,7 +11,7 @@ import torch
 from hsa_kernels.hsa_select import hsa_select_naive, hsa_select_triton
 from hsa_kernels.hsa_select.naive import visible_chunks
 
-from .helpers import DEV, PoisonTorch, rel_err
+from .helpers import DEV, PoisonTorch, grid_randn, rel_err
 
 
 def _check(B, T, Hr, dr, C, S, K, q_offset, window, weighting, dtype=torch.float32, device=DEV, scale=1.0,
@@ -201,8 +201,9 @@ def test_select_split_landmarks_equal_one_scan(skip: bool, T: int, C: int, split
     split = dataclasses.replace(one, splits=splits)
     weighting = "stick_breaking" if skip else "softmax"
     q = torch.randn(1, T, 2, 16, generator=g)
-    lm = torch.randn(1, 5 if periodic else C, 2, 16, generator=g)
-    if periodic:
+    lm = torch.randn(1, C, 2, 16, generator=g)
+    if periodic:  # ties exact in any summation order (grid values)
+        q, lm = grid_randn(1, T, 2, 16, generator=g), grid_randn(1, 5, 2, 16, generator=g)
         lm = lm[:, torch.arange(C) % 5]
     for q_offset, window in offsets:
         kw = dict(topk=6, chunk_size=2, q_offset=q_offset, weighting=weighting, window=window)
@@ -231,20 +232,21 @@ def test_select_windows_equal_one_scan(order: str, scores: str) -> None:
     g = torch.Generator(device="cpu").manual_seed(21)
     C, cuts = 70, (0, 16, 19, 48, 70)
     ties = scores != "distinct"
-    lm = torch.randn(1, 7 if scores == "periodic" else C, 2, 16, generator=g)
+    # Ties are made of grid values (grid_randn): equal landmarks then score bit-equal in any summation order.
+    lm = torch.randn(1, C, 2, 16, generator=g)
     if scores == "periodic":
-        lm = lm[:, torch.arange(C) % 7]
+        lm = grid_randn(1, 7, 2, 16, generator=g)[:, torch.arange(C) % 7]
     elif scores == "ties-at-the-floor":  # score = a_c * (q . v) with q, v > 0: the same order for every token
-        a = torch.full((C,), 0.1)
+        a = torch.full((C,), 1 / 16)
         a[:16] = 1 + torch.arange(16) / 16  # window 0: chunk 15 best ... chunk 8 eighth (KP = 8)
         a[16::2] = a[8]
-        lm = (torch.rand(1, 1, 2, 16, generator=g) + 0.5) * a[None, :, None, None]
+        lm = (grid_randn(1, 1, 2, 16, generator=g).abs() + 0.5) * a[None, :, None, None]
     windows = [(a, lm[:, a:b]) for a, b in itertools.pairwise(cuts)]
     if order == "newest-first":
         windows.reverse()
     launch = sel_mod.SelectLaunch(block_t=16, block_c=16, block_d=16, warps=2, stages=1)
     for T, q_offset, window, weighting in ((40, 0, None, "stick_breaking"), (1, 139, 24, "softmax")):
-        q = torch.randn(1, T, 2, 16, generator=g)
+        q = grid_randn(1, T, 2, 16, generator=g) if ties else torch.randn(1, T, 2, 16, generator=g)
         q = q.abs() if scores == "ties-at-the-floor" else q
         topk = 8 if scores == "ties-at-the-floor" else 6  # = KP: the KP-th kept chunk is selected
         kw = dict(topk=topk, chunk_size=2, q_offset=q_offset, weighting=weighting, window=window)
