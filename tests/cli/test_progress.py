@@ -10,12 +10,14 @@ from rich.console import Console
 
 
 def test_prefill_display_prints_lines_in_logs_and_a_bar_in_a_terminal() -> None:
-    events = [PrefillProgress(1 << 24, 0.5, 0, 2, 4, n, 1 << 24) for n in (1 << 22, 1 << 23, 1 << 24)]
+    events = [PrefillProgress(length=1 << 24, depth=0.5, first=0, batch=2, samples=4, tokens=n, total=1 << 24)
+              for n in (1 << 22, 1 << 23, 1 << 24)]
     log = io.StringIO()
     with PrefillDisplay(Console(file=log, force_terminal=False, width=200), interval=0.0) as show:
         for e in events:
             show(e)
-        show(PrefillProgress(4096, 0.5, 0, 1, 4, 4096, 4096))  # short prefills: nothing
+        short = PrefillProgress(length=4096, depth=0.5, first=0, batch=1, samples=4, tokens=4096, total=4096)
+        show(short)  # short prefills: nothing
     lines = log.getvalue().splitlines()
     assert len(lines) == 3 and all(line.startswith("  prefill 16m depth 0.50, samples 1-2 of 4: ") for line in lines)
     assert "8.4M of 16.8M tokens" in lines[1] and "tokens/s" in lines[1]

@@ -74,11 +74,12 @@ def random_selection(B: int, T: int, H: int, K: int, S: int, device=DEV, q_offse
     return idx, w
 
 
-def shared_selection(B: int, T: int, H: int, K: int, S: int, block_tokens: int, device=DEV,
+def shared_selection(*, B: int, T: int, H: int, K: int, S: int, block_tokens: int, device: str = DEV,
                      empty_frac: float = 0.0) -> tuple[Tensor, Tensor]:
     """One causal random selection per block of ``block_tokens`` tokens, visible to all of them (drawn
-    for the block's first token), with per-token random weights: neighbouring tokens share chunks."""
-    idx, _ = random_selection(B, T, H, K, S, device=device, empty_frac=empty_frac)
+    for the block's first token), with per-token random weights: neighbouring tokens share chunks.
+    ``B, T, H, K, S`` as in :class:`Shape` (batch, tokens, KV heads, slots, chunk size)."""
+    idx, _ = random_selection(B=B, T=T, H=H, K=K, S=S, device=device, empty_frac=empty_frac)
     first = (torch.arange(T, device=device) // block_tokens) * block_tokens
     idx = idx[:, first].contiguous()
     w = torch.rand(idx.shape, device=device) * (idx >= 0)
@@ -97,12 +98,12 @@ def attention_inputs(shape: Shape, dtype: torch.dtype, *, extra_chunks: int = 1,
     return q, k, v, idx, w
 
 
-def one_chunk_case(B: int, T: int, HQ: int, H: int, D: int, S: int, K: int, device=DEV,
+def one_chunk_case(*, B: int, T: int, HQ: int, H: int, D: int, S: int, K: int, device: str = DEV,
                    every_slot_rows: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """A selection over a single chunk (C = 1): random slots in {-1, 0}, every 4th row all empty, the
     next ones with chunk 0 in slot 0, and (``every_slot_rows``) the row after with chunk 0 in every slot,
     so one program adds several contributions to the same output row. Weights of empty slots are
-    random: kernels must ignore them. Returns ``q, k, v, idx, w``."""
+    random: kernels must ignore them. Sizes as in :class:`Shape`; returns ``q, k, v, idx, w``."""
     q = torch.randn(B, T, HQ, D, device=device)
     k = torch.randn(B, S, H, D, device=device)
     v = torch.randn(B, S, H, D, device=device)

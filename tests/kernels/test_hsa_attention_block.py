@@ -59,7 +59,7 @@ def test_block_shared_selection(share: int, HQ: int, rows: int, monkeypatch: pyt
     shape = Shape(B=1, T=45, HQ=HQ, H=1, D=16, S=16, K=3, sink=True)
     q, k, v, _, _ = attention_inputs(shape, torch.float32)
     for bt in (4, 3):
-        idx, w = shared_selection(1, 45, 1, 3, 16, bt, empty_frac=0.1)
+        idx, w = shared_selection(B=1, T=45, H=1, K=3, S=16, block_tokens=bt, empty_frac=0.1)
         check_attention_on(q, k, v, idx, w, 16, True, 1e-5, schedule="block",
                            launch=AttentionLaunch(block_share_max=share, block_rows=rows))
 
@@ -74,7 +74,7 @@ def test_block_fp16(share: int) -> None:
 @pytest.mark.parametrize("share", SHARES[:2])
 def test_block_one_chunk_repeated_slots(share: int) -> None:
     # C = 1, chunk 0 repeated across the slots of a row (a chunk a token counts twice), whole empty rows.
-    q, k, v, idx, w = one_chunk_case(2, 37, 3, 1, 16, 16, 3, every_slot_rows=True)
+    q, k, v, idx, w = one_chunk_case(B=2, T=37, HQ=3, H=1, D=16, S=16, K=3, every_slot_rows=True)
     for sink in (False, True):
         o, _ = check_attention_on(q, k, v, idx, w, 16, sink, 1e-5, schedule="block",
                                   launch=AttentionLaunch(block_share_max=share))

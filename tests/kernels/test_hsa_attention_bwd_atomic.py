@@ -90,7 +90,7 @@ def test_atomic_dq_fp16(G: int, sink: bool, seg: int, monkeypatch: pytest.Monkey
 def test_atomic_dq_all_empty_rows_and_one_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
     # C = 1: every valid slot is chunk 0, repeated across slots, so one atomic_add call carries several
     # contributions to the same dq32 row; whole rows of empty slots must get dq exactly 0.
-    q, k, v, idx, w = one_chunk_case(2, 37, 3, 1, 16, 16, 3, every_slot_rows=True)
+    q, k, v, idx, w = one_chunk_case(B=2, T=37, HQ=3, H=1, D=16, S=16, K=3, every_slot_rows=True)
     for sink in (False, True):
         _, grads = _check(q, k, v, idx, w, 16, sink, 1e-5, monkeypatch, seg=4)
         assert torch.equal(grads[0][:, ::4], torch.zeros_like(grads[0][:, ::4]))

@@ -14,8 +14,28 @@ from hsa_kernels.hsa_select.naive import visible_chunks
 from .helpers import DEV, PoisonTorch, grid_randn, rel_err
 
 
-def _check(B, T, Hr, dr, C, S, K, q_offset, window, weighting, dtype=torch.float32, device=DEV, scale=1.0,
-           launch=None):
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One selection checked against the fp64 twin by ``_check``."""
+
+    B: int  # batch
+    T: int  # tokens
+    Hr: int  # retrieval heads
+    dr: int  # retrieval head dim
+    C: int  # landmarks (chunks)
+    S: int  # chunk size
+    K: int  # top-k: slots per token
+    weighting: str  # "stick_breaking" or "softmax"
+    q_offset: int = 0  # position of the first token
+    window: int | None = None  # sliding window in tokens, whose chunks are hidden (None: none)
+
+
+def _check(case: Case, *, dtype: torch.dtype = torch.float32, device: str = DEV, scale: float = 1.0,
+           launch: sel_mod.SelectLaunch | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random inputs of ``case`` (queries times ``scale``): Triton indices equal to the fp64 twin's, weights
+    and their gradients close; returns ``(idx, w)``."""
+    B, T, Hr, dr, C, S, K = case.B, case.T, case.Hr, case.dr, case.C, case.S, case.K
+    q_offset, window, weighting = case.q_offset, case.window, case.weighting
     q = (torch.randn(B, T, Hr, dr, device=device) * scale).to(dtype)
     lm = torch.randn(B, C, Hr, dr, device=device).to(dtype)
     kw = dict(topk=K, chunk_size=S, q_offset=q_offset, weighting=weighting, window=window)
@@ -39,37 +59,41 @@ def _check(B, T, Hr, dr, C, S, K, q_offset, window, weighting, dtype=torch.float
 @pytest.mark.slow
 @pytest.mark.triton
 @pytest.mark.parametrize(
-    "B,T,Hr,dr,C,S,K,q_offset,window,weighting",
+    "case",
     [
-        pytest.param(1, 70, 1, 32, 5, 16, 3, 0, None, "stick_breaking", id="fewer-visible-chunks-than-K-early-on"),
-        pytest.param(2, 40, 2, 48, 9, 8, 4, 30, 20, "softmax", id="q-offset-window-two-retrieval-heads"),
-        pytest.param(1, 33, 1, 16, 40, 4, 8, 7, None, "stick_breaking", id="several-landmark-blocks-K=8"),
-        pytest.param(1, 20, 1, 16, 3, 16, 2, 0, None, "softmax", id="T-below-S-for-most-tokens-empty-rows"),
+        pytest.param(Case(B=1, T=70, Hr=1, dr=32, C=5, S=16, K=3, weighting="stick_breaking"),
+                     id="fewer-visible-chunks-than-K-early-on"),
+        pytest.param(Case(B=2, T=40, Hr=2, dr=48, C=9, S=8, K=4, weighting="softmax", q_offset=30, window=20),
+                     id="q-offset-window-two-retrieval-heads"),
+        pytest.param(Case(B=1, T=33, Hr=1, dr=16, C=40, S=4, K=8, weighting="stick_breaking", q_offset=7),
+                     id="several-landmark-blocks-K=8"),
+        pytest.param(Case(B=1, T=20, Hr=1, dr=16, C=3, S=16, K=2, weighting="softmax"),
+                     id="T-below-S-for-most-tokens-empty-rows"),
     ],
 )
-def test_select_fp32(B, T, Hr, dr, C, S, K, q_offset, window, weighting, monkeypatch):
+def test_select_fp32(case: Case, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sel_mod, "torch", PoisonTorch())
-    _check(B, T, Hr, dr, C, S, K, q_offset, window, weighting)
+    _check(case)
 
 
 @pytest.mark.triton
 def test_select_all_empty():
-    idx, w = _check(1, 10, 1, 16, 2, 16, 3, 0, None, "stick_breaking")
+    idx, w = _check(Case(B=1, T=10, Hr=1, dr=16, C=2, S=16, K=3, weighting="stick_breaking"))
     assert (idx == -1).all() and (w == 0).all()
 
 
 @pytest.mark.triton
 def test_select_extreme_scores():
     # Scores of ~1e2: softplus/sigmoid saturate; weights must stay finite and match.
-    _check(1, 40, 1, 16, 6, 8, 4, 0, None, "stick_breaking", scale=25.0)
+    _check(Case(B=1, T=40, Hr=1, dr=16, C=6, S=8, K=4, weighting="stick_breaking"), scale=25.0)
 
 
 @pytest.mark.slow
 @pytest.mark.triton
 def test_select_launch_settings_shrink_and_validate():
     # Smaller tiles than the defaults: several landmark tiles and token tiles per program grid.
-    _check(1, 70, 1, 32, 30, 2, 4, 0, None, "softmax", launch=sel_mod.SelectLaunch(block_t=16, block_c=16,
-                                                                                   block_d=16, warps=2, stages=1))
+    launch = sel_mod.SelectLaunch(block_t=16, block_c=16, block_d=16, warps=2, stages=1)
+    _check(Case(B=1, T=70, Hr=1, dr=32, C=30, S=2, K=4, weighting="softmax"), launch=launch)
     with pytest.raises(ValueError, match=r"SelectLaunch\.block_c must be an int >= 1, got 0"):
         sel_mod.SelectLaunch(block_c=0)
 
@@ -302,7 +326,7 @@ def test_select_splits_automatic_only_below_one_program_per_processor() -> None:
 
 @pytest.mark.triton
 def test_select_skip_merges_with_gradients() -> None:
-    _check(1, 70, 1, 32, 30, 2, 4, 0, None, "stick_breaking", launch=SKIPPING)
+    _check(Case(B=1, T=70, Hr=1, dr=32, C=30, S=2, K=4, weighting="stick_breaking"), launch=SKIPPING)
     with pytest.raises(ValueError, match=r"SelectLaunch\.skip_merges must be True, False or None \(automatic\), got 1"):
         sel_mod.SelectLaunch(skip_merges=1)
 
@@ -327,7 +351,7 @@ def test_select_gumbel_falls_back():
 @pytest.mark.gpu
 @pytest.mark.parametrize("weighting", ["stick_breaking", "softmax"])
 def test_select_gpu_real_shape(weighting):
-    _check(1, 8192, 1, 1024, 128, 64, 8, 0, None, weighting, device="cuda")
+    _check(Case(B=1, T=8192, Hr=1, dr=1024, C=128, S=64, K=8, weighting=weighting), device="cuda")
 
 
 @pytest.mark.gpu

@@ -7,6 +7,8 @@ TRITON_INTERPRET=1); GPU (``-m gpu``): the benchmark's shape.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import hsa_kernels.hsa_attention.index as index_mod
 import pytest
 import torch
@@ -15,6 +17,32 @@ from hsa_kernels.hsa_attention.index import build_inverse_index, build_inverse_i
 from .helpers import DEV, PoisonTorch, random_selection
 
 KEYS = ("order", "seg_chunk", "seg_start", "seg_end", "seg_first", "seg_count")
+
+
+@dataclass(frozen=True)
+class IndexCase:
+    """A selection of shape (B, T, H, K) and the index's segment size."""
+
+    B: int  # batch
+    T: int  # tokens
+    H: int  # KV heads
+    K: int  # slots per token
+    seg: int  # most pairs per segment
+
+
+@dataclass(frozen=True)
+class CausalCase(IndexCase):
+    """A causal random selection (``random_selection``) whose first token sits at position S: all see a chunk."""
+
+    S: int  # chunk size
+    empty_frac: float  # share of the slots emptied on top
+
+
+@dataclass(frozen=True)
+class RandomIdsCase(IndexCase):
+    """Ids drawn uniformly from -2 .. C + 1: empty, repeated and out-of-range ones."""
+
+    C: int  # chunks
 
 
 def _assert_same(idx, num_chunks, seg):
@@ -55,35 +83,37 @@ def _assert_valid(idx, num_chunks, seg, inv):
 
 @pytest.mark.triton
 @pytest.mark.parametrize(
-    "B,T,H,K,S,seg,empty_frac",
+    "case",
     [
-        pytest.param(1, 37, 1, 3, 8, 3, 0.0, id="odd-T-popular-chunks-split-into-segments-of-3"),
-        pytest.param(2, 41, 3, 4, 8, 3, 0.3, id="B2-H3-extra-empty-slots"),
-        pytest.param(3, 29, 2, 2, 4, 1, 0.5, id="one-pair-per-segment"),
-        pytest.param(1, 50, 2, 8, 16, 1024, 0.0, id="one-segment-per-chunk"),
-        pytest.param(2, 1, 2, 4, 8, 3, 0.0, id="T1-one-visible-chunk"),
+        pytest.param(CausalCase(B=1, T=37, H=1, K=3, S=8, seg=3, empty_frac=0.0),
+                     id="odd-T-popular-chunks-split-into-segments-of-3"),
+        pytest.param(CausalCase(B=2, T=41, H=3, K=4, S=8, seg=3, empty_frac=0.3), id="B2-H3-extra-empty-slots"),
+        pytest.param(CausalCase(B=3, T=29, H=2, K=2, S=4, seg=1, empty_frac=0.5), id="one-pair-per-segment"),
+        pytest.param(CausalCase(B=1, T=50, H=2, K=8, S=16, seg=1024, empty_frac=0.0), id="one-segment-per-chunk"),
+        pytest.param(CausalCase(B=2, T=1, H=2, K=4, S=8, seg=3, empty_frac=0.0), id="T1-one-visible-chunk"),
     ],
 )
-def test_matches_torch_causal(B, T, H, K, S, seg, empty_frac):
-    idx, _ = random_selection(B, T, H, K, S, device=DEV, q_offset=S, empty_frac=empty_frac)
-    num_chunks = (T + S) // S + 1
-    _assert_same(idx, num_chunks, seg)
+def test_matches_torch_causal(case: CausalCase) -> None:
+    idx, _ = random_selection(B=case.B, T=case.T, H=case.H, K=case.K, S=case.S, device=DEV, q_offset=case.S,
+                              empty_frac=case.empty_frac)
+    num_chunks = (case.T + case.S) // case.S + 1
+    _assert_same(idx, num_chunks, case.seg)
 
 
 @pytest.mark.triton
 @pytest.mark.parametrize(
-    "B,T,H,K,C,seg",
+    "case",
     [
-        pytest.param(1, 33, 1, 5, 3, 3, id="repeated-and-out-of-range-ids"),
-        pytest.param(2, 17, 3, 3, 1, 3, id="one-chunk"),
-        pytest.param(2, 1, 1, 1, 1, 3, id="T1-one-chunk"),
-        pytest.param(1, 1, 4, 6, 2, 2, id="T1-H4"),
-        pytest.param(3, 23, 2, 4, 7, 5, id="B3-H2-C7"),
+        pytest.param(RandomIdsCase(B=1, T=33, H=1, K=5, C=3, seg=3), id="repeated-and-out-of-range-ids"),
+        pytest.param(RandomIdsCase(B=2, T=17, H=3, K=3, C=1, seg=3), id="one-chunk"),
+        pytest.param(RandomIdsCase(B=2, T=1, H=1, K=1, C=1, seg=3), id="T1-one-chunk"),
+        pytest.param(RandomIdsCase(B=1, T=1, H=4, K=6, C=2, seg=2), id="T1-H4"),
+        pytest.param(RandomIdsCase(B=3, T=23, H=2, K=4, C=7, seg=5), id="B3-H2-C7"),
     ],
 )
-def test_matches_torch_random_ids(B, T, H, K, C, seg):
-    idx = torch.randint(-2, C + 2, (B, T, H, K), dtype=torch.int32, device=DEV)
-    _assert_same(idx, C, seg)
+def test_matches_torch_random_ids(case: RandomIdsCase) -> None:
+    idx = torch.randint(-2, case.C + 2, (case.B, case.T, case.H, case.K), dtype=torch.int32, device=DEV)
+    _assert_same(idx, case.C, case.seg)
 
 
 @pytest.mark.triton
@@ -117,7 +147,7 @@ def test_strided_and_int64_indices():
 def test_every_output_written(monkeypatch):
     # Buffers come back from torch.empty filled with -7: a slot the kernels forget shows up as a mismatch.
     monkeypatch.setattr(index_mod, "torch", PoisonTorch())
-    idx, _ = random_selection(2, 45, 2, 4, 8, device=DEV, empty_frac=0.2)
+    idx, _ = random_selection(B=2, T=45, H=2, K=4, S=8, device=DEV, empty_frac=0.2)
     _assert_same(idx, 7, 3)
 
 
@@ -131,13 +161,13 @@ def test_degenerate_no_pairs():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("B,T,H,K,seg", [pytest.param(1, 65536, 1, 8, 1024, id="bench-64K"),
-                                         pytest.param(2, 10001, 4, 8, 256, id="B2-H4-seg256")])
-def test_matches_torch_gpu(B, T, H, K, seg):
+@pytest.mark.parametrize("case", [pytest.param(IndexCase(B=1, T=65536, H=1, K=8, seg=1024), id="bench-64K"),
+                                  pytest.param(IndexCase(B=2, T=10001, H=4, K=8, seg=256), id="B2-H4-seg256")])
+def test_matches_torch_gpu(case: IndexCase) -> None:
     S = 64
-    idx, _ = random_selection(B, T, H, K, S, device="cuda", empty_frac=0.05)
-    num_chunks = T // S + 1
-    got = build_inverse_index(idx, num_chunks, seg)
-    ref = build_inverse_index_torch(idx, num_chunks, seg)
+    idx, _ = random_selection(B=case.B, T=case.T, H=case.H, K=case.K, S=S, device="cuda", empty_frac=0.05)
+    num_chunks = case.T // S + 1
+    got = build_inverse_index(idx, num_chunks, case.seg)
+    ref = build_inverse_index_torch(idx, num_chunks, case.seg)
     for name in KEYS:
         assert got[name].dtype == ref[name].dtype and torch.equal(got[name], ref[name]), name

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 import torch
 
@@ -10,27 +12,42 @@ from hsa_core.ops import hsa_select
 from .brute_force import select_brute
 
 
-def _inputs(B, T, C, Hr, dr, dtype=torch.float64):
+def _inputs(*, B: int, T: int, C: int, Hr: int, dr: int,
+            dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random leaves needing grad: queries (B, T, Hr, dr) and landmarks (B, C, Hr, dr)."""
     q = torch.randn(B, T, Hr, dr, dtype=dtype, requires_grad=True)
     lmk = torch.randn(B, C, Hr, dr, dtype=dtype, requires_grad=True)
     return q, lmk
 
 
+@dataclass(frozen=True)
+class Case:
+    """One selection over every chunk complete by the last token."""
+
+    B: int  # batch
+    T: int  # tokens
+    S: int  # chunk size
+    Hr: int  # retrieval heads
+    dr: int  # retrieval head dim
+    topk: int  # slots per token
+    q_offset: int = 0  # position of the first token
+
+
 @pytest.mark.parametrize("weighting", ["stick_breaking", "softmax"])
 @pytest.mark.parametrize(
-    "B,T,S,Hr,dr,topk,q_offset",
+    "case",
     [
-        pytest.param(2, 37, 4, 1, 8, 3, 0, id="T-not-a-multiple-of-S"),
-        pytest.param(1, 29, 5, 3, 6, 8, 0, id="topk-above-visible-chunks"),
-        pytest.param(2, 13, 4, 2, 8, 2, 21, id="q-offset-a-later-segment"),
-        pytest.param(1, 9, 16, 1, 4, 4, 0, id="no-complete-chunk-at-all"),
+        pytest.param(Case(B=2, T=37, S=4, Hr=1, dr=8, topk=3), id="T-not-a-multiple-of-S"),
+        pytest.param(Case(B=1, T=29, S=5, Hr=3, dr=6, topk=8), id="topk-above-visible-chunks"),
+        pytest.param(Case(B=2, T=13, S=4, Hr=2, dr=8, topk=2, q_offset=21), id="q-offset-a-later-segment"),
+        pytest.param(Case(B=1, T=9, S=16, Hr=1, dr=4, topk=4), id="no-complete-chunk-at-all"),
     ],
 )
-def test_matches_brute_force(B, T, S, Hr, dr, topk, q_offset, weighting):
-    C = (T + q_offset) // S
-    q, lmk = _inputs(B, T, C, Hr, dr)
-    idx, w = hsa_select(q, lmk, topk=topk, chunk_size=S, q_offset=q_offset, weighting=weighting)
-    idx_ref, w_ref = select_brute(q, lmk, topk, S, q_offset, weighting)
+def test_matches_brute_force(case: Case, weighting: str) -> None:
+    C = (case.T + case.q_offset) // case.S
+    q, lmk = _inputs(B=case.B, T=case.T, C=C, Hr=case.Hr, dr=case.dr)
+    idx, w = hsa_select(q, lmk, topk=case.topk, chunk_size=case.S, q_offset=case.q_offset, weighting=weighting)
+    idx_ref, w_ref = select_brute(q, lmk, case.topk, case.S, case.q_offset, weighting)
     assert idx.dtype == torch.int32 and w.dtype == torch.float32
     assert torch.equal(idx.long(), idx_ref)
     torch.testing.assert_close(w.double(), w_ref, atol=1e-6, rtol=1e-5)
@@ -47,7 +64,7 @@ def test_matches_brute_force(B, T, S, Hr, dr, topk, q_offset, weighting):
 
 
 def test_window_hides_chunks_the_window_covers():
-    q, lmk = _inputs(1, 40, 10, 1, 8)
+    q, lmk = _inputs(B=1, T=40, C=10, Hr=1, dr=8)
     idx, w = hsa_select(q, lmk, topk=10, chunk_size=4, window=12)
     idx_ref, w_ref = select_brute(q, lmk, 10, 4, 0, "stick_breaking", window=12)
     assert torch.equal(idx.long(), idx_ref)
@@ -55,7 +72,7 @@ def test_window_hides_chunks_the_window_covers():
 
 
 def test_sorted_recent_first_and_empty_slots_zero():
-    q, lmk = _inputs(2, 64, 16, 2, 8)
+    q, lmk = _inputs(B=2, T=64, C=16, Hr=2, dr=8)
     idx, w = hsa_select(q, lmk, topk=6, chunk_size=4)
     valid = idx >= 0
     assert torch.all(w[~valid] == 0)
@@ -72,7 +89,7 @@ def test_sorted_recent_first_and_empty_slots_zero():
 
 def test_gumbel_changes_choice_not_weight_formula():
     torch.manual_seed(3)
-    q, lmk = _inputs(1, 200, 50, 1, 8)
+    q, lmk = _inputs(B=1, T=200, C=50, Hr=1, dr=8)
     idx, w = hsa_select(q, lmk, topk=2, chunk_size=4, gumbel=True, weighting="softmax")
     idx0, _ = hsa_select(q, lmk, topk=2, chunk_size=4, weighting="softmax")
     assert not torch.equal(idx, idx0)  # noise changed some choices
@@ -84,7 +101,7 @@ def test_gumbel_changes_choice_not_weight_formula():
 
 
 def test_causal_changes_after_t_do_not_change_before_t():
-    q, lmk = _inputs(1, 48, 12, 1, 8)
+    q, lmk = _inputs(B=1, T=48, C=12, Hr=1, dr=8)
     t = 23
     idx, w = hsa_select(q, lmk, topk=3, chunk_size=4)
     q2, lmk2 = q.detach().clone(), lmk.detach().clone()
@@ -95,7 +112,7 @@ def test_causal_changes_after_t_do_not_change_before_t():
 
 
 def test_bad_arguments():
-    q, lmk = _inputs(1, 8, 2, 1, 4)
+    q, lmk = _inputs(B=1, T=8, C=2, Hr=1, dr=4)
     with pytest.raises(ValueError, match="weighting"):
         hsa_select(q, lmk, topk=2, chunk_size=4, weighting="max")
     with pytest.raises(ValueError, match="topk"):
