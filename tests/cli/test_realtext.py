@@ -100,11 +100,42 @@ def test_prepare_train_eval_generate(tmp_path: Path) -> None:
     figures = json.loads(stats.read_text())
     assert figures["offload"] and figures["host_bytes"] > 0 and figures["prefill_tokens"] == 3001
     assert figures["decode_tokens"] == 3 and figures["decode_tokens_per_s"] > 0
+    _generate_many_equals_one_at_a_time(runner, run, tmp_path)
     r = runner.invoke(app, ["eval", "passkey", str(run), "--filler", f"text:{data}", "--lengths", "320",
                             "--depths", "0.5", "--samples", "2", "--offload", "--out", str(tmp_path / "off")])
     assert r.exit_code == 0 and "chunk K/V in host memory" in r.output, r.output
     meta = json.loads((tmp_path / "off" / "eval_passkey_text.json").read_text())["meta"]
     assert meta["offload"] and meta["footprint"]["320"]["host_bytes"] > 0
+
+
+def _generate_many_equals_one_at_a_time(runner: CliRunner, run: Path, tmp_path: Path) -> None:
+    """``--prompts``: prompts of different lengths in batches of 2, greedy: each result is the text that
+    ``--prompt`` alone streams; ids, line numbers and token counts are carried; --force replaces --out."""
+    texts = ["the model", "the state carries the rest; the model reads chunks of the past", "café 東京", "of"]
+    prompts = tmp_path / "many.jsonl"
+    prompts.write_text(json.dumps(texts[0]) + "\n" + json.dumps({"id": "b", "prompt": texts[1]}) + "\n\n"
+                       + "".join(json.dumps(t) + "\n" for t in texts[2:]))
+    results = tmp_path / "many_out.jsonl"
+    args = ["generate", str(run), "--prompts", str(prompts), "--max-new-tokens", "6", "--temperature", "0",
+            "--batch-size", "2", "--segment-len", "16", "--out", str(results)]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "generated" in r.stderr and "for 4 prompts" in r.stderr
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [x["index"] for x in rows] == [0, 1, 2, 3] and [x["line"] for x in rows] == [1, 2, 4, 5]
+    assert rows[1]["id"] == "b" and "id" not in rows[0]
+    assert rows[2]["prompt_tokens"] == 1 + len(texts[2].encode())  # bytes tokenizer: UTF-8 bytes, EOS first
+    for text, row in zip(texts, rows, strict=True):
+        alone = runner.invoke(app, ["generate", str(run), "--prompt", text, "--max-new-tokens", "6", "--temperature",
+                                    "0", "--segment-len", "16"])
+        assert alone.exit_code == 0, alone.output
+        assert alone.stdout == row["text"] + "\n", (text, row)
+        assert 1 <= row["generated_tokens"] <= 6
+    to_stdout = runner.invoke(app, args[:-2])
+    assert to_stdout.exit_code == 0 and [json.loads(x) for x in to_stdout.stdout.splitlines()] == rows
+    results.write_text("old\n")
+    assert runner.invoke(app, [*args, "--force"]).exit_code == 0
+    assert [json.loads(line) for line in results.read_text().splitlines()] == rows
 
 
 def test_bad_data_gives_one_line(tmp_path: Path) -> None:
@@ -152,4 +183,28 @@ def test_bad_data_gives_one_line(tmp_path: Path) -> None:
     _one_error_line(runner.invoke(app, ["train", str(TINY), "--data", str(data), "--out", str(tmp_path / "r4"),
                                         "--steps", "1", "--no-progress"]), 1, "(truncated or corrupted shard)")
     _one_error_line(runner.invoke(app, ["eval", "ppl", str(run), "--lengths", "64"]), 2, "needs --data DIR")
-    _one_error_line(runner.invoke(app, ["generate", str(run)]), 2, "give exactly one of --prompt and --prompt-file")
+    _one_error_line(runner.invoke(app, ["generate", str(run)]), 2,
+                    "give exactly one of --prompt, --prompt-file and --prompts")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('"fine"\n{"id": 3, "prompt": "also fine"}\n{"prompt": "no closing brace"\n')
+    _one_error_line(runner.invoke(app, ["generate", str(run), "--prompts", str(prompts)]), 1,
+                    "prompts.jsonl:3: not JSON")
+    prompts.write_text('"fine"\n\n{"text": "the wrong field"}\n')
+    _one_error_line(runner.invoke(app, ["generate", str(run), "--prompts", str(prompts)]), 1,
+                    "prompts.jsonl:3: expected a JSON string or an object with a string field 'prompt', got an "
+                    "object with fields ['text']")
+    prompts.write_text("\n  \n")
+    _one_error_line(runner.invoke(app, ["generate", str(run), "--prompts", str(prompts)]), 1, "no prompts")
+    prompts.write_bytes(b'"caf\xe9"\n')
+    _one_error_line(runner.invoke(app, ["generate", str(run), "--prompts", str(prompts)]), 1,
+                    "not valid UTF-8 (byte 4)")
+    _one_error_line(runner.invoke(app, ["generate", str(run), "--prompts", str(tmp_path / "none.jsonl")]), 2,
+                    "none.jsonl: no such file")
+    prompts.write_text('"fine"\n')
+    taken = tmp_path / "taken.jsonl"
+    taken.write_text("keep me\n")
+    _one_error_line(runner.invoke(app, ["generate", str(run), "--prompts", str(prompts), "--out", str(taken)]), 2,
+                    "exists; pass --force to replace it")
+    assert taken.read_text() == "keep me\n"
+    _one_error_line(runner.invoke(app, ["generate", str(run), "--prompt", "x", "--out", str(taken)]), 2,
+                    "--out and --force go with --prompts")
