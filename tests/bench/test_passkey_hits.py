@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,6 +41,7 @@ def test_hit_rates_per_head_and_any_head() -> None:
     assert hit == 2 / 8 and any_head == 2 / 4
 
 
+@pytest.mark.slow  # 11 s
 def test_selection_of_every_chunk_always_holds_the_key(tmp_path: Path) -> None:
     """A top-k larger than the number of chunks selects every visible chunk, so the key's chunk is held
     at every answer position (hit 1.0); a top-1 random model holds it at most that often."""

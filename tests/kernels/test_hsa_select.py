@@ -242,7 +242,8 @@ def test_select_split_landmarks_equal_one_scan(skip: bool, T: int, C: int, split
 
 
 @pytest.mark.triton
-@pytest.mark.parametrize("scores", ["distinct", "periodic", "ties-at-the-floor"])
+@pytest.mark.parametrize("scores", [pytest.param("distinct", marks=pytest.mark.slow), "periodic",  # distinct: 9-13 s
+                                    "ties-at-the-floor"])
 @pytest.mark.parametrize("order", ["oldest-first", "newest-first"])
 def test_select_windows_equal_one_scan(order: str, scores: str) -> None:
     """Landmarks scored a window at a time (a memory whose landmarks live in host memory), the windows'

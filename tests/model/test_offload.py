@@ -97,7 +97,7 @@ def test_one_gather_per_shared_selection(monkeypatch) -> None:
 
 
 @pytest.mark.triton
-@pytest.mark.parametrize("which", ["tiny", "multihop"])
+@pytest.mark.parametrize("which", ["tiny", pytest.param("multihop", marks=pytest.mark.slow)])  # multihop: 18 s
 def test_offload_through_the_gather_kernel(which: str, monkeypatch) -> None:
     """The store's copy-in through the Triton row gather (here interpreted on CPU; on CUDA it reads
     pinned host memory): the same logits as the on-device memory, which runs the same kernels."""
