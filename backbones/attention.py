@@ -3,7 +3,10 @@
 Both use ``torch.nn.functional.scaled_dot_product_attention`` (flash / cuDNN / memory-efficient
 kernels on CUDA, the math kernel on CPU) with rotary position embeddings (rotate-half convention,
 ``rope_theta``), grouped-query attention (``num_kv_heads`` divides ``num_heads``), optional QK-norm
-(RMSNorm over the head dimension) and no biases by default.
+(RMSNorm over the head dimension) and no biases by default. ``swa`` on CUDA in bf16/fp16 runs fla's
+windowed kernel instead when fla is installed (:func:`hsa_backbones.fast_paths.sliding_window_kernel`):
+SDPA has no sliding window of its own, so with a mask it computes every (query, key) score of the
+segment, 8x the window's at 4K tokens and a 512-token window.
 
 State (a KV cache, every tensor batch-first):
 
@@ -17,6 +20,7 @@ State (a KV cache, every tensor batch-first):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -26,6 +30,8 @@ from torch import Tensor, nn
 from hsa_core.interfaces import Mixer, MixerState
 from hsa_core.modules.common import RMSNorm
 from hsa_core.modules.rope import rope_cos_sin
+
+from .fast_paths import sliding_window_kernel, swa_forced_torch
 
 ATTENTION_DEFAULTS: dict[str, Any] = {
     "num_heads": 8,
@@ -154,7 +160,15 @@ class CausalAttention(Mixer):
         return y, {"k": k_all, "v": v_all, "pos": start + t}
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, positions: Tensor, start: Tensor, past: int) -> Tensor:
-        """SDPA over ``past`` cached keys and the new ones; returns ``(B, T, H, head_dim)``."""
+        """Attention of ``q`` ``(B, T, H, head_dim)`` over ``past`` cached keys and the new ones (``k``, ``v``
+        ``(B, past + T, H_kv, head_dim)``); returns ``(B, T, H, head_dim)``."""
+        kernel = self._window_kernel(q, start, past)
+        if kernel is not None:
+            # fla's kernel lines queries and keys up by index: `past` zero queries go in front, so that
+            # query i and key j are i - j positions apart; their outputs are dropped.
+            if past:
+                q = torch.cat([q.new_zeros(q.shape[0], past, *q.shape[2:]), q], dim=1)
+            return kernel(q, k, v, window_size=self.window)[:, past:]
         group = self.num_heads // self.num_kv_heads
         if group > 1:
             k, v = k.repeat_interleave(group, dim=2), v.repeat_interleave(group, dim=2)
@@ -171,6 +185,26 @@ class CausalAttention(Mixer):
                 mask &= diff < self.window
             out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask[:, None])
         return out.transpose(1, 2)
+
+
+    def _window_kernel(self, q: Tensor, start: Tensor, past: int) -> Callable | None:
+        """fla's windowed kernel where it applies, else None (SDPA): ``swa`` on a device and in a dtype it
+        runs in (:func:`_kernel_runs_on`), more than one token (a decode step reads ``window`` keys either
+        way), a head dim it takes (<= 256), and every cached slot holding a token. Before ``window - 1``
+        tokens were seen the cache has empty slots, which only SDPA's mask can hide."""
+        if (self.window is None or q.shape[1] < 2 or self.head_dim > 256 or not _kernel_runs_on(q)
+                or swa_forced_torch()):
+            return None
+        kernel = sliding_window_kernel()
+        if kernel is None or (past and not bool((start >= past).all())):
+            return None
+        return kernel
+
+
+def _kernel_runs_on(q: Tensor) -> bool:
+    """fla's Triton kernel runs on CUDA; in bf16/fp16 (in fp32 its dots would round through tf32, where SDPA's
+    fp32 path does not)."""
+    return q.is_cuda and q.dtype in (torch.bfloat16, torch.float16)
 
 
 def build_attention(d_model: int, **options: Any) -> CausalAttention:

@@ -1,4 +1,5 @@
-"""The GPU fast paths of the Mamba backbones: which kernels are used, and how they are loaded.
+"""The GPU fast paths of the Mamba and sliding-window backbones: which kernels are used, and how they
+are loaded.
 
 mamba-ssm ships two kinds of kernels: a compiled CUDA extension (``selective_scan_cuda``, Mamba1's
 selective scan) and pure-Triton kernels (Mamba2's chunked SSD scan, the gated RMSNorm, the one-token
@@ -12,6 +13,11 @@ normally. Nothing is stubbed, and the compiled extension is never touched.
 
 The causal depthwise convolution comes from, in order: causal-conv1d's compiled kernel, fla's Triton
 ``causal_conv1d`` (fla is the ``fla`` extra), cuDNN through ``F.conv1d``.
+
+Sliding-window attention (``swa``) runs fla's Triton ``parallel_attn`` with ``window_size`` when fla is
+installed (:func:`sliding_window_kernel`): it skips the key blocks outside each query block's window,
+where SDPA with a window mask computes every (query, key) score of the segment and materialises the
+mask. ``HSA_SWA_PATH=torch`` forces SDPA.
 
 Rules (a fast path must never disappear silently on CUDA):
 
@@ -37,9 +43,10 @@ from hsa_core.errors import HSAError
 from .launch_tables import apply_launch_table, describe_launch_table
 
 __all__ = ["MambaTriton", "causal_conv_kernel", "describe_paths", "forced_torch", "mamba_triton",
-           "selective_scan_kernel"]
+           "selective_scan_kernel", "sliding_window_kernel", "swa_forced_torch"]
 
 ENV_PATH = "HSA_MAMBA_PATH"  # "auto" (default) or "torch"
+ENV_SWA_PATH = "HSA_SWA_PATH"  # "auto" (default: fla's kernel when installed) or "torch" (SDPA)
 
 
 @dataclass(frozen=True)
@@ -163,12 +170,47 @@ def causal_conv_kernel() -> tuple[str, Callable] | None:
     return None
 
 
+def swa_forced_torch() -> bool:
+    """``HSA_SWA_PATH=torch``: sliding-window attention through SDPA even where fla's kernel is installed."""
+    from hsa_core.envvars import env_choice
+
+    return env_choice(ENV_SWA_PATH, ("auto", "torch"), "auto") == "torch"
+
+
+@functools.lru_cache(maxsize=1)
+def sliding_window_kernel() -> Callable | None:
+    """fla's ``parallel_attn(q (B, T, HQ, D), k, v (B, T, H, D), window_size=W) -> (B, T, HQ, D)``, or None
+    when fla is not installed. Works without CUDA too (under Triton's interpreter, as the tests run it).
+
+    Raises:
+        HSAError: fla is installed but its attention kernel cannot be imported.
+    """
+    if not _installed("fla"):
+        return None
+    try:
+        return importlib.import_module("fla.ops.attn.parallel").parallel_attn
+    except ImportError as exc:
+        raise HSAError(f"fla is installed but its parallel_attn fails to import: {exc}; set {ENV_SWA_PATH}=torch "
+                       "to use SDPA") from exc
+
+
+def _describe_swa() -> str:
+    if swa_forced_torch():
+        return f"SDPA with a window mask ({ENV_SWA_PATH}=torch)"
+    try:
+        kernel = sliding_window_kernel()
+    except HSAError as exc:
+        return f"error: {exc}"
+    return ("fla parallel_attn (window blocks only; bf16/fp16)" if kernel
+            else "SDPA with a window mask (install fla for the windowed kernel)")
+
+
 def describe_paths(cuda: bool) -> dict[str, str]:
-    """Which path each Mamba backbone takes on this machine (``hsa info``)."""
+    """Which path each Mamba backbone and ``swa`` take on this machine (``hsa info``)."""
     if not cuda:
-        return {"mamba": "torch (CPU)", "mamba2": "torch (CPU)"}
+        return {"mamba": "torch (CPU)", "mamba2": "torch (CPU)", "swa": "SDPA with a window mask (CPU)"}
     if forced_torch():
-        return {"mamba": f"torch ({ENV_PATH}=torch)", "mamba2": f"torch ({ENV_PATH}=torch)"}
+        return {"mamba": f"torch ({ENV_PATH}=torch)", "mamba2": f"torch ({ENV_PATH}=torch)", "swa": _describe_swa()}
     conv = causal_conv_kernel()
     conv_name = conv[0] if conv else "cuDNN conv1d (install fla or causal-conv1d for a Triton/CUDA conv)"
     try:
@@ -181,4 +223,5 @@ def describe_paths(cuda: bool) -> dict[str, str]:
     scan = selective_scan_kernel()
     m1 = ("mamba-ssm compiled selective scan" if scan
           else "torch selective scan (mamba-ssm's CUDA extension not built)")
-    return {"mamba": m1, "mamba2": m2, "mamba-ssm / fla launch settings": describe_launch_table()}
+    return {"mamba": m1, "mamba2": m2, "swa": _describe_swa(),
+            "mamba-ssm / fla launch settings": describe_launch_table()}

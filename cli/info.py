@@ -62,7 +62,8 @@ def collect() -> dict[str, Any]:
             "torch_cuda": torch.version.cuda,
             "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
         },
-        "env": {k: os.environ.get(k) for k in ("HSA_BACKEND", "TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES")},
+        "env": {k: os.environ.get(k) for k in ("HSA_BACKEND", "HSA_MAMBA_PATH", "HSA_SWA_PATH", "TRITON_INTERPRET",
+                                               "CUDA_VISIBLE_DEVICES")},
         "backends": backends,
         "backbone_paths": _backbone_paths(cuda),
     }
@@ -77,13 +78,13 @@ def _backbone_paths(cuda: bool) -> dict[str, str]:
     try:
         paths = describe_paths(cuda)
     except HSAError as exc:  # e.g. a bad HSA_MAMBA_PATH: shown, not fatal for an information command
-        paths = {"mamba": f"error: {exc}", "mamba2": f"error: {exc}"}
+        paths = {"mamba": f"error: {exc}", "mamba2": f"error: {exc}", "swa": f"error: {exc}"}
     fla = _version("flash-linear-attention")
     for kind in ("gla", "rwkv6", "rwkv7"):
         paths[kind] = (("fla Triton kernels" if cuda else "fla Triton kernels under TRITON_INTERPRET (slow)")
                        if fla else "unavailable (pip install 'hsa-toolkit[fla]')")
-    for kind in ("attention", "swa"):
-        paths[kind] = "torch SDPA (flash / cuDNN / memory-efficient)" if cuda else "torch SDPA (CPU)"
+    paths["attention"] = "torch SDPA (flash / cuDNN / memory-efficient)" if cuda else "torch SDPA (CPU)"
+    paths.setdefault("swa", "torch SDPA (CPU)")
     return paths
 
 

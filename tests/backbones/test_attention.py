@@ -108,3 +108,104 @@ def test_cache_cast_to_another_dtype_still_continues() -> None:
         y, state = m(x[:, 5:], {k: v.float() if k != "pos" else v for k, v in state.items()})
     torch.testing.assert_close(y, y_full[:, 5:])
     assert state["pos"].dtype == torch.long and state["pos"].tolist() == [9]
+
+
+def _expected_kernel_calls(cuts: list[tuple[int, int]], past: int) -> list[int]:
+    """The query counts of the kernel calls a prefill in segments ``cuts`` makes: a segment of >= 2 tokens
+    from no cache (``past`` = 0 then), or after >= ``past`` tokens, when every cached slot holds one."""
+    seen, calls = 0, []
+    for a, b in cuts:
+        if b - a >= 2 and (seen == 0 or seen >= past):
+            calls.append(b - a + (past if seen else 0))
+        seen += b - a
+    return calls
+
+
+def _counting_window_kernel(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """fla's windowed kernel on this CPU (Triton's interpreter, fp32), counting its calls; skips without fla."""
+    import hsa_backbones.attention as attention_module
+    from hsa_backbones.fast_paths import sliding_window_kernel
+
+    kernel = sliding_window_kernel()
+    if kernel is None:
+        from optional_deps import skip_unless_required
+
+        skip_unless_required("fla is not installed")
+    if not torch.cuda.is_available():
+        from hsa_backbones.fla_adapters import import_fla_layers
+
+        import_fla_layers("the swa kernel test")  # fla's kernels prepared for the interpreter
+    calls: list[int] = []
+
+    def counted(q: Tensor, k: Tensor, v: Tensor, **kw: Any) -> Tensor:
+        calls.append(q.shape[1])
+        return kernel(q, k, v, **kw)
+
+    monkeypatch.setattr(attention_module, "sliding_window_kernel", lambda: counted)
+    monkeypatch.setattr(attention_module, "_kernel_runs_on", lambda q: True)
+    return calls
+
+
+@pytest.mark.parametrize("options", [
+    pytest.param({"num_heads": 4, "num_kv_heads": 2, "window": 5, "qk_norm": True}, id="gqa-window5"),
+    pytest.param({"num_heads": 2, "num_kv_heads": 1, "window": 1}, id="mqa-window1"),
+    pytest.param({"num_heads": 2, "window": 40}, id="window-longer-than-the-segments"),
+])
+def test_windowed_kernel_equals_sdpa_full_pass_and_segments(options: dict[str, Any],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """fla's windowed kernel (the swa path on CUDA) against SDPA with the window mask, fp32 under the
+    interpreter: the full pass with its gradients, and a prefill in segments, where the first segment
+    (cache slots still empty) takes SDPA and later ones the kernel behind ``window - 1`` zero queries."""
+    torch.manual_seed(3)
+    m = build_swa(32, **options)
+    x = torch.randn(2, 45, 32, requires_grad=True)
+    cuts = [(0, 3), (3, 20), (20, 21), (21, 45)]  # a one-token step takes SDPA
+    monkeypatch.setenv("HSA_SWA_PATH", "torch")
+    y_ref, _ = m(x)
+    grads_ref = torch.autograd.grad(y_ref.square().sum(), [x, *m.parameters()])
+    with torch.no_grad():
+        seg_ref, state = [], None
+        for a, b in cuts:
+            y, state = m(x[:, a:b], state, return_state=True)
+            seg_ref.append(y)
+    monkeypatch.delenv("HSA_SWA_PATH")
+    calls = _counting_window_kernel(monkeypatch)
+    y, _ = m(x)
+    grads = torch.autograd.grad(y.square().sum(), [x, *m.parameters()])
+    assert calls == [45]
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-4)
+    calls.clear()
+    with torch.no_grad():
+        state_kernel = None
+        for (a, b), want in zip(cuts, seg_ref, strict=True):
+            got, state_kernel = m(x[:, a:b], state_kernel, return_state=True)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert calls == _expected_kernel_calls(cuts, past=m.window - 1)
+    for key in ("k", "v", "pos"):
+        torch.testing.assert_close(state_kernel[key], state[key])
+
+
+def test_windowed_kernel_ran_where_it_applies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Which calls take the kernel: window 5 (4 cached slots) over segments of 3, 17, 1 and 24 tokens."""
+    m = build_swa(32, num_heads=2, window=5)
+    x = torch.randn(1, 45, 32)
+    calls = _counting_window_kernel(monkeypatch)
+    with torch.no_grad():
+        state = None
+        for a, b in [(0, 3), (3, 20), (20, 21), (21, 45)]:
+            _, state = m(x[:, a:b], state, return_state=True)
+    # 3 tokens, no cache yet: the kernel; 17 after 3 seen (a cache of 4 slots, 1 empty): SDPA; 1 token: SDPA;
+    # 24 after 21 seen: the kernel over 4 zero queries + 24
+    assert calls == [3, 28]
+    monkeypatch.setenv("HSA_SWA_PATH", "torch")
+    calls.clear()
+    with torch.no_grad():
+        m(x)
+    assert calls == []
+    monkeypatch.setenv("HSA_SWA_PATH", "fla")
+    from hsa_core.errors import UsageError
+
+    with pytest.raises(UsageError, match="HSA_SWA_PATH='fla' is not one of auto, torch"):
+        m(x)

@@ -15,6 +15,7 @@ from hsa_backbones.fast_paths import describe_paths, mamba_triton
 from hsa_backbones.mamba import build_mamba
 from hsa_backbones.mamba2 import build_mamba2
 from optional_deps import skip_unless_required
+from torch import Tensor
 
 from hsa_core.testing import check_mixer
 
@@ -131,3 +132,37 @@ def test_shipped_launch_table_narrows_to_library_candidates_on_this_gpu() -> Non
         candidates = [json.dumps(lt.config_record(c), sort_keys=True) for c in tuners[name].configs]
         assert any(json.dumps(c, sort_keys=True) in candidates for c in configs), f"{source}: {name}"
         assert len(tuners[name].configs) <= len(configs) + 1  # narrowed on import: winners + the fallback
+
+
+def test_swa_takes_the_windowed_kernel_in_bf16_and_matches_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CUDA with fla installed, swa under bf16 autocast runs fla's windowed kernel (never a silent
+    fallback) and agrees with SDPA's masked path: a 4K-token forward and backward with a 512-token window,
+    and a continuation from a full cache."""
+    from hsa_backbones.fast_paths import sliding_window_kernel
+
+    if sliding_window_kernel() is None:
+        skip_unless_required("fla is not installed")
+    assert "fla parallel_attn" in describe_paths(cuda=True)["swa"]
+    import hsa_backbones.attention as attention_module
+
+    calls: list[int] = []
+    kernel = sliding_window_kernel()
+    monkeypatch.setattr(attention_module, "sliding_window_kernel",
+                        lambda: lambda q, *a, **kw: calls.append(q.shape[1]) or kernel(q, *a, **kw))
+    torch.manual_seed(0)
+    m = build_swa(256, num_heads=4, window=512).cuda()
+    x = torch.randn(2, 4096, 256, device="cuda", requires_grad=True)
+
+    def run() -> tuple[Tensor, ...]:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y, _ = m(x)
+            _, state = m(x[:, :3000], return_state=True)
+            tail, _ = m(x[:, 3000:], state)
+        return (y.float(), tail.float(), *torch.autograd.grad(y.float().square().mean(), [x, *m.parameters()]))
+
+    got = run()
+    assert calls == [4096, 3000, 1096 + 511]
+    monkeypatch.setenv("HSA_SWA_PATH", "torch")
+    want = run()
+    for a, b in zip(got, want, strict=True):  # both bf16 paths against each other: relative norm error
+        assert ((a - b).norm() / b.norm()).item() < 2e-2
