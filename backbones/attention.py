@@ -4,7 +4,8 @@ Both use ``torch.nn.functional.scaled_dot_product_attention`` (flash / cuDNN / m
 kernels on CUDA, the math kernel on CPU) with rotary position embeddings (rotate-half convention,
 ``rope_theta``), grouped-query attention (``num_kv_heads`` divides ``num_heads``), optional QK-norm
 (RMSNorm over the head dimension) and no biases by default. ``swa`` on CUDA in bf16/fp16 runs fla's
-windowed kernel instead when fla is installed (:func:`hsa_backbones.fast_paths.sliding_window_kernel`):
+windowed kernel instead (unless the rows of a batch have seen different numbers of tokens, fewer than
+``window - 1``) when fla is installed (:func:`hsa_backbones.fast_paths.sliding_window_kernel`):
 SDPA has no sliding window of its own, so with a mask it computes every (query, key) score of the
 segment, 8x the window's at 4K tokens and a 512-token window.
 
@@ -162,8 +163,17 @@ class CausalAttention(Mixer):
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, positions: Tensor, start: Tensor, past: int) -> Tensor:
         """Attention of ``q`` ``(B, T, H, head_dim)`` over ``past`` cached keys and the new ones (``k``, ``v``
         ``(B, past + T, H_kv, head_dim)``); returns ``(B, T, H, head_dim)``."""
-        kernel = self._window_kernel(q, start, past)
+        kernel = self._window_kernel(q)
+        empty = 0
+        if kernel is not None and past:
+            # The cache's first slots hold no token until window - 1 were seen; fla's kernel cannot mask
+            # them, so they are cut off, which needs every row to have seen as many tokens.
+            empty_per_row = (past - start).clamp(min=0)
+            empty = int(empty_per_row[0])
+            if bool((empty_per_row != empty).any()):
+                kernel = None
         if kernel is not None:
+            k, v, past = k[:, empty:], v[:, empty:], past - empty
             # fla's kernel lines queries and keys up by index: `past` zero queries go in front, so that
             # query i and key j are i - j positions apart; their outputs are dropped.
             if past:
@@ -187,18 +197,14 @@ class CausalAttention(Mixer):
         return out.transpose(1, 2)
 
 
-    def _window_kernel(self, q: Tensor, start: Tensor, past: int) -> Callable | None:
+    def _window_kernel(self, q: Tensor) -> Callable | None:
         """fla's windowed kernel where it applies, else None (SDPA): ``swa`` on a device and in a dtype it
         runs in (:func:`_kernel_runs_on`), more than one token (a decode step reads ``window`` keys either
-        way), a head dim it takes (<= 256), and every cached slot holding a token. Before ``window - 1``
-        tokens were seen the cache has empty slots, which only SDPA's mask can hide."""
+        way) and a head dim it takes (<= 256)."""
         if (self.window is None or q.shape[1] < 2 or self.head_dim > 256 or not _kernel_runs_on(q)
                 or swa_forced_torch()):
             return None
-        kernel = sliding_window_kernel()
-        if kernel is None or (past and not bool((start >= past).all())):
-            return None
-        return kernel
+        return sliding_window_kernel()
 
 
 def _kernel_runs_on(q: Tensor) -> bool:

@@ -111,12 +111,13 @@ def test_cache_cast_to_another_dtype_still_continues() -> None:
 
 
 def _expected_kernel_calls(cuts: list[tuple[int, int]], past: int) -> list[int]:
-    """The query counts of the kernel calls a prefill in segments ``cuts`` makes: a segment of >= 2 tokens
-    from no cache (``past`` = 0 then), or after >= ``past`` tokens, when every cached slot holds one."""
+    """The query counts of the kernel calls a prefill in segments ``cuts`` makes: every segment of >= 2
+    tokens, behind one zero query per cached slot that holds a token (``past`` slots, the older ones empty
+    until ``past`` tokens were seen)."""
     seen, calls = 0, []
     for a, b in cuts:
-        if b - a >= 2 and (seen == 0 or seen >= past):
-            calls.append(b - a + (past if seen else 0))
+        if b - a >= 2:
+            calls.append(b - a + min(seen, past))
         seen += b - a
     return calls
 
@@ -154,8 +155,9 @@ def _counting_window_kernel(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def test_windowed_kernel_equals_sdpa_full_pass_and_segments(options: dict[str, Any],
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """fla's windowed kernel (the swa path on CUDA) against SDPA with the window mask, fp32 under the
-    interpreter: the full pass with its gradients, and a prefill in segments, where the first segment
-    (cache slots still empty) takes SDPA and later ones the kernel behind ``window - 1`` zero queries."""
+    interpreter: the full pass with its gradients, and a prefill in segments, where the kernel runs
+    behind one zero query per cached token (the cache's empty slots cut off) and a one-token step takes
+    SDPA."""
     torch.manual_seed(3)
     m = build_swa(32, **options)
     x = torch.randn(2, 45, 32, requires_grad=True)
@@ -188,7 +190,8 @@ def test_windowed_kernel_equals_sdpa_full_pass_and_segments(options: dict[str, A
 
 
 def test_windowed_kernel_ran_where_it_applies(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Which calls take the kernel: window 5 (4 cached slots) over segments of 3, 17, 1 and 24 tokens."""
+    """Which calls take the kernel: window 5 (4 cached slots) over segments of 3, 17, 1 and 24 tokens; a
+    batch whose rows have seen 3 and 2 tokens (different empty slots) takes SDPA, with the same result."""
     m = build_swa(32, num_heads=2, window=5)
     x = torch.randn(1, 45, 32)
     calls = _counting_window_kernel(monkeypatch)
@@ -196,9 +199,18 @@ def test_windowed_kernel_ran_where_it_applies(monkeypatch: pytest.MonkeyPatch) -
         state = None
         for a, b in [(0, 3), (3, 20), (20, 21), (21, 45)]:
             _, state = m(x[:, a:b], state, return_state=True)
-    # 3 tokens, no cache yet: the kernel; 17 after 3 seen (a cache of 4 slots, 1 empty): SDPA; 1 token: SDPA;
-    # 24 after 21 seen: the kernel over 4 zero queries + 24
-    assert calls == [3, 28]
+    # 3 tokens, no cache yet: the kernel; 17 after 3 seen: 3 zero queries (the empty slot cut off) + 17;
+    # 1 token: SDPA; 24 after 21 seen: 4 zero queries + 24
+    assert calls == [3, 20, 28]
+    with torch.no_grad():
+        _, s3 = m(x[:, :3], return_state=True)
+        _, s2 = m(x[:, 5:7], return_state=True)
+        ragged = {key: torch.cat([s3[key], s2[key]]) for key in s3}
+        calls.clear()
+        y = m(torch.cat([x[:, 3:20], x[:, 7:24]]), ragged)[0]
+        assert calls == []
+        torch.testing.assert_close(y[:1], m(x[:, 3:20], s3)[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(y[1:], m(x[:, 7:24], s2)[0], rtol=1e-5, atol=1e-5)
     monkeypatch.setenv("HSA_SWA_PATH", "torch")
     calls.clear()
     with torch.no_grad():
