@@ -196,7 +196,6 @@ class CausalAttention(Mixer):
             out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask[:, None])
         return out.transpose(1, 2)
 
-
     def _window_kernel(self, q: Tensor) -> Callable | None:
         """fla's windowed kernel where it applies, else None (SDPA): ``swa`` on a device and in a dtype it
         runs in (:func:`_kernel_runs_on`), more than one token (a decode step reads ``window`` keys either
