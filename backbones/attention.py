@@ -163,22 +163,9 @@ class CausalAttention(Mixer):
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, positions: Tensor, start: Tensor, past: int) -> Tensor:
         """Attention of ``q`` ``(B, T, H, head_dim)`` over ``past`` cached keys and the new ones (``k``, ``v``
         ``(B, past + T, H_kv, head_dim)``); returns ``(B, T, H, head_dim)``."""
-        kernel = self._window_kernel(q)
-        empty = 0
-        if kernel is not None and past:
-            # The cache's first slots hold no token until window - 1 were seen; fla's kernel cannot mask
-            # them, so they are cut off, which needs every row to have seen as many tokens.
-            empty_per_row = (past - start).clamp(min=0)
-            empty = int(empty_per_row[0])
-            if bool((empty_per_row != empty).any()):
-                kernel = None
-        if kernel is not None:
-            k, v, past = k[:, empty:], v[:, empty:], past - empty
-            # fla's kernel lines queries and keys up by index: `past` zero queries go in front, so that
-            # query i and key j are i - j positions apart; their outputs are dropped.
-            if past:
-                q = torch.cat([q.new_zeros(q.shape[0], past, *q.shape[2:]), q], dim=1)
-            return kernel(q, k, v, window_size=self.window)[:, past:]
+        out = self._attend_windowed(q, k, v, start, past)
+        if out is not None:
+            return out
         group = self.num_heads // self.num_kv_heads
         if group > 1:
             k, v = k.repeat_interleave(group, dim=2), v.repeat_interleave(group, dim=2)
@@ -195,6 +182,24 @@ class CausalAttention(Mixer):
                 mask &= diff < self.window
             out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask[:, None])
         return out.transpose(1, 2)
+
+    def _attend_windowed(self, q: Tensor, k: Tensor, v: Tensor, start: Tensor, past: int) -> Tensor | None:
+        """:meth:`_attend` through fla's windowed kernel, or None where it does not apply (SDPA then)."""
+        kernel = self._window_kernel(q)
+        if kernel is None:
+            return None
+        if past:
+            # The cache's first slots hold no token until window - 1 were seen; fla's kernel cannot mask
+            # them, so they are cut off, which needs every row to have seen as many tokens.
+            fewest, most = torch.stack((past - start).clamp(min=0).aminmax()).tolist()  # one device sync
+            if fewest != most:
+                return None
+            k, v, past = k[:, most:], v[:, most:], past - most
+        if past:
+            # fla's kernel lines queries and keys up by index: `past` zero queries go in front, so that
+            # query i and key j are i - j positions apart; their outputs are dropped.
+            q = torch.cat([q.new_zeros(q.shape[0], past, *q.shape[2:]), q], dim=1)
+        return kernel(q, k, v, window_size=self.window)[:, past:]
 
     def _window_kernel(self, q: Tensor) -> Callable | None:
         """fla's windowed kernel where it applies, else None (SDPA): ``swa`` on a device and in a dtype it

@@ -24,17 +24,21 @@ class Prompt:
     line: int
 
 
-def read_prompts(path: Path) -> list[Prompt]:
-    """Every prompt of ``path``; bad lines are a :class:`DataError` naming the file, line and what is allowed."""
+def read_utf8(path: Path, option: str) -> str:
+    """The text of the file given to ``option``: a missing file is a usage error (exit 2), text that is not
+    UTF-8 a :class:`DataError` naming the byte (exit 1)."""
     if not path.is_file():
-        raise DataError(f"--prompts {path}: no such file", EXIT_USAGE)
-    raw = path.read_bytes()
+        raise DataError(f"{option} {path}: no such file", EXIT_USAGE)
     try:
-        text = raw.decode("utf-8")
+        return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not valid UTF-8 (byte {exc.start})") from None
+
+
+def read_prompts(path: Path) -> list[Prompt]:
+    """Every prompt of ``path``; bad lines are a :class:`DataError` naming the file, line and what is allowed."""
     prompts = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(read_utf8(path, "--prompts").splitlines(), 1):
         if not line.strip():
             continue
         try:

@@ -12,12 +12,15 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from ._common import EXIT_USAGE, check_writable, fail, guarded
 from ._data import data_guarded
+
+if TYPE_CHECKING:
+    from ._prompts import Prompt
 
 
 @guarded
@@ -63,7 +66,7 @@ def generate(
     from hsa_core.model import load_pretrained
 
     from ._progress import PromptDisplay
-    from ._prompts import read_prompts
+    from ._prompts import read_prompts, read_utf8
 
     if sum(x is not None for x in (prompt, prompt_file, prompts)) != 1:
         fail("give exactly one of --prompt, --prompt-file and --prompts", EXIT_USAGE)
@@ -75,12 +78,7 @@ def generate(
             fail(f"--out {out} exists; pass --force to replace it", EXIT_USAGE)
         check_writable(out.parent)
     if prompt_file is not None:
-        if not prompt_file.is_file():
-            fail(f"--prompt-file {prompt_file}: no such file", EXIT_USAGE)
-        try:
-            prompt = prompt_file.read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{prompt_file}: not valid UTF-8 (byte {exc.start})") from None
+        prompt = read_utf8(prompt_file, "--prompt-file")
     if not run.exists():
         fail(f"{run} does not exist", EXIT_USAGE)
     try:
@@ -153,7 +151,7 @@ def _write_stats(path: Path, figures: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(figures, indent=2) + "\n")
 
 
-def _generate_many(model: Any, tok: Any, items: list[Any], out: Path | None, *, batch_size: int, max_new_tokens: int,
+def _generate_many(model: Any, tok: Any, items: list[Prompt], out: Path | None, *, batch_size: int, max_new_tokens: int,
                    temperature: float, top_k: int | None, top_p: float | None, seed: int, eos_id: int | None,
                    segment_len: int, amp: Any, offload: bool | None, stats_json: Path | None) -> None:
     """Continue every prompt of ``items`` (:class:`._prompts.Prompt`), ``batch_size`` prompts prefilled together;
@@ -173,7 +171,7 @@ def _generate_many(model: Any, tok: Any, items: list[Any], out: Path | None, *, 
     encoded = [[tok.eos_id, *tok.encode(p.text).tolist()] for p in items]
     typer.echo(f"prompts: {len(items):,}, {sum(map(len, encoded)):,} tokens (an EOS before each); batches of "
                f"{batch_size}, prefill in segments of {segment_len:,}", err=True)
-    stats, lines, t0 = RunStats(), [], time.perf_counter()
+    stats, lines, n_new, t0 = RunStats(), [], 0, time.perf_counter()
     columns = (TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TextColumn("prompts"), TimeElapsedColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("generate", total=len(items))
@@ -187,13 +185,13 @@ def _generate_many(model: Any, tok: Any, items: list[Any], out: Path | None, *, 
                 text = tok.decode(ids[:-1] if ended else ids)
                 record = result_record(start + j, items[start + j], len(batch[j]), ids, text, ended)
                 lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+                n_new += len(ids)
             if out is None:  # stdout: a batch as soon as it is done
                 sys.stdout.write("".join(lines[start:]))
                 sys.stdout.flush()
             progress.advance(task, len(batch))
     if out is not None:
         write_text_atomic(out, "".join(lines))
-    n_new = sum(json.loads(line)["generated_tokens"] for line in lines)
     typer.echo(f"generated {n_new:,} tokens for {len(items):,} prompts in {time.perf_counter() - t0:.2f}s"
                + (f"; results in {out}" if out is not None else ""), err=True)
     typer.echo(stats.summary(), err=True)

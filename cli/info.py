@@ -84,7 +84,6 @@ def _backbone_paths(cuda: bool) -> dict[str, str]:
         paths[kind] = (("fla Triton kernels" if cuda else "fla Triton kernels under TRITON_INTERPRET (slow)")
                        if fla else "unavailable (pip install 'hsa-toolkit[fla]')")
     paths["attention"] = "torch SDPA (flash / cuDNN / memory-efficient)" if cuda else "torch SDPA (CPU)"
-    paths.setdefault("swa", "torch SDPA (CPU)")
     return paths
 
 
