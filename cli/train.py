@@ -180,7 +180,7 @@ def train(
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (logs only)."),
     time_limit: float | None = typer.Option(
         None, "--time-limit", min=0, help="Stop after this many seconds of wall time: checkpoint, publish the "
-        "model, exit 0 (the schedule is not shortened; --resume continues)."),
+        "model, evaluate it (with --eval-every), exit 0 (the schedule is not shortened; --resume continues)."),
     profile_steps: str | None = typer.Option(
         None, "--profile-steps", metavar="A:B", help="Profile optimizer steps A+1..B with torch.profiler: a "
         "Chrome trace and an operator table per rank in OUT/profile (the table's first line says how much of "

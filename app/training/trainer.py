@@ -186,6 +186,7 @@ def train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: str | Path, *, 
             current step, writes a checkpoint there and publishes its weights as ``run/model``, like
             Lightning's ``max_time``: the schedule is *not* shortened, so ``--resume`` later continues
             the same run to ``cfg.steps``. All ranks stop at the same step (rank 0's clock decides).
+            With ``cfg.eval_every`` set, the stop step is evaluated like a last step (after the limit).
         profile: profile these steps (:mod:`.profiling`; files under ``run/profile``).
 
     Returns:
@@ -339,6 +340,7 @@ class _Trainer:
         progress, pid = _progress(show_progress and self.env.is_main, cfg.steps, start_step)
         end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
         self._window_t, self._window_tokens = time.perf_counter(), 0
+        set_up = self._window_t - self.t_start
         self.wrapped.train()
         with progress:
             batch = self.device_batch(start_step) if start_step < end else None
@@ -358,14 +360,22 @@ class _Trainer:
                     self.say(f"profile of steps {profiler.window.after + 1}-{done}: {written} (trace beside it)")
                 now = time.perf_counter()
                 tps = self._log_step(result, done, end, now)
+                if done == start_step + 1:
+                    # Where a short run's time goes: a fine-tune of a few minutes can spend a fifth of
+                    # them before its first step ends (set-up, then compiling and tuning kernels).
+                    self.say(f"first step done {now - self.t_start:.1f}s after the start: {set_up:.1f}s of "
+                             f"set-up (model, data, checkpoint), {now - self.t_start - set_up:.1f}s for the "
+                             "step (the first compiles and tunes the kernels)")
                 progress.update(pid, completed=done,
                                 info=f"loss {result.loss:.4f}"
                                      f"{f' acc {result.correct:.2f}' if result.has_answers else ''} {tps:,.0f} tok/s "
                                      f"lr {result.lr:.2e}")
-                if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
-                    self.evaluate(done)
                 out_of_time = (time_limit is not None and done < end
                                and _agree(now - self.t_start >= time_limit, self.env))
+                # A run stopped on time ends at this step and publishes its weights: it is evaluated
+                # here like a finished one (after the limit: the evaluation trains nothing).
+                if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps or out_of_time):
+                    self.evaluate(done)
                 if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps or out_of_time:
                     self.save()
                 if out_of_time:

@@ -69,13 +69,18 @@ def test_time_limit_stops_with_a_checkpoint_and_resume_finishes_the_same_run(tmp
                                                                              tiny_spec: dict[str, Any]) -> None:
     full = train(small_cfg(), tiny_spec, tmp_path / "full", progress=False, log=lambda m: None)
     said: list[str] = []
-    cut = train(small_cfg(), tiny_spec, tmp_path / "cut", progress=False, time_limit=0.0, log=said.append)
+    cut = train(small_cfg(eval_every=4, eval_samples=4), tiny_spec, tmp_path / "cut", progress=False,
+                time_limit=0.0, log=said.append)
     # stopped after the first step (not at a checkpoint_every multiple), with a checkpoint there
     assert cut.step == 1 and ckpt.latest_checkpoint(tmp_path / "cut").name == "step_0000001"
     assert (tmp_path / "cut" / "model" / "model.safetensors").exists()  # usable by `hsa eval` at once
     assert any("time limit" in m for m in said)
+    assert any(m.startswith("first step done") and "of set-up" in m for m in said)
     records = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["stopped"] == "time_limit" and records[-1]["step"] == 1
+    # the published weights of the stop step were evaluated there (step 1 is no eval_every multiple)
+    evals = [r for r in records if "eval" in r]
+    assert [r["step"] for r in evals] == [1] and cut.eval == evals[0]["eval"]
     # the schedule was not shortened: resuming continues the same 6-step run to the same curve
     resumed = train(small_cfg(), None, tmp_path / "cut", resume=True, progress=False, log=lambda m: None)
     assert resumed.step == 6
