@@ -36,3 +36,24 @@ def test_usage_errors(tmp_path: Path) -> None:
     unknown = _call(tmp_path, "never", "1")
     assert unknown.returncode == 2 and "no job never was started here" in unknown.stderr
     assert _call(tmp_path, "lm", "1", "--").returncode == 2
+
+
+def test_stop_ends_the_job_and_what_it_started_but_not_the_caller(tmp_path: Path) -> None:
+    child_pid = tmp_path / "child.pid"
+    # the job starts a background child of its own, as run_all.sh starts lm_one.sh
+    job = ["--", "bash", "-c", f'sleep 300 & echo $! > "{child_pid}"; echo started; wait']
+    assert _call(tmp_path, "pipe", "1", *job).returncode == 3
+    stopped = _call(tmp_path, "pipe", "--stop")
+    assert stopped.returncode == 0 and "pipe stopped" in stopped.stdout
+    pid = int(child_pid.read_text())
+    for _ in range(50):  # the child was in the job's process group
+        if not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]:
+            break
+        subprocess.run(["sleep", "0.1"], check=True)
+    else:
+        raise AssertionError(f"the job's child {pid} outlived --stop")
+    followed = _call(tmp_path, "pipe", "5")  # a follower sees it ended, not "still running"
+    assert followed.returncode == 143 and "finished with exit status 143" in followed.stdout
+    assert "had already ended" in _call(tmp_path, "pipe", "--stop").stdout
+    assert _call(tmp_path, "never", "--stop").returncode == 2
+    assert _call(tmp_path, "pipe", "--stop", "x").returncode == 2
