@@ -146,6 +146,14 @@ def test_realtext_scripts_end_to_end_on_cpu(tmp_path: Path, calib_steps: str) ->
     assert (out / "training.png").exists()
     summary = (out / "realtext.md").read_text()
     assert "| ramba |" in summary and "| mamba2 |" in summary and "**ramba**" in summary
+    # a re-run (after the driver died, say) trains nothing that has ended: the LM reached its steps,
+    # each passkey stage published its model
+    before = (runs / "ramba.pk" / "metrics.jsonl").read_text()
+    again = subprocess.run(["bash", "bench/train/realtext/lm_one.sh", "ramba"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.count("has ended (its model is published); not run again") == 2, again.stdout
+    assert (runs / "ramba.pk" / "metrics.jsonl").read_text() == before
 
 
 def test_lm_one_refuses_a_short_stage_that_leaves_no_fine_tune_time(tmp_path: Path) -> None:
@@ -157,3 +165,15 @@ def test_lm_one_refuses_a_short_stage_that_leaves_no_fine_tune_time(tmp_path: Pa
     assert done.returncode == 2, done.stdout + done.stderr
     assert "PK_SHORT_TIME=100 s leaves nothing of PK_TIME=60 s" in done.stderr
     assert not (tmp_path / "runs" / "swa-hsa").exists()
+
+
+def test_a_killed_stage_resumes_with_what_is_left_of_its_time(tmp_path: Path) -> None:
+    """lm_one.sh's ``seconds_used``: the wall time of every process of a stage so far, each process's
+    "time" counting from its own start (a stage killed at 200 s, resumed and killed at 60 s used 260 s)."""
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps({"step": i + 1, "time": t}) + "\n" for i, t in enumerate([50, 200, 20, 60])))
+    script = ('source <(sed -n "/^seconds_used()/,/^}/p" bench/train/realtext/lm_one.sh); '
+              f'seconds_used {metrics}; seconds_used {tmp_path / "none.jsonl"}')
+    done = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["260", "0"]

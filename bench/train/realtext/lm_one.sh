@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One layout of the real-text demonstration (issue 10): a language model trained at SEQ tokens on the
 # prepared corpus for about TRAIN_TIME seconds, then (PK=1) a passkey fine-tune mixed with LM data
-# for about PK_TIME seconds. Resumable: re-running continues from the newest checkpoints.
+# for about PK_TIME seconds. Resumable: re-running continues from the newest checkpoints (a stage
+# killed midway gets what is left of its time) and skips the stages that have ended.
 #   bash bench/train/realtext/lm_one.sh ramba          # ramba | mamba2 | swa-hsa; knobs via env vars
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
@@ -75,13 +76,38 @@ if [ ! -d "$run/checkpoints" ] && [ "$CALIB_STEPS" -gt 0 ]; then
   rm -rf "$run.calib"
 fi
 
+seconds_used() {  # seconds_used METRICS: the wall time a stage's processes used so far (0 if none)
+  python3 - "$1" <<'PY'
+import json, sys
+try:
+    times = [r["time"] for r in map(json.loads, open(sys.argv[1])) if "time" in r]
+except OSError:
+    times = []
+# each process counts "time" from its own start: a value below the one before begins a new process
+used = sum(a for a, b in zip(times, times[1:] + [0.0]) if b < a)
+print(int(used))
+PY
+}
+
 pk_stage() {  # pk_stage OUT INIT SEQ_LEN TIME_S LR [MIN_GAP]: one passkey fine-tune stage (resumable), same tokens per step
-  local out=$1 init=$2 seq=$3 secs=$4 lr=$5 gap=${6:-0} steps resume opts=(--task-option "digits=$PK_DIGITS") f
+  local out=$1 init=$2 seq=$3 secs=$4 lr=$5 gap=${6:-0} steps resume opts=(--task-option "digits=$PK_DIGITS") f used
+  # A stage that published its model has ended (its steps or its time limit): a re-run of the pipeline
+  # (after its driver died, say) goes on to what is left instead of training it again.
+  if [ -d "$out/model" ]; then
+    echo "=== $name: $out has ended (its model is published); not run again"
+    return 0
+  fi
   [ "$gap" -gt 0 ] && opts+=(--task-option "min_gap=$gap")
   for f in ${PK_FREEZE:-}; do opts+=(--freeze "$f"); done
   steps=$(fit_steps "$run/metrics.jsonl" "$secs" "$PK_STEPS_MAX" 0.9 "$PK_BATCH")
+  resume=(--steps "$steps")
+  if [ -d "$out/checkpoints" ]; then
+    # killed mid-stage: the resumed process gets what is left of the stage's time, not all of it again
+    used=$(seconds_used "$out/metrics.jsonl")
+    secs=$((secs > used + 1 ? secs - used : 1))
+    resume=(--resume)
+  fi
   echo "=== $name passkey fine-tune at $seq tokens: mix $PK_MIX, lr $lr, $steps steps, at most ${secs}s ($(date -u +%H:%M:%S))"
-  resume=(--steps "$steps"); [ -d "$out/checkpoints" ] && resume=(--resume)
   hsa train "$spec" --data "$DATA" --seq-len "$seq" --batch-size $((PK_BATCH * SEQ >= seq ? PK_BATCH * SEQ / seq : 1)) --packing "$PACKING" \
       --no-progress --passkey-mix "$PK_MIX" "${opts[@]}" --init-from "$init" \
       --lr "$lr" --warmup 20 --eval-every "$steps" --eval-samples 16 --eval-lengths "$seq" \
