@@ -72,6 +72,13 @@ def rich_table(result: EvalResult, title: str | None = None):
         table.add_row("random" if d is None else f"{d:.2f}", *cells)
     means = result.by_length()
     table.add_row("[bold]mean", *[f"[bold]{means[n] * 100:.1f}" for n in result.lengths])
+    if result.cells:
+        # how far a cell's figure is from the model's rate: the interval of the lowest cell
+        low = min(result.cells, key=lambda c: (c.accuracy, c.samples))
+        lo, hi = low.interval()
+        sizes = sorted({c.samples for c in result.cells})
+        table.caption = (f"{'/'.join(map(str, sizes))} samples a cell; 95% (Wilson) interval of the lowest, "
+                         f"{low.accuracy * 100:.1f}%: {lo * 100:.0f}-{hi * 100:.0f}% (every cell's in the JSON)")
     return table
 
 

@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _passkey(lengths: list[int], accuracy: dict[int, float], skipped: list[int]) -> dict:
-    cells = [{"length": n, "depth": d, "samples": 4, "accuracy": accuracy[n]} for n in lengths for d in (0.1, 0.9)]
+    cells = [{"length": n, "depth": d, "samples": 4, "accuracy": accuracy[n], "accuracy_ci95": [0.15, 0.85]}
+             for n in lengths for d in (0.1, 0.9)]
     return {"lengths": lengths, "depths": [0.1, 0.9], "cells": cells,
             "meta": {"samples_per_cell": 4, "skipped_lengths": skipped}}
 
@@ -24,11 +25,13 @@ def test_summary_adds_resumed_time_and_merges_passkey_files(tmp_path: Path) -> N
     (tmp_path / "ramba_metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     # the first call evaluated 4K and ran out of time for 16K; a second call evaluated 16K only
     (tmp_path / "ramba_eval_passkey_text.json").write_text(json.dumps(_passkey([4096], {4096: 0.75}, [16384])))
-    (tmp_path / "ramba_eval_passkey_text_long.json").write_text(json.dumps(_passkey([16384], {16384: 0.5}, [])))
+    (tmp_path / "ramba_eval_passkey_text_long.json").write_text(json.dumps(_passkey([16384], {16384: 0.825}, [])))
     done = subprocess.run([sys.executable, "bench/train/realtext/summarize.py", str(tmp_path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "| ramba | 3 | 300 | 25 |" in out  # 20 s of the first call + 5 s of the second
-    assert "| depth | 4k | 16k |" in out and "| 0.1 | 75 | 50 |" in out and "| 0.9 | 75 | 50 |" in out
+    # one decimal where there is one (82.5, not a rounded 82)
+    assert "| depth | 4k | 16k |" in out and "| 0.1 | 75 | 82.5 |" in out and "| 0.9 | 75 | 82.5 |" in out
+    assert "interval of the lowest cell (4k, depth 0.1, 75%): 15-85%." in out
     assert "not evaluated within the time limit" not in out  # the later file evaluated the skipped length

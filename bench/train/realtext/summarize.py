@@ -99,6 +99,11 @@ def ppl_rows(out: Path) -> list[str]:
     return rows
 
 
+def percent(fraction: float) -> str:
+    """A fraction as a percentage to one decimal, without a trailing zero: 0.825 -> 82.5, 0.95 -> 95."""
+    return f"{fraction * 100:.1f}".removesuffix(".0")
+
+
 def passkey_rows(out: Path) -> list[str]:
     """One table per model; a model's ``<name>_eval_passkey_text*.json`` files (an evaluation of more
     lengths in a later call, say ``_long``) are merged, the later file's cells winning."""
@@ -107,15 +112,20 @@ def passkey_rows(out: Path) -> list[str]:
     for path in sorted(out.glob("*_eval_passkey_text*.json")):
         by_model.setdefault(path.name.partition("_eval_passkey_text")[0], []).append(json.loads(path.read_text()))
     for name, results in by_model.items():
-        cells = {(c["length"], c["depth"]): c["accuracy"] for res in results for c in res["cells"]}
+        cells = {(c["length"], c["depth"]): c for res in results for c in res["cells"]}
         lengths = sorted({n for n, _ in cells})
         depths = sorted({d for _, d in cells})
         samples = sorted({str(res["meta"].get("samples_per_cell")) for res in results})
         rows += [f"**{name}** (exact match %, {'/'.join(samples)} samples per cell):", "",
                  "| depth | " + " | ".join(fmt_len(n) for n in lengths) + " |", "|---|" + "---|" * len(lengths)]
         for d in depths:
-            rows.append(f"| {d} | " + " | ".join(f"{cells[n, d] * 100:.0f}" if (n, d) in cells else "-"
+            rows.append(f"| {d} | " + " | ".join(percent(cells[n, d]["accuracy"]) if (n, d) in cells else "-"
                                                   for n in lengths) + " |")
+        low = min(cells.values(), key=lambda c: c["accuracy"])
+        if "accuracy_ci95" in low:  # written since 2026-12-02
+            lo, hi = low["accuracy_ci95"]
+            rows.append(f"\n95% (Wilson) interval of the lowest cell ({fmt_len(low['length'])}, depth {low['depth']}, "
+                        f"{percent(low['accuracy'])}%): {percent(lo)}-{percent(hi)}%.")
         skipped = sorted({n for res in results for n in res["meta"].get("skipped_lengths") or []} - set(lengths))
         rows += ([f"\n(not evaluated within the time limit: {skipped})"] if skipped else []) + [""]
     return rows or ["(no passkey results)"]

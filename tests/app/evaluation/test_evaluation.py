@@ -197,3 +197,23 @@ def test_cli_train_then_eval(tmp_path: Path) -> None:
     assert cut["meta"]["partial"] is True and cut["lengths"] == [48]
     assert [(c["length"], c["depth"], c["samples"]) for c in cut["cells"]] == [(48, 0.2, 2)]
     assert not (tmp_path / "cut" / "eval_passkey.png").exists()
+
+
+def test_wilson_interval_and_where_it_is_reported() -> None:
+    from hsa_app.evaluation import core
+    from hsa_app.evaluation.report import rich_table
+
+    lo, hi = core.wilson_interval(36, 40)
+    assert (round(lo, 4), round(hi, 4)) == (0.7695, 0.9604)  # 90% of 40: 77-96%
+    assert core.wilson_interval(40, 40)[1] == 1.0 and core.wilson_interval(40, 40)[0] == pytest.approx(0.9124, abs=1e-4)
+    assert core.wilson_interval(0, 40)[0] == 0.0 and core.wilson_interval(0, 0) == (0.0, 1.0)
+    # shrinks as samples grow, always around the observed rate
+    for n in (10, 100, 1000):
+        a, b = core.wilson_interval(0.8 * n, n)
+        assert a < 0.8 < b
+    assert core.wilson_interval(800, 1000)[1] - core.wilson_interval(800, 1000)[0] < 0.06
+    cells = [core.CellResult(4096, 0.1, 40, 0.825, 0.9, 1.0), core.CellResult(4096, 0.5, 40, 0.95, 0.97, 1.0)]
+    result = core.EvalResult("passkey", {}, [4096], [0.1, 0.5], cells)
+    d = result.to_dict()
+    assert d["cells"][0]["accuracy_ci95"] == [round(v, 4) for v in core.wilson_interval(33, 40)]
+    assert "lowest, 82.5%: 68-91%" in str(rich_table(result).caption)
