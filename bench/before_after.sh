@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 12's bar "the same kernel and model tables before and after the restructuring, within
+# The check "the same kernel and model tables before and after the restructuring, within
 # run-to-run noise", measured in ONE call on one H200 (from the repo root; results into $OUT):
 #   kernels  `bench_kernels.py` of the code before the kernel restructuring (commit in
 #            third_party/before_kernels/COMMIT: run7's) and of this checkout, alternated

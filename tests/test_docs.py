@@ -122,3 +122,15 @@ def test_the_scan_covers_the_docs_and_code() -> None:
     names = {str(p.relative_to(ROOT)) for p in _docs()}
     assert {"README.md", "docs/architecture.md", "bench/results/h200/README.md"} <= names
     assert any(p.name == "forward.py" for p in _code_files())
+
+
+def test_no_tracked_text_cites_an_issue_number() -> None:
+    """Comments of scripts, layouts and tests too: a reader of the repository has no issue tracker to
+    look the number up in, so a file says what it refers to (a results page, a test) instead."""
+    this = Path(__file__).resolve()
+    suffixes = {".py", ".sh", ".yaml", ".yml", ".toml", ".md", ".txt"}
+    cited = [f"{p.relative_to(ROOT)}:{i}: {m.group(0)}"
+             for p in TRACKED if p.suffix in suffixes and p.resolve() != this
+             for i, line in enumerate(p.read_text(errors="replace").splitlines(), 1)
+             for m in ISSUE.finditer(line)]
+    assert cited == []

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Train one layout of the passkey demonstration (two-stage curriculum) and evaluate it (issue 4).
+# Train one layout of the passkey demonstration (two-stage curriculum) and evaluate it.
 # Called by run_demo.sh once per layout (one GPU each); usable alone:
 #   bash bench/train/demo_one.sh ramba-mem0            # RUNS=runs/demo, knobs below via env vars
 set -euo pipefail

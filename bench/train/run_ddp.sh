@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# DDP on two GPUs vs one GPU at the same global batch (issue 4). Needs the two-H200 machine.
+# DDP on two GPUs vs one GPU at the same global batch (bench/results/h200_train/ddp.md). Needs the two-H200 machine.
 #   bash bench/train/run_ddp.sh                  # STEPS=300 by default
 set -euo pipefail
 cd "$(dirname "$0")/../.."

@@ -1,4 +1,4 @@
-"""The RAMba presets are the authors' models, parameter for parameter (issue 14).
+"""The RAMba presets are the authors' models, parameter for parameter.
 
 Each "as published" claim in hsa_core/presets/ramba-370m*.yaml is checked here: the parameter count,
 every tensor's name and shape against the authors' checkpoint layout (re-derived from their module

@@ -43,9 +43,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "symbols": {"T": {"kind": "toy", "mlp": True},
                     "H": {"kind": "hsa", "selection": "sel", "num_heads": 2, "qk_norm": True, "sink": True,
                           "mlp": True}}},
-    # The settings the published RAMba needs (issue 14): encoder GQA and q/k/v biases, the floor SwiGLU
-    # width, no chunk norm, per-module eps, landmark norm, the published init, and an HSA layer whose
-    # output only feeds its MLP (the authors' HSA+MLP sub-layer).
+    # The settings the published RAMba needs (tests/convert/test_presets.py checks the presets parameter
+    # for parameter): encoder GQA and q/k/v biases, the floor SwiGLU width, no chunk norm, per-module eps,
+    # landmark norm, the published init, and an HSA layer whose output only feeds its MLP (the authors'
+    # HSA+MLP sub-layer).
     "published_options": {
         "model": {"vocab_size": 97, "d_model": 32, "tie_embeddings": True, "mlp_hidden": 48, "init": "published"},
         "memories": {"mid": {"after_layer": 2, "chunk_size": 4, "kv_heads": 2, "head_dim": 8, "chunk_norm": False,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One layout of the real-text demonstration (issue 10): a language model trained at SEQ tokens on the
+# One layout of the real-text demonstration (README.md beside this file): a language model trained at SEQ tokens on the
 # prepared corpus for about TRAIN_TIME seconds, then (PK=1) a passkey fine-tune mixed with LM data
 # for about PK_TIME seconds. Resumable: re-running continues from the newest checkpoints (a stage
 # killed midway gets what is left of its time) and skips the stages that have ended.
