@@ -23,11 +23,14 @@ __all__ = ["KERNEL_OPS", "WEIGHTINGS", "backend_for", "fusion_weights", "gather_
            "hsa_select", "hsa_select_windows", "visible_chunks"]
 
 
-def _check_selection(weighting: str, topk: int) -> None:
+def _check_selection(weighting: str, topk: int, scale: float | None = None) -> None:
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")
+    if scale is not None and not scale > 0:  # (also refuses NaN)
+        raise ValueError(f"scale must be positive (a score scale; <= 0 would invert or flatten the ranking), "
+                         f"got {scale}")
 
 
 def hsa_select(
@@ -52,7 +55,7 @@ def hsa_select(
             ``(i+1)*S <= p``.
         q_offset: absolute position of ``q_r[:, 0]`` (segment-wise processing, decoding).
         weighting: ``"stick_breaking"`` (recency order, sum <= 1) or ``"softmax"``.
-        scale: score scale, default ``d_rh ** -0.5``.
+        scale: score scale (> 0), default ``d_rh ** -0.5``.
         window: hide chunks a sliding window of this width already covers.
         gumbel: add Gumbel noise to the scores used to *choose* (training); weights use clean scores.
 
@@ -60,7 +63,7 @@ def hsa_select(
         ``indices`` int32 ``(B, T, H_r, topk)``, chunk ids sorted descending, -1 for empty slots;
         ``weights`` fp32 ``(B, T, H_r, topk)``, 0 on empty slots.
     """
-    _check_selection(weighting, topk)
+    _check_selection(weighting, topk, scale)
     if q_r.shape[-1] != landmarks.shape[-1] or q_r.shape[2] != landmarks.shape[2]:
         raise ValueError(f"q_r {tuple(q_r.shape)} and landmarks {tuple(landmarks.shape)} disagree on (H_r, d_rh)")
     kwargs = dict(topk=topk, chunk_size=chunk_size, q_offset=q_offset, weighting=weighting, scale=scale,
@@ -85,7 +88,7 @@ def hsa_select_windows(q_r: Tensor, windows: Iterable[tuple[int, Tensor]], *, to
         The same indices and weights as :func:`hsa_select` over the windows put together: the Triton
         kernel merges each window's top-k (exact keys); the reference concatenates them.
     """
-    _check_selection(weighting, topk)
+    _check_selection(weighting, topk, scale)
     kwargs = dict(topk=topk, chunk_size=chunk_size, q_offset=q_offset, weighting=weighting, scale=scale,
                   window=window)
     if backend_for("hsa_select", q_r.device) == "triton":

@@ -142,6 +142,8 @@ def _hsa_select_kernel(
     tmask = offs_t < T
     nvis = _visible_rows(offs_t, tmask, q_offset, shift, c_base, C, S)
     n_max = tl.max(nvis, 0)
+    # every token of the block sees landmark rows [0, n_min): a tile below it needs no visibility mask
+    n_min = tl.min(tl.where(tmask, nvis, C), 0)
     q_base = QR + b * stride_qb + h * stride_qh + offs_t.to(tl.int64)[:, None] * stride_qt
     l_base = LM + b * stride_lb + h * stride_lh
     sentinel = tl.full([BLOCK_T, KP], -(2**31), tl.int64) << 32  # below any packed score
@@ -175,18 +177,26 @@ def _hsa_select_kernel(
                 lt = tl.load(l_base + cc.to(tl.int64)[:, None] * stride_lc + dd[None, :],
                              mask=(cc < C)[:, None] & dm[None, :], other=0.0)
                 acc = tl.dot(qt, tl.trans(lt), acc, input_precision=PREC)
-        s = acc * scale
-        vis = cc[None, :] < nvis[:, None]
         if GROUP > 1:
             # Screening: one key per group of GROUP chunks, its best score with the group's first chunk
             # id. The groups that hold a token's top-k chunks are among its top-KP groups by this key
             # (each higher-ranked group holds a chunk that outranks, so at most k - 1 groups can rank
             # above one holding a top-k chunk); _hsa_rescore_kernel then ranks their chunks. The merge is
             # BLOCK_C / GROUP keys wide instead of BLOCK_C.
-            s = tl.max(tl.reshape(tl.where(vis, s, float("-inf")), [BLOCK_T, BLOCK_C // GROUP, GROUP]), 2)
+            # The work per score is kept to the group max: a tile every token sees whole (all but the
+            # last tiles of a long context) skips the visibility mask, and the scale multiplies the
+            # BLOCK_C / GROUP maxima, not every score. Exact: scale > 0 and rounding is monotone, so
+            # max(a) * scale == max(a * scale) bit for bit.
+            if t0 + BLOCK_C <= n_min:
+                raw = acc
+            else:
+                raw = tl.where(cc[None, :] < nvis[:, None], acc, float("-inf"))
+            s = tl.max(tl.reshape(raw, [BLOCK_T, BLOCK_C // GROUP, GROUP]), 2) * scale
             ids = c_base + t0 + tl.arange(0, BLOCK_C // GROUP) * GROUP
-            vis = s > float("-inf")
+            vis = (s > float("-inf")) & tmask[:, None]  # rows past T saw nothing (unmasked tiles score them 0)
         else:
+            s = acc * scale
+            vis = cc[None, :] < nvis[:, None]
             ids = cc + c_base
         sv = _sortable(s)
         if SKIP:
@@ -519,6 +529,8 @@ def hsa_select_triton(q_r: Tensor, landmarks: Tensor, *, topk: int, chunk_size: 
     if gumbel or T == 0 or C == 0 or B * Hr == 0 or topk > 64:
         return hsa_select_naive(q_r, landmarks, **kwargs)
     scale = dr**-0.5 if scale is None else float(scale)
+    if not scale > 0:  # the grouped scan scales the group maxima: exact only for a positive scale
+        raise ValueError(f"scale must be positive, got {scale}")
     q_r = q_r if q_r.stride(-1) == 1 else q_r.contiguous()
     landmarks = landmarks if landmarks.stride(-1) == 1 else landmarks.contiguous()
     return HSASelectFunction.apply(q_r, landmarks, topk, chunk_size, q_offset, weighting, scale, window,
@@ -569,6 +581,8 @@ def hsa_select_windows_triton(q_r: Tensor, windows: Iterable[tuple[int, Tensor]]
     """
     B, T, Hr, dr = q_r.shape
     scale = dr**-0.5 if scale is None else float(scale)
+    if not scale > 0:
+        raise ValueError(f"scale must be positive, got {scale}")
     launch = launch or select_settings_for(q_r.device)
     q_r = q_r if q_r.stride(-1) == 1 else q_r.contiguous()
     kp = max(triton.next_power_of_2(topk), 2)

@@ -180,13 +180,16 @@ def test_select_grouped_screening_equals_per_chunk_merges(scores: str) -> None:
     """The scan keeps each token's top groups (by their best chunk), the rescoring pass ranks those groups'
     chunks: the same indices and weights as merging every chunk, for groups of 2, 4 and 8 chunks (tile of
     32, top-4), with and without skipped merges, a window and an offset, and ties broken by id like the
-    per-chunk scan."""
+    per-chunk scan. At offset 200 every token sees all 80 chunks, so the first two tiles are scanned
+    without a visibility mask and the last with one, and the scale (0.3, not a power of two) multiplies
+    the group maxima: the same bits as scaling every score first."""
     g = torch.Generator(device="cpu").manual_seed(31)
     q, lm = _grouped_case(scores, 80, 16, g)
     q, lm = q.to(DEV), lm.to(DEV)
     per_chunk = sel_mod.SelectLaunch(block_t=16, block_c=32, block_d=16, warps=2, stages=1, skip_merges=False, group=1)
-    for q_offset, window, weighting in ((0, None, "stick_breaking"), (100, 48, "softmax")):
-        kw = dict(topk=4, chunk_size=2, q_offset=q_offset, weighting=weighting, window=window)
+    for q_offset, window, weighting, scale in ((0, None, "stick_breaking", None), (100, 48, "softmax", None),
+                                               (200, None, "softmax", 0.3)):
+        kw = dict(topk=4, chunk_size=2, q_offset=q_offset, weighting=weighting, window=window, scale=scale)
         oidx, ow = hsa_select_triton(q, lm, **kw, launch=per_chunk)
         if scores != "adjacent-ties":  # distinct scores: the fp64 twin picks the same chunks
             ridx, _ = hsa_select_naive(q.cpu().double(), lm.cpu().double(), **kw)

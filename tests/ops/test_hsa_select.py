@@ -117,3 +117,6 @@ def test_bad_arguments():
         hsa_select(q, lmk, topk=2, chunk_size=4, weighting="max")
     with pytest.raises(ValueError, match="topk"):
         hsa_select(q, lmk, topk=0, chunk_size=4)
+    for scale in (0.0, -0.5, float("nan")):  # a non-positive scale would invert or flatten the ranking
+        with pytest.raises(ValueError, match="scale must be positive"):
+            hsa_select(q, lmk, topk=2, chunk_size=4, scale=scale)
