@@ -11,6 +11,12 @@ sequence (the needle; the text task writes the key twice). For each cell and ret
 ``hit_any_head``: the share of (sample, answer position) where some head's does. A model that finds the
 key but cannot copy it shows hits without exact matches; one that copies what it finds but cannot
 find it shows exact match falling with the hit rate.
+
+Beside them, ``key_weight``: the fusion weight the selection gives the key's chunks (summed over the
+selected ones), averaged over (sample, answer position, head), and the same over the samples the model
+answered right (``key_weight_right``) and wrong (``key_weight_wrong``, ``null`` when none). A miss with
+the key found and weighted as in the right answers is a failure to read the chunk; one with the key
+found but weighted less is the other selected chunks outweighing it.
 """
 
 from __future__ import annotations
@@ -46,6 +52,22 @@ def hit_rates(indices: Tensor, positions: Tensor, chunks: list[set[int]]) -> tup
     return float(found.float().mean()), float(found.any(-1).float().mean())
 
 
+def key_weights(indices: Tensor, weights: Tensor, positions: Tensor, chunks: list[set[int]]) -> Tensor:
+    """The fusion weight on the key's chunks ``(B, A, H_r)``: selections ``indices`` and ``weights``
+    ``(B, T, H_r, K)`` read at ``positions`` ``(B, A)``, ``chunks[b]`` the key's chunks of sample ``b``."""
+    rows = torch.arange(positions.shape[0])[:, None]
+    sel, w = indices[rows, positions], weights[rows, positions].float()  # (B, A, H_r, K)
+    out = torch.zeros(sel.shape[:3])
+    for b, wanted in enumerate(chunks):
+        if wanted:
+            out[b] = (w[b] * torch.isin(sel[b], torch.tensor(sorted(wanted), dtype=sel.dtype))).sum(-1)
+    return out
+
+
+def _mean(values: Tensor) -> float | None:
+    return round(float(values.mean()), 4) if values.numel() else None
+
+
 def measure(model: torch.nn.Module, task, lengths: list[int], depths: list[float | None], *, samples: int,
             seed: int, segment_len: int, device: torch.device, autocast_dtype: torch.dtype | None) -> list[dict]:
     """One record per (length, depth): exact match, and per retrieval module ``hit`` and ``hit_any_head``."""
@@ -65,14 +87,19 @@ def measure(model: torch.nn.Module, task, lengths: list[int], depths: list[float
                 preds = predict_answers(model, batch, segment_len=segment_len, autocast_dtype=autocast_dtype,
                                         device=device)
             answers, pos = batch.answers(), batch.answer_positions
+            right = (preds.cpu() == answers).all(1)  # (B,)
             record = {"length": length, "depth": depth, "samples": samples,
-                      "exact_match": float((preds.cpu() == answers).all(1).float().mean())}
+                      "exact_match": float(right.float().mean())}
             for name, parts in captured.items():
-                indices = torch.cat([p.indices for p in parts], 1)  # (B, T, H_r, K): the segments in order
+                # (B, T, H_r, K): the segments in order
+                indices = torch.cat([p.indices for p in parts], 1).cpu()
+                weights = torch.cat([p.weights for p in parts], 1).cpu()
                 chunks = [key_chunks(batch.input_ids[b], answers[b], int(pos[b, 0]) + 1, chunk_size[name])
                           for b in range(batch.batch_size)]
                 hit, any_head = hit_rates(indices, pos, chunks)
-                record[name] = {"hit": round(hit, 4), "hit_any_head": round(any_head, 4)}
+                kw = key_weights(indices, weights, pos, chunks)
+                record[name] = {"hit": round(hit, 4), "hit_any_head": round(any_head, 4), "key_weight": _mean(kw),
+                                "key_weight_right": _mean(kw[right]), "key_weight_wrong": _mean(kw[~right])}
             rows.append(record)
             print(json.dumps(record), flush=True)
     return rows
