@@ -44,7 +44,9 @@ def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, f
 @dataclass
 class CellResult:
     """One (length, depth) cell: ``accuracy`` = fraction of samples whose every answer token is the
-    argmax (exact match); ``token_accuracy`` = fraction of answer tokens right."""
+    argmax (exact match); ``token_accuracy`` = fraction of answer tokens right; ``missed``: the indices
+    (0 .. samples - 1, in the cell's seeded order) of the samples not answered exactly, so that runs of
+    different models, which see the same samples, can be compared sample by sample."""
 
     length: int
     depth: float | None
@@ -52,6 +54,7 @@ class CellResult:
     accuracy: float
     token_accuracy: float
     seconds: float
+    missed: list[int] = field(default_factory=list)
 
     def interval(self, z: float = 1.96) -> tuple[float, float]:
         """The 95% (Wilson) interval of the exact-match accuracy over this cell's samples: with 40
@@ -232,6 +235,7 @@ def evaluate(model: nn.Module, task: Task, lengths: Sequence[int], depths: Seque
                 t0 = time.perf_counter()
                 g = torch.Generator().manual_seed(cell_seed(seed, length, di))
                 counts = torch.zeros(3, dtype=torch.float64)  # exact, tokens right, tokens
+                missed = torch.zeros(samples, dtype=torch.float64)  # 1 where a sample was not exact
                 done = 0
                 while done < samples:
                     n = min(per_batch, samples - done)
@@ -248,10 +252,13 @@ def evaluate(model: nn.Module, task: Task, lengths: Sequence[int], depths: Seque
                     right = preds.cpu() == b.answers().cpu()
                     counts += torch.tensor([right.all(1).sum().item(), right.sum().item(), right.numel()],
                                            dtype=torch.float64)
-                if reduce is not None:
-                    counts = reduce(counts)
+                    missed[torch.arange(done - n, done)[mine][~right.all(1)]] = 1.0
+                if reduce is not None:  # one all-reduce for the counts and the misses of every rank
+                    both = reduce(torch.cat([counts, missed]))
+                    counts, missed = both[:3], both[3:]
                 cell = CellResult(length, depth, samples, float(counts[0] / samples),
-                                  float(counts[1] / max(1.0, float(counts[2]))), time.perf_counter() - t0)
+                                  float(counts[1] / max(1.0, float(counts[2]))), time.perf_counter() - t0,
+                                  missed=missed.nonzero().flatten().tolist())
                 result.cells.append(cell)
                 if on_cell is not None:
                     on_cell(cell)

@@ -102,6 +102,23 @@ def test_evaluate_grid_and_reduce() -> None:
     halves = [evaluate(Perfect(), task, [40], [0.5], samples=5, rank=r, world_size=2, device="cpu",
                        reduce=lambda t: t) for r in (0, 1)]
     assert sum(h.cells[0].accuracy for h in halves) == pytest.approx(1.0)
+    assert all(c.missed == [] for c in res.cells)
+
+    class Blind(Perfect):
+        """Always predicts id 0 (PAD), which no answer is (keys are symbols, ids >= NUM_SPECIAL): all missed."""
+
+        def forward(self, ids, cache=None, return_cache=False):
+            out = super().forward(ids, cache, return_cache)
+            logits = torch.zeros_like(out.logits)
+            logits[..., 0] = 1
+            return ModelOutput(logits, out.cache)
+
+    blind = evaluate(Blind(), task, [40], [0.5], samples=5, segment_len=16, device="cpu")
+    assert blind.cells[0].missed == [0, 1, 2, 3, 4] and blind.to_dict()["cells"][0]["missed"] == [0, 1, 2, 3, 4]
+    # each rank marks the samples it scored (rows rank::2); summed over ranks, every sample once
+    parts = [evaluate(Blind(), task, [40], [0.5], samples=5, rank=r, world_size=2, device="cpu",
+                      reduce=lambda t: t) for r in (0, 1)]
+    assert [h.cells[0].missed for h in parts] == [[0, 2, 4], [1, 3]]
 
 
 def test_prefill_progress_reports_every_segment_of_every_forward() -> None:
