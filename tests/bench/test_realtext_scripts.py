@@ -96,9 +96,9 @@ def test_build_corpus_from_a_deb_and_site_packages(tmp_path: Path) -> None:
     assert bad.returncode != 0 and "not a .deb" in bad.stderr
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("calib_steps", [pytest.param("0", id="equal-steps"), pytest.param("2", id="calibrated")])
-def test_realtext_scripts_end_to_end_on_cpu(tmp_path: Path, calib_steps: str) -> None:
+def toy_setup(tmp_path: Path, **knobs: str) -> dict[str, str]:
+    """The toy corpus built and tokenized by build_data.sh, tiny ramba and mamba2 layouts, and the
+    scripts' environment (``knobs`` override it)."""
     rng = random.Random(1)
     deb = tmp_path / "linux-doc-6.1_1_all.deb"
     fake_deb(deb, rng)
@@ -115,16 +115,26 @@ def test_realtext_scripts_end_to_end_on_cpu(tmp_path: Path, calib_steps: str) ->
     env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", DEB=str(deb), SITE=str(site), EXTRA="",
                CORPUS=str(runs / "corpus"), DATA=str(runs / "data"), RUNS=str(runs), VOCAB="300", WORKERS="1",
                VAL="0.5", SAMPLE_MB="1", LAYOUTS=str(layouts), NAMES="ramba mamba2", PK_NAMES="ramba", GPUS="1",
-               SEQ="384", BATCH="2", CALIB_STEPS=calib_steps, TRAIN_TIME="120", STEPS="6", PK_TIME="120",
+               SEQ="384", BATCH="2", CALIB_STEPS="0", TRAIN_TIME="120", STEPS="6", PK_TIME="120",
                PK_STEPS_MAX="2", EVAL_EVERY="3",
                EVAL_SAMPLES="2", CKPT_EVERY="5", WARMUP="2", PPL_LENGTHS="256,1k", PPL_DOCS="2",
                PK_LENGTHS="384", DEPTHS="0.5", SAMPLES="2", SEGMENT="512", OUT_DIR=str(tmp_path / "out"),
-               PK_FREEZE=r"^embedding\. ^memories\.\w+\.encoder\." if calib_steps == "2" else "",
-               PK_BATCH="1" if calib_steps == "2" else "2")
+               PK_FREEZE="", PK_BATCH="2")
+    env.update(knobs)
     done = subprocess.run(["bash", "bench/train/realtext/build_data.sh"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "ok: sizes match" in done.stdout
+    return env
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("calib_steps", [pytest.param("0", id="equal-steps"), pytest.param("2", id="calibrated")])
+def test_realtext_scripts_end_to_end_on_cpu(tmp_path: Path, calib_steps: str) -> None:
+    runs = tmp_path / "runs"
+    env = toy_setup(tmp_path, CALIB_STEPS=calib_steps,
+                    PK_FREEZE=r"^embedding\. ^memories\.\w+\.encoder\." if calib_steps == "2" else "",
+                    PK_BATCH="1" if calib_steps == "2" else "2")
     done = subprocess.run(["bash", "bench/train/realtext/run_all.sh"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=900)
     logs = "".join(p.read_text() for p in runs.glob("*.log"))
@@ -177,3 +187,33 @@ def test_a_killed_stage_resumes_with_what_is_left_of_its_time(tmp_path: Path) ->
     done = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["260", "0"]
+
+
+@pytest.mark.slow
+def test_two_lms_share_a_gpu_then_fine_tune_one_at_a_time(tmp_path: Path) -> None:
+    """The plan of bench/results/h200_realtext/README.md (after run 8): both LM phases at once with PK=0,
+    then each layout's fine-tune alone (lm_one.sh again: the LM has reached its steps), then the
+    evaluations of both (run_all.sh STAGES=eval)."""
+    runs = tmp_path / "runs"
+    env = toy_setup(tmp_path, PK_NAMES="ramba mamba2")
+    script = ('R=bench/train/realtext L="$RUNS"\n'
+              'STEPS=6 PK=0 bash $R/lm_one.sh ramba > $L/ramba.log 2>&1 &\n'
+              'STEPS=4 PK=0 bash $R/lm_one.sh mamba2 > $L/mamba2.log 2>&1 &\n'
+              'wait\n'
+              'for n in ramba mamba2; do bash $R/lm_one.sh $n >> $L/$n.log 2>&1 || exit 1; done\n'
+              'NAMES="ramba mamba2" STAGES=eval bash $R/run_all.sh')
+    done = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    logs = "".join(p.read_text() for p in runs.glob("*.log"))
+    assert done.returncode == 0, done.stdout + done.stderr + logs
+    for name, steps in (("ramba", 6), ("mamba2", 4)):  # each LM its own STEPS, fine-tuned after it
+        assert json.loads((runs / name / "train_config.json").read_text())["config"]["steps"] == steps
+        assert (runs / f"{name}.pk" / "model").is_dir()
+        log = (runs / f"{name}.log").read_text()
+        assert log.index(f"=== {name} LM:") < log.index(f"=== {name} passkey fine-tune at 384 tokens")
+    # the second fine-tune began after the first had ended (one at a time)
+    first_end = (runs / "ramba.pk" / "model").stat().st_mtime
+    second_config = (runs / "mamba2.pk" / "train_config.json").stat().st_mtime
+    assert second_config >= first_end
+    out = tmp_path / "out"
+    assert [m["label"] for m in json.loads((out / "eval_ppl.json").read_text())["models"]] == ["ramba", "mamba2"]
+    assert (out / "ramba_eval_passkey_text.json").exists() and (out / "mamba2_eval_passkey_text.json").exists()
