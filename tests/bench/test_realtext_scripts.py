@@ -200,7 +200,7 @@ def test_two_lms_share_a_gpu_then_fine_tune_one_at_a_time(tmp_path: Path) -> Non
               'STEPS=6 PK=0 bash $R/lm_one.sh ramba > $L/ramba.log 2>&1 &\n'
               'STEPS=4 PK=0 bash $R/lm_one.sh mamba2 > $L/mamba2.log 2>&1 &\n'
               'wait\n'
-              'for n in ramba mamba2; do bash $R/lm_one.sh $n >> $L/$n.log 2>&1 || exit 1; done\n'
+              'for n in ramba mamba2; do PK_TPS=240000 bash $R/lm_one.sh $n >> $L/$n.log 2>&1 || exit 1; done\n'
               'NAMES="ramba mamba2" STAGES=eval bash $R/run_all.sh')
     done = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     logs = "".join(p.read_text() for p in runs.glob("*.log"))
@@ -217,3 +217,16 @@ def test_two_lms_share_a_gpu_then_fine_tune_one_at_a_time(tmp_path: Path) -> Non
     out = tmp_path / "out"
     assert [m["label"] for m in json.loads((out / "eval_ppl.json").read_text())["models"]] == ["ramba", "mamba2"]
     assert (out / "ramba_eval_passkey_text.json").exists() and (out / "mamba2_eval_passkey_text.json").exists()
+
+
+def test_fine_tune_steps_from_the_measured_rate_or_pk_tps(tmp_path: Path) -> None:
+    """lm_one.sh's ``fit_steps``: 0.9 x budget x rate / tokens per step, the rate the LM run's quantile
+    (the first 3 records left out) unless PK_TPS gives one (through FIT_TPS)."""
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps({"step": i + 1, "tokens_per_s": 120000.0}) + "\n" for i in range(10)))
+    script = ('source <(sed -n "/^fit_steps()/,/^}/p" bench/train/realtext/lm_one.sh); SEQ=4096 BATCH=16; '
+              f'fit_steps {metrics} 100 100000 0.9 16; FIT_TPS=240000 fit_steps {metrics} 100 100000 0.9 16; '
+              f'FIT_TPS=240000 fit_steps {metrics} 100 200 0.9 16')
+    done = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["164", "329", "200"]  # measured; PK_TPS; capped

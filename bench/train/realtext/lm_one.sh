@@ -18,6 +18,10 @@ CALIB_STEPS=${CALIB_STEPS:-30}     # a short run measures tokens/s; the step cou
                                    # (0: no calibration, train STEPS steps: equal tokens for every layout)
 EVAL_EVERY=${EVAL_EVERY:-200}; EVAL_SAMPLES=${EVAL_SAMPLES:-32}; CKPT_EVERY=${CKPT_EVERY:-200}
 PK=${PK:-1}; PK_TIME=${PK_TIME:-280}; PK_BATCH=${PK_BATCH:-$BATCH}; PK_STEPS_MAX=${PK_STEPS_MAX:-100000}; PK_MIX=${PK_MIX:-0.5}; PK_LR=${PK_LR:-1e-3}; PK_DIGITS=${PK_DIGITS:-5}
+# PK_TPS: the tokens/s to plan the fine-tune's steps with, instead of the LM run's measured rate. The
+# shorter of two LMs trained at once on one GPU never ran alone, so its rate under-measures the fine-tune
+# (which runs alone): planned from it, the fine-tune would run out of steps long before its time.
+PK_TPS=${PK_TPS:-}
 # The short stage (PK_SHORT_TIME seconds of PK_TIME at PK_SHORT_SEQ tokens, first) makes every passkey
 # sample need HSA and lets the selection choose every chunk it may see, so the key's chunk always gets
 # gradient. Its length: top-k x chunk size (8 x 64) plus the retrieval window (swa-hsa skips the 512
@@ -59,11 +63,16 @@ common=(--data "$DATA" --seq-len "$SEQ" --batch-size "$BATCH" --packing "$PACKIN
 fit_steps() {  # fit_steps METRICS BUDGET_S CAP [QUANTILE [BATCH]]: steps of BATCH x SEQ tokens that fill BUDGET_S at the measured tokens/s (x0.9)
   # QUANTILE of the per-step tokens/s (default 0.5). The fine-tunes use 0.9: the LM run may have shared its
   # GPU with another layout for a while, and the fine-tune runs alone (run 2: median 110K, alone 240K).
-  python3 - "$1" "$2" "$SEQ" "${5:-$BATCH}" "$3" "${4:-0.5}" <<'PY'
-import json, sys
+  # FIT_TPS set: that rate instead of the measured one
+  FIT_TPS=${FIT_TPS:-} python3 - "$1" "$2" "$SEQ" "${5:-$BATCH}" "$3" "${4:-0.5}" <<'PY'
+import json, os, sys
 path, budget, seq, batch, cap, q = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
-tps = sorted([r["tokens_per_s"] for r in map(json.loads, open(path)) if "tokens_per_s" in r][3:]) or [1.0]
-print(min(cap, max(10, int(0.9 * budget * tps[min(len(tps) - 1, int(q * len(tps)))] / (batch * seq)))))
+if os.environ.get("FIT_TPS"):
+    rate = float(os.environ["FIT_TPS"])
+else:
+    tps = sorted([r["tokens_per_s"] for r in map(json.loads, open(path)) if "tokens_per_s" in r][3:]) or [1.0]
+    rate = tps[min(len(tps) - 1, int(q * len(tps)))]
+print(min(cap, max(10, int(0.9 * budget * rate / (batch * seq)))))
 PY
 }
 
@@ -99,7 +108,7 @@ pk_stage() {  # pk_stage OUT INIT SEQ_LEN TIME_S LR [MIN_GAP]: one passkey fine-
   fi
   [ "$gap" -gt 0 ] && opts+=(--task-option "min_gap=$gap")
   for f in ${PK_FREEZE:-}; do opts+=(--freeze "$f"); done
-  steps=$(fit_steps "$run/metrics.jsonl" "$secs" "$PK_STEPS_MAX" 0.9 "$PK_BATCH")
+  steps=$(FIT_TPS=$PK_TPS fit_steps "$run/metrics.jsonl" "$secs" "$PK_STEPS_MAX" 0.9 "$PK_BATCH")
   resume=(--steps "$steps")
   if [ -d "$out/checkpoints" ]; then
     # killed mid-stage: the resumed process gets what is left of the stage's time, not all of it again
