@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The first-step measurement (bench/results/h200_model/README.md, run 5) on the two-H200 machine (from the repo root; logs and tables go to $OUT):
+# The first-step measurement (bench/results/h200_model/README.md, run 5) on the two-H200 machine
+# (from the repo root; logs and tables go to $OUT):
 #   record   every candidate of mamba-ssm's and fla's kernels timed in one training step of the backbone
 #            probes of ramba-370m, gla-hsa and rwkv7-hsa, split over 16 processes (8 per GPU); the
 #            fastest per kernel and key merged into runs/launch_tables/sm90.json (and $OUT/sm90.json,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Passkey extrapolation demonstration on H200s (bench/results/h200_train/passkey.md): RAMba vs the same Mamba2 backbone without
-# HSA vs SWA+HSA, all trained at <= 4K tokens on identical data, evaluated at 4K .. 1M tokens.
+# Passkey extrapolation demonstration on H200s (bench/results/h200_train/passkey.md): RAMba vs the
+# same Mamba2 backbone without HSA vs SWA+HSA, all trained at <= 4K tokens on identical data,
+# evaluated at 4K .. 1M tokens.
 # Layouts run concurrently, layout i on GPU i % (number of GPUs); each one is bench/train/demo_one.sh
 # (its env knobs: STEPS, SHORT_STEPS, BATCH, LR, LENGTHS, RESET, time limits S1_TIME, S2_TIME, EVAL_TIME...).
 #

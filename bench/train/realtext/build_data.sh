@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build the real-text corpus and tokenize it (README.md beside this file), on any machine without internet access:
+# Build the real-text corpus and tokenize it (README.md beside this file), on any machine without
+# internet access:
 #   English prose: Debian's linux-doc .deb (carried: bench/data/fetch_linux_doc.sh downloads it where
 #   apt works), one document per Documentation/ topic; source code: every Python distribution
 #   installed here (one document per project) and the standard library.

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# One layout of the real-text demonstration (README.md beside this file): a language model trained at SEQ tokens on the
-# prepared corpus for about TRAIN_TIME seconds, then (PK=1) a passkey fine-tune mixed with LM data
-# for about PK_TIME seconds. Resumable: re-running continues from the newest checkpoints (a stage
-# killed midway gets what is left of its time) and skips the stages that have ended.
+# One layout of the real-text demonstration (README.md beside this file): a language model trained at
+# SEQ tokens on the prepared corpus for about TRAIN_TIME seconds, then (PK=1) a passkey fine-tune
+# mixed with LM data for about PK_TIME seconds. Resumable: re-running continues from the newest
+# checkpoints (a stage killed midway gets what is left of its time) and skips the stages that have
+# ended.
 #   bash bench/train/realtext/lm_one.sh ramba          # ramba | mamba2 | swa-hsa; knobs via env vars
 set -euo pipefail
 cd "$(dirname "$0")/../../.."

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The real-text demonstration (README.md beside this file) end to end: every layout in NAMES trained concurrently
-# (layout i on GPU i % GPUS; lm_one.sh), then perplexity by position for all of them on the same
-# validation documents (one `hsa eval ppl` with --compare), passkey in natural-text filler for the
-# fine-tuned models, and the result files collected into OUT_DIR with a summary (summarize.py).
+# The real-text demonstration (README.md beside this file) end to end: every layout in NAMES trained
+# concurrently (layout i on GPU i % GPUS; lm_one.sh), then perplexity by position for all of them on
+# the same validation documents (one `hsa eval ppl` with --compare), passkey in natural-text filler
+# for the fine-tuned models, and the result files collected into OUT_DIR with a summary
+# (summarize.py).
 #   bash bench/train/realtext/run_all.sh               # after build_data.sh; knobs via env vars
 set -uo pipefail
 cd "$(dirname "$0")/../../.."
