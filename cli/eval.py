@@ -46,7 +46,7 @@ def eval_task(
     plugin: list[Path] | None = PLUGIN_OPTION,
 ) -> None:
     """Evaluate a trained model on a task over a depth x length grid, or its perplexity by position (ppl)."""
-    from hsa_app.evaluation import format_length, parse_depths, parse_lengths, rich_table, run_eval
+    from hsa_app.evaluation import format_length, interval_note, parse_depths, parse_lengths, rich_table, run_eval
     from hsa_app.tasks import parse_task_options
 
     from hsa_core.generation import footprint_line
@@ -88,6 +88,7 @@ def eval_task(
             raise
         fail(str(exc), EXIT_USAGE)
     console().print(rich_table(result))
+    console().print(interval_note(result), highlight=False)
     for n, f in result.meta.get("footprint", {}).items():
         console().print(f"  {format_length(int(n)):>6}: {footprint_line(f)}", soft_wrap=True)
     if result.meta.get("skipped_lengths"):

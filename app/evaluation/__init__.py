@@ -9,10 +9,10 @@
 from __future__ import annotations
 
 from .core import CellResult, EvalResult, evaluate, predict_answers
-from .report import format_length, heatmap, parse_depths, parse_lengths, rich_table, write_json
+from .report import format_length, heatmap, interval_note, parse_depths, parse_lengths, rich_table, write_json
 from .runner import model_dir_of, run_eval
 
 __all__ = [
-    "CellResult", "EvalResult", "evaluate", "format_length", "heatmap", "model_dir_of", "parse_depths",
-    "parse_lengths", "predict_answers", "rich_table", "run_eval", "write_json",
+    "CellResult", "EvalResult", "evaluate", "format_length", "heatmap", "interval_note", "model_dir_of",
+    "parse_depths", "parse_lengths", "predict_answers", "rich_table", "run_eval", "write_json",
 ]

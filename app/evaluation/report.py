@@ -72,14 +72,19 @@ def rich_table(result: EvalResult, title: str | None = None):
         table.add_row("random" if d is None else f"{d:.2f}", *cells)
     means = result.by_length()
     table.add_row("[bold]mean", *[f"[bold]{means[n] * 100:.1f}" for n in result.lengths])
-    if result.cells:
-        # how far a cell's figure is from the model's rate: the interval of the lowest cell
-        low = min(result.cells, key=lambda c: (c.accuracy, c.samples))
-        lo, hi = low.interval()
-        sizes = sorted({c.samples for c in result.cells})
-        table.caption = (f"{'/'.join(map(str, sizes))} samples a cell; 95% (Wilson) interval of the lowest, "
-                         f"{low.accuracy * 100:.1f}%: {lo * 100:.0f}-{hi * 100:.0f}% (every cell's in the JSON)")
     return table
+
+
+def interval_note(result: EvalResult) -> str:
+    """One line under the table: how far a cell's figure can be from the model's rate, as the 95%
+    (Wilson) interval of the lowest cell (every cell's is in the JSON); empty without cells."""
+    if not result.cells:
+        return ""
+    low = min(result.cells, key=lambda c: (c.accuracy, c.samples))
+    lo, hi = low.interval()
+    sizes = "/".join(map(str, sorted({c.samples for c in result.cells})))
+    return (f"{sizes} samples a cell; 95% (Wilson) interval of the lowest cell, {low.accuracy * 100:.1f}%: "
+            f"{lo * 100:.0f}-{hi * 100:.0f}% (every cell's in the JSON)")
 
 
 def write_json(result: EvalResult, path: Path) -> Path:

@@ -218,7 +218,7 @@ def test_cli_train_then_eval(tmp_path: Path) -> None:
 
 def test_wilson_interval_and_where_it_is_reported() -> None:
     from hsa_app.evaluation import core
-    from hsa_app.evaluation.report import rich_table
+    from hsa_app.evaluation.report import interval_note
 
     lo, hi = core.wilson_interval(36, 40)
     assert (round(lo, 4), round(hi, 4)) == (0.7695, 0.9604)  # 90% of 40: 77-96%
@@ -233,4 +233,5 @@ def test_wilson_interval_and_where_it_is_reported() -> None:
     result = core.EvalResult("passkey", {}, [4096], [0.1, 0.5], cells)
     d = result.to_dict()
     assert d["cells"][0]["accuracy_ci95"] == [round(v, 4) for v in core.wilson_interval(33, 40)]
-    assert "lowest, 82.5%: 68-91%" in str(rich_table(result).caption)
+    assert "lowest cell, 82.5%: 68-91%" in interval_note(result)
+    assert interval_note(core.EvalResult("passkey", {}, [4096], [0.1])) == ""
