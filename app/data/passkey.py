@@ -58,8 +58,9 @@ class TextPasskeyTask:
         if split.num_tokens < 1:
             raise DataError(f"the {split.name} split is empty: no text for the passkey filler")
         self.tok, self.split, self.digits, self.min_gap = tokenizer, split, digits, int(min_gap or 0)
+        # filler_eos: recorded because samples made before 2026-12-02 kept the EOS tokens (other draws)
         self.options: dict[str, Any] = {"filler": f"text:{source}", "split": split.name, "digits": digits,
-                                        "min_gap": self.min_gap, "seed": seed}
+                                        "min_gap": self.min_gap, "seed": seed, "filler_eos": "left out"}
         enc = self._enc
         self.intro = np.concatenate([[tokenizer.eos_id], enc(INTRO)])
         self.needle_parts = (enc(" The pass key is"), enc(". Remember it."), enc(" is the pass key."))

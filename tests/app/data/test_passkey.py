@@ -31,6 +31,7 @@ def test_the_filler_holds_no_eos_even_across_documents(task: TextPasskeyTask) ->
         key = row[pos + 1]
         windows = row[:-len(key)].unfold(0, len(key), 1)
         assert int((windows == key).all(1).sum()) == 2
+    assert task.options["filler_eos"] == "left out"  # in every result's task_options
     again = task.sample(6, 4096, 0, depth=0.3)
     assert torch.equal(batch.input_ids, again.input_ids)  # deterministic from the seed
 
