@@ -14,7 +14,9 @@ find it shows exact match falling with the hit rate.
 
 Beside them, ``key_weight``: the fusion weight the selection gives the key's chunks (summed over the
 selected ones), averaged over (sample, answer position, head), and the same over the samples the model
-answered right (``key_weight_right``) and wrong (``key_weight_wrong``, ``null`` when none). A miss with
+answered right (``key_weight_right``) and wrong (``key_weight_wrong``, ``null`` when none). Per sample
+(``per_sample``, and ``per_sample_exact`` for the answers) in the order of ``hsa eval passkey``'s
+samples: with the same seed the indices of its ``missed`` list point into them. A miss with
 the key found and weighted as in the right answers is a failure to read the chunk; one with the key
 found but weighted less is the other selected chunks outweighing it.
 """
@@ -40,15 +42,21 @@ def key_chunks(row: Tensor, key: Tensor, end: int, chunk_size: int) -> set[int]:
     return {p // chunk_size for s in starts for p in range(s, s + n)}
 
 
-def hit_rates(indices: Tensor, positions: Tensor, chunks: list[set[int]]) -> tuple[float, float]:
-    """``(hit, hit_any_head)`` for selections ``indices`` ``(B, T, H_r, K)`` read at ``positions``
-    ``(B, A)``, with ``chunks[b]`` the key's chunks of sample ``b``."""
+def key_found(indices: Tensor, positions: Tensor, chunks: list[set[int]]) -> Tensor:
+    """``(B, A, H_r)`` bool: whether the selection ``indices`` ``(B, T, H_r, K)`` read at ``positions``
+    ``(B, A)`` holds one of ``chunks[b]``, the key's chunks of sample ``b``."""
     B = positions.shape[0]
     sel = indices[torch.arange(B)[:, None], positions]  # (B, A, H_r, K)
     found = torch.zeros(sel.shape[:3], dtype=torch.bool)
     for b, wanted in enumerate(chunks):
         if wanted:
             found[b] = torch.isin(sel[b], torch.tensor(sorted(wanted), dtype=sel.dtype)).any(-1)
+    return found
+
+
+def hit_rates(indices: Tensor, positions: Tensor, chunks: list[set[int]]) -> tuple[float, float]:
+    """``(hit, hit_any_head)`` over all samples (:func:`key_found`)."""
+    found = key_found(indices, positions, chunks)
     return float(found.float().mean()), float(found.any(-1).float().mean())
 
 
@@ -96,10 +104,16 @@ def measure(model: torch.nn.Module, task, lengths: list[int], depths: list[float
                 weights = torch.cat([p.weights for p in parts], 1).cpu()
                 chunks = [key_chunks(batch.input_ids[b], answers[b], int(pos[b, 0]) + 1, chunk_size[name])
                           for b in range(batch.batch_size)]
-                hit, any_head = hit_rates(indices, pos, chunks)
+                found = key_found(indices, pos, chunks)  # (B, A, H_r)
                 kw = key_weights(indices, weights, pos, chunks)
-                record[name] = {"hit": round(hit, 4), "hit_any_head": round(any_head, 4), "key_weight": _mean(kw),
-                                "key_weight_right": _mean(kw[right]), "key_weight_wrong": _mean(kw[~right])}
+                record[name] = {"hit": round(float(found.float().mean()), 4),
+                                "hit_any_head": round(float(found.any(-1).float().mean()), 4),
+                                "key_weight": _mean(kw), "key_weight_right": _mean(kw[right]),
+                                "key_weight_wrong": _mean(kw[~right]),
+                                # sample by sample, in the cell's seeded order (hsa eval's `missed` indexes it)
+                                "per_sample": {"hit": [round(float(v), 3) for v in found.float().mean((1, 2))],
+                                               "key_weight": [round(float(v), 4) for v in kw.mean((1, 2))]}}
+            record["per_sample_exact"] = right.int().tolist()
             rows.append(record)
             print(json.dumps(record), flush=True)
     return rows

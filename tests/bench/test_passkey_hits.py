@@ -66,6 +66,11 @@ def test_selection_of_every_chunk_always_holds_the_key(tmp_path: Path) -> None:
     assert [(r["length"], r["depth"]) for r in rows] == [(256, 0.2), (256, 0.8), (512, 0.2), (512, 0.8)]
     sel = [r["selections.sel"] for r in rows]
     assert all((s["hit"], s["hit_any_head"]) == (1.0, 1.0) for s in sel), rows
+    assert all(s["per_sample"]["hit"] == [1.0] * 3 and len(s["per_sample"]["key_weight"]) == 3 for s in sel)
+    assert all(len(r["per_sample_exact"]) == 3 and set(r["per_sample_exact"]) <= {0, 1} for r in rows)
+    # per sample, the same means as over the cell
+    s0 = sel[0]
+    assert sum(s0["per_sample"]["key_weight"]) / 3 == pytest.approx(s0["key_weight"], abs=1e-3)
     assert all(0.0 < s["key_weight"] <= 1.0 + 1e-6 for s in sel), rows  # the key's chunks get a share
     assert hits.main([str(tmp_path / "one"), "--lengths", "512", "--depths", "0.5", "--samples", "3",
                       "--segment-len", "128", "--out", str(out)]) == 0
