@@ -11,14 +11,14 @@ One sample of ``T`` tokens, every piece tokenized on its own with the model's to
 ``K`` is the tokenization of ``" " + digits`` (``digits`` random decimal digits, default 5), and the
 two ``<text>`` pieces are one contiguous run of tokens from the data's documents (a random offset,
 wrapping around the split), cut where the needle goes: at relative ``depth``, with at least
-``min_gap`` tokens between the needle and the question. The run's EOS tokens (the ends of the split's
-documents) are left out: the sample is one prompt, and an EOS inside it would tell a model trained on
-packed documents that the needle and the instruction belong to an earlier, unrelated document (in the
-validation split of the real-text corpus, 4 to 5 of 40 samples at 16K-64K had one between the needle
-and the question). Documents that the run crosses follow each other directly. The answer is teacher-forced, like the
-token-space ``passkey`` task: the sample counts when every token of the last ``K`` is the argmax.
-Keys are drawn until ``K`` has the same number of tokens as the task's reference key, so every
-sample of a batch has the same number of answer tokens.
+``min_gap`` tokens between the needle and the question. The run's EOS tokens (the ends of the
+split's documents) are left out: the sample is one prompt, and an EOS inside it would tell a model
+trained on packed documents that the needle and the instruction belong to an earlier, unrelated
+document (in the validation split of the real-text corpus, 4 to 5 of 40 samples at 16K-64K had one
+between the needle and the question). Documents that the run crosses follow each other directly. The
+answer is teacher-forced, like the token-space ``passkey`` task: the sample counts when every token
+of the last ``K`` is the argmax. Keys are drawn until ``K`` has the same number of tokens as the
+task's reference key, so every sample of a batch has the same number of answer tokens.
 """
 
 from __future__ import annotations
