@@ -192,16 +192,18 @@ def test_a_killed_stage_resumes_with_what_is_left_of_its_time(tmp_path: Path) ->
 @pytest.mark.slow
 def test_two_lms_share_a_gpu_then_fine_tune_one_at_a_time(tmp_path: Path) -> None:
     """The plan of bench/results/h200_realtext/README.md (after run 8): both LM phases at once with PK=0,
-    then each layout's fine-tune alone (lm_one.sh again: the LM has reached its steps), then the
-    evaluations of both (run_all.sh STAGES=eval)."""
+    then, one layout at a time, its fine-tune alone (lm_one.sh again: the LM has reached its steps) and
+    its evaluations (run_all.sh STAGES=eval)."""
     runs = tmp_path / "runs"
     env = toy_setup(tmp_path, PK_NAMES="ramba mamba2")
     script = ('R=bench/train/realtext L="$RUNS"\n'
               'STEPS=6 PK=0 bash $R/lm_one.sh ramba > $L/ramba.log 2>&1 &\n'
               'STEPS=4 PK=0 bash $R/lm_one.sh mamba2 > $L/mamba2.log 2>&1 &\n'
               'wait\n'
-              'for n in ramba mamba2; do PK_TPS=240000 bash $R/lm_one.sh $n >> $L/$n.log 2>&1 || exit 1; done\n'
-              'NAMES="ramba mamba2" STAGES=eval bash $R/run_all.sh')
+              'for n in ramba mamba2; do\n'
+              '  PK_TPS=240000 bash $R/lm_one.sh $n >> $L/$n.log 2>&1 || exit 1\n'
+              '  NAMES=$n STAGES=eval OUT_DIR="$OUT_DIR/$n" bash $R/run_all.sh || exit 1\n'
+              'done')
     done = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     logs = "".join(p.read_text() for p in runs.glob("*.log"))
     assert done.returncode == 0, done.stdout + done.stderr + logs
@@ -210,13 +212,14 @@ def test_two_lms_share_a_gpu_then_fine_tune_one_at_a_time(tmp_path: Path) -> Non
         assert (runs / f"{name}.pk" / "model").is_dir()
         log = (runs / f"{name}.log").read_text()
         assert log.index(f"=== {name} LM:") < log.index(f"=== {name} passkey fine-tune at 384 tokens")
-    # the second fine-tune began after the first had ended (one at a time)
-    first_end = (runs / "ramba.pk" / "model").stat().st_mtime
-    second_config = (runs / "mamba2.pk" / "train_config.json").stat().st_mtime
-    assert second_config >= first_end
+    # the second fine-tune began after the first model's evaluation had ended (one at a time)
     out = tmp_path / "out"
-    assert [m["label"] for m in json.loads((out / "eval_ppl.json").read_text())["models"]] == ["ramba", "mamba2"]
-    assert (out / "ramba_eval_passkey_text.json").exists() and (out / "mamba2_eval_passkey_text.json").exists()
+    first_eval = (out / "ramba" / "ramba_eval_passkey_text.json").stat().st_mtime
+    second_config = (runs / "mamba2.pk512" / "train_config.json").stat().st_mtime  # its first stage
+    assert second_config >= first_eval
+    for name in ("ramba", "mamba2"):
+        assert [m["label"] for m in json.loads((out / name / "eval_ppl.json").read_text())["models"]] == [name]
+        assert (out / name / f"{name}_eval_passkey_text.json").exists()
 
 
 def test_fine_tune_steps_from_the_measured_rate_or_pk_tps(tmp_path: Path) -> None:
