@@ -30,7 +30,7 @@ def test_summary_adds_resumed_time_and_merges_passkey_files(tmp_path: Path) -> N
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    assert "| ramba | 3 | 300 | 25 |" in out  # 20 s of the first call + 5 s of the second
+    assert "| ramba | 3 | 300 | 25 | 10 |" in out  # 20 s of the first call + 5 s of the second; step 1 at 10 s
     # one decimal where there is one (82.5, not a rounded 82)
     assert "| depth | 4k | 16k |" in out and "| 0.1 | 75 | 82.5 |" in out and "| 0.9 | 75 | 82.5 |" in out
     assert "interval of the lowest cell (4k, depth 0.1, 75%): 15-85%." in out

@@ -18,8 +18,11 @@ from hsa_app.evaluation.report import save_figure
 
 
 def training_rows(out: Path) -> list[str]:
-    rows = ["| model | steps | tokens | time (s) | tokens/s | final train loss | final val loss (ppl) |",
-            "|---|---|---|---|---|---|---|"]
+    """One row per ``<name>_metrics.jsonl``. ``first step (s)``: the wall time from the process's start to
+    the end of its first step (set-up, compiling and tuning kernels): what a short fine-tune does not
+    spend on steps."""
+    rows = ["| model | steps | tokens | time (s) | first step (s) | tokens/s | final train loss | "
+            "final val loss (ppl) |", "|---|---|---|---|---|---|---|---|"]
     for path in sorted(out.glob("*_metrics.jsonl")):
         name = path.name.removesuffix("_metrics.jsonl")
         recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -32,7 +35,8 @@ def training_rows(out: Path) -> list[str]:
         elapsed = sum(a["time"] for a, b in itertools.pairwise(steps) if b["time"] < a["time"]) + last["time"]
         tps = sorted(r["tokens_per_s"] for r in steps[3:] or steps)[len(steps[3:] or steps) // 2]
         val = f"{evals[-1]['val_loss']:.3f} ({evals[-1]['val_ppl']:.2f})" if evals else "-"
-        rows.append(f"| {name} | {last['step']} | {last['tokens']:,} | {elapsed:.0f} | {tps:,.0f} | "
+        first = f"{steps[0]['time']:.0f}" if steps[0]["step"] == 1 else "-"  # (logged when log_every is 1)
+        rows.append(f"| {name} | {last['step']} | {last['tokens']:,} | {elapsed:.0f} | {first} | {tps:,.0f} | "
                     f"{last['loss']:.3f} | {val} |")
     return rows
 
