@@ -42,34 +42,40 @@ def key_chunks(row: Tensor, key: Tensor, end: int, chunk_size: int) -> set[int]:
     return {p // chunk_size for s in starts for p in range(s, s + n)}
 
 
-def key_found(indices: Tensor, positions: Tensor, chunks: list[set[int]]) -> Tensor:
-    """``(B, A, H_r)`` bool: whether the selection ``indices`` ``(B, T, H_r, K)`` read at ``positions``
-    ``(B, A)`` holds one of ``chunks[b]``, the key's chunks of sample ``b``."""
-    B = positions.shape[0]
-    sel = indices[torch.arange(B)[:, None], positions]  # (B, A, H_r, K)
-    found = torch.zeros(sel.shape[:3], dtype=torch.bool)
+def key_slots(indices: Tensor, positions: Tensor, chunks: list[set[int]]) -> Tensor:
+    """``(B, A, H_r, K)`` bool: which selected slots of ``indices`` ``(B, T, H_r, K)``, read at ``positions``
+    ``(B, A)``, hold one of ``chunks[b]``, the key's chunks of sample ``b``."""
+    sel = indices[torch.arange(positions.shape[0])[:, None], positions]  # (B, A, H_r, K)
+    mask = torch.zeros(sel.shape, dtype=torch.bool)
     for b, wanted in enumerate(chunks):
         if wanted:
-            found[b] = torch.isin(sel[b], torch.tensor(sorted(wanted), dtype=sel.dtype)).any(-1)
-    return found
+            mask[b] = torch.isin(sel[b], torch.tensor(sorted(wanted), dtype=sel.dtype))
+    return mask
+
+
+def key_found(indices: Tensor, positions: Tensor, chunks: list[set[int]]) -> Tensor:
+    """``(B, A, H_r)`` bool: whether the selection holds one of the key's chunks (:func:`key_slots`)."""
+    return key_slots(indices, positions, chunks).any(-1)
+
+
+def _rates(found: Tensor) -> tuple[float, float]:
+    return float(found.float().mean()), float(found.any(-1).float().mean())
 
 
 def hit_rates(indices: Tensor, positions: Tensor, chunks: list[set[int]]) -> tuple[float, float]:
     """``(hit, hit_any_head)`` over all samples (:func:`key_found`)."""
-    found = key_found(indices, positions, chunks)
-    return float(found.float().mean()), float(found.any(-1).float().mean())
+    return _rates(key_found(indices, positions, chunks))
 
 
-def key_weights(indices: Tensor, weights: Tensor, positions: Tensor, chunks: list[set[int]]) -> Tensor:
+def key_weights(indices: Tensor, weights: Tensor, positions: Tensor, chunks: list[set[int]],
+                slots: Tensor | None = None) -> Tensor:
     """The fusion weight on the key's chunks ``(B, A, H_r)``: selections ``indices`` and ``weights``
-    ``(B, T, H_r, K)`` read at ``positions`` ``(B, A)``, ``chunks[b]`` the key's chunks of sample ``b``."""
-    rows = torch.arange(positions.shape[0])[:, None]
-    sel, w = indices[rows, positions], weights[rows, positions].float()  # (B, A, H_r, K)
-    out = torch.zeros(sel.shape[:3])
-    for b, wanted in enumerate(chunks):
-        if wanted:
-            out[b] = (w[b] * torch.isin(sel[b], torch.tensor(sorted(wanted), dtype=sel.dtype))).sum(-1)
-    return out
+    ``(B, T, H_r, K)`` read at ``positions`` ``(B, A)``, ``chunks[b]`` the key's chunks of sample ``b``
+    (``slots``: :func:`key_slots` of the same, when already computed)."""
+    if slots is None:
+        slots = key_slots(indices, positions, chunks)
+    w = weights[torch.arange(positions.shape[0])[:, None], positions].float()  # (B, A, H_r, K)
+    return (w * slots).sum(-1)
 
 
 def _mean(values: Tensor) -> float | None:
@@ -104,10 +110,11 @@ def measure(model: torch.nn.Module, task, lengths: list[int], depths: list[float
                 weights = torch.cat([p.weights for p in parts], 1).cpu()
                 chunks = [key_chunks(batch.input_ids[b], answers[b], int(pos[b, 0]) + 1, chunk_size[name])
                           for b in range(batch.batch_size)]
-                found = key_found(indices, pos, chunks)  # (B, A, H_r)
-                kw = key_weights(indices, weights, pos, chunks)
-                record[name] = {"hit": round(float(found.float().mean()), 4),
-                                "hit_any_head": round(float(found.any(-1).float().mean()), 4),
+                slots = key_slots(indices, pos, chunks)  # (B, A, H_r, K), read once for both figures
+                found = slots.any(-1)
+                kw = key_weights(indices, weights, pos, chunks, slots)
+                hit, any_head = _rates(found)
+                record[name] = {"hit": round(hit, 4), "hit_any_head": round(any_head, 4),
                                 "key_weight": _mean(kw), "key_weight_right": _mean(kw[right]),
                                 "key_weight_wrong": _mean(kw[~right]),
                                 # sample by sample, in the cell's seeded order (hsa eval's `missed` indexes it)

@@ -511,6 +511,15 @@ class HSASelectFunction(torch.autograd.Function):
         return dq.to(q_r.dtype), dl.view(B, C, Hr, dr).to(landmarks.dtype), None, None, None, None, None, None, None
 
 
+def _score_scale(scale: float | None, dr: int) -> float:
+    """The score scale (default ``dr ** -0.5``), refused unless positive: the grouped scan scales each
+    group's maximum, which equals the maximum of the scaled scores only for a positive scale."""
+    scale = dr**-0.5 if scale is None else float(scale)
+    if not scale > 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    return scale
+
+
 def hsa_select_triton(q_r: Tensor, landmarks: Tensor, *, topk: int, chunk_size: int, q_offset: int = 0,
                       weighting: str = "stick_breaking", scale: float | None = None, window: int | None = None,
                       gumbel: bool = False, launch: SelectLaunch | None = None) -> tuple[Tensor, Tensor]:
@@ -528,9 +537,7 @@ def hsa_select_triton(q_r: Tensor, landmarks: Tensor, *, topk: int, chunk_size: 
                   window=window, gumbel=gumbel)
     if gumbel or T == 0 or C == 0 or B * Hr == 0 or topk > 64:
         return hsa_select_naive(q_r, landmarks, **kwargs)
-    scale = dr**-0.5 if scale is None else float(scale)
-    if not scale > 0:  # the grouped scan scales the group maxima: exact only for a positive scale
-        raise ValueError(f"scale must be positive, got {scale}")
+    scale = _score_scale(scale, dr)
     q_r = q_r if q_r.stride(-1) == 1 else q_r.contiguous()
     landmarks = landmarks if landmarks.stride(-1) == 1 else landmarks.contiguous()
     return HSASelectFunction.apply(q_r, landmarks, topk, chunk_size, q_offset, weighting, scale, window,
@@ -580,9 +587,7 @@ def hsa_select_windows_triton(q_r: Tensor, windows: Iterable[tuple[int, Tensor]]
         ``indices`` int32 and ``weights`` fp32 ``(B, T, Hr, topk)``, as :func:`hsa_select_triton`.
     """
     B, T, Hr, dr = q_r.shape
-    scale = dr**-0.5 if scale is None else float(scale)
-    if not scale > 0:
-        raise ValueError(f"scale must be positive, got {scale}")
+    scale = _score_scale(scale, dr)
     launch = launch or select_settings_for(q_r.device)
     q_r = q_r if q_r.stride(-1) == 1 else q_r.contiguous()
     kp = max(triton.next_power_of_2(topk), 2)
