@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 from hsa_core.errors import HSAError
 
+from .autotune_memory import remember_decisions
 from .launch_tables import apply_launch_table, describe_launch_table
 
 __all__ = ["MambaTriton", "causal_conv_kernel", "describe_paths", "forced_torch", "mamba_triton",
@@ -132,6 +133,7 @@ def mamba_triton() -> MambaTriton | None:
     ssd, norm, update = mods
     if _cuda():
         apply_launch_table("mamba_ssm")  # bounded first step: measured winners instead of full autotuning
+        remember_decisions(["mamba_ssm"])  # and no timing again in later processes (its hooked kernels)
     return MambaTriton(ssd.mamba_chunk_scan_combined, norm.rmsnorm_fn, update.selective_state_update, via)
 
 
@@ -164,6 +166,7 @@ def causal_conv_kernel() -> tuple[str, Callable] | None:
             fn = importlib.import_module("fla.modules.causal_conv1d").causal_conv1d
             if _cuda():
                 apply_launch_table("fla")
+                remember_decisions(["fla"])
             return "fla", fn
         except ImportError as exc:
             raise HSAError(f"fla is installed but its causal_conv1d fails to import: {exc}") from exc

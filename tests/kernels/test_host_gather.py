@@ -29,11 +29,13 @@ def test_gather_matches_naive(row_shape: tuple[int, ...], dtype: torch.dtype) ->
 
 @pytest.mark.triton
 def test_no_ids_and_given_output() -> None:
-    src = torch.randn(4, 6)
-    empty = gather_rows_triton(src, torch.zeros(0, dtype=torch.long))
+    # on the compute device: compiled Triton (no interpreter) cannot read host tensors that are not pinned
+    src = torch.randn(4, 6, device=DEV)
+    empty = gather_rows_triton(src, torch.zeros(0, dtype=torch.long, device=DEV))
     assert empty.shape == (0, 6)
-    out = torch.full((2, 6), float("nan"))
-    assert gather_rows_triton(src, torch.tensor([2, 1]), out=out) is out and torch.equal(out, src[[2, 1]])
+    out = torch.full((2, 6), float("nan"), device=DEV)
+    got = gather_rows_triton(src, torch.tensor([2, 1], device=DEV), out=out)
+    assert got is out and torch.equal(out, src[[2, 1]])
 
 
 def test_bad_arguments_are_refused() -> None:
