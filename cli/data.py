@@ -30,7 +30,8 @@ def prepare_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (shards, index, tokenizer, manifest)."),
     tokenizer: str = typer.Option(
         "bytes", "--tokenizer", "-t",
-        help="bytes (UTF-8 bytes + EOS, 257 ids), bpe:N (byte-level BPE of N ids trained on the input) or a "
+        help="bytes (UTF-8 bytes + EOS, 257 ids), bpe:N (byte-level BPE of N ids trained on the input, each "
+             "digit its own token as in LLaMA; bpe:N:merge-digits lets merges span digits, as GPT-2's) or a "
              "path to a tokenizer.json."),
     val_fraction: float = typer.Option(
         0.01, "--val-fraction", help="About this fraction of the documents go to validation, stratified by "

@@ -95,6 +95,9 @@ class PrepareOptions:
         tok_kind, tok_arg = parse_tokenizer_spec(self.tokenizer)
         if tok_kind == "file":
             d["tokenizer"] = str(Path(tok_arg).resolve())
+        elif tok_kind == "bpe":
+            # explicit, because "bpe:N" merged digits before 2026-12-02: such a folder is not these options
+            d["bpe_split_digits"] = tok_arg.split_digits
         return d
 
 
@@ -301,7 +304,7 @@ def prepare(options: PrepareOptions, out: str | Path, *, workers: int = 1, force
     tok_path = work / TOKENIZER_FILE
     tok_kind, tok_arg = parse_tokenizer_spec(options.tokenizer)
     if tok_kind == "bpe":
-        token_dtype(tok_arg, options.dtype)  # a BPE too large for --dtype is refused before training it
+        token_dtype(tok_arg.vocab_size, options.dtype)  # a BPE too large for --dtype is refused before training it
     tok_seconds = 0.0
     if not tok_path.is_file():
         t0 = time.perf_counter()
@@ -310,9 +313,11 @@ def prepare(options: PrepareOptions, out: str | Path, *, workers: int = 1, force
         elif tok_kind == "file":
             tok = load_tokenizer(tok_arg)
         else:
-            say(f"training a byte-level BPE of {tok_arg:,} ids on up to "
+            digits = "each digit its own token" if tok_arg.split_digits else "merges across digits"
+            say(f"training a byte-level BPE of {tok_arg.vocab_size:,} ids ({digits}) on up to "
                 f"{options.tokenizer_sample_bytes / 1e6:,.0f} MB of the input")
-            tok = train_bpe(_sample_texts(units, options), tok_arg, progress=progress)
+            tok = train_bpe(_sample_texts(units, options), tok_arg.vocab_size, split_digits=tok_arg.split_digits,
+                            progress=progress)
         tok.save(work)
         tok_seconds = time.perf_counter() - t0
     tok = load_tokenizer(tok_path)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hsa_app.data.errors import DataError
 from hsa_app.data.tokenizer import (
+    BpeSpec,
     ByteTokenizer,
     file_fingerprint,
     load_tokenizer,
@@ -47,6 +48,18 @@ def test_bpe_round_trip_is_lossless_and_training_deterministic(tmp_path: Path) -
     assert file_fingerprint(tmp_path / "tokenizer.json") == a.fingerprint
 
 
+def test_bpe_gives_each_digit_its_own_token_unless_told_to_merge_them() -> None:
+    pytest.importorskip("tokenizers")
+    texts = ["the pass key is 72555. Remember it. 72555 is the pass key. " * 40,
+             "in 1970 and 2001 there were 64 cpus at 2555 MHz " * 40]
+    split, merged = train_bpe(texts, 400), train_bpe(texts, 400, split_digits=False)
+    for key in ("72555", "1970", "64"):
+        pieces = [split.decode([int(i)]) for i in split.encode(" " + key)]
+        assert "".join(pieces) == " " + key and [p for p in pieces if p.strip()] == list(key)
+        assert len(merged.encode(" " + key)) < len(key) + 1  # GPT-2's BPE merges the digits it saw often
+    assert split.decode(split.encode(texts[1]).tolist()) == texts[1]
+
+
 def test_a_foreign_tokenizer_json_gets_an_eos(tmp_path: Path) -> None:
     tokenizers = pytest.importorskip("tokenizers")
     from tokenizers import models, pre_tokenizers
@@ -68,7 +81,11 @@ def test_long_texts_are_encoded_in_pieces_cut_after_newlines() -> None:
 
 def test_specs_and_dtypes(tmp_path: Path) -> None:
     assert parse_tokenizer_spec("bytes") == ("bytes", None)
-    assert parse_tokenizer_spec("bpe:32k") == ("bpe", 32000)
+    assert parse_tokenizer_spec("bpe:32k") == ("bpe", BpeSpec(32000, split_digits=True))
+    assert parse_tokenizer_spec("bpe:300:merge-digits") == ("bpe", BpeSpec(300, split_digits=False))
+    with pytest.raises(DataError, match="unknown BPE option 'digits'; the one allowed is merge-digits") as e:
+        parse_tokenizer_spec("bpe:300:digits")
+    assert e.value.exit_code == 2
     with pytest.raises(DataError, match=r"not 'bytes', 'bpe:N' or an existing tokenizer\.json") as e:
         parse_tokenizer_spec(str(tmp_path / "missing.json"))
     assert e.value.exit_code == 2
