@@ -40,7 +40,7 @@ from typing import Any
 
 from .launch_tables import autotuners, config_record
 
-__all__ = ["decisions_file", "enabled", "load_decisions", "remember_decisions", "save_decisions"]
+__all__ = ["decisions_file", "describe", "enabled", "load_decisions", "remember_decisions", "save_decisions"]
 
 _tracked: dict[str, Any] = {}  # kernel name -> autotuner whose decisions are saved at exit
 _walked: dict[tuple[str, ...], int] = {}  # prefixes -> len(sys.modules) when last walked
@@ -63,6 +63,16 @@ def decisions_file() -> Path:
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     digest = hashlib.sha256(f"{gpu}|triton {triton.__version__}|torch {torch.__version__}".encode()).hexdigest()
     return Path(knobs.cache.dir) / "hsa_autotune" / f"{digest[:32]}.json"
+
+
+def describe() -> str:
+    """One line for ``hsa info``: whether decisions are kept, where, and how many the file holds."""
+    if not enabled():
+        return "not kept (TRITON_CACHE_AUTOTUNING=1 keeps them; hooked kernels are timed in every process)"
+    path = decisions_file()
+    stored = _read(path)
+    entries = sum(len(k.get("entries") or {}) for k in stored.values() if isinstance(k, dict))
+    return f"kept in {path} ({entries} decisions of {len(stored)} kernels)"
 
 
 def _hooked(tuner: Any) -> bool:

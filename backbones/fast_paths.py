@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 from hsa_core.errors import HSAError
 
+from .autotune_memory import describe as describe_autotune_memory
 from .autotune_memory import remember_decisions
 from .launch_tables import apply_launch_table, describe_launch_table
 
@@ -227,4 +228,5 @@ def describe_paths(cuda: bool) -> dict[str, str]:
     m1 = ("mamba-ssm compiled selective scan" if scan
           else "torch selective scan (mamba-ssm's CUDA extension not built)")
     return {"mamba": m1, "mamba2": m2, "swa": _describe_swa(),
-            "mamba-ssm / fla launch settings": describe_launch_table()}
+            "mamba-ssm / fla launch settings": describe_launch_table(),
+            "mamba-ssm / fla autotuning decisions": describe_autotune_memory()}

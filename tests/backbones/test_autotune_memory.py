@@ -171,3 +171,16 @@ def test_off_without_triton_disk_caching(monkeypatch: pytest.MonkeyPatch) -> Non
     assert not am.enabled()
     monkeypatch.setattr(knobs.autotuning, "cache", True)
     assert am.enabled() is (not knobs.runtime.interpret)
+
+
+def test_describe_says_where_and_how_many(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(am, "enabled", lambda: False)
+    assert am.describe().startswith("not kept (TRITON_CACHE_AUTOTUNING=1 keeps them")
+    path = tmp_path / "decisions.json"
+    tuner = _tuner()
+    _decide(tuner, KEY, 0)
+    _decide(tuner, (12, "torch.float32", "torch.float32"), 1)
+    am.save_decisions([("pkg.kernel", tuner)], path)
+    monkeypatch.setattr(am, "enabled", lambda: True)
+    monkeypatch.setattr(am, "decisions_file", lambda: path)
+    assert am.describe() == f"kept in {path} (2 decisions of 1 kernels)"
