@@ -76,7 +76,10 @@ def describe() -> str:
 
 
 def _hooked(tuner: Any) -> bool:
-    return any(getattr(config, "pre_hook", None) is not None for config in tuner.configs)
+    """Candidates with a hook, and Triton's in-memory cache where this module expects it (another Triton
+    version without it: left alone)."""
+    return (isinstance(getattr(tuner, "cache", None), dict)
+            and any(getattr(config, "pre_hook", None) is not None for config in tuner.configs))
 
 
 def _source(tuner: Any) -> str:
