@@ -1,26 +1,29 @@
-"""Autotuning decisions kept across processes for the kernels Triton will not cache on disk.
+"""Autotuning decisions kept across processes for mamba-ssm's and fla's kernels.
 
-Why: with ``TRITON_CACHE_AUTOTUNING=1`` Triton stores each autotuning result on disk, so the next
-process on the machine skips the timing, except for kernels whose candidate configurations carry a
-``pre_hook``: Triton cannot serialise the hook and times them again in every process
-(``Autotuner.check_disk_cache``). mamba-ssm's backward kernels are such kernels (their hooks zero the
-outputs they accumulate into). Measured on the H200 (real-text run 9): a passkey fine-tune stage of the
-real-text RAMba, a new process after the LM phase on the same machine, spent 16.4 s of its 36.6-s
+Why: with ``TRITON_CACHE_AUTOTUNING=1`` Triton stores each autotuning result on disk, so that the
+next process on the machine skips the timing. It does not for kernels whose candidate configurations
+carry a ``pre_hook``: Triton cannot serialise the hook and times them again in every process
+(``Autotuner.check_disk_cache``); mamba-ssm's backward kernels are such kernels (their hooks zero the
+outputs they accumulate into). Measured on the H200 (real-text run 9): a passkey fine-tune stage of
+the real-text RAMba, a new process after the LM phase on the same machine, spent 16.4 s of its 36.6-s
 first step timing 11 backward kernels again, all at keys the LM phase had timed already; of a 40-s
-stage, that left 9 steps.
+stage, that left 9 steps. Only 4 of the 11 have hooked candidates: Triton's disk cache missed the
+other 7 too, for a reason not found (the next stage, at the LM's shapes, found them). So this module
+keeps the decisions of every autotuner it is given, hooked or not, instead of relying on Triton's.
 
-What: for the autotuners of a package (the same ones :mod:`.launch_tables` narrows), each decision is
+What: for the autotuners of a package (the ones :mod:`.launch_tables` narrows), each decision is
 written to a JSON file under Triton's cache directory when the process exits, and read back into the
 autotuner's in-memory cache (``Autotuner.cache``: key -> chosen ``Config``) when the package's kernels
-are set up in a later process. Rules, the same as Triton's own disk cache:
+are set up in a later process, so Triton neither times them nor consults its own disk cache. Rules:
 
-* only when ``TRITON_CACHE_AUTOTUNING`` is on and not under the interpreter (Triton's condition);
-* a decision is reused only for the same kernel source (``JITFunction.cache_key``), the same GPU and
-  Triton version, the same autotuning key, and the same candidate list; the chosen configuration is
-  the autotuner's own candidate object (its hook included), never one built from the file;
-* only kernels with hooked candidates are handled: Triton caches the others itself.
+* only when ``TRITON_CACHE_AUTOTUNING`` is on and not under the interpreter (Triton's own condition
+  for keeping autotuning results);
+* a decision is reused only for the same kernel source (``JITFunction.cache_key``), the same GPU,
+  Triton and torch versions, the same autotuning key, and the same candidate list; the chosen
+  configuration is the autotuner's own candidate object (its hook included), never one built from the
+  file, so a file can never introduce a configuration.
 
-File: ``<triton cache dir>/hsa_autotune/<gpu and triton digest>.json``, ``{kernel name: {"source":
+File: ``<triton cache dir>/hsa_autotune/<gpu and versions digest>.json``, ``{kernel name: {"source":
 cache key, "entries": {json(key): {"key": [...], "candidates": digest, "config": record}}}}``,
 merged with what other processes wrote and replaced atomically.
 """
@@ -68,18 +71,17 @@ def decisions_file() -> Path:
 def describe() -> str:
     """One line for ``hsa info``: whether decisions are kept, where, and how many the file holds."""
     if not enabled():
-        return "not kept (TRITON_CACHE_AUTOTUNING=1 keeps them; hooked kernels are timed in every process)"
+        return "not kept (TRITON_CACHE_AUTOTUNING=1 keeps them)"
     path = decisions_file()
     stored = _read(path)
     entries = sum(len(k.get("entries") or {}) for k in stored.values() if isinstance(k, dict))
     return f"kept in {path} ({entries} decisions of {len(stored)} kernels)"
 
 
-def _hooked(tuner: Any) -> bool:
-    """Candidates with a hook, and Triton's in-memory cache where this module expects it (another Triton
-    version without it: left alone)."""
-    return (isinstance(getattr(tuner, "cache", None), dict)
-            and any(getattr(config, "pre_hook", None) is not None for config in tuner.configs))
+def _keeps(tuner: Any) -> bool:
+    """Triton's in-memory cache where this module expects it (an autotuner of another Triton version
+    without it is left alone)."""
+    return isinstance(getattr(tuner, "cache", None), dict)
 
 
 def _source(tuner: Any) -> str:
@@ -174,14 +176,14 @@ def _save_at_exit() -> None:
 
 
 def remember_decisions(prefixes: Iterable[str]) -> int:
-    """Reuse and keep the autotuning decisions of the hooked kernels of the imported packages
+    """Reuse and keep the autotuning decisions of the kernels of the imported packages
     ``prefixes`` (when :func:`enabled`); returns how many stored decisions were loaded. Idempotent."""
     global _registered
     prefixes = tuple(prefixes)
     if not enabled() or _walked.get(prefixes) == len(sys.modules):
         return 0  # off, or nothing imported since the last walk (each layer's constructor calls this)
     _walked[prefixes] = len(sys.modules)
-    new = [(name, tuner) for name, tuner in autotuners(prefixes) if name not in _tracked and _hooked(tuner)]
+    new = [(name, tuner) for name, tuner in autotuners(prefixes) if name not in _tracked and _keeps(tuner)]
     if not new:
         return 0
     _tracked.update(new)

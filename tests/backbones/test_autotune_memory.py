@@ -1,6 +1,5 @@
-"""Autotuning decisions kept across processes for kernels with hooked candidates: what is stored, what
-is reused (same source, key and candidates only), and that Triton then runs the stored choice, hook
-included, without timing anything."""
+"""Autotuning decisions kept across processes: what is stored, what is reused (same source, key and
+candidates only), and that Triton then runs the stored choice, hook included, without timing anything."""
 
 from __future__ import annotations
 
@@ -137,8 +136,10 @@ def test_a_missing_or_damaged_file_means_timing_as_usual(tmp_path: Path, content
     assert am.save_decisions([("pkg.kernel", tuner)], path) == 1  # and the next save repairs it
 
 
-def test_remember_decisions_loads_hooked_kernels_of_the_package_and_saves_them_at_exit(
+def test_remember_decisions_loads_the_packages_kernels_and_saves_them_at_exit(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hooked kernels (Triton never disk-caches them) and plain ones (its disk cache missed some on the
+    H200) alike."""
     path = tmp_path / "decisions.json"
     previous = _tuner()
     _decide(previous, KEY, 1)
@@ -147,7 +148,7 @@ def test_remember_decisions_loads_hooked_kernels_of_the_package_and_saves_them_a
     module = types.ModuleType("fake_pkg.ops")
     module.hooked = _tuner()
     module.plain = triton.autotune(configs=[triton.Config({"BLOCK": 4}), triton.Config({"BLOCK": 8})],
-                                   key=["n"])(_add_two)  # no hooks: Triton's own disk cache serves it
+                                   key=["n"])(_add_two)
     monkeypatch.setitem(sys.modules, "fake_pkg.ops", module)
     monkeypatch.setattr(am, "enabled", lambda: True)
     monkeypatch.setattr(am, "decisions_file", lambda: path)
@@ -157,11 +158,13 @@ def test_remember_decisions_loads_hooked_kernels_of_the_package_and_saves_them_a
 
     assert am.remember_decisions(["fake_pkg"]) == 1
     assert module.hooked.cache[KEY] is module.hooked.configs[1]
-    assert set(am._tracked) == {"fake_pkg.ops.hooked"}
+    assert set(am._tracked) == {"fake_pkg.ops.hooked", "fake_pkg.ops.plain"}
     assert am.remember_decisions(["fake_pkg"]) == 0  # nothing imported since: not walked again
     _decide(module.hooked, (12, "torch.float32", "torch.float32"), 0)
+    _decide(module.plain, KEY, 1)
     am._save_at_exit()
-    assert len(json.loads(path.read_text())["fake_pkg.ops.hooked"]["entries"]) == 2
+    stored = json.loads(path.read_text())
+    assert len(stored["fake_pkg.ops.hooked"]["entries"]) == 2 and len(stored["fake_pkg.ops.plain"]["entries"]) == 1
 
 
 def test_off_without_triton_disk_caching(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -175,7 +178,7 @@ def test_off_without_triton_disk_caching(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_describe_says_where_and_how_many(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(am, "enabled", lambda: False)
-    assert am.describe().startswith("not kept (TRITON_CACHE_AUTOTUNING=1 keeps them")
+    assert am.describe() == "not kept (TRITON_CACHE_AUTOTUNING=1 keeps them)"
     path = tmp_path / "decisions.json"
     tuner = _tuner()
     _decide(tuner, KEY, 0)
