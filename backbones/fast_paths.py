@@ -134,7 +134,7 @@ def mamba_triton() -> MambaTriton | None:
     ssd, norm, update = mods
     if _cuda():
         apply_launch_table("mamba_ssm")  # bounded first step: measured winners instead of full autotuning
-        remember_decisions(["mamba_ssm"])  # and no timing again in later processes (its hooked kernels)
+        remember_decisions(["mamba_ssm"])  # and no timing again in later processes
     return MambaTriton(ssd.mamba_chunk_scan_combined, norm.rmsnorm_fn, update.selective_state_update, via)
 
 

@@ -186,7 +186,7 @@ def import_fla_layers(what: str) -> ModuleType:
         layers = require("fla.layers", what=what, extra="fla")
     if torch.cuda.is_available():
         apply_launch_table("fla")  # bounded first step: measured winners instead of full autotuning
-        remember_decisions(["fla"])  # and no timing again in later processes (its hooked kernels)
+        remember_decisions(["fla"])  # and no timing again in later processes
     else:
         prepare_fla_for_interpreter()
     return layers
