@@ -170,8 +170,9 @@ def save_decisions(tuners: Iterable[tuple[str, Any]], path: Path) -> int:
 
 
 def _save_at_exit() -> None:
-    # a read-only cache directory costs the next process its timing, nothing else
-    with contextlib.suppress(OSError):
+    # Never disturb the exit: a read-only cache directory, or CUDA gone after an error, costs the next
+    # process its timing and nothing else.
+    with contextlib.suppress(Exception):
         save_decisions(_tracked.items(), decisions_file())
 
 
