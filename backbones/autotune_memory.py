@@ -84,18 +84,29 @@ def _keeps(tuner: Any) -> bool:
     return isinstance(getattr(tuner, "cache", None), dict)
 
 
-def _source(tuner: Any) -> str:
+def _source(tuner: Any) -> str | None:
     """The kernel's source identity: Triton's cache key of the JIT function (it covers the functions it
-    calls), else a hash of the Python source (the interpreter's functions have no cache key)."""
+    calls), else a hash of the Python source (the interpreter's functions have no cache key); ``None``
+    when neither can be had (Triton cannot hash a kernel that calls an interpreted function): such a
+    kernel is timed as usual."""
     fn = tuner.fn
-    while hasattr(fn, "fn") and not hasattr(fn, "cache_key"):
-        fn = fn.fn
-    key = getattr(fn, "cache_key", None)
-    if key is not None:
-        return str(key)
+    while True:
+        try:
+            key = getattr(fn, "cache_key", None)  # a property: it walks the kernel's dependencies
+        except Exception:
+            return None
+        if key is not None:
+            return str(key)
+        inner = getattr(fn, "fn", None)  # through @triton.heuristics and the interpreter's wrapper
+        if inner is None:
+            break
+        fn = inner
     import inspect
 
-    return hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()
+    try:
+        return hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()
+    except (OSError, TypeError):
+        return None
 
 
 def _record_json(config: Any) -> str:
@@ -124,8 +135,8 @@ def load_decisions(tuners: Iterable[tuple[str, Any]], path: Path) -> int:
     stored = _read(path)
     loaded = 0
     for name, tuner in tuners:
-        kernel = stored.get(name)
-        if not isinstance(kernel, dict) or kernel.get("source") != _source(tuner):
+        kernel, source = stored.get(name), _source(tuner)
+        if source is None or not isinstance(kernel, dict) or kernel.get("source") != source:
             continue
         candidates = _candidates(tuner)
         by_record = {_record_json(c): c for c in tuner.configs}
@@ -147,6 +158,8 @@ def save_decisions(tuners: Iterable[tuple[str, Any]], path: Path) -> int:
     count = 0
     for name, tuner in tuners:
         source, candidates = _source(tuner), _candidates(tuner)
+        if source is None:
+            continue
         kernel = stored.get(name)
         if not isinstance(kernel, dict) or kernel.get("source") != source:
             kernel = {"source": source, "entries": {}}  # another version of the kernel: start again

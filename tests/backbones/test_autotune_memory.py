@@ -187,3 +187,20 @@ def test_describe_says_where_and_how_many(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(am, "enabled", lambda: True)
     monkeypatch.setattr(am, "decisions_file", lambda: path)
     assert am.describe() == f"kept in {path} (2 decisions of 1 kernels)"
+
+
+def test_a_kernel_triton_cannot_hash_is_timed_as_usual(tmp_path: Path) -> None:
+    """JITFunction.cache_key walks the kernel's dependencies and raises on some (an interpreted function):
+    such a kernel is neither stored nor loaded, and nothing raises."""
+
+    class Unhashable:
+        @property
+        def cache_key(self) -> str:
+            raise RuntimeError("Unsupported function referenced")
+
+    tuner = types.SimpleNamespace(fn=Unhashable(), configs=_configs(), cache={})
+    _decide(tuner, KEY, 0)
+    path = tmp_path / "decisions.json"
+    assert am.save_decisions([("pkg.kernel", tuner)], path) == 0
+    assert json.loads(path.read_text()) == {}
+    assert am.load_decisions([("pkg.kernel", tuner)], path) == 0
