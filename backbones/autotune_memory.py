@@ -135,8 +135,11 @@ def load_decisions(tuners: Iterable[tuple[str, Any]], path: Path) -> int:
     stored = _read(path)
     loaded = 0
     for name, tuner in tuners:
-        kernel, source = stored.get(name), _source(tuner)
-        if source is None or not isinstance(kernel, dict) or kernel.get("source") != source:
+        kernel = stored.get(name)
+        if not isinstance(kernel, dict):
+            continue  # before _source: hashing a kernel's source costs ~5 ms, and a package has hundreds
+        source = _source(tuner)
+        if source is None or kernel.get("source") != source:
             continue
         candidates = _candidates(tuner)
         by_record = {_record_json(c): c for c in tuner.configs}
@@ -153,10 +156,12 @@ def load_decisions(tuners: Iterable[tuple[str, Any]], path: Path) -> int:
 
 def save_decisions(tuners: Iterable[tuple[str, Any]], path: Path) -> int:
     """Merge every ``(name, autotuner)``'s decisions into ``path`` (written atomically); returns how many
-    the file holds for these kernels."""
+    the file holds for the kernels that made decisions."""
     stored = _read(path)
     count = 0
     for name, tuner in tuners:
+        if not tuner.cache:
+            continue  # never run in this process: what other processes stored stays as it is
         source, candidates = _source(tuner), _candidates(tuner)
         if source is None:
             continue

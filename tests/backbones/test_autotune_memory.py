@@ -204,3 +204,13 @@ def test_a_kernel_triton_cannot_hash_is_timed_as_usual(tmp_path: Path) -> None:
     assert am.save_decisions([("pkg.kernel", tuner)], path) == 0
     assert json.loads(path.read_text()) == {}
     assert am.load_decisions([("pkg.kernel", tuner)], path) == 0
+
+
+def test_kernels_that_did_not_run_leave_the_stored_decisions_alone(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.json"
+    first = _tuner()
+    _decide(first, KEY, 1)
+    am.save_decisions([("pkg.kernel", first)], path)
+    unused = _tuner(_add_two)  # another source, but it made no decision in this process
+    assert am.save_decisions([("pkg.kernel", unused)], path) == 0
+    assert len(json.loads(path.read_text())["pkg.kernel"]["entries"]) == 1
