@@ -41,9 +41,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .launch_tables import autotuners, config_record
+from .launch_tables import apply_launch_table, autotuners, config_record
 
-__all__ = ["decisions_file", "describe", "enabled", "load_decisions", "remember_decisions", "save_decisions"]
+__all__ = ["decisions_file", "describe", "enabled", "load_decisions", "remember_decisions", "save_decisions",
+           "set_up_autotuning"]
 
 _tracked: dict[str, Any] = {}  # kernel name -> autotuner whose decisions are saved at exit
 _walked: dict[tuple[str, ...], int] = {}  # prefixes -> len(sys.modules) when last walked
@@ -210,3 +211,13 @@ def remember_decisions(prefixes: Iterable[str]) -> int:
         atexit.register(_save_at_exit)
         _registered = True
     return load_decisions(new, decisions_file())
+
+
+def set_up_autotuning(package: str) -> str:
+    """What a backbone calls once the Triton kernels of ``package`` (``"mamba_ssm"``, ``"fla"``) are
+    imported on a GPU: their candidates narrowed to this GPU's launch table
+    (:func:`~.launch_tables.apply_launch_table`, whose description it returns), then the decisions
+    earlier processes stored put back (:func:`remember_decisions`). Cheap to call often."""
+    description = apply_launch_table(package)
+    remember_decisions([package])
+    return description

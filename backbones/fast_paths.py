@@ -41,8 +41,8 @@ from dataclasses import dataclass
 from hsa_core.errors import HSAError
 
 from .autotune_memory import describe as describe_autotune_memory
-from .autotune_memory import remember_decisions
-from .launch_tables import apply_launch_table, describe_launch_table
+from .autotune_memory import set_up_autotuning
+from .launch_tables import describe_launch_table
 
 __all__ = ["MambaTriton", "causal_conv_kernel", "describe_paths", "forced_torch", "mamba_triton",
            "selective_scan_kernel", "sliding_window_kernel", "swa_forced_torch"]
@@ -133,8 +133,7 @@ def mamba_triton() -> MambaTriton | None:
                            f"{exc}); set {ENV_PATH}=torch to use the PyTorch path") from exc
     ssd, norm, update = mods
     if _cuda():
-        apply_launch_table("mamba_ssm")  # bounded first step: measured winners instead of full autotuning
-        remember_decisions(["mamba_ssm"])  # and no timing again in later processes
+        set_up_autotuning("mamba_ssm")  # measured winners, and no timing again in later processes
     return MambaTriton(ssd.mamba_chunk_scan_combined, norm.rmsnorm_fn, update.selective_state_update, via)
 
 
@@ -166,8 +165,7 @@ def causal_conv_kernel() -> tuple[str, Callable] | None:
         try:
             fn = importlib.import_module("fla.modules.causal_conv1d").causal_conv1d
             if _cuda():
-                apply_launch_table("fla")
-                remember_decisions(["fla"])
+                set_up_autotuning("fla")
             return "fla", fn
         except ImportError as exc:
             raise HSAError(f"fla is installed but its causal_conv1d fails to import: {exc}") from exc

@@ -56,8 +56,7 @@ from torch import Tensor
 from hsa_core.errors import HSAError, require
 from hsa_core.interfaces import Mixer, MixerState
 
-from .autotune_memory import remember_decisions
-from .launch_tables import apply_launch_table
+from .autotune_memory import set_up_autotuning
 
 GLA_DEFAULTS: dict[str, Any] = {
     "mode": "chunk",
@@ -185,8 +184,7 @@ def import_fla_layers(what: str) -> ModuleType:
         warnings.simplefilter("ignore")  # fla warns about missing GPUs and RWKV's reference status
         layers = require("fla.layers", what=what, extra="fla")
     if torch.cuda.is_available():
-        apply_launch_table("fla")  # bounded first step: measured winners instead of full autotuning
-        remember_decisions(["fla"])  # and no timing again in later processes
+        set_up_autotuning("fla")  # measured winners, and no timing again in later processes
     else:
         prepare_fla_for_interpreter()
     return layers

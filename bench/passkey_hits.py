@@ -53,18 +53,14 @@ def key_slots(indices: Tensor, positions: Tensor, chunks: list[set[int]]) -> Ten
     return mask
 
 
-def key_found(indices: Tensor, positions: Tensor, chunks: list[set[int]]) -> Tensor:
-    """``(B, A, H_r)`` bool: whether the selection holds one of the key's chunks (:func:`key_slots`)."""
-    return key_slots(indices, positions, chunks).any(-1)
-
-
 def _rates(found: Tensor) -> tuple[float, float]:
     return float(found.float().mean()), float(found.any(-1).float().mean())
 
 
 def hit_rates(indices: Tensor, positions: Tensor, chunks: list[set[int]]) -> tuple[float, float]:
-    """``(hit, hit_any_head)`` over all samples (:func:`key_found`)."""
-    return _rates(key_found(indices, positions, chunks))
+    """``(hit, hit_any_head)`` over all samples: whether the selection holds one of the key's chunks
+    (:func:`key_slots`), per (sample, answer position, head) and per (sample, answer position)."""
+    return _rates(key_slots(indices, positions, chunks).any(-1))
 
 
 def key_weights(indices: Tensor, weights: Tensor, positions: Tensor, chunks: list[set[int]],
