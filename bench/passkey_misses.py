@@ -5,7 +5,10 @@ misses two models share.
 samples are seeded per cell (``cell_seed``), so they can be drawn again here, exactly, from the same
 data folder. For every model's JSON this prints the miss rate by *key split* (how many digits each
 token of the key holds: ``2+3`` is a 5-digit key tokenized as a 2-digit then a 3-digit token), and
-for two or more models how many misses they share against what independent misses would give:
+for two or more models how many misses they share against what independent misses would give, and,
+where the JSON holds what the model read instead (``missed_answers``), which answer tokens were wrong
+and what they were: a digit of the key from another position (the right digits, out of place), another
+digit, or not a digit:
 
     python3 bench/passkey_misses.py A/eval_passkey_text.json B/eval_passkey_text.json \\
         --filler text:runs/realtext/data --out misses.json
@@ -33,14 +36,30 @@ def key_split(tokenizer: Any, key_ids: list[int]) -> str:
     return "+".join(str(c) for c in counts if c)
 
 
-def cell_splits(task: Any, tokenizer: Any, length: int, depth: float, depth_index: int, samples: int,
-                seed: int) -> list[str]:
-    """The key split of each of a cell's ``samples`` samples, drawn as ``hsa eval passkey`` draws them."""
+def cell_keys(task: Any, length: int, depth: float, depth_index: int, samples: int, seed: int) -> list[list[int]]:
+    """The answer tokens (the key) of each of a cell's ``samples`` samples, drawn as ``hsa eval passkey``
+    draws them."""
     from hsa_app.evaluation.core import cell_seed
 
     g = torch.Generator().manual_seed(cell_seed(seed, length, depth_index))
-    batch = task.sample(samples, length, g, depth=depth)
-    return [key_split(tokenizer, batch.input_ids[i, -task.num_answers:].tolist()) for i in range(samples)]
+    return task.sample(samples, length, g, depth=depth).answers().tolist()
+
+
+def wrong_tokens(tokenizer: Any, key_ids: list[int], got_ids: list[int]) -> list[tuple[int, str]]:
+    """``(position, kind)`` for every answer token that differs from the key's: ``kind`` is
+    ``"key digit, other position"`` when the token read is one of the key's other tokens and holds a
+    digit, ``"other digit"`` when it holds a digit not of the key, ``"not a digit"`` otherwise."""
+    out = []
+    for pos, (want, got) in enumerate(zip(key_ids, got_ids)):
+        if want == got:
+            continue
+        if not any(c.isdigit() for c in tokenizer.decode([got])):
+            out.append((pos, "not a digit"))
+        elif got in key_ids:
+            out.append((pos, "key digit, other position"))
+        else:
+            out.append((pos, "other digit"))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,10 +92,19 @@ def main(argv: list[str] | None = None) -> int:
     seed = int(first["meta"]["seed"])
 
     by_split: list[dict[str, list[int]]] = [defaultdict(lambda: [0, 0]) for _ in runs]  # split -> [samples, missed]
+    # (answer position, kind) -> wrong tokens, per model with missed_answers
+    wrong: list[dict[tuple[int, str], int] | None] = [
+        defaultdict(int) if all("missed_answers" in c for c in run["cells"]) else None for run in runs]
     shared = expected = 0.0
     for ci, cell in enumerate(first["cells"]):
-        splits = cell_splits(task, tok, cell["length"], cell["depth"], first["depths"].index(cell["depth"]),
-                             cell["samples"], seed)
+        keys = cell_keys(task, cell["length"], cell["depth"], first["depths"].index(cell["depth"]),
+                         cell["samples"], seed)
+        splits = [key_split(tok, k) for k in keys]
+        for r, run in enumerate(runs):
+            if wrong[r] is not None:
+                for i, got in zip(run["cells"][ci]["missed"], run["cells"][ci]["missed_answers"]):
+                    for pos_kind in wrong_tokens(tok, keys[i], got):
+                        wrong[r][pos_kind] += 1
         missed = [set(run["cells"][ci]["missed"]) for run in runs]
         for r, m in enumerate(missed):
             for i, s in enumerate(splits):
@@ -99,6 +127,17 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {"results": [str(p) for p in args.results], "filler": args.filler,
                            "by_split": {s: {"samples": by_split[0][s][0], "missed": [b[s][1] for b in by_split]}
                                         for s in splits}}
+    for name, w in zip(names, wrong):
+        if w is None:
+            continue
+        kinds = sorted({k for _, k in w})
+        print(f"\n{name}: wrong answer tokens by position (0: the token after the question) and by what was read")
+        print("| position | " + " | ".join(kinds) + " |")
+        print("|---|" + "---|" * len(kinds))
+        for pos in sorted({p for p, _ in w}):
+            print(f"| {pos} | " + " | ".join(str(w.get((pos, k), 0)) for k in kinds) + " |")
+        out.setdefault("wrong_tokens", {})[name] = [{"position": p, "kind": k, "count": n}
+                                                   for (p, k), n in sorted(w.items())]
     if len(runs) >= 2:
         print(f"\nmisses all {len(runs)} models share: {shared:.0f}; expected if they missed independently: "
               f"{expected:.1f}")

@@ -46,7 +46,9 @@ class CellResult:
     """One (length, depth) cell: ``accuracy`` = fraction of samples whose every answer token is the
     argmax (exact match); ``token_accuracy`` = fraction of answer tokens right; ``missed``: the indices
     (0 .. samples - 1, in the cell's seeded order) of the samples not answered exactly, so that runs of
-    different models, which see the same samples, can be compared sample by sample."""
+    different models, which see the same samples, can be compared sample by sample; ``missed_answers``:
+    the argmax tokens the model gave at the answer positions of each of those samples (same order), to
+    tell which answer tokens were wrong and what was read instead."""
 
     length: int
     depth: float | None
@@ -55,6 +57,7 @@ class CellResult:
     token_accuracy: float
     seconds: float
     missed: list[int] = field(default_factory=list)
+    missed_answers: list[list[int]] = field(default_factory=list)
 
     def interval(self, z: float = 1.96) -> tuple[float, float]:
         """The 95% (Wilson) interval of the exact-match accuracy over this cell's samples: with 40
@@ -236,6 +239,8 @@ def evaluate(model: nn.Module, task: Task, lengths: Sequence[int], depths: Seque
                 g = torch.Generator().manual_seed(cell_seed(seed, length, di))
                 counts = torch.zeros(3, dtype=torch.float64)  # exact, tokens right, tokens
                 missed = torch.zeros(samples, dtype=torch.float64)  # 1 where a sample was not exact
+                # (samples, answer tokens): the argmax tokens of the missed samples (ids < 2**53: exact)
+                answers = torch.zeros(samples, task.num_answers, dtype=torch.float64)
                 done = 0
                 while done < samples:
                     n = min(per_batch, samples - done)
@@ -252,13 +257,17 @@ def evaluate(model: nn.Module, task: Task, lengths: Sequence[int], depths: Seque
                     right = preds.cpu() == b.answers().cpu()
                     counts += torch.tensor([right.all(1).sum().item(), right.sum().item(), right.numel()],
                                            dtype=torch.float64)
-                    missed[torch.arange(done - n, done)[mine][~right.all(1)]] = 1.0
-                if reduce is not None:  # one all-reduce for the counts and the misses of every rank
-                    both = reduce(torch.cat([counts, missed]))
-                    counts, missed = both[:3], both[3:]
+                    wrong = torch.arange(done - n, done)[mine][~right.all(1)]
+                    missed[wrong] = 1.0
+                    answers[wrong] = preds.cpu()[~right.all(1)].double()
+                if reduce is not None:  # one all-reduce for the counts, misses and missed answers of every rank
+                    flat = reduce(torch.cat([counts, missed, answers.flatten()]))
+                    counts, missed = flat[:3], flat[3:3 + samples]
+                    answers = flat[3 + samples:].view(samples, -1)
+                rows = missed.nonzero().flatten()
                 cell = CellResult(length, depth, samples, float(counts[0] / samples),
                                   float(counts[1] / max(1.0, float(counts[2]))), time.perf_counter() - t0,
-                                  missed=missed.nonzero().flatten().tolist())
+                                  missed=rows.tolist(), missed_answers=answers[rows].long().tolist())
                 result.cells.append(cell)
                 if on_cell is not None:
                     on_cell(cell)

@@ -65,7 +65,42 @@ def test_misses_by_split_and_shared_misses(tmp_path: Path, capsys: pytest.Captur
     from hsa_app.data.passkey import TextPasskeyTask
 
     task = TextPasskeyTask(data.tokenizer(), data.split("validation"), digits=5, min_gap=32)
-    assert misses.cell_splits(task, data.tokenizer(), 512, 0.2, 0, 6, 1234) == ["1+1+1+1+1"] * 6
+    keys = misses.cell_keys(task, 512, 0.2, 0, 6, 1234)
+    assert keys == misses.cell_keys(task, 512, 0.2, 0, 6, 1234)
+    assert [misses.key_split(data.tokenizer(), k) for k in keys] == ["1+1+1+1+1"] * 6
+
+
+def test_wrong_tokens_says_what_was_read_instead() -> None:
+    tok = DigitGroups()
+    key = [1000, 7, 2, 5, 5, 3]
+    assert misses.wrong_tokens(tok, key, key) == []
+    # 2 and 7 swapped: the key's digits out of place; a 9 the key does not hold; a space for a digit
+    assert misses.wrong_tokens(tok, key, [1000, 2, 7, 5, 9, 1000]) == [
+        (1, "key digit, other position"), (2, "key digit, other position"), (4, "other digit"), (5, "not a digit")]
+
+
+def test_missed_answers_are_tabled_by_position(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    prepare(PrepareOptions([str(_corpus(tmp_path))], val_fraction=0.5), tmp_path / "data", progress=False)
+    data = open_data(tmp_path / "data")
+    from hsa_app.data.passkey import TextPasskeyTask
+
+    task = TextPasskeyTask(data.tokenizer(), data.split("validation"), digits=5, min_gap=32)
+    first, second = misses.cell_keys(task, 512, 0.2, 0, 6, 1234), misses.cell_keys(task, 512, 0.8, 1, 6, 1234)
+    swapped = list(first[0])
+    swapped[1], swapped[2] = swapped[2], swapped[1]  # wrong only if the two digits differ
+    path = _result(tmp_path / "a.json", [[0], [4]])
+    run = json.loads(path.read_text())
+    run["cells"][0]["missed_answers"] = [swapped]
+    space = int(data.tokenizer().encode(" ")[0])
+    run["cells"][1]["missed_answers"] = [[*second[4][:5], space]]  # a space read for the last digit
+    path.write_text(json.dumps(run))
+    out = tmp_path / "m.json"
+    assert misses.main([str(path), "--filler", f"text:{tmp_path / 'data'}", "--out", str(out)]) == 0
+    wrong = json.loads(out.read_text())["wrong_tokens"][f"{tmp_path.name}/a.json"]
+    expected = ([{"position": 1, "kind": "key digit, other position", "count": 1},
+                 {"position": 2, "kind": "key digit, other position", "count": 1}] if swapped != first[0] else [])
+    assert wrong == [*expected, {"position": 5, "kind": "not a digit", "count": 1}]
+    assert "wrong answer tokens by position" in capsys.readouterr().out
 
 
 def test_results_of_other_seeds_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -120,6 +120,26 @@ def test_evaluate_grid_and_reduce() -> None:
                       reduce=lambda t: t) for r in (0, 1)]
     assert [h.cells[0].missed for h in parts] == [[0, 2, 4], [1, 3]]
 
+    class Shifted(Perfect):
+        """Reads the key, then answers each of its tokens with the next id: every sample missed, each
+        with its own wrong answer."""
+
+        def forward(self, ids, cache=None, return_cache=False):
+            out = super().forward(ids, cache, return_cache)
+            return ModelOutput(out.logits.roll(1, dims=-1), out.cache)
+
+    # what was read instead of each missed answer, sample by sample (the cell's seeded samples), in the
+    # JSON too, and from two ranks each scoring its half
+    shifted = evaluate(Shifted(), task, [40], [0.5], samples=5, segment_len=16, device="cpu")
+    from hsa_app.evaluation.core import cell_seed
+    g = torch.Generator().manual_seed(cell_seed(1234, 40, 0))
+    expected = ((task.sample(5, 40, g, depth=0.5).answers() + 1) % 64).tolist()
+    assert shifted.cells[0].missed == [0, 1, 2, 3, 4] and shifted.cells[0].missed_answers == expected
+    assert shifted.to_dict()["cells"][0]["missed_answers"] == expected
+    parts = [evaluate(Shifted(), task, [40], [0.5], samples=5, rank=r, world_size=2, device="cpu",
+                      reduce=lambda t: t) for r in (0, 1)]
+    assert [h.cells[0].missed_answers for h in parts] == [expected[0::2], expected[1::2]]
+
 
 def test_prefill_progress_reports_every_segment_of_every_forward() -> None:
     """``on_prefill``: one event per segment, naming the cell, the samples of the forward and how far it is."""
