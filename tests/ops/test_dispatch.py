@@ -5,7 +5,7 @@ from __future__ import annotations
 import hsa_kernels
 import pytest
 
-from hsa_core.errors import MissingDependencyError
+from hsa_core.errors import MissingDependencyError, UsageError
 from hsa_core.ops import KERNEL_OPS, backend_for
 
 
@@ -28,7 +28,11 @@ def test_broken_kernel_import_raises_where_a_kernel_would_run(op: str, monkeypat
         backend_for(op, "cuda")
     assert backend_for(op, "cpu") == "torch"  # no kernel would run there: the reference, nothing imported
     monkeypatch.setenv("HSA_BACKEND", "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # forced onto the CPU, the kernel runs in the interpreter
     with pytest.raises(ImportError, match="cannot import name"):
+        backend_for(op, "cpu")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # and without it cannot run there at all (a GPU machine's default)
+    with pytest.raises(UsageError, match="Triton kernels need CUDA"):
         backend_for(op, "cpu")
     monkeypatch.setenv("HSA_BACKEND", "torch")
     assert backend_for(op, "cuda") == "torch"
@@ -53,6 +57,7 @@ def test_bad_backend_value(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.slow
 def test_the_naive_references_import_without_triton() -> None:
     """Each op folder's naive.py and hsa_kernels itself import nothing of Triton (a CPU install without it)."""
+    import os
     import subprocess
     import sys
 
@@ -62,6 +67,6 @@ def test_the_naive_references_import_without_triton() -> None:
             "import torch; q = torch.randn(1, 4, 2, 8)\n"
             "print(hsa_core.ops.hsa_select(q, torch.randn(1, 1, 2, 8), topk=1, chunk_size=2)[0].shape)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={"HSA_BACKEND": "auto", "PATH": "/usr/bin:/bin"})
+                         env={**os.environ, "HSA_BACKEND": "auto"})  # PYTHONPATH kept: the GPU machine needs it
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "torch.Size([1, 4, 2, 1])"

@@ -40,16 +40,25 @@ PK_TPS=${PK_TPS:-}
 # all (run 7: 0% in both stages). PK_FREEZE= (empty) trains everything.
 # PK_BATCH: sequences per step of the SEQ-token passkey stage (default BATCH; the short stage keeps the
 # same tokens per step). Half the batch gives twice the steps in the same PK_TIME.
-declare -A SHORT_SEQ=([ramba]=512 [mamba2]=512 [swa-hsa]=1024)
-declare -A SHORT_GAP=([ramba]=0 [mamba2]=0 [swa-hsa]=520)
-# ramba's short stage is 50 s (40 until run 9): in run 9 its first step took 38 of its 40 s, it ran 9 steps,
-# and the 4K stage then sat at 0% on its own batches for half its time (78.6% at the end, against 94% after
-# run 8's 57 short steps). The first steps are shorter now (backbones/autotune_memory.py); 10 s more is
-# the margin.
-declare -A SHORT_TIME=([ramba]=50 [mamba2]=40 [swa-hsa]=100)
+# PK_STATE_RESET: the backbone (Mamba2) state is zeroed every this many tokens inside every passkey-stage
+# sequence while the chunk memory carries on (hsa train --state-reset-every; the paper's trick), so that
+# a key further back than that can only be read through HSA. ramba since run 11: in run 10 (digits one
+# token each) its Mamba2 state carried the 5-digit key itself, up to about 8K tokens (64K at depth 0.9,
+# the key 6.5K back: 99%; 16K at depth 0.1, 14.7K back: 26%; 64K at depth 0.1 and 0.5: 0%), and its
+# selection found the key's chunk at 0-4% of the answer positions: the fine-tune never needed HSA, as
+# every key of a 4K sample is within reach of the state. swa-hsa's window (512 tokens) does the same by
+# construction, and it scored 94-100% in every cell. 512 = swa-hsa's window; the short stage mirrors its
+# stage too (1,024 tokens, the key at least 520 back: always past a reset).
+declare -A STATE_RESET=([ramba]=512 [mamba2]='' [swa-hsa]='')
+declare -A SHORT_SEQ=([ramba]=1024 [mamba2]=512 [swa-hsa]=1024)
+declare -A SHORT_GAP=([ramba]=520 [mamba2]=0 [swa-hsa]=520)
+# ramba's short stage: 40 s until run 9 (its first step took 38 of them, 9 steps), 50 s in run 10 (29 s of
+# compiling, 84 steps), swa-hsa's 100 s since run 11.
+declare -A SHORT_TIME=([ramba]=100 [mamba2]=40 [swa-hsa]=100)
 declare -A SHORT_LR=([ramba]=1e-3 [mamba2]=1e-3 [swa-hsa]=1e-3)
 declare -A FREEZE=([ramba]='^memories\.' [mamba2]='' [swa-hsa]='^memories\.')
 PK_FREEZE=${PK_FREEZE-${FREEZE[$name]}}
+PK_STATE_RESET=${PK_STATE_RESET-${STATE_RESET[$name]}}
 PK_SHORT_SEQ=${PK_SHORT_SEQ:-${SHORT_SEQ[$name]}}
 PK_SHORT_GAP=${PK_SHORT_GAP:-${SHORT_GAP[$name]}}  # 0: the task's default (2 chunks)
 PK_SHORT_TIME=${PK_SHORT_TIME:-${SHORT_TIME[$name]}}
@@ -113,6 +122,7 @@ pk_stage() {  # pk_stage OUT INIT SEQ_LEN TIME_S LR [MIN_GAP]: one passkey fine-
   fi
   [ "$gap" -gt 0 ] && opts+=(--task-option "min_gap=$gap")
   for f in ${PK_FREEZE:-}; do opts+=(--freeze "$f"); done
+  [ -n "$PK_STATE_RESET" ] && opts+=(--state-reset-every "$PK_STATE_RESET")
   steps=$(FIT_TPS=$PK_TPS fit_steps "$run/metrics.jsonl" "$secs" "$PK_STEPS_MAX" 0.9 "$PK_BATCH")
   resume=(--steps "$steps")
   if [ -d "$out/checkpoints" ]; then
@@ -121,7 +131,7 @@ pk_stage() {  # pk_stage OUT INIT SEQ_LEN TIME_S LR [MIN_GAP]: one passkey fine-
     secs=$((secs > used + 1 ? secs - used : 1))
     resume=(--resume)
   fi
-  echo "=== $name passkey fine-tune at $seq tokens: mix $PK_MIX, lr $lr, $steps steps, at most ${secs}s ($(date -u +%H:%M:%S))"
+  echo "=== $name passkey fine-tune at $seq tokens: mix $PK_MIX, lr $lr, $steps steps, at most ${secs}s, state reset every ${PK_STATE_RESET:-(none)} ($(date -u +%H:%M:%S))"
   hsa train "$spec" --data "$DATA" --seq-len "$seq" --batch-size $((PK_BATCH * SEQ >= seq ? PK_BATCH * SEQ / seq : 1)) --packing "$PACKING" \
       --no-progress --passkey-mix "$PK_MIX" "${opts[@]}" --init-from "$init" \
       --lr "$lr" --warmup 20 --eval-every "$steps" --eval-samples 16 --eval-lengths "$seq" \
