@@ -139,6 +139,30 @@ def test_state_reset_segments_match_a_manual_loop(tiny_spec: dict[str, Any]) -> 
     assert cache.memories["mid"].num_chunks == 5
 
 
+def test_state_reset_lets_nothing_through_but_the_memory(tiny_spec: dict[str, Any]) -> None:
+    """After a reset boundary the backbone has forgotten everything before it (convolution and SSM
+    state): with the backbone alone, changing the tokens before the boundary changes no logit after
+    it; with the chunk memory, the earlier tokens still reach later positions (through HSA only)."""
+    from hsa_core.layout import load_spec
+    from hsa_core.model import HSALanguageModel
+
+    backbone_only = load_spec({
+        "version": 1, "name": "tiny-mamba2", "model": {"vocab_size": 96, "d_model": 32, "tie_embeddings": True},
+        "defaults": {"mamba2": {"d_state": 8, "d_conv": 4, "expand": 2, "headdim": 16, "chunk_size": 16}},
+        "symbols": {"M": "mamba2"}, "layers": "M M M"})
+    ids = torch.randint(0, 96, (2, 40))
+    other = ids.clone()
+    other[:, :16] = (ids[:, :16] + 1) % 96
+    for spec, memory in ((backbone_only, False), (tiny_spec, True)):
+        model = HSALanguageModel.from_spec(spec)
+        seg = SegmentedForward(model, state_reset_every=16)
+        with torch.no_grad():
+            plain = model(ids).logits[:, 16:], model(other).logits[:, 16:]
+            after_reset = seg(ids)[0][:, 16:], seg(other)[0][:, 16:]
+        assert not torch.allclose(*plain, atol=1e-4)  # without the reset the earlier tokens matter
+        assert torch.allclose(*after_reset, atol=1e-6) is not memory
+
+
 @pytest.mark.parametrize(("loss_on", "by_position"), [
     pytest.param("answer", True, id="answer-rows-by-position"),
     pytest.param("answer", False, id="answer-mask-over-every-row"),
