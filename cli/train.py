@@ -36,8 +36,8 @@ TASK_OPTION = typer.Option(
 
 
 #: Options a resumed run may change (the rest is the run's configuration, saved in its checkpoints).
-RESUME_MAY_CHANGE = ("steps", "device", "no_progress", "time_limit", "profile_steps", "plugin", "out", "resume",
-                     "spec", "set_")
+RESUME_MAY_CHANGE = ("steps", "device", "no_progress", "time_limit", "fit_to_time", "profile_steps", "plugin",
+                     "out", "resume", "spec", "set_")
 #: Command-line parameter -> TrainConfig field, where the names differ.
 _FIELD_OF = {"task_option": "task_options", "compile_": "compile"}
 
@@ -93,7 +93,7 @@ def check_resume(ctx: Any, out: Path, cfg: Any, spec_dict: dict[str, Any]) -> No
         conflicts.insert(0, f"SPEC/--set (the layout differs from the checkpoint's at '{where}')")
     if conflicts:
         raise UsageError("--resume continues a run with its own layout and configuration (only --steps, "
-                         "--time-limit, --profile-steps and --device may change), but these differ: "
+                         "--time-limit, --fit-to-time, --profile-steps and --device may change), but these differ: "
                          + "; ".join(conflicts)
                          + "; drop them, or train into a new --out")
 
@@ -176,11 +176,15 @@ def train(
     resume: bool = typer.Option(
         False, "--resume", help="Continue from the newest intact checkpoint in --out (a corrupt newer one is set "
         "aside, saying so). Refused without a checkpoint, or when SPEC, --set or an option differs from the run's "
-        "(only --steps, --time-limit, --profile-steps, --device may change)."),
+        "(only --steps, --time-limit, --fit-to-time, --profile-steps, --device may change)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (logs only)."),
     time_limit: float | None = typer.Option(
         None, "--time-limit", min=0, help="Stop after this many seconds of wall time: checkpoint, publish the "
         "model, evaluate it (with --eval-every), exit 0 (the schedule is not shortened; --resume continues)."),
+    fit_to_time: bool = typer.Option(
+        False, "--fit-to-time", help="With --time-limit: after the warm-up, shorten --steps to what fits the time "
+        "left at the measured speed, so that the cosine schedule ends at the limit (--steps becomes an upper "
+        "bound; the fitted count is saved with the run)."),
     profile_steps: str | None = typer.Option(
         None, "--profile-steps", metavar="A:B", help="Profile optimizer steps A+1..B with torch.profiler: a "
         "Chrome trace and an operator table per rank in OUT/profile (the table's first line says how much of "
@@ -221,6 +225,8 @@ def train(
         meta = build_model(spec_dict, device="meta", source=path)
         check_fits(meta, resolve_device(device), what=f"model '{spec_dict.get('name')}'")
         del meta
+    if fit_to_time and time_limit is None:
+        fail("--fit-to-time needs --time-limit SECONDS (the time the schedule is fitted to)", EXIT_USAGE)
     check_writable(out)  # before any work: checkpoints and the model go there
     try:
         values = dict(
@@ -248,7 +254,7 @@ def train(
             check_resume(ctx, out, cfg, spec_dict)
         window = ProfileWindow.parse(profile_steps) if profile_steps is not None else None
         result = run_training(cfg, spec_dict, out, resume=resume, progress=not no_progress, resume_steps=steps,
-                              time_limit=time_limit, profile=window)
+                              time_limit=time_limit, fit_to_time=fit_to_time, profile=window)
     except DataError as exc:
         fail(str(exc), exc.exit_code)
     except RunExistsError as exc:

@@ -164,7 +164,7 @@ def _progress(enabled: bool, total: int, start: int):
 def train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: str | Path, *, resume: bool = False,
           model_factory: ModelFactory | None = None, progress: bool = True, stop_after: int | None = None,
           env: DistEnv | None = None, log: Callable[[str], None] | None = None,
-          resume_steps: int | None = None, time_limit: float | None = None,
+          resume_steps: int | None = None, time_limit: float | None = None, fit_to_time: bool = False,
           profile: ProfileWindow | None = None) -> TrainResult:
     """Train a model built from ``spec`` on ``cfg.task``; write checkpoints and metrics under ``run``.
 
@@ -187,6 +187,13 @@ def train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: str | Path, *, 
             Lightning's ``max_time``: the schedule is *not* shortened, so ``--resume`` later continues
             the same run to ``cfg.steps``. All ranks stop at the same step (rank 0's clock decides).
             With ``cfg.eval_every`` set, the stop step is evaluated like a last step (after the limit).
+        fit_to_time: with ``time_limit``, shorten the run so that its schedule ends at the limit: once
+            the warm-up is done (and at least 3 steps of this call are timed, the first excluded as it
+            compiles), the step count becomes ``min(cfg.steps, steps done + 95% of the steps that fit
+            the time left at the rate measured since the first step)``. ``cfg.steps`` is then an upper
+            bound; the fitted count is saved with the run (``train_config.json``, checkpoints), so a
+            resume keeps it. A fine-tune of a few minutes whose speed is not known in advance then
+            ends its cosine decay instead of being cut off with the learning rate still high.
         profile: profile these steps (:mod:`.profiling`; files under ``run/profile``).
 
     Returns:
@@ -198,10 +205,13 @@ def train(cfg: TrainConfig, spec: Mapping[str, Any] | None, run: str | Path, *, 
     env = env or init_distributed(cfg.device)
     say = log or (lambda m: print(m, flush=True) if env.is_main else None)
     factory = model_factory or default_model_factory
+    if fit_to_time and time_limit is None:
+        raise ValueError("fit_to_time needs a time_limit (the time the schedule is fitted to)")
     try:
         trainer = _Trainer.setup(cfg, spec, run, resume=resume, factory=factory, env=env, say=say, t_start=t_start,
                                  resume_steps=resume_steps)
-        return trainer.fit(show_progress=progress, stop_after=stop_after, time_limit=time_limit, profile=profile)
+        return trainer.fit(show_progress=progress, stop_after=stop_after, time_limit=time_limit,
+                           fit_to_time=fit_to_time, profile=profile)
     finally:
         if own_env:
             shutdown(env)
@@ -316,8 +326,8 @@ class _Trainer:
         state.last_loss = next((float(r["loss"]) for r in reversed(logger.records) if "loss" in r), float("nan"))
         return trainer
 
-    def _announce(self) -> None:
-        """``RUN/train_config.json`` and the one-line summary of the run (main rank)."""
+    def _announce(self, quiet: bool = False) -> None:
+        """``RUN/train_config.json`` and (unless ``quiet``) the one-line summary of the run (main rank)."""
         cfg, env = self.cfg, self.env
         if not env.is_main:
             return
@@ -325,6 +335,8 @@ class _Trainer:
         ckpt.write_text_atomic(self.run / "train_config.json", json.dumps(
             {"config": cfg.to_dict(), "task_options": dict(self.task.options), "world_size": env.world_size},
             indent=2))
+        if quiet:
+            return
         n_params = sum(p.numel() for p in {id(p): p for p in self.model.parameters()}.values())
         self.say(f"model: {n_params / 1e6:.2f}M parameters on {env.device}"
                  f"{' (bf16 autocast)' if self.amp else ''}; task {cfg.task} {self.task.options}; "
@@ -332,13 +344,17 @@ class _Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self, *, show_progress: bool, stop_after: int | None, time_limit: float | None,
-            profile: ProfileWindow | None = None) -> TrainResult:
+            fit_to_time: bool = False, profile: ProfileWindow | None = None) -> TrainResult:
         """Steps ``state.step + 1 .. cfg.steps`` (or ``stop_after``), evaluating, saving and stopping on
-        time as configured, and profiling the ``profile`` window."""
+        time as configured (and fitting the step count to the time limit, see :func:`train`), and
+        profiling the ``profile`` window."""
         cfg, state = self.cfg, self.state
         start_step = state.step
         progress, pid = _progress(show_progress and self.env.is_main, cfg.steps, start_step)
         end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+        # the step after which the count is fitted: warm-up done, 3 steps of this call at least
+        fit_at = max(cfg.warmup, start_step + 3) if fit_to_time and time_limit is not None else None
+        first_done_at = 0.0
         self._window_t, self._window_tokens = time.perf_counter(), 0
         set_up = self._window_t - self.t_start
         self.wrapped.train()
@@ -360,7 +376,13 @@ class _Trainer:
                     self.say(f"profile of steps {profiler.window.after + 1}-{done}: {written} (trace beside it)")
                 now = time.perf_counter()
                 tps = self._log_step(result, done, end, now)
+                if fit_at is not None and done == fit_at and done < end:
+                    cfg.steps = self._fitted_steps(done, now, time_limit, first_done_at, start_step)
+                    self._announce(quiet=True)  # train_config.json with the fitted count
+                    end = min(end, cfg.steps)
+                    progress.update(pid, total=cfg.steps)
                 if done == start_step + 1:
+                    first_done_at = now
                     # Where a short run's time goes: a fine-tune of a few minutes can spend a fifth of
                     # them before its first step ends (set-up, then compiling and tuning kernels).
                     self.say(f"first step done {now - self.t_start:.1f}s after the start: {set_up:.1f}s of "
@@ -385,9 +407,25 @@ class _Trainer:
                              f"(checkpoint written; --resume continues)")
                     end = done
                     break
+                if done >= end:  # the step count was fitted to the time limit (the range above was not)
+                    break
             if profiler is not None and (written := profiler.close()) is not None:  # the run ended inside the window
                 self.say(f"profile up to step {end}: {written} (trace beside it)")
         return self.finish(end, start_step, publish=end == cfg.steps or time_limit is not None)
+
+    def _fitted_steps(self, done: int, now: float, time_limit: float, first_done_at: float, start_step: int) -> int:
+        """The step count that ends the schedule at ``time_limit`` (rank 0's measurement on every rank),
+        recorded in the metrics and ``train_config.json``."""
+        cfg = self.cfg
+        rate = (done - start_step - 1) / max(1e-9, now - first_done_at)  # steps/s after the compiling first
+        left = time_limit - (now - self.t_start)
+        fitted = min(cfg.steps, done + max(1, int(0.95 * left * rate)))
+        fitted = _agree_int(fitted, self.env)
+        self.logger.log({"step": done, "fitted_steps": fitted, "steps_per_s": round(rate, 4),
+                         "time_left": round(left, 3)})
+        self.say(f"step {done}: {rate:.2f} steps/s with {left:.0f}s left of --time-limit: the schedule now "
+                 f"ends at step {fitted} (was {cfg.steps})")
+        return fitted
 
     def device_batch(self, step: int) -> TaskBatch:
         """This rank's share of the global batch of ``step`` on the training device (on CUDA through
@@ -662,6 +700,14 @@ def _agree(flag: bool, env: DistEnv) -> bool:
         return flag
     t = torch.tensor([1.0 if (flag and env.is_main) else 0.0], device=env.device)
     return bool(all_reduce_sum(t, env).item() > 0)
+
+
+def _agree_int(value: int, env: DistEnv) -> int:
+    """Rank 0's ``value`` on every rank."""
+    if not env.distributed:
+        return value
+    t = torch.tensor([float(value) if env.is_main else 0.0], device=env.device)
+    return int(all_reduce_sum(t, env).item())
 
 
 def _autocast(device: torch.device, amp: torch.dtype | None):

@@ -185,6 +185,16 @@ def test_unwritable_out_fails_before_training(runner: CliRunner, blocked: Path,
     assert "--out is not writable" in line
 
 
+def test_fit_to_time_without_a_time_limit_is_a_usage_error(runner: CliRunner, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import hsa_app.training as training
+
+    monkeypatch.setattr(training, "train", lambda *a, **k: pytest.fail("trained"))
+    line = _one_error_line(runner.invoke(app, ["train", "ramba-cpu", "--out", str(tmp_path / "run"), "--steps", "1",
+                                               "--fit-to-time"]), 2)
+    assert "--fit-to-time needs --time-limit" in line
+
+
 def test_unwritable_eval_out_fails_before_evaluating(runner: CliRunner, blocked: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     import hsa_app.evaluation as evaluation

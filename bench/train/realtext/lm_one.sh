@@ -123,7 +123,11 @@ pk_stage() {  # pk_stage OUT INIT SEQ_LEN TIME_S LR [MIN_GAP]: one passkey fine-
   [ "$gap" -gt 0 ] && opts+=(--task-option "min_gap=$gap")
   for f in ${PK_FREEZE:-}; do opts+=(--freeze "$f"); done
   [ -n "$PK_STATE_RESET" ] && opts+=(--state-reset-every "$PK_STATE_RESET")
-  steps=$(FIT_TPS=$PK_TPS fit_steps "$run/metrics.jsonl" "$secs" "$PK_STEPS_MAX" 0.9 "$PK_BATCH")
+  # The planned count is an upper bound: hsa train --fit-to-time measures the stage's own speed over its
+  # warm-up and shortens the run so that its cosine schedule ends at the stage's time limit (run 11's
+  # ramba stages, with the state reset, run at a speed not measured before). Twice the plan leaves room
+  # for a stage faster than planned.
+  steps=$(( 2 * $(FIT_TPS=$PK_TPS fit_steps "$run/metrics.jsonl" "$secs" "$PK_STEPS_MAX" 0.9 "$PK_BATCH") ))
   resume=(--steps "$steps")
   if [ -d "$out/checkpoints" ]; then
     # killed mid-stage: the resumed process gets what is left of the stage's time, not all of it again
@@ -131,11 +135,11 @@ pk_stage() {  # pk_stage OUT INIT SEQ_LEN TIME_S LR [MIN_GAP]: one passkey fine-
     secs=$((secs > used + 1 ? secs - used : 1))
     resume=(--resume)
   fi
-  echo "=== $name passkey fine-tune at $seq tokens: mix $PK_MIX, lr $lr, $steps steps, at most ${secs}s, state reset every ${PK_STATE_RESET:-(none)} ($(date -u +%H:%M:%S))"
+  echo "=== $name passkey fine-tune at $seq tokens: mix $PK_MIX, lr $lr, at most $steps steps (fitted to the time), ${secs}s, state reset every ${PK_STATE_RESET:-(none)} ($(date -u +%H:%M:%S))"
   hsa train "$spec" --data "$DATA" --seq-len "$seq" --batch-size $((PK_BATCH * SEQ >= seq ? PK_BATCH * SEQ / seq : 1)) --packing "$PACKING" \
       --no-progress --passkey-mix "$PK_MIX" "${opts[@]}" --init-from "$init" \
       --lr "$lr" --warmup 20 --eval-every "$steps" --eval-samples 16 --eval-lengths "$seq" \
-      --checkpoint-every 100 --time-limit "$secs" "${resume[@]}" --out "$out" 2>&1 | tee -a "$run.train.log"
+      --checkpoint-every 100 --time-limit "$secs" --fit-to-time "${resume[@]}" --out "$out" 2>&1 | tee -a "$run.train.log"
 }
 lm_finished() {  # the LM run has reached its step count (a --time-limit stop leaves it short: resume first)
   python3 - "$run" <<'PY'

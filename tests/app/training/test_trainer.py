@@ -88,6 +88,37 @@ def test_time_limit_stops_with_a_checkpoint_and_resume_finishes_the_same_run(tmp
     assert resumed.final_loss == pytest.approx(full.final_loss, abs=1e-6)
 
 
+def test_fit_to_time_ends_the_schedule_at_the_time_limit(tmp_path: Path, tiny_spec: dict[str, Any],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clock that ticks one second per reading (one reading per step): the measured rate is one step a
+    second, and the run of at most 1,000 steps is cut to what fits 100 s; it then ends at that step, not
+    at the time limit, with the count saved for a resume and the learning rate decayed to its floor."""
+    import types
+
+    from hsa_app.training import trainer as trainer_module
+
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(trainer_module, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    said: list[str] = []
+    cfg = small_cfg(steps=1000, warmup=3, checkpoint_every=0, min_lr_ratio=0.1)
+    res = train(cfg, tiny_spec, tmp_path / "run", progress=False, time_limit=100.0, fit_to_time=True,
+                log=said.append)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    fit = next(r for r in records if "fitted_steps" in r)
+    assert fit["step"] == 3 and fit["steps_per_s"] == pytest.approx(1.0)
+    assert fit["fitted_steps"] == 3 + int(0.95 * fit["time_left"] * 1.0) < 1000
+    assert res.step == res.total_steps == fit["fitted_steps"]  # ended by its schedule ...
+    assert not any("stopped" in r for r in records)  # ... not by the time limit
+    saved = json.loads((tmp_path / "run" / "train_config.json").read_text())["config"]
+    assert saved["steps"] == fit["fitted_steps"]
+    last_lr = [r["lr"] for r in records if "lr" in r][-1]
+    assert last_lr == pytest.approx(lr_at(res.step - 1, TrainConfig(**{**cfg.to_dict(), "steps": res.step})))
+    assert last_lr < 0.11 * cfg.lr
+    assert any("the schedule now ends at step" in m for m in said)
+    with pytest.raises(ValueError, match="fit_to_time needs a time_limit"):
+        train(small_cfg(), tiny_spec, tmp_path / "other", progress=False, fit_to_time=True, log=said.append)
+
+
 def test_crash_while_checkpointing_keeps_the_previous_one(tmp_path: Path, tiny_spec: dict[str, Any],
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     real_commit = ckpt.commit
