@@ -353,7 +353,7 @@ class _Trainer:
         progress, pid = _progress(show_progress and self.env.is_main, cfg.steps, start_step)
         end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
         # the step after which the count is fitted: warm-up done, 3 steps of this call at least
-        fit_at = max(cfg.warmup, start_step + 3) if fit_to_time and time_limit is not None else None
+        fit_at = max(cfg.warmup, start_step + 3) if fit_to_time else None
         first_done_at = 0.0
         self._window_t, self._window_tokens = time.perf_counter(), 0
         set_up = self._window_t - self.t_start
@@ -376,7 +376,7 @@ class _Trainer:
                     self.say(f"profile of steps {profiler.window.after + 1}-{done}: {written} (trace beside it)")
                 now = time.perf_counter()
                 tps = self._log_step(result, done, end, now)
-                if fit_at is not None and done == fit_at and done < end:
+                if fit_at is not None and time_limit is not None and done == fit_at and done < end:
                     cfg.steps = self._fitted_steps(done, now, time_limit, first_done_at, start_step)
                     self._announce(quiet=True)  # train_config.json with the fitted count
                     end = min(end, cfg.steps)
