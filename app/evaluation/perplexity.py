@@ -47,6 +47,11 @@ class Bucket:
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ppl": self.ppl}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Bucket:
+        """The inverse of :meth:`to_dict` (``ppl`` is derived, not read)."""
+        return cls(int(d["start"]), int(d["end"]), int(d["tokens"]), float(d["nll"]))
+
 
 @dataclass
 class PplCurve:
@@ -62,6 +67,12 @@ class PplCurve:
     def to_dict(self) -> dict[str, Any]:
         return {"run": self.run, "label": self.label, "buckets": [b.to_dict() for b in self.buckets],
                 "fine": [b.to_dict() for b in self.fine], "overall": self.overall.to_dict(), "meta": self.meta}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PplCurve:
+        """One entry of ``eval_ppl.json``'s ``models`` list back as a curve (to plot runs evaluated apart)."""
+        return cls(str(d["run"]), str(d["label"]), [Bucket.from_dict(b) for b in d["buckets"]],
+                   [Bucket.from_dict(b) for b in d["fine"]], Bucket.from_dict(d["overall"]), dict(d.get("meta", {})))
 
 
 def fine_edges(length: int, first: int = 128) -> list[int]:
