@@ -53,7 +53,7 @@ declare -A STATE_RESET=([ramba]=512 [mamba2]='' [swa-hsa]='')
 declare -A SHORT_SEQ=([ramba]=1024 [mamba2]=512 [swa-hsa]=1024)
 declare -A SHORT_GAP=([ramba]=520 [mamba2]=0 [swa-hsa]=520)
 # ramba's short stage: 40 s until run 9 (its first step took 38 of them, 9 steps), 50 s in run 10 (29 s of
-# compiling, 84 steps), swa-hsa's 100 s since run 11.
+# compiling, 84 steps); from run 11 on, 100 s like swa-hsa's.
 declare -A SHORT_TIME=([ramba]=100 [mamba2]=40 [swa-hsa]=100)
 declare -A SHORT_LR=([ramba]=1e-3 [mamba2]=1e-3 [swa-hsa]=1e-3)
 declare -A FREEZE=([ramba]='^memories\.' [mamba2]='' [swa-hsa]='^memories\.')
