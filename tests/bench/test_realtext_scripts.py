@@ -153,6 +153,10 @@ def test_realtext_scripts_end_to_end_on_cpu(tmp_path: Path, calib_steps: str) ->
     assert frozen == ([r"^embedding\.", r"^memories\.\w+\.encoder\."] if calib_steps == "2" else [])  # PK_FREEZE
     pk_batch = json.loads((runs / "ramba.pk" / "train_config.json").read_text())["config"]["batch_size"]
     assert pk_batch == (1 if calib_steps == "2" else 2)  # PK_BATCH
+    # ramba's passkey stages: the Mamba2 state reset every 512 tokens, the short stage at 1,024 tokens
+    pk_cfg = json.loads((runs / "ramba.pk" / "train_config.json").read_text())["config"]
+    short_cfg = json.loads((runs / "ramba.pk1024" / "train_config.json").read_text())["config"]
+    assert pk_cfg["state_reset_every"] == short_cfg["state_reset_every"] == 512 and short_cfg["seq_len"] == 1024
     assert (out / "training.png").exists()
     summary = (out / "realtext.md").read_text()
     assert "| ramba |" in summary and "| mamba2 |" in summary and "**ramba**" in summary
