@@ -254,12 +254,14 @@ def evaluate(model: nn.Module, task: Task, lengths: Sequence[int], depths: Seque
                                                                          samples)
                     preds = predict_answers(model, b, segment_len=segment_len, autocast_dtype=autocast_dtype,
                                             device=device, offload=offload, stats=stats, on_segment=report)
-                    right = preds.cpu() == b.answers().cpu()
-                    counts += torch.tensor([right.all(1).sum().item(), right.sum().item(), right.numel()],
+                    preds = preds.cpu()
+                    right = preds == b.answers().cpu()
+                    exact = right.all(1)
+                    counts += torch.tensor([exact.sum().item(), right.sum().item(), right.numel()],
                                            dtype=torch.float64)
-                    wrong = torch.arange(done - n, done)[mine][~right.all(1)]
+                    wrong = torch.arange(done - n, done)[mine][~exact]
                     missed[wrong] = 1.0
-                    answers[wrong] = preds.cpu()[~right.all(1)].double()
+                    answers[wrong] = preds[~exact].double()
                 if reduce is not None:  # one all-reduce for the counts, misses and missed answers of every rank
                     flat = reduce(torch.cat([counts, missed, answers.flatten()]))
                     counts, missed = flat[:3], flat[3:3 + samples]

@@ -326,16 +326,20 @@ class _Trainer:
         state.last_loss = next((float(r["loss"]) for r in reversed(logger.records) if "loss" in r), float("nan"))
         return trainer
 
-    def _announce(self, quiet: bool = False) -> None:
-        """``RUN/train_config.json`` and (unless ``quiet``) the one-line summary of the run (main rank)."""
-        cfg, env = self.cfg, self.env
-        if not env.is_main:
+    def _write_train_config(self) -> None:
+        """``RUN/train_config.json``: the configuration as it stands (main rank)."""
+        if not self.env.is_main:
             return
         self.run.mkdir(parents=True, exist_ok=True)
         ckpt.write_text_atomic(self.run / "train_config.json", json.dumps(
-            {"config": cfg.to_dict(), "task_options": dict(self.task.options), "world_size": env.world_size},
-            indent=2))
-        if quiet:
+            {"config": self.cfg.to_dict(), "task_options": dict(self.task.options),
+             "world_size": self.env.world_size}, indent=2))
+
+    def _announce(self) -> None:
+        """``RUN/train_config.json`` and the one-line summary of the run (main rank)."""
+        cfg, env = self.cfg, self.env
+        self._write_train_config()
+        if not env.is_main:
             return
         n_params = sum(p.numel() for p in {id(p): p for p in self.model.parameters()}.values())
         self.say(f"model: {n_params / 1e6:.2f}M parameters on {env.device}"
@@ -378,7 +382,7 @@ class _Trainer:
                 tps = self._log_step(result, done, end, now)
                 if fit_at is not None and time_limit is not None and done == fit_at and done < end:
                     cfg.steps = self._fitted_steps(done, now, time_limit, first_done_at, start_step)
-                    self._announce(quiet=True)  # train_config.json with the fitted count
+                    self._write_train_config()  # with the fitted count
                     end = min(end, cfg.steps)
                     progress.update(pid, total=cfg.steps)
                 if done == start_step + 1:
@@ -419,8 +423,7 @@ class _Trainer:
         cfg = self.cfg
         rate = (done - start_step - 1) / max(1e-9, now - first_done_at)  # steps/s after the compiling first
         left = time_limit - (now - self.t_start)
-        fitted = min(cfg.steps, done + max(1, int(0.95 * left * rate)))
-        fitted = _agree_int(fitted, self.env)
+        fitted = int(_rank0_value(min(cfg.steps, done + max(1, int(0.95 * left * rate))), self.env))
         self.logger.log({"step": done, "fitted_steps": fitted, "steps_per_s": round(rate, 4),
                          "time_left": round(left, 3)})
         self.say(f"step {done}: {rate:.2f} steps/s with {left:.0f}s left of --time-limit: the schedule now "
@@ -694,20 +697,17 @@ def _to_device(obj: Any, device: torch.device) -> Any:
     return obj
 
 
-def _agree(flag: bool, env: DistEnv) -> bool:
-    """Rank 0's ``flag`` on every rank (clocks differ between ranks; all must stop at the same step)."""
-    if not env.distributed:
-        return flag
-    t = torch.tensor([1.0 if (flag and env.is_main) else 0.0], device=env.device)
-    return bool(all_reduce_sum(t, env).item() > 0)
-
-
-def _agree_int(value: int, env: DistEnv) -> int:
-    """Rank 0's ``value`` on every rank."""
+def _rank0_value(value: float, env: DistEnv) -> float:
+    """Rank 0's ``value`` on every rank (a sum over ranks where only rank 0 contributes)."""
     if not env.distributed:
         return value
     t = torch.tensor([float(value) if env.is_main else 0.0], device=env.device)
-    return int(all_reduce_sum(t, env).item())
+    return float(all_reduce_sum(t, env).item())
+
+
+def _agree(flag: bool, env: DistEnv) -> bool:
+    """Rank 0's ``flag`` on every rank (clocks differ between ranks; all must stop at the same step)."""
+    return _rank0_value(1.0 if flag else 0.0, env) > 0
 
 
 def _autocast(device: torch.device, amp: torch.dtype | None):
