@@ -17,6 +17,8 @@ from hsa_app.evaluation.core import PrefillProgress
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
+from hsa_core.units import format_bytes
+
 
 def _tokens(n: int) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1_000_000 else f"{n:,}"
@@ -45,8 +47,10 @@ class _TokenProgress:
         if self._progress is not None:
             self._progress.stop()
 
-    def _show(self, key: Hashable, label: str, tokens: int, total: int, rows: int) -> None:
-        """``tokens`` of ``total`` done in each of ``rows`` sequences of the forward ``key``."""
+    def _show(self, key: Hashable, label: str, tokens: int, total: int, rows: int,
+              gpu_peak_bytes: int | None = None) -> None:
+        """``tokens`` of ``total`` done in each of ``rows`` sequences of the forward ``key``; the GPU
+        memory peak so far when known."""
         if total < self.min_tokens:
             return
         now = time.perf_counter()
@@ -58,6 +62,8 @@ class _TokenProgress:
                 self._task = self._progress.add_task(label, total=total, info="")
         rate = tokens * rows / max(now - self._started, 1e-9)
         info = f"{_tokens(tokens)} of {_tokens(total)} tokens, {rate / 1e3:,.0f}K tokens/s"
+        if gpu_peak_bytes is not None:
+            info += f", GPU peak {format_bytes(gpu_peak_bytes)}"
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, completed=tokens, info=info)
         elif now - self._last_line >= self.interval:
@@ -72,7 +78,7 @@ class PrefillDisplay(_TokenProgress):
         depth = "random" if p.depth is None else f"{p.depth:.2f}"
         label = (f"prefill {format_length(p.length)} depth {depth}, samples {p.first + 1}-{p.first + p.batch} "
                  f"of {p.samples}")
-        self._show((p.length, p.depth, p.first), label, p.tokens, p.total, p.batch)
+        self._show((p.length, p.depth, p.first), label, p.tokens, p.total, p.batch, p.gpu_peak_bytes)
 
 
 class PromptDisplay(_TokenProgress):

@@ -32,6 +32,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -153,6 +154,45 @@ class Block(nn.Module):
         if self.mlp is not None:
             h = h + self.mlp(h)
         return h, new_state
+
+    def forward_resetting(self, h: Tensor, state: MixerState | None, every: int, *,
+                          return_state: bool = False) -> tuple[Tensor, MixerState | None]:
+        """:meth:`forward` with the mixer restarting from its zero state every ``every`` tokens.
+
+        The first segment continues from ``state``; every later one starts from the zero state, so they
+        are independent and run as one call with the segments folded into the batch,
+        ``(B, m * every, d) -> (B * m, every, d)``, plus one call for a shorter tail (and one for the
+        first segment when it continues a given state). The outputs equal those of one call per segment
+        with the state replaced by the zero state at each boundary; the mixer needs nothing more than
+        its contract (a call without a state starts from the zero state).
+
+        Args:
+            h: ``(B, T, d)``.
+            state: the mixer state before ``h`` (``None``: the zero state).
+            every: segment length in tokens (>= 1).
+            return_state: return the state after the last token (the last segment's).
+        """
+        B, T, d = h.shape
+        if every >= T:
+            return self(h, state, return_state=return_state)
+        want = return_state or state is not None
+        pieces: list[Tensor] = []
+        start = 0
+        if state is not None:  # the first segment continues the given state; its final state is dropped
+            pieces.append(self(h[:, :every], state)[0])
+            start = every
+        m = (T - start) // every
+        end = start + m * every
+        new_state = None
+        if m:
+            y, folded = self(h[:, start:end].reshape(B * m, every, d), None, return_state=want and end == T)
+            pieces.append(y.reshape(B, m * every, d))
+            if folded is not None:  # row b*m + j of the folded batch is segment j of sequence b
+                new_state = {k: v.unflatten(0, (B, m))[:, -1] for k, v in folded.items()}
+        if end < T:
+            y, new_state = self(h[:, end:], None, return_state=want)
+            pieces.append(y)
+        return torch.cat(pieces, 1), (new_state if want else None)
 
 
 class RetrievalBlock(nn.Module):
@@ -356,7 +396,7 @@ class HSALanguageModel(nn.Module):
 
     # -- forward --------------------------------------------------------------------------------
     def forward(self, input_ids: Tensor, cache: ModelCache | None = None, *,
-                return_cache: bool = False) -> ModelOutput:
+                return_cache: bool = False, state_reset_every: int | None = None) -> ModelOutput:
         """Logits for ``input_ids`` ``(B, T)`` (int64), continuing from ``cache`` if given.
 
         Args:
@@ -364,21 +404,31 @@ class HSALanguageModel(nn.Module):
             cache: the state after the tokens before these (from an earlier call with
                 ``return_cache=True``); ``None`` = start of the sequence.
             return_cache: return the cache after these tokens (implied when ``cache`` is given).
+            state_reset_every: the backbone (mixer) states restart from the zero state every this many
+                tokens of ``input_ids`` (the first segment continues ``cache``), while the chunk
+                memories and the position carry on (RAMba's training trick, spec section 7: what lies
+                further back than that is reachable through HSA only). Equal to one call per segment
+                with the mixer states replaced at each boundary, but the mixers run each segment as a
+                row of one batched call. ``None``: no reset.
 
         Returns:
             :class:`ModelOutput` with ``logits`` ``(B, T, V)`` and the new cache (or ``None``). The
             given cache is not modified.
         """
-        h, new_cache = self.forward_hidden(input_ids, cache, return_cache=return_cache)
+        h, new_cache = self.forward_hidden(input_ids, cache, return_cache=return_cache,
+                                           state_reset_every=state_reset_every)
         return ModelOutput(self.lm_head(h), new_cache)
 
     def forward_hidden(self, input_ids: Tensor, cache: ModelCache | None = None, *,
-                       return_cache: bool = False) -> tuple[Tensor, ModelCache | None]:
+                       return_cache: bool = False,
+                       state_reset_every: int | None = None) -> tuple[Tensor, ModelCache | None]:
         """:meth:`forward` without the LM head: the final-normed hidden states ``(B, T, d)`` and the cache.
 
         Training uses this with :func:`hsa_core.losses.linear_cross_entropy`, so that the ``(B, T, V)``
         logits are never materialised.
         """
+        if state_reset_every is not None and state_reset_every < 1:
+            raise ValueError(f"state_reset_every must be >= 1 tokens, got {state_reset_every}")
         keep = cache is not None or return_cache
         position = cache.position if cache is not None else 0
         h = self.embedding(input_ids)
@@ -399,10 +449,13 @@ class HSALanguageModel(nn.Module):
         for i, block in enumerate(self.layers):
             if isinstance(block, Block):
                 prev = cache.mixer_states[i] if cache is not None else None
+                run: Any = block
+                if state_reset_every is not None:
+                    run = partial(block.forward_resetting, every=state_reset_every)
                 if ckpt:
-                    h, states[i] = checkpoint(block, h, prev, return_state=keep, use_reentrant=False)
+                    h, states[i] = checkpoint(run, h, prev, return_state=keep, use_reentrant=False)
                 else:
-                    h, states[i] = block(h, prev, return_state=keep)
+                    h, states[i] = run(h, prev, return_state=keep)
             else:
                 sel_name, mem_name = layers_spec[i].selection, layers_spec[i].memory
                 memory = mems[mem_name]

@@ -162,6 +162,8 @@ class PrefillProgress:
         first, batch, samples: samples ``first .. first + batch - 1`` of the cell's ``samples`` are in this
             forward.
         tokens, total: tokens of each of those rows prefilled so far, of ``total``.
+        gpu_peak_bytes: the GPU memory peak of the length so far (``None`` off CUDA): a run stopped in
+            a long prefill (a 64M cell takes minutes) still shows how much it had needed.
     """
 
     length: int
@@ -171,13 +173,16 @@ class PrefillProgress:
     samples: int
     tokens: int
     total: int
+    gpu_peak_bytes: int | None = None
 
 
 def _reporter(on_prefill: Callable[[PrefillProgress], None], length: int, depth: float | None, first: int,
-              batch: int, samples: int) -> Callable[[int, int], None]:
+              batch: int, samples: int, device: torch.device) -> Callable[[int, int], None]:
     """``predict_answers``' ``on_segment`` for one forward of a cell: ``on_prefill`` with the cell's context."""
     def report(tokens: int, total: int) -> None:
-        on_prefill(PrefillProgress(length, depth, first, batch, samples, tokens, total))
+        # the allocator's counter, read on the host: no synchronisation (the peak of the work queued so far)
+        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+        on_prefill(PrefillProgress(length, depth, first, batch, samples, tokens, total, peak))
     return report
 
 
@@ -192,6 +197,7 @@ def evaluate(model: nn.Module, task: Task, lengths: Sequence[int], depths: Seque
              device: torch.device | str | None = None, autocast_dtype: torch.dtype | None = None,
              rank: int = 0, world_size: int = 1, reduce: Callable[[Tensor], Tensor] | None = None,
              on_cell: Callable[[CellResult], None] | None = None,
+             on_result: Callable[[EvalResult], None] | None = None,
              time_limit: float | None = None, offload: bool | None = None,
              on_prefill: Callable[[PrefillProgress], None] | None = None) -> EvalResult:
     """Exact-match accuracy of ``model`` on ``task`` for every (length, depth).
@@ -210,6 +216,9 @@ def evaluate(model: nn.Module, task: Task, lengths: Sequence[int], depths: Seque
         offload: chunk memories' K/V in host memory (``None``: as the layout says). The footprint and
             speed of every length (GPU peak, host memory, prefill tokens/s) go to
             ``result.meta["footprint"]``.
+        on_cell: called with every finished cell.
+        on_result: called after every cell with the result so far (its cells, and in
+            ``meta["footprint"]`` each started length's footprint so far), e.g. to save it.
         on_prefill: called after every prefill segment with a :class:`PrefillProgress` (which cell,
             which samples, how far), for a progress display.
     """
@@ -251,7 +260,7 @@ def evaluate(model: nn.Module, task: Task, lengths: Sequence[int], depths: Seque
                         continue
                     b = batch.select(mine)  # ids stay on the CPU; segments go to the device
                     report = None if on_prefill is None else _reporter(on_prefill, length, depth, done - n, n,
-                                                                         samples)
+                                                                         samples, device)
                     preds = predict_answers(model, b, segment_len=segment_len, autocast_dtype=autocast_dtype,
                                             device=device, offload=offload, stats=stats, on_segment=report)
                     preds = preds.cpu()
@@ -271,10 +280,13 @@ def evaluate(model: nn.Module, task: Task, lengths: Sequence[int], depths: Seque
                                   float(counts[1] / max(1.0, float(counts[2]))), time.perf_counter() - t0,
                                   missed=rows.tolist(), missed_answers=answers[rows].long().tolist())
                 result.cells.append(cell)
+                # the length's footprint so far: a partial result written by on_result has it
+                result.meta.setdefault("footprint", {})[str(length)] = stats.to_dict()
+                if on_result is not None:  # first: a cell is saved even when on_cell raises (a stop)
+                    on_result(result)
                 if on_cell is not None:
                     on_cell(cell)
             last = (length, time.perf_counter() - t_length)
-            result.meta.setdefault("footprint", {})[str(length)] = stats.to_dict()
     finally:
         model.train(was_training)
     return result

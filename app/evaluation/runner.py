@@ -101,22 +101,19 @@ def run_eval(run: str | Path, task: str, lengths: list[int], depths: list[float 
     out_dir.mkdir(parents=True, exist_ok=True)
     name = f"{task}_text" if filler is not None else task
     jpath = out_dir / f"eval_{name}.json"
-    done: list[CellResult] = []
 
-    def keep(cell: CellResult) -> None:
-        # Every finished cell is on disk at once (meta.partial: true until the end): a 64M cell takes
-        # minutes, and a run stopped by a time limit or a kill keeps the cells it finished.
-        done.append(cell)
-        partial = EvalResult(t.name, dict(t.options), sorted({c.length for c in done}), list(depths), list(done),
-                             meta={**meta, "partial": True})
+    def keep(so_far: EvalResult) -> None:
+        # Every finished cell is on disk at once (meta.partial: true until the end), with the footprint
+        # of each length so far: a 64M cell takes minutes, and a run stopped by a time limit or a kill
+        # keeps the cells it finished.
+        partial = EvalResult(t.name, dict(t.options), sorted({c.length for c in so_far.cells}), list(depths),
+                             list(so_far.cells), meta={**so_far.meta, **meta, "partial": True})
         write_json(partial, jpath)
-        if on_cell is not None:
-            on_cell(cell)
 
     t0 = time.perf_counter()
     result = evaluate(model, t, lengths, depths, samples=samples, seed=seed, segment_len=segment_len,
-                      max_batch_tokens=max_batch_tokens, device=dev, autocast_dtype=amp, on_cell=keep,
-                      time_limit=time_limit, offload=offload, on_prefill=on_prefill)
+                      max_batch_tokens=max_batch_tokens, device=dev, autocast_dtype=amp, on_cell=on_cell,
+                      on_result=keep, time_limit=time_limit, offload=offload, on_prefill=on_prefill)
     result.meta = {**result.meta, **meta, "seconds": round(time.perf_counter() - t0, 2)}
     write_json(result, jpath)
     ppath = heatmap(result, out_dir / f"eval_{name}.png")

@@ -3,10 +3,12 @@
 ``SegmentedForward(model)(input_ids, init_states)`` runs the language model over a training
 sequence and returns the logits ``(B, T, V)`` and the final mixer states:
 
-* ``state_reset_every = N``: the sequence is processed in segments of ``N`` tokens through the
-  model cache; at each boundary the backbone (mixer) states are replaced by the zero state while the
-  chunk memories and the absolute position carry on. Long-range information can then only travel
-  through HSA's chunk memory, which is what teaches retrieval to extrapolate.
+* ``state_reset_every = N``: the backbone (mixer) states restart from the zero state every ``N``
+  tokens while the chunk memories and the absolute position carry on. Long-range information can
+  then only travel through HSA's chunk memory, which is what teaches retrieval to extrapolate. The
+  model does it in one call (``HSALanguageModel.forward(..., state_reset_every=N)``: the mixers run
+  the segments as rows of one batch), not one call per segment: 8 calls of 512 tokens per 4K
+  sequence trained at a sixth of the speed on the H200 (bench/results/h200_realtext/README.md, run 11).
 * ``init_states``: the sequence starts from given mixer states (another segment's final state:
   "memory reset" passes the previous batch's states and zeros every K batches).
 
@@ -19,7 +21,6 @@ from __future__ import annotations
 import zlib
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from hsa_core.interfaces import MixerState
@@ -66,26 +67,14 @@ class SegmentedForward(nn.Module):
         fused = targets is not None
         run = self.model.forward_hidden if fused else self.model
         n = self.state_reset_every
-        B, T = input_ids.shape
-        if (n is None or n >= T) and init_states is None:
-            out, final = _unpack(run(input_ids, return_cache=return_states))
-            pieces = [out]
+        B = input_ids.shape[0]
+        if init_states is None:
+            out, final = _unpack(run(input_ids, return_cache=return_states, state_reset_every=n))
         else:
             cache = self.model.init_cache(B, device=input_ids.device)
-            zero_states = cache.mixer_states
-            if init_states is not None:
-                cache.mixer_states = list(init_states)
-            step = n if n is not None else T
-            pieces = []
-            for s in range(0, T, step):
-                out, cache = _unpack(run(input_ids[:, s: s + step], cache, return_cache=True))
-                pieces.append(out)
-                if s + step < T:
-                    # Backbone forgets, memory and position persist.
-                    cache.mixer_states = list(zero_states)
-            final = cache
+            cache.mixer_states = list(init_states)
+            out, final = _unpack(run(input_ids, cache, return_cache=True, state_reset_every=n))
         states = final.mixer_states if (return_states and final is not None) else None
-        out = pieces[0] if len(pieces) == 1 else _cat(pieces)
         if not fused:
             return out, states
         return (*self._loss(out, targets, loss_mask, answer_positions, mask_is_answers), states)
@@ -112,10 +101,6 @@ class SegmentedForward(nn.Module):
 def _unpack(out: Any) -> tuple[Tensor, Any]:
     """``ModelOutput`` or ``forward_hidden``'s tuple -> ``(tensor, cache)``."""
     return (out.logits, out.cache) if hasattr(out, "logits") else (out[0], out[1])
-
-
-def _cat(parts: list[Tensor]) -> Tensor:
-    return torch.cat(parts, dim=1)
 
 
 def detach_states(states: list[MixerState | None] | None) -> list[MixerState | None] | None:

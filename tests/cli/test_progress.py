@@ -21,6 +21,12 @@ def test_prefill_display_prints_lines_in_logs_and_a_bar_in_a_terminal() -> None:
     lines = log.getvalue().splitlines()
     assert len(lines) == 3 and all(line.startswith("  prefill 16m depth 0.50, samples 1-2 of 4: ") for line in lines)
     assert "8.4M of 16.8M tokens" in lines[1] and "tokens/s" in lines[1]
+    assert "GPU peak" not in lines[1]  # off CUDA: no peak to show
+    peak = io.StringIO()
+    with PrefillDisplay(Console(file=peak, force_terminal=False, width=200), interval=0.0) as show:
+        show(PrefillProgress(length=1 << 24, depth=0.5, first=0, batch=2, samples=4, tokens=1 << 22,
+                             total=1 << 24, gpu_peak_bytes=3 << 29))
+    assert peak.getvalue().rstrip().endswith("tokens/s, GPU peak 1.50 GiB")
     quiet = io.StringIO()
     with PrefillDisplay(Console(file=quiet, force_terminal=False), interval=3600.0) as show:
         for e in events:

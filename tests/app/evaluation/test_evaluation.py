@@ -233,6 +233,8 @@ def test_cli_train_then_eval(tmp_path: Path) -> None:
     cut = json.loads((tmp_path / "cut" / "eval_passkey.json").read_text())
     assert cut["meta"]["partial"] is True and cut["lengths"] == [48]
     assert [(c["length"], c["depth"], c["samples"]) for c in cut["cells"]] == [(48, 0.2, 2)]
+    # with the footprint of the length so far (a 64M prefill stopped by its limit lost it: H200 run 11)
+    assert list(cut["meta"]["footprint"]) == ["48"] and cut["meta"]["footprint"]["48"]["prefill_tokens"] == 2 * 48
     assert not (tmp_path / "cut" / "eval_passkey.png").exists()
 
 
