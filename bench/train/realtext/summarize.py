@@ -17,12 +17,21 @@ from hsa_app.evaluation.report import format_length as fmt_len
 from hsa_app.evaluation.report import save_figure
 
 
+def _by_quarter(values: list[float]) -> str:
+    """``a / b / c / d%``: the mean of each quarter of ``values`` (in order) in percent; ``-`` for none."""
+    if not values:
+        return "-"
+    n = len(values)
+    quarters = [values[i * n // 4:(i + 1) * n // 4] or values[i * n // 4:i * n // 4 + 1] for i in range(4)]
+    return " / ".join(f"{100 * sum(q) / len(q):.0f}" for q in quarters) + "%"
+
+
 def training_rows(out: Path) -> list[str]:
     """One row per ``<name>_metrics.jsonl``. ``first step (s)``: the wall time from the process's start to
     the end of its first step (set-up, compiling and tuning kernels): what a short fine-tune does not
     spend on steps."""
-    rows = ["| model | steps | tokens | time (s) | first step (s) | tokens/s | final train loss | "
-            "final val loss (ppl) |", "|---|---|---|---|---|---|---|---|"]
+    rows = ["| model | steps | tokens | time (s) | first step (s) | tokens/s | final LM train loss | "
+            "final val loss (ppl) | passkey batches, exact by quarter |", "|---|---|---|---|---|---|---|---|---|"]
     for path in sorted(out.glob("*_metrics.jsonl")):
         name = path.name.removesuffix("_metrics.jsonl")
         recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -36,8 +45,12 @@ def training_rows(out: Path) -> list[str]:
         tps = sorted(r["tokens_per_s"] for r in steps[3:] or steps)[len(steps[3:] or steps) // 2]
         val = f"{evals[-1]['val_loss']:.3f} ({evals[-1]['val_ppl']:.2f})" if evals else "-"
         first = f"{steps[0]['time']:.0f}" if steps[0]["step"] == 1 else "-"  # (logged when log_every is 1)
+        # A fine-tune mixes LM and passkey batches; a passkey batch (the rows with "acc") has a loss on its
+        # answer tokens only (near 0 once learned), so the train loss shown is the last LM batch's.
+        lm = [r for r in steps if "acc" not in r]
+        lm_loss = f"{lm[-1]['loss']:.3f}" if lm else "-"
         rows.append(f"| {name} | {last['step']} | {last['tokens']:,} | {elapsed:.0f} | {first} | {tps:,.0f} | "
-                    f"{last['loss']:.3f} | {val} |")
+                    f"{lm_loss} | {val} | {_by_quarter([r['acc'] for r in steps if 'acc' in r])} |")
     return rows
 
 
