@@ -582,7 +582,7 @@ def sweep_dedup(T: int = 65536, B: int = 1, selections: Iterable[str] = ("unifor
     dedup = load_experimental_dedup()
     pub = load_published(published)
     grid = list(grid) if grid is not None else [
-        {"block_t": bt, "num_warps": nw} for bt, nw in ((4, 2), (4, 4), (4, 8), (8, 4), (8, 8))]
+        {"block_t": bt, "num_warps": nw} for bt, nw in ((2, 4), (4, 2), (4, 4), (4, 8), (8, 4), (8, 8))]
     rows: list[dict[str, Any]] = []
     for selection in selections:
         rows += _dedup_rows(T, B, selection, grid, dedup, pub, rounds)

@@ -85,5 +85,5 @@ def test_no_tokens_and_a_bad_block() -> None:
     q, k, v, idx, w = attention_inputs(shape, torch.float32)
     o, lse = dedup.hsa_attention_fwd_dedup(q[:, :0], k, v, idx[:, :0].contiguous(), w[:, :0], 16, 0.25, False)
     assert o.shape == (1, 0, 2, 16) and lse is not None and lse.shape == (1, 0, 1, 2, 2)
-    with pytest.raises(ValueError, match="block_t must be a power of two, got 3"):
+    with pytest.raises(ValueError, match="block_t must be 2, 4 or 8, got 3"):
         dedup.hsa_attention_fwd_dedup(q, k, v, idx.contiguous(), w, 16, 0.25, False, block_t=3)
