@@ -4,14 +4,17 @@
 # (bench/train/README.md), one stage per device command (each ends inside 600 s):
 #   bash bench/offload/h200_run.sh STAGE
 #   STAGE = tests | train | short | 16m | 64m | footprint | memory | decode | estimate | report   (bench/offload/README.md)
-# Knobs (env): RUN (the demo RAMba: a run or model directory; default runs/offload/ramba-sm, trained by
+# Knobs (env): DEMO (which demo layout `train` trains: ramba-sm, or ramba-sm-shared, one selection shared
+# by both HSA layers, half the selection work of a long prefill), RUN (the demo RAMba: a run or model
+# directory; default runs/offload/$DEMO, trained by
 # `train`), DEPTHS, SAMPLES, SEED, SEGMENT, FORCE=1 (run a 64M stage even when its estimate exceeds LIMIT).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . "${DEVICE_ENV:-bench/device_env.sh}"   # DEVICE_ENV=/dev/null: the environment as it is (the CPU test)
 OUT=${OUT:-/tmp/out}
 WORK=${WORK:-runs/offload}
-RUN=${RUN:-$WORK/ramba-sm}
+DEMO=${DEMO:-ramba-sm}
+RUN=${RUN:-$WORK/$DEMO}
 SEGMENT=${SEGMENT:-65536}   # tokens per prefill segment: 16K segments cost 4x the per-segment host work (run 3)
 SEED=${SEED:-1234}
 GPUS=${GPUS:-$(python3 -c 'import torch; print(max(1, torch.cuda.device_count()))')}  # 16m and 64m use them all
@@ -96,13 +99,13 @@ case "$stage" in
       unsplit "$RUN/model"; unsplit "$RUN"
     else
       RUNS=$WORK S1_TIME=${S1_TIME:-70} S2_TIME=${S2_TIME:-160} LENGTHS=4k DEPTHS=0.5 SAMPLES=8 RANDOM_LENGTHS= \
-        timeout 570 bash bench/train/demo_one.sh ramba-sm
+        timeout 570 bash bench/train/demo_one.sh "$DEMO"
     fi
     mdir=$RUN/model; [ -f "$mdir/config.json" ] || mdir=$RUN
     # the weights come back in parts under the device tool's 16 MB per file; `unsplit` joins them
     mkdir -p "$OUT/model" && cp "$mdir"/config.json "$mdir"/config.yaml "$OUT/model/"
     split -b 15000000 -d "$mdir/model.safetensors" "$OUT/model/model.safetensors.part"
-    [ -f "$WORK/ramba-sm.train.log" ] && tail -5 "$WORK/ramba-sm.train.log"
+    [ -f "$WORK/$DEMO.train.log" ] && tail -5 "$WORK/$DEMO.train.log"
     ;;
   short)  # (b) 4K, 64K, 1M offloaded, 3 depths x SAMPLES (~1-2 min)
     ev short 4k,64k,1m "${DEPTHS:-0.1,0.5,0.9}" "${SAMPLES:-4}"

@@ -5,8 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 name=$1
-declare -A LAYOUT=([ramba]=ramba-demo [ramba-mem0]=ramba-demo-mem0 [ramba-sm]=ramba-demo-sm [mamba2]=mamba2-demo [swa-hsa]=swa-hsa-demo)
-spec="bench/train/layouts/${LAYOUT[$name]:?unknown layout name $name (ramba, ramba-mem0, ramba-sm, mamba2, swa-hsa)}.yaml"
+declare -A LAYOUT=([ramba]=ramba-demo [ramba-mem0]=ramba-demo-mem0 [ramba-sm]=ramba-demo-sm [ramba-sm-shared]=ramba-demo-sm-shared [mamba2]=mamba2-demo [swa-hsa]=swa-hsa-demo)
+spec="bench/train/layouts/${LAYOUT[$name]:?unknown layout name $name (ramba, ramba-mem0, ramba-sm, ramba-sm-shared, mamba2, swa-hsa)}.yaml"
 
 RUNS=${RUNS:-runs/demo}
 # Stage 1: 512 tokens (7 visible chunks of 64 < top-8, so the key chunk always gets gradient);
