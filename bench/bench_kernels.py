@@ -274,14 +274,20 @@ def ours(q, k, v, idx, w, **kwargs):
     return hsa_attention_triton(q, k, v, idx, w, chunk_size=S, **kwargs)
 
 
+def _load_file(name: str, path: str | Path):
+    """The Python module in ``path``, executed under ``name`` (files outside any installed package)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def load_published(path: str | Path | None):
     """The published kernel module from ``path``, or None when the file is absent or fails to load."""
     if not path or not Path(path).exists():
         return None
     try:
-        spec = importlib.util.spec_from_file_location("hsa_published", path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
+        mod = _load_file("hsa_published", path)
     except Exception as exc:  # a broken copy is reported and left out, like an absent one
         print(f"published HSA kernel unavailable: {type(exc).__name__}: {str(exc)[:200]}")
         return None
@@ -563,11 +569,7 @@ def sweep_select_long(segment: int = 16384, dr: int = 256, contexts: Iterable[in
 def load_experimental_dedup():
     """``bench/experimental/fwd_dedup.py`` (the block-deduplicating forward, not in the package until it
     is measured), loaded from this checkout."""
-    path = Path(__file__).resolve().parent / "experimental" / "fwd_dedup.py"
-    spec = importlib.util.spec_from_file_location("fwd_dedup", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return _load_file("fwd_dedup", Path(__file__).resolve().parent / "experimental" / "fwd_dedup.py")
 
 
 def sweep_dedup(T: int = 65536, B: int = 1, selections: Iterable[str] = ("uniform",),

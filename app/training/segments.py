@@ -67,11 +67,10 @@ class SegmentedForward(nn.Module):
         fused = targets is not None
         run = self.model.forward_hidden if fused else self.model
         n = self.state_reset_every
-        B = input_ids.shape[0]
         if init_states is None:
             out, final = _unpack(run(input_ids, return_cache=return_states, state_reset_every=n))
         else:
-            cache = self.model.init_cache(B, device=input_ids.device)
+            cache = self.model.init_cache(input_ids.shape[0], device=input_ids.device)
             cache.mixer_states = list(init_states)
             out, final = _unpack(run(input_ids, cache, return_cache=True, state_reset_every=n))
         states = final.mixer_states if (return_states and final is not None) else None

@@ -4,12 +4,10 @@ reads. CPU: Triton's interpreter; 16-bit inputs in fp16 (bf16 tl.dot is wrong in
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import hsa_kernels.hsa_attention.forward as fwd_mod
 import pytest
 import torch
+from hsa_cli.bench import load_kernel_bench
 from hsa_kernels.hsa_attention import hsa_attention_naive
 
 from tests.kernels.helpers import (
@@ -23,10 +21,7 @@ from tests.kernels.helpers import (
 )
 
 pytestmark = pytest.mark.triton
-ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("fwd_dedup", ROOT / "bench" / "experimental" / "fwd_dedup.py")
-dedup = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(dedup)
+dedup = load_kernel_bench().load_experimental_dedup()
 
 
 def _check(q, k, v, idx, w, S: int, sink: bool, block_t: int, tol: float) -> None:

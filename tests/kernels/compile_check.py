@@ -147,14 +147,10 @@ def _experimental_dedup_case(dtype: str, G: int, D: int, sink: bool = False):
     measured), blocks of 4 and 8 tokens: its first H200 run should not be spent on a compile error."""
 
     def run() -> None:
-        import importlib.util
-
         import torch
+        from hsa_cli.bench import load_kernel_bench
 
-        path = KERNELS_DIR.parent / "bench" / "experimental" / "fwd_dedup.py"
-        spec = importlib.util.spec_from_file_location("fwd_dedup", path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
+        mod = load_kernel_bench().load_experimental_dedup()
         dt = getattr(torch, dtype)
         B, T, H, K, C, S = 2, 64, 2, 8, 80, 64
         q = torch.randn(B, T, H * G, D).to(dt)
