@@ -566,66 +566,6 @@ def sweep_select_long(segment: int = 16384, dr: int = 256, contexts: Iterable[in
     return rows
 
 
-def load_experimental_dedup():
-    """``bench/experimental/fwd_dedup.py`` (the block-deduplicating forward, not in the package until it
-    is measured), loaded from this checkout."""
-    return _load_file("fwd_dedup", Path(__file__).resolve().parent / "experimental" / "fwd_dedup.py")
-
-
-def sweep_dedup(T: int = 65536, B: int = 1, selections: Iterable[str] = ("uniform",),
-                grid: Iterable[dict[str, Any]] | None = None, published: str | None = DEFAULT_PUBLISHED,
-                rounds: int = 2) -> list[dict[str, Any]]:
-    """The experimental block-deduplicating forward against the default (query-outer), the token-block
-    schedule and the published kernel's forward, on each selection (``uniform``, ``block``, or
-    ``recorded:FILE``), ``rounds`` times in alternation: one call gives the forward's ratio to the
-    published kernel for each. Every dedup setting's output is compared with the default's (``max_diff``,
-    in the output's dtype). ``grid``: ``hsa_attention_fwd_dedup`` keywords (``block_t``, ``num_warps``,
-    ``num_stages``)."""
-    dedup = load_experimental_dedup()
-    pub = load_published(published)
-    grid = list(grid) if grid is not None else [
-        {"block_t": bt, "num_warps": nw} for bt, nw in ((2, 4), (4, 2), (4, 4), (4, 8), (8, 4), (8, 8))]
-    rows: list[dict[str, Any]] = []
-    for selection in selections:
-        rows += _dedup_rows(T, B, selection, grid, dedup, pub, rounds)
-        torch.cuda.empty_cache()
-    return rows
-
-
-def _dedup_rows(T: int, B: int, selection: str, grid: list[dict[str, Any]], dedup: Any, pub: Any,
-                rounds: int) -> list[dict[str, Any]]:
-    """:func:`sweep_dedup` on one selection."""
-    from hsa_kernels.hsa_attention.forward import hsa_attention_fwd
-
-    q, k, v, idx, w = make_inputs(T, B, selection=selection)
-    label = f"fwd {T >> 10}K x {B}, {_selection_text(selection)}"
-
-    def default(schedule: str = "query") -> torch.Tensor:
-        return hsa_attention_fwd(q, k, v, idx, w, S, D**-0.5, False, schedule=schedule, store_lse=True)[0]
-
-    ref = default()
-    contenders: list[tuple[str, Any]] = [("query-outer (default)", default),
-                                         ("token-block", functools.partial(default, schedule="block"))]
-    contenders += [(f"dedup {g}", functools.partial(dedup.hsa_attention_fwd_dedup, q, k, v, idx, w, S, D**-0.5,
-                                                    False, **g)) for g in grid]
-    if pub is not None:
-        idx_l = idx.long().contiguous()
-        contenders.append(("published", lambda: pub.HSA(q, k, v, w, idx_l, 0.0, S, D**-0.5)))
-    rows: list[dict[str, Any]] = []
-    for r in range(rounds):
-        for name, fn in contenders:
-            ms = safe(f"{label} {name}", bench, fn)
-            row = {"selection": selection, "round": r + 1, "name": name, "ms": ms}
-            if name.startswith("dedup") and r == 0:
-                out = safe(name, lambda fn=fn: fn()[0])
-                if isinstance(out, torch.Tensor):
-                    row["max_diff"] = float((out.float() - ref.float()).abs().max())
-            rows.append(row)
-            extra = f", max |diff| {row['max_diff']:.3g}" if "max_diff" in row else ""
-            print(f"{label} round {r + 1}: {name}: {fmt(ms)} ms{extra}", flush=True)
-    return rows
-
-
 def run_sweep(T: int = 65536, B: int = 1) -> dict[str, Any]:
     """Launch settings of the kept schedules at T (selection at 2T): the forward schedules and settings on
     uniform and block-shared selections, the fused backward (atomic dQ too), the fused selection. Each

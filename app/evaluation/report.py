@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..runtime.checkpoint import write_text_atomic
-from .core import EvalResult
+from .core import CellResult, EvalResult
 
 
 def format_length(n: int) -> str:
@@ -100,22 +100,30 @@ def heatmap(result: EvalResult, path: Path, title: str | None = None) -> Path:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    grid = np.array([[result.cell(n, d).accuracy * 100 for n in result.lengths] for d in result.depths])
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(result.lengths), 1.2 + 0.6 * len(result.depths)))
-    im = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+    # A cell with no samples (a pooled grid where not every length ran at every depth) is blank, not 0%.
+    grid = np.array([[heatmap_value(result.cell(n, d)) for n in result.lengths] for d in result.depths])
+    # wide enough for the title on a grid of few lengths
+    fig, ax = plt.subplots(figsize=(max(4.8, 1.2 + 1.1 * len(result.lengths)), 1.2 + 0.6 * len(result.depths)))
+    cmap = matplotlib.colormaps["RdYlGn"].with_extremes(bad="#d9d9d9")
+    im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=100, aspect="auto")
     ax.set_xticks(range(len(result.lengths)), [format_length(n) for n in result.lengths])
     ax.set_yticks(range(len(result.depths)), ["rand" if d is None else f"{d:.2f}" for d in result.depths])
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("depth of the key")
     for i in range(grid.shape[0]):
         for j in range(grid.shape[1]):
-            ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=9)
+            ax.text(j, i, "-" if np.isnan(grid[i, j]) else f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=9)
     train_len = result.meta.get("train_seq_len")
     ax.set_title(title or f"{result.task} exact match (%)" + (f", trained at {train_len}" if train_len else ""),
                  fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def heatmap_value(cell: CellResult) -> float:
+    """A heatmap cell's exact match in %, NaN for a cell with no samples (drawn blank)."""
+    return cell.accuracy * 100 if cell.samples else float("nan")
 
 
 def save_figure(fig: Any, path: Path) -> Path:

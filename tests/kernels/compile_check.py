@@ -142,27 +142,6 @@ ATOMIC_DQ_CASES = ("attn-bf16-G16-D64", "attn-bf16-G1-D128", "attn-bf16-G3-D64-s
 #: contiguous elements per instruction; every other kernel holds none (deterministic).
 ATOMIC_PTX = ["atom.global.gpu.relaxed.add.v4.f32"]
 
-def _experimental_dedup_case(dtype: str, G: int, D: int, sink: bool = False):
-    """The experimental forward of ``bench/experimental/fwd_dedup.py`` (not in the package until it is
-    measured), blocks of 4 and 8 tokens: its first H200 run should not be spent on a compile error."""
-
-    def run() -> None:
-        import torch
-        from hsa_cli.bench import load_kernel_bench
-
-        mod = load_kernel_bench().load_experimental_dedup()
-        dt = getattr(torch, dtype)
-        B, T, H, K, C, S = 2, 64, 2, 8, 80, 64
-        q = torch.randn(B, T, H * G, D).to(dt)
-        k = torch.randn(B, C * S, H, D).to(dt)
-        v = torch.randn(B, C * S, H, D).to(dt)
-        idx = torch.randint(-1, C, (B, T, H, K), dtype=torch.int32)
-        for block_t in (4, 8):
-            mod.hsa_attention_fwd_dedup(q, k, v, idx, torch.rand(B, T, H, K), S, D ** -0.5, sink, block_t=block_t)
-
-    return run, {"_hsa_fwd_dedup_kernel"}
-
-
 CASES: dict[str, Callable[[], tuple[Callable[[], None], set[str]]]] = {
     # attention: bf16 / fp32, G = 1, 3, 16, D = 64, 128 (and a non-power-of-two D: BLOCK_D != D)
     # (atomic_dq: the atomic-dQ backward too, in the bf16 cases: its fp32 compiles take ~8 s each)
@@ -191,9 +170,6 @@ CASES: dict[str, Callable[[], tuple[Callable[[], None], set[str]]]] = {
     # the offloaded chunk store's row gather: a bf16 chunk of K (64 x 2 x 64), an fp32 odd-sized row
     "gather-bf16-chunk": lambda: _gather_case("bfloat16", (64, 2, 64)),
     "gather-fp32-odd": lambda: _gather_case("float32", (5, 3, 7)),
-    # bench/experimental: the block-deduplicating forward
-    "experimental-dedup-bf16-G16-D64": lambda: _experimental_dedup_case("bfloat16", 16, 64),
-    "experimental-dedup-fp32-G3-D64-sink": lambda: _experimental_dedup_case("float32", 3, 64, sink=True),
 }
 
 
