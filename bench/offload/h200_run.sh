@@ -4,11 +4,14 @@
 # (bench/train/README.md), one stage per device command (each ends inside 600 s):
 #   bash bench/offload/h200_run.sh STAGE
 #   STAGE = tests | train | short | 16m | 64m | footprint | memory | decode | estimate | report   (bench/offload/README.md)
+#   STAGE = bar: train, short, 16m, 64m, footprint and report in one go, every cell from ONE model (its
+#           weights do not outlive the machine); ~1,400 s on one H200, so run it detached (bench/detached.sh)
 # Knobs (env): DEMO (which demo layout `train` trains: ramba-sm, or ramba-sm-shared, one selection shared
 # by both HSA layers, half the selection work of a long prefill), RUN (the demo RAMba: a run or model
 # directory; default runs/offload/$DEMO, trained by
 # `train`), DEPTHS, SAMPLES, SEED, SEGMENT, FORCE=1 (run a 64M stage even when its estimate exceeds LIMIT).
 set -uo pipefail
+SELF=$(realpath "$0")
 cd "$(dirname "$0")/../.."
 . "${DEVICE_ENV:-bench/device_env.sh}"   # DEVICE_ENV=/dev/null: the environment as it is (the CPU test)
 OUT=${OUT:-/tmp/out}
@@ -148,6 +151,16 @@ case "$stage" in
     # (elsewhere, e.g. on CPU from fetched files: python bench/offload/report.py DIR/passkey_*.json --decode ...)
     python3 bench/offload/report.py "$WORK"/*/eval_passkey.json --decode "${DECODE:-$WORK/decode.json}" --out "$OUT"
     ;;
-  *) echo "unknown stage $stage (tests | train | short | 16m | 64m | footprint | memory | decode | estimate | report)"; exit 2 ;;
+  bar)  # the bars' cells for one model: 4K-1M, 16M and 64M x 3 depths x SAMPLES (default 4), then the
+        # footprint references and the report; a stage that fails is reported and the next one still runs
+    rc=0
+    for s in train short 16m 64m footprint report; do
+      echo "=== bar: $s ($(date +%T))"
+      lim=$LIMIT; [ "$s" = 64m ] && lim=${LIMIT_64M:-1500}  # 12 samples of ~80-110 s in one process
+      SAMPLES=${SAMPLES:-4} DEPTHS=${DEPTHS:-0.1,0.5,0.9} FORCE=1 LIMIT=$lim bash "$SELF" "$s" || { rc=1; echo "!!! bar: $s failed"; }
+    done
+    exit $rc
+    ;;
+  *) echo "unknown stage $stage (tests | train | short | 16m | 64m | footprint | memory | decode | estimate | report | bar)"; exit 2 ;;
 esac
 ls "$OUT"

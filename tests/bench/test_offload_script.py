@@ -106,3 +106,22 @@ def test_footprint_measures_both_references_at_batch_one_after_a_warm_up_cell(tm
     assert sorted(got) == [("4k,64k", "65536", "65536", False), ("64k,1m", "1048576", "65536", True)]
     out = sorted(p.name for p in (tmp_path / "out").glob("passkey_*.json"))
     assert out == ["passkey_fp64k.json", "passkey_ref1m_gpu_b1.json"]
+
+
+def test_bar_runs_every_cell_of_the_bars_for_one_model(tmp_path: Path) -> None:
+    """``bar``: the carried (or trained) model, then 4K-1M, 16M and 64M at three depths x 4 samples, the
+    footprint references and the report, all on that one model."""
+    model = tmp_path / "run" / "model"
+    model.mkdir(parents=True)
+    (model / "model.safetensors").write_bytes(b"weights")
+    for name in ("config.json", "config.yaml"):
+        (model / name).write_text("{}")
+    done, calls = _run(tmp_path, "bar", RUN=str(tmp_path / "run"), GPUS="1")
+    assert "!!! bar" not in done.stdout, done.stdout + done.stderr
+    got = sorted((_opt(c, "--lengths"), _opt(c, "--depths")) for c in calls)
+    assert got == [("16m", "0.1,0.5,0.9"), ("4k,64k", "0.5"), ("4k,64k,1m", "0.1,0.5,0.9"), ("64k,1m", "0.5"),
+                   ("64m", "0.1,0.5,0.9")]
+    samples = {_opt(c, "--lengths"): _opt(c, "--samples") for c in calls}
+    assert [samples[n] for n in ("4k,64k,1m", "16m", "64m")] == ["4", "4", "4"]  # per depth, one process
+    assert all(str(tmp_path / "run") in c for c in calls)  # every cell from the one model
+    assert (tmp_path / "out" / "passkey_64m_d0.1-0.5-0.9_s100_g0.json").is_file()
