@@ -471,9 +471,6 @@ def _sweep_forward(T: int, B: int, selection: str) -> list[dict[str, Any]]:
 
     grid = [{"schedule": s} for s in ("query", "block")]
     grid += [{"fwd_warps": nw, "fwd_stages": ns} for nw in (1, 2, 4) for ns in (2, 3, 4)]
-    # several tokens per program: neighbours' repeated chunks may come from L1 (stages 1: plain loads,
-    # which L1 caches; pipelined loads bypass it)
-    grid += [{"fwd_tokens": n, "fwd_stages": ns} for n in (2, 4, 8) for ns in (1, 3)]
     grid += [{"schedule": "block", "block_rows": r, "block_share_max": m, "block_warps": nw, "block_stages": ns}
              for r, m, nw, ns in ((64, 8, 4, 3), (64, 24, 4, 3), (64, 16, 8, 3), (64, 16, 4, 2), (32, 8, 2, 3),
                                   (128, 32, 8, 3))]

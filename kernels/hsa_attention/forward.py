@@ -12,8 +12,7 @@ Schedules (``schedule=``; measured on the H200, ``bench/results/h200/README.md``
               chunk's K/V tile straight from k/v at row id*S (no gathered copy); one softmax per chunk,
               LSE stored. At 84% of the L2 bandwidth on uniform selections; on selections recorded
               from the real-text RAMba, within noise of "block" (64K: 0.98 vs 1.22 ms on one machine,
-              1.15 vs 1.08 on another). ``AttentionLaunch.fwd_tokens`` > 1 gives each program several
-              consecutive tokens, done one after the other (a launch setting, not yet measured to win).
+              1.15 vs 1.08 on another).
     "block"   `_hsa_fwd_block_kernel` first: one program = a block of BLOCK_T consecutive tokens; when
               they chose at most ``block_share_max`` distinct chunks, each distinct K/V tile is loaded
               once for all the block's rows, and the block's verdict (int8) is written; then
@@ -107,48 +106,32 @@ def _hsa_fwd_kernel(
     S: tl.constexpr, D: tl.constexpr, TOPK: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
     SINK: tl.constexpr, STORE_LSE: tl.constexpr, PREC: tl.constexpr,
-    SKIP_SHARED: tl.constexpr = False, BLOCK_T: tl.constexpr = 1, TOKENS: tl.constexpr = 1,
+    SKIP_SHARED: tl.constexpr = False, BLOCK_T: tl.constexpr = 1,
 ):
-    """Query-outer forward: one program = TOKENS consecutive tokens (one after the other) x the G heads
-    of one KV head.
+    """Query-outer forward: one program = one token x the G heads of one KV head.
 
-    SKIP_SHARED (schedule "block", TOKENS = 1): return at once when SHARED (B*H, NB) int8, written by
+    SKIP_SHARED (schedule "block"): return at once when SHARED (B*H, NB) int8, written by
     `_hsa_fwd_block_kernel` just before, flags the token's block of BLOCK_T tokens as done there.
     """
-    pid = tl.program_id(0).to(tl.int64)
+    t = tl.program_id(0).to(tl.int64)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // H
     h = bh % H
     if SKIP_SHARED:  # noqa: SIM102 (a constexpr branch, compiled out when False)
-        if tl.load(SHARED + bh * NB + pid // BLOCK_T) != 0:
+        if tl.load(SHARED + bh * NB + t // BLOCK_T) != 0:
             return
     offs_g, offs_s, offs_d, gmask, smask, dmask = _tile_offsets(G, S, D, BLOCK_G, BLOCK_S, BLOCK_D)
+
+    q_ptrs = Q + b * stride_qb + t * stride_qt + (h * G + offs_g)[:, None] * stride_qh + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=gmask[:, None] & dmask[None, :], other=0.0)
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
-    for i in tl.static_range(TOKENS):  # unrolled
-        _hsa_fwd_token(Q, IDX, W, OUT, LSE, pid * TOKENS + i, b, h, k_base, v_base, T, C, H, G,
-                       stride_qb, stride_qt, stride_qh, stride_kt, stride_vt, stride_ob, stride_ot, stride_oh,
-                       qk_scale, offs_g, offs_s, offs_d, gmask, smask, dmask,
-                       S, TOPK, BLOCK_G, BLOCK_S, BLOCK_D, SINK, STORE_LSE, PREC)
-
-
-@triton.jit
-def _hsa_fwd_token(Q, IDX, W, OUT, LSE, t, b, h, k_base, v_base, T, C, H, G,
-                   stride_qb, stride_qt, stride_qh, stride_kt, stride_vt, stride_ob, stride_ot, stride_oh,
-                   qk_scale, offs_g, offs_s, offs_d, gmask, smask, dmask,
-                   S: tl.constexpr, TOPK: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr,
-                   BLOCK_D: tl.constexpr, SINK: tl.constexpr, STORE_LSE: tl.constexpr, PREC: tl.constexpr):
-    """Token ``t``'s forward: its G query rows against its K chosen chunks, one softmax per chunk. A ``t``
-    past the last token (in the last program of several tokens each) reads and writes nothing."""
-    live = t < T
-    q_ptrs = Q + b * stride_qb + t * stride_qt + (h * G + offs_g)[:, None] * stride_qh + offs_d[None, :]
-    q = tl.load(q_ptrs, mask=gmask[:, None] & dmask[None, :] & live, other=0.0)
     slot = ((b * T + t) * H + h) * TOPK  # flat (b, t, h, 0) in idx / w
     acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
     for j in range(TOPK):
-        cid = tl.load(IDX + slot + j, mask=live, other=-1)
+        cid = tl.load(IDX + slot + j)
         valid = (cid >= 0) & (cid < C)
-        w = tl.load(W + slot + j, mask=live, other=0.0).to(tl.float32)
+        w = tl.load(W + slot + j).to(tl.float32)
         w = tl.where(valid, w, 0.0)
         rows = cid.to(tl.int64) * S + offs_s  # int64: contexts beyond 2^31 / (H*D) tokens
         # Masked (not branched) so the loop stays a straight line that the pipeliner can overlap;
@@ -159,9 +142,9 @@ def _hsa_fwd_token(Q, IDX, W, OUT, LSE, t, b, h, k_base, v_base, T, C, H, G,
         o, m, den = _chunk_attend(q, kt, vt, smask, qk_scale, S, BLOCK_S, SINK, PREC)
         acc += o * (w / den)[:, None]
         if STORE_LSE:
-            tl.store(LSE + (slot + j) * G + offs_g, m + tl.log2(den), mask=gmask & live)
+            tl.store(LSE + (slot + j) * G + offs_g, m + tl.log2(den), mask=gmask)
     o_ptrs = OUT + b * stride_ob + t * stride_ot + (h * G + offs_g)[:, None] * stride_oh + offs_d[None, :]
-    tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=gmask[:, None] & dmask[None, :] & live)
+    tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=gmask[:, None] & dmask[None, :])
 
 
 @triton.jit
@@ -277,11 +260,10 @@ def hsa_attention_fwd(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, weights:
             BLOCK_K=triton.next_power_of_2(K), BLOCK_T=block_t, **tiles,
             num_warps=launch.block_warps, num_stages=launch.block_stages,
         )
-    tokens = 1 if schedule == "block" else launch.fwd_tokens  # the block verdicts are per token program
-    _hsa_fwd_kernel[(triton.cdiv(T, tokens), B * H)](
+    _hsa_fwd_kernel[(T, B * H)](
         q, k, v, indices, weights, o, lse, T, C, H, G, *strides, scale * LOG2E, verdict, nb, **tiles,
         num_warps=warps_for(launch.fwd_warps, bg * triton.next_power_of_2(max(S, D)), forward=True),
-        num_stages=launch.fwd_stages, TOKENS=tokens, **skip_kw,
+        num_stages=launch.fwd_stages, **skip_kw,
     )
     return o, (lse if store_lse else None)
 

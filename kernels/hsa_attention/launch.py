@@ -29,10 +29,6 @@ class AttentionLaunch:
         fwd_warps: warps of the query-outer forward; None = by tile size (1 warp up to 1024 elements
             of the largest tile, 2 up to 2048, else 4; 1 was best on the H200 at G=16, D=S=64).
         fwd_stages: software-pipelining stages of the query-outer forward.
-        fwd_tokens: consecutive tokens one query-outer program does one after the other (1: a program
-            per token). Neighbouring tokens often choose the same chunks; run on one SM, the second
-            read of a chunk can come from its L1 rather than L2. Not yet measured to win (1 is the
-            measured setting); ``schedule="block"`` always runs 1.
         block_rows: rows (tokens x padded heads) of one token-block program: ``block_rows // BLOCK_G``
             tokens per block (4 at G=16).
         block_share_max: a block whose tokens chose at most this many distinct chunks is done by the
@@ -47,7 +43,6 @@ class AttentionLaunch:
 
     fwd_warps: int | None = None
     fwd_stages: int = 3
-    fwd_tokens: int = 1
     block_rows: int = 64
     block_share_max: int = 16
     block_warps: int = 4

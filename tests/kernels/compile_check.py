@@ -41,19 +41,16 @@ _FWD_ALL = {"_hsa_fwd_kernel", "_hsa_fwd_block_kernel"}
 _BWD_ALL = {"_hsa_bwd_fused_kernel", "_hsa_bwd_kv_reduce_kernel", "_hsa_bwd_dq_reduce_kernel"}
 
 
-def _attention_case(dtype: str, G: int, D: int, S: int = 64, sink: bool = False, atomic_dq: bool = False,
-                    tokens: int = 1):
+def _attention_case(dtype: str, G: int, D: int, S: int = 64, sink: bool = False, atomic_dq: bool = False):
     """Forward in every schedule (query, block), backward by default and (``atomic_dq``) with atomic dQ,
-    the inverse index by the Triton kernels, at the default launch settings but ``fwd_tokens=tokens``."""
+    the inverse index by the Triton kernels, at the default launch settings."""
 
     def run() -> None:
         import torch
-        from hsa_kernels.hsa_attention import AttentionLaunch
         from hsa_kernels.hsa_attention import backward as bwd
         from hsa_kernels.hsa_attention import forward as fwd
 
         dt = getattr(torch, dtype)
-        launch = AttentionLaunch(fwd_tokens=tokens)
         B, T, H, K, C = 2, 64, 2, 8, 80  # B*H*C = 320 chunks (> one search program), B*T*H*K = 2048 pairs
         q = torch.randn(B, T, H * G, D).to(dt)
         k = torch.randn(B, C * S, H, D).to(dt)
@@ -63,7 +60,7 @@ def _attention_case(dtype: str, G: int, D: int, S: int = 64, sink: bool = False,
         do = torch.randn_like(q)
         scale = D ** -0.5
         for schedule in fwd.SCHEDULES:
-            fwd.hsa_attention_fwd(q, k, v, idx, w, S, scale, sink, schedule=schedule, store_lse=True, launch=launch)
+            fwd.hsa_attention_fwd(q, k, v, idx, w, S, scale, sink, schedule=schedule, store_lse=True)
         lse = torch.zeros(B, T, H, K, G)
         for atomic in (False, True) if atomic_dq else (False,):
             bwd.hsa_attention_bwd(do, q, k, v, idx, w, lse, S, scale, atomic_dq=atomic)
@@ -151,8 +148,6 @@ CASES: dict[str, Callable[[], tuple[Callable[[], None], set[str]]]] = {
     "attn-bf16-G16-D64": lambda: _attention_case("bfloat16", 16, 64, atomic_dq=True),
     "attn-bf16-G1-D128": lambda: _attention_case("bfloat16", 1, 128, sink=True, atomic_dq=True),
     "attn-bf16-G3-D64-sink": lambda: _attention_case("bfloat16", 3, 64, sink=True, atomic_dq=True),
-    # the query-outer forward with several tokens per program (fwd_tokens, a launch setting to sweep)
-    "attn-bf16-G16-D64-tokens4": lambda: _attention_case("bfloat16", 16, 64, tokens=4),
     "attn-fp32-G3-D128": lambda: _attention_case("float32", 3, 128),
     "attn-fp32-G16-D64-sink": lambda: _attention_case("float32", 16, 64, sink=True),
     "attn-fp32-G1-D64": lambda: _attention_case("float32", 1, 64),

@@ -51,21 +51,6 @@ def test_query_outer_fp16() -> None:
     check_attention(Shape(B=1, T=34, HQ=4, H=1, D=32, S=16, K=3), torch.float16, 3e-3, schedule="query")
 
 
-@pytest.mark.parametrize("tokens", [pytest.param(2, id="2-tokens"), pytest.param(5, id="5-tokens-tail")])
-def test_several_tokens_per_program(tokens: int, poisoned: None) -> None:
-    """``fwd_tokens``: one program does consecutive tokens; 37 tokens leave a last program part-empty,
-    which must write nothing past the end (and no token may be left unwritten: the poisoned buffers)."""
-    shape = Shape(B=2, T=37, HQ=4, H=2, D=16, S=16, K=3, sink=True)
-    launch = AttentionLaunch(fwd_tokens=tokens)
-    check_attention(shape, torch.float32, 1e-5, empty_frac=0.2, launch=launch)
-    q, k, v, idx, w = attention_inputs(shape, torch.float32, empty_frac=0.2)
-    one = hsa_attention_triton(q, k, v, idx, w, chunk_size=16, sink=True)
-    several = hsa_attention_triton(q, k, v, idx, w, chunk_size=16, sink=True, launch=launch)
-    assert torch.equal(one, several)  # the same arithmetic per token, only the programs differ
-    block = hsa_attention_triton(q, k, v, idx, w, chunk_size=16, sink=True, schedule="block", launch=launch)
-    assert torch.equal(block, hsa_attention_triton(q, k, v, idx, w, chunk_size=16, sink=True, schedule="block"))
-
-
 def test_extreme_logits() -> None:
     # Logits of +-1e3: one key takes the whole chunk; max subtraction must keep this finite. fp32 logits
     # of that size carry absolute rounding errors of ~1e-4, which the gradients through exp inherit
@@ -120,8 +105,7 @@ def test_unknown_schedule_is_a_value_error(bad: dict) -> None:
 
 
 @pytest.mark.parametrize(("field", "value"), [("bwd_seg", 0), ("fwd_warps", 0), ("block_rows", 0),
-                                              ("block_share_max", -1), ("fwd_stages", 2.0),
-                                              ("fwd_tokens", 0)])
+                                              ("block_share_max", -1), ("fwd_stages", 2.0)])
 def test_launch_settings_are_validated(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=f"AttentionLaunch.{field} must be"):
         AttentionLaunch(**{field: value})
