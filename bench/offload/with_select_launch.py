@@ -1,0 +1,39 @@
+"""Run an `hsa` command with the selection's launch settings replaced, to time a setting end to end.
+
+    SELECT_LAUNCH='{"warps": 4, "stages": 2}' python3 bench/offload/with_select_launch.py eval passkey RUN ...
+
+``SELECT_LAUNCH`` holds the keyword arguments of ``SelectLaunch`` (JSON; ``{}``: the defaults). The
+setting replaces the table row of every architecture for this process only: the library's own
+choice stays the measured table in ``kernels/hsa_select/selection.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from types import MappingProxyType
+
+import hsa_kernels.hsa_select.selection as selection
+
+
+def main() -> int:
+    try:
+        row = selection.SelectLaunch(**json.loads(os.environ.get("SELECT_LAUNCH", "{}")))
+    except (ValueError, TypeError) as e:  # bad JSON or a field SelectLaunch refuses
+        print(f"error: SELECT_LAUNCH={os.environ.get('SELECT_LAUNCH')!r}: {e}", file=sys.stderr)
+        return 2
+    # select_settings_for reads these module globals at each call, so every selection of this process
+    # (the fused one and the windowed one of host landmarks) gets the row
+    selection.MEASURED = MappingProxyType({90: row})
+    selection.FALLBACK = row
+    print(f"selection launch: {row}", flush=True)
+    from hsa_cli.app import main as hsa_main
+
+    sys.argv[0] = "hsa"
+    hsa_main()  # typer exits with the command's own status
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
