@@ -12,7 +12,9 @@ Schedules (``schedule=``; measured on the H200, ``bench/results/h200/README.md``
               chunk's K/V tile straight from k/v at row id*S (no gathered copy); one softmax per chunk,
               LSE stored. At 84% of the L2 bandwidth on uniform selections; on selections recorded
               from the real-text RAMba, within noise of "block" (64K: 0.98 vs 1.22 ms on one machine,
-              1.15 vs 1.08 on another).
+              1.15 vs 1.08 on another); on the demo RAMba's passkey selections "block" wins (0.81 vs
+              0.88-0.98 ms). Several tokens per program, one after the other, was never faster and
+              was deleted (``bench/results/h200/README.md``).
     "block"   `_hsa_fwd_block_kernel` first: one program = a block of BLOCK_T consecutive tokens; when
               they chose at most ``block_share_max`` distinct chunks, each distinct K/V tile is loaded
               once for all the block's rows, and the block's verdict (int8) is written; then
