@@ -52,7 +52,8 @@ def test_block_fp32(shape: Shape, share: int, monkeypatch: pytest.MonkeyPatch) -
 
 @pytest.mark.slow
 @pytest.mark.parametrize("share", SHARES)
-@pytest.mark.parametrize("HQ,rows", [pytest.param(16, 64, id="G16-4-tokens"), pytest.param(4, 32, id="G4-2-tokens")])
+@pytest.mark.parametrize("HQ,rows", [pytest.param(16, 64, id="G16-4-tokens"), pytest.param(4, 32, id="G4-2-tokens"),
+                                     pytest.param(16, 256, id="G16-16-tokens")])
 def test_block_shared_selection(share: int, HQ: int, rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
     # Tokens of a block chose the same chunks (with duplicates across blocks of other sizes too).
     monkeypatch.setattr(fwd_mod, "torch", PoisonTorch())

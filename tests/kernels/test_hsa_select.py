@@ -245,7 +245,8 @@ def test_select_split_landmarks_equal_one_scan(skip: bool, T: int, C: int, split
 
 
 @pytest.mark.triton
-@pytest.mark.parametrize("scores", [pytest.param("distinct", marks=pytest.mark.slow), "periodic",  # distinct: 9-13 s
+@pytest.mark.parametrize("scores", [pytest.param("distinct", marks=pytest.mark.slow),  # 9-13 s
+                                    pytest.param("periodic", marks=pytest.mark.slow),  # 10 s
                                     "ties-at-the-floor"])
 @pytest.mark.parametrize("order", ["oldest-first", "newest-first"])
 def test_select_windows_equal_one_scan(order: str, scores: str) -> None:

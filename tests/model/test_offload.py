@@ -144,6 +144,7 @@ def test_landmark_mode_comes_from_the_environment(monkeypatch) -> None:
         ChunkStore.create(8, "cpu")
 
 
+@pytest.mark.slow  # 11 s under the interpreter
 @pytest.mark.triton
 def test_landmark_windows_through_the_kernel(monkeypatch) -> None:
     """The same with the interpreted selection kernel scoring each window and merging their top-k: the same
