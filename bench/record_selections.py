@@ -15,7 +15,11 @@ carried, as ``hsa eval`` does, and a forward hook on every retrieval module coll
 (``-1`` = empty slot), the same module's weights (``weights.<module>``, fp32), and metadata: the run,
 the input, the chunk size, top-k, and each module's *repeat rate*: the fraction of valid slots whose
 chunk an earlier slot of the same 4-token block already chose (how much the token-block forward,
-``schedule="block"``, can share: it loads each distinct chunk of a block once).
+``schedule="block"``, can share: it loads each distinct chunk of a block once), and the distinct chunks
+per block of 4, 16 and 64 tokens (the token-block forward runs each of them against all of a block's
+rows). The same counts for a file recorded before:
+
+    python3 bench/record_selections.py --stats sel.safetensors
 """
 
 from __future__ import annotations
@@ -43,6 +47,53 @@ def repeat_rate(indices: Tensor, block: int = 4) -> float:
     earlier = torch.ones(block * K, block * K, dtype=torch.bool).tril(-1)
     repeats = (same & earlier).any(-1)
     return float(repeats.sum()) / max(1, int(valid.sum()))
+
+
+#: Token blocks whose distinct chunks the recording reports (the token-block forward's 4 tokens at
+#: G=16, and larger blocks a sweep may try).
+STAT_BLOCKS = (4, 16, 64)
+
+
+def distinct_per_block(indices: Tensor, block: int) -> dict[str, float]:
+    """Distinct valid chunks per ``block`` consecutive tokens of one head of ``indices`` ``(T, H, K)``
+    (a partial last block is left out): ``{"mean": ..., "max": ...}``; both 0 when no block is whole."""
+    T, H, K = indices.shape
+    n = T // block * block
+    if n == 0:
+        return {"mean": 0.0, "max": 0}
+    x = indices[:n].reshape(n // block, block, H, K).permute(0, 2, 1, 3).reshape(n // block, H, block * K)
+    x = x.sort(-1).values
+    new = torch.ones_like(x, dtype=torch.bool)
+    new[..., 1:] = x[..., 1:] != x[..., :-1]
+    count = (new & (x >= 0)).sum(-1)  # (blocks, H)
+    return {"mean": round(float(count.float().mean()), 2), "max": int(count.max())}
+
+
+def block_stats(tensors: dict[str, Tensor]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per retrieval module (``indices.<module>`` entries): :func:`distinct_per_block` for each of
+    :data:`STAT_BLOCKS`, keyed by the block's token count."""
+    return {k.removeprefix("indices."): {str(b): distinct_per_block(v, b) for b in STAT_BLOCKS}
+            for k, v in tensors.items() if k.startswith("indices.")}
+
+
+def print_stats(path: Path) -> int:
+    """``--stats``: the repeat rates and distinct chunks per block of a recorded file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError) as e:
+        print(f"error: --stats {path}: {e}", file=sys.stderr)
+        return 2
+    if not any(k.startswith("indices.") for k in tensors):
+        print(f"error: --stats {path}: no indices.<module> tensor (not a file of this script)", file=sys.stderr)
+        return 2
+    for module, per_block in block_stats(tensors).items():
+        rate = repeat_rate(tensors[f"indices.{module}"])
+        cells = ", ".join(f"{b} tokens: {d['mean']} (max {d['max']})" for b, d in per_block.items())
+        print(f"{module}: repeat rate (4-token blocks) {rate:.4f}; distinct chunks per block: {cells}")
+    return 0
 
 
 def input_tokens(args: argparse.Namespace, vocab_size: int) -> tuple[Tensor, str]:
@@ -86,15 +137,22 @@ def record(model: torch.nn.Module, ids: Tensor, segment_len: int,
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", help="a run or model directory")
-    src = p.add_mutually_exclusive_group(required=True)
+    p.add_argument("run", nargs="?", help="a run or model directory")
+    p.add_argument("--stats", metavar="FILE", help="print the counts of a recorded file instead of recording")
+    src = p.add_mutually_exclusive_group()
     src.add_argument("--data", help="a prepared data folder: its first validation document of >= --length tokens")
     src.add_argument("--task", help="a synthetic task (e.g. passkey) sampled at --length")
     p.add_argument("--length", type=int, default=65536)
     p.add_argument("--segment-len", type=int, default=16384)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="the .safetensors file to write")
+    p.add_argument("--out", help="the .safetensors file to write")
     args = p.parse_args(argv)
+    if args.stats is not None:
+        if args.run is not None or args.data is not None or args.task is not None or args.out is not None:
+            p.error("--stats FILE takes no RUN, --data, --task or --out")
+        return print_stats(Path(args.stats))
+    if args.run is None or args.out is None or (args.data is None) == (args.task is None):
+        p.error("recording needs RUN, --out and one of --data / --task")
 
     from hsa_app.runtime.checkpoint import model_dir_of
     from safetensors.torch import save_file
@@ -111,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     rates = {k.removeprefix("indices."): round(repeat_rate(v), 4) for k, v in tensors.items()
              if k.startswith("indices.")}
     meta = {"run": str(args.run), "source": source, "length": str(ids.shape[1]),
-            "chunk_size": str(first.chunk_size), "topk": str(first.topk), "repeat_rate": json.dumps(rates)}
+            "chunk_size": str(first.chunk_size), "topk": str(first.topk), "repeat_rate": json.dumps(rates),
+            "distinct_per_block": json.dumps(block_stats(tensors))}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

@@ -94,3 +94,40 @@ def test_bad_recorded_selections_are_refused(tmp_path: Path) -> None:
         benchmark.recorded_selection(other, 256)
     with pytest.raises(SystemExit):  # argparse: one line, exit 2
         benchmark.main(["--selection", "recorded:/nonexistent.safetensors", "--out", str(tmp_path / "o")])
+
+
+def test_distinct_chunks_per_block_count_each_valid_chunk_once() -> None:
+    idx = torch.tensor([[3, 2], [3, 1], [2, -1], [5, 4],    # block 1: 3, 2, 1, 5, 4 -> 5 distinct
+                        [0, 0], [0, -1], [0, 0], [-1, -1]])  # block 2: 0 -> 1 distinct
+    two_heads = torch.stack([idx, idx.flip(0)], 1)           # (T, H=2, K): head 1 = the blocks reversed
+    assert recorder.distinct_per_block(idx[:, None, :], 4) == {"mean": 3.0, "max": 5}
+    assert recorder.distinct_per_block(two_heads, 4) == {"mean": 3.0, "max": 5}
+    assert recorder.distinct_per_block(idx[:, None, :], 8) == {"mean": 6.0, "max": 6}
+    assert recorder.distinct_per_block(idx[:3, None, :], 4) == {"mean": 0.0, "max": 0}  # no whole block
+
+
+def test_stats_of_a_recorded_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "sel.safetensors"
+    idx = torch.arange(64, dtype=torch.int32).reshape(64, 1, 1).repeat(1, 1, 2) // 8  # 8 tokens per chunk
+    save_file({"indices.layers.0.sel": idx, "weights.layers.0.sel": torch.ones(64, 1, 2)}, str(path))
+    assert recorder.main(["--stats", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "layers.0.sel: repeat rate (4-token blocks) 0.8750" in out  # 7 of each block's 8 slots repeat
+    assert "4 tokens: 1.0 (max 1), 16 tokens: 2.0 (max 2), 64 tokens: 8.0 (max 8)" in out
+
+
+@pytest.mark.parametrize("argv", [pytest.param(["--stats", "{tmp}/absent.safetensors"], id="absent"),
+                                  pytest.param(["--stats", "{tmp}/not.safetensors"], id="not-safetensors")])
+def test_stats_refuses_what_it_cannot_read(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    (tmp_path / "not.safetensors").write_text("hello")
+    assert recorder.main([a.format(tmp=tmp_path) for a in argv]) == 2
+    assert "error: --stats" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [pytest.param(["run", "--stats", "f"], id="stats-with-run"),
+                                  pytest.param(["run", "--out", "o"], id="no-input"),
+                                  pytest.param(["--task", "passkey", "--out", "o"], id="no-run")])
+def test_bad_arguments_exit_2(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        recorder.main(argv)
+    assert exit_info.value.code == 2
