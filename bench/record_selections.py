@@ -89,11 +89,16 @@ def print_stats(path: Path) -> int:
     if not any(k.startswith("indices.") for k in tensors):
         print(f"error: --stats {path}: no indices.<module> tensor (not a file of this script)", file=sys.stderr)
         return 2
+    describe(tensors)
+    return 0
+
+
+def describe(tensors: dict[str, Tensor]) -> None:
+    """Print each retrieval module's repeat rate and distinct chunks per block."""
     for module, per_block in block_stats(tensors).items():
         rate = repeat_rate(tensors[f"indices.{module}"])
         cells = ", ".join(f"{b} tokens: {d['mean']} (max {d['max']})" for b, d in per_block.items())
         print(f"{module}: repeat rate (4-token blocks) {rate:.4f}; distinct chunks per block: {cells}")
-    return 0
 
 
 def input_tokens(args: argparse.Namespace, vocab_size: int) -> tuple[Tensor, str]:
@@ -178,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp.replace(out)
     print(f"wrote {out}: {len(rates)} retrieval module(s), {ids.shape[1]:,} tokens ({source}); "
           f"repeat rate per module (4-token blocks): {rates}")
+    describe(tensors)
     return 0
 
 

@@ -5,6 +5,7 @@ the kernel benchmark's inputs."""
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,8 @@ def test_recorded_in_segments_equals_one_pass_and_is_causal(model_dir: Path, tmp
         idx = f.get_tensor(names[0])
     assert len(names) == 1 and idx.shape == (T, 1, K) and idx.dtype == torch.int32
     assert meta["chunk_size"] == "64" and meta["topk"] == "8" and meta["length"] == str(T)
+    module = names[0].removeprefix("indices.")
+    assert json.loads(meta["distinct_per_block"])[module]["16"] == recorder.distinct_per_block(idx, 16)
     t = torch.arange(T)[:, None, None]
     valid = idx >= 0
     assert ((idx + 1) * S <= t + 1)[valid].all()  # only chunks that ended at or before the token
