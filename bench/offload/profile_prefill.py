@@ -1,7 +1,8 @@
 """Where an offloaded long prefill spends its time, or its GPU memory (CUDA only).
 
-Runs a batch-1 prefill of LENGTH tokens of periodic filler (a 997-token random pattern, like the
-passkey task's repeated filler) through the model in segments with its chunk memory offloaded.
+Runs a batch-1 prefill of LENGTH tokens of periodic filler (a random pattern of ``--period`` tokens,
+997 by default; the passkey task's filler repeats every 31) through the model in segments with its
+chunk memory offloaded.
 
 * Time (the default): prints the wall time of some segments along the way (how the per-segment cost
   grows with the context), then profiles the last two segments with ``torch.profiler`` and prints the
@@ -11,8 +12,13 @@ passkey task's repeated filler) through the model in segments with its chunk mem
   ``--depth`` dots deep, e.g. ``layers.4.retrieval``) in the second segment (one segment of context
   carried in) and in the last one (the deepest context), side by side: what a deep context adds to the
   peak, and where. ``HSA_OFFLOAD_LANDMARKS=host`` keeps the landmarks in host memory as ``hsa eval`` does.
+* ``--modules`` (with the time profile): the device time inside each module (up to ``--depth`` dots
+  deep), summed over every timed segment, with its share of their wall time: how much of a whole
+  prefill the selection (``selections.*``), the HSA layers and the backbone take, which the last two
+  segments alone do not show.
 
     python3 bench/offload/profile_prefill.py runs/offload/ramba-sm/model 4194304
+    python3 bench/offload/profile_prefill.py runs/offload/ramba-sm-shared/model 64m --segment 65536 --modules
     HSA_OFFLOAD_LANDMARKS=host python3 bench/offload/profile_prefill.py runs/offload/ramba-sm/model 16m \\
         --segment 65536 --memory
 """
@@ -32,6 +38,7 @@ from torch.profiler import ProfilerActivity, profile
 from hsa_core.io import load_model
 from hsa_core.model import HSALanguageModel
 
+#: tokens of the repeated filler pattern (``--period``; the passkey task's filler repeats every 31)
 PERIOD = 997
 
 
@@ -86,6 +93,71 @@ class ModulePeaks:
             handle.remove()
 
 
+def _cuda_mark() -> Any:
+    event = torch.cuda.Event(enable_timing=True)
+    event.record()
+    return event
+
+
+class ModuleTimes:
+    """The device time inside each module's forward, summed over every call, through forward hooks.
+
+    Each hooked module (names up to ``depth`` dots deep) takes a mark on entry and one on return (by
+    default CUDA events on the current stream, so the hooks do not wait for the GPU); :meth:`collect`,
+    called once the work is done, adds each pair's elapsed seconds to the module's total. A module's
+    time includes its children's, which are totalled too. ``mark``, ``elapsed`` and ``sync`` default to
+    CUDA events (tests pass a clock).
+    """
+
+    def __init__(self, model: nn.Module, depth: int = 2, *, mark: Callable[[], Any] = _cuda_mark,
+                 elapsed: Callable[[Any, Any], float] = lambda a, b: a.elapsed_time(b) / 1e3,
+                 sync: Callable[[], None] = torch.cuda.synchronize) -> None:
+        self.totals: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self._mark, self._elapsed, self._sync = mark, elapsed, sync
+        self._open: list[tuple[str, Any]] = []  # entered, not yet returned: (name, mark)
+        self._done: list[tuple[str, Any, Any]] = []  # returned, not yet collected
+        self._handles = []
+        for name, module in model.named_modules():
+            if name and name.count(".") < depth:
+                self._handles.append(module.register_forward_pre_hook(self._enter(name)))
+                self._handles.append(module.register_forward_hook(self._leave(name)))
+
+    def _enter(self, name: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, _args: object) -> None:
+            self._open.append((name, self._mark()))
+        return hook
+
+    def _leave(self, name: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, _args: object, _out: object) -> None:
+            opened, start = self._open.pop()
+            assert opened == name, f"{name} returned inside {opened}"
+            self._done.append((name, start, self._mark()))
+        return hook
+
+    def collect(self) -> dict[str, float]:
+        """Wait for the device, add the calls since the last collect to the totals; returns the totals
+        (module name -> seconds)."""
+        self._sync()
+        for name, start, end in self._done:
+            self.totals[name] = self.totals.get(name, 0.0) + self._elapsed(start, end)
+            self.calls[name] = self.calls.get(name, 0) + 1
+        self._done.clear()
+        return self.totals
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def time_table(totals: dict[str, float], calls: dict[str, int], wall: float) -> str:
+    """Markdown rows, longest first: module, total seconds, share of ``wall`` seconds, calls."""
+    rows = ["| module | seconds | share of the wall time | calls |", "|---|---|---|---|"]
+    for name in sorted(totals, key=lambda n: -totals[n]):
+        rows.append(f"| {name} | {totals[name]:,.2f} | {totals[name] / wall:.1%} | {calls.get(name, 0):,} |")
+    return "\n".join(rows)
+
+
 def peak_table(first: dict[str, int], last: dict[str, int], first_name: str = "first") -> str:
     """Markdown rows: module, peak MiB in the ``first_name`` and the last segment, and the difference."""
     rows = [f"| module | {first_name} segment MiB | last segment MiB | last - {first_name} MiB |", "|---|---|---|---|"]
@@ -95,16 +167,18 @@ def peak_table(first: dict[str, int], last: dict[str, int], first_name: str = "f
     return "\n".join(rows)
 
 
-def main(run: str, length: int, segment: int, memory: bool, depth: int) -> None:
+def main(run: str, length: int, segment: int, memory: bool, depth: int, modules: bool = False,
+         period: int = PERIOD) -> None:
     dev = torch.device("cuda")
     model = load_model(HSALanguageModel, run, device=dev).eval()
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, 500, (PERIOD,), generator=g).repeat(length // PERIOD + 1)[:length].view(1, length)
+    ids = torch.randint(0, 500, (period,), generator=g).repeat(length // period + 1)[:length].view(1, length)
     cache = model.init_cache(1, offload=True, reserve_tokens=length)
     segments = length // segment
     timed = segments if memory else segments - 2
     times: list[float] = []
     peaks = ModulePeaks(model, depth) if memory else None
+    clocks = ModuleTimes(model, depth) if modules and not memory else None
     # The second segment is the reference: the first starts from an empty cache, so against it every
     # module's peak also shows what the cache and this loop carry from one segment to the next.
     second: dict[str, int] = {}
@@ -119,6 +193,8 @@ def main(run: str, length: int, segment: int, memory: bool, depth: int) -> None:
             cache = model.forward_hidden(ids[:, i * segment:(i + 1) * segment].to(dev), cache, return_cache=True)[1]
             torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
+            if clocks is not None:
+                clocks.collect()
             if peaks is not None:
                 taken = peaks.take()
                 if i <= 1:
@@ -128,6 +204,11 @@ def main(run: str, length: int, segment: int, memory: bool, depth: int) -> None:
             if k < len(times):
                 print(f"segment {k} (context {k * segment:,}): {times[k] * 1e3:.1f} ms")
         print(f"total {sum(times):.1f} s for {len(times)} segments")
+        if clocks is not None:
+            clocks.close()
+            print(f"\ndevice time inside each module over those {len(times)} segments (a module's time includes "
+                  f"its children's):")
+            print(time_table(clocks.totals, clocks.calls, sum(times)))
         if peaks is not None:
             peaks.close()
             print("\nallocated when a segment begins: "
@@ -152,7 +233,15 @@ if __name__ == "__main__":
     parser.add_argument("length", help="prefill tokens (4194304, 16m, ...)")
     parser.add_argument("--segment", default="16384", help="tokens per prefill segment (default 16384)")
     parser.add_argument("--memory", action="store_true", help="peak GPU memory per module instead of time")
-    parser.add_argument("--depth", type=int, default=3, help="modules up to this many dots deep (--memory)")
+    parser.add_argument("--depth", type=int, default=3, help="modules up to this many dots deep (--memory, --modules)")
+    parser.add_argument("--period", type=int, default=PERIOD,
+                        help=f"tokens of the repeated filler pattern (default {PERIOD}; passkey's filler: 31)")
+    parser.add_argument("--modules", action="store_true",
+                        help="with the time profile: device time per module over every timed segment")
     a = parser.parse_args()
+    if a.modules and a.memory:
+        parser.error("--modules goes with the time profile, not --memory")
+    if a.period < 1:
+        parser.error(f"--period must be >= 1 tokens, got {a.period}")
     (length,), (segment,) = parse_lengths(a.length), parse_lengths(a.segment)
-    main(a.run, length, segment, a.memory, a.depth)
+    main(a.run, length, segment, a.memory, a.depth, a.modules, a.period)

@@ -78,3 +78,58 @@ def test_peak_table_sorts_by_the_last_segment() -> None:
     table = profile_prefill.peak_table({"a": 2**20, "b": 3 * 2**20}, {"a": 5 * 2**20, "b": 3 * 2**20, "c": 2**20})
     rows = table.splitlines()[2:]
     assert rows == ["| a | 1.0 | 5.0 | +4.0 |", "| b | 3.0 | 3.0 | +0.0 |", "| c | 0.0 | 1.0 | +1.0 |"]
+
+
+class Clock:
+    """A fake device clock: modules advance it; marks read it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+
+class Busy(nn.Module):
+    """Takes ``seconds`` of the clock, around its children's time."""
+
+    def __init__(self, clock: Clock, seconds: float, *children: nn.Module) -> None:
+        super().__init__()
+        self.clock, self.seconds, self.inner = clock, seconds, nn.Sequential(*children)
+
+    def forward(self, x: int) -> int:
+        self.clock.now += self.seconds
+        return self.inner(x) if len(self.inner) else x
+
+
+def test_module_times_sum_every_call_and_include_the_children() -> None:
+    clock = Clock()
+    collected = []
+    model = nn.Sequential(Busy(clock, 1.0, Busy(clock, 2.0), Busy(clock, 0.5)), Busy(clock, 4.0))
+    times = profile_prefill.ModuleTimes(model, depth=3, mark=lambda: clock.now, elapsed=lambda a, b: b - a,
+                                        sync=lambda: collected.append(True))
+    model(0)
+    model(0)
+    clock.now += 10.0  # outside any hooked module: not attributed
+    totals = times.collect()
+    assert collected == [True]  # waits for the device once per collect
+    assert totals == {"0": 7.0, "0.inner.0": 4.0, "0.inner.1": 1.0, "0.inner": 5.0, "1": 8.0}
+    assert times.calls == {"0": 2, "0.inner.0": 2, "0.inner.1": 2, "0.inner": 2, "1": 2}
+    model(0)
+    assert times.collect()["1"] == 12.0  # totals keep growing
+    times.close()
+    model(0)
+    assert times.collect()["1"] == 12.0  # hooks removed
+
+
+def test_time_table_sorts_by_time_and_shows_the_share() -> None:
+    table = profile_prefill.time_table({"a": 1.0, "b": 3.0}, {"a": 2, "b": 4}, wall=4.0)
+    assert table.splitlines()[2:] == ["| b | 3.00 | 75.0% | 4 |", "| a | 1.00 | 25.0% | 2 |"]
+
+
+def test_modules_goes_with_the_time_profile_only() -> None:
+    import subprocess
+    import sys
+
+    script = ROOT / "bench" / "offload" / "profile_prefill.py"
+    done = subprocess.run([sys.executable, str(script), "run", "4k", "--modules", "--memory"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 2
+    assert "--modules goes with the time profile" in done.stderr
