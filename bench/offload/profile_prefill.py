@@ -42,7 +42,31 @@ from hsa_core.model import HSALanguageModel
 PERIOD = 997
 
 
-class ModulePeaks:
+class _ModuleHooks:
+    """Forward pre-hooks and hooks (``_enter(name)``, ``_leave(name)``, which subclasses define) on every
+    module of ``model`` whose name has fewer than ``depth`` dots; :meth:`close` removes them."""
+
+    _handles: list[Any]
+
+    def _hook(self, model: nn.Module, depth: int) -> None:
+        self._handles = []
+        for name, module in model.named_modules():
+            if name and name.count(".") < depth:
+                self._handles.append(module.register_forward_pre_hook(self._enter(name)))
+                self._handles.append(module.register_forward_hook(self._leave(name)))
+
+    def _enter(self, name: str) -> Callable[..., None]:
+        raise NotImplementedError
+
+    def _leave(self, name: str) -> Callable[..., None]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+class ModulePeaks(_ModuleHooks):
     """The peak allocated bytes inside each module's forward, through forward hooks.
 
     Each module's entry resets the allocator's peak counter; a module's peak is the highest of its
@@ -59,11 +83,7 @@ class ModulePeaks:
         self.peaks: dict[str, int] = {}
         self._allocated, self._peak, self._reset = allocated, peak, reset
         self._stack: list[list[Any]] = []  # [module name, highest peak seen inside it so far]
-        self._handles = []
-        for name, module in model.named_modules():
-            if name and name.count(".") < depth:
-                self._handles.append(module.register_forward_pre_hook(self._enter(name)))
-                self._handles.append(module.register_forward_hook(self._leave(name)))
+        self._hook(model, depth)
 
     def _enter(self, name: str) -> Callable[..., None]:
         def hook(_module: nn.Module, _args: object) -> None:
@@ -88,9 +108,6 @@ class ModulePeaks:
         peaks, self.peaks = self.peaks, {}
         return peaks
 
-    def close(self) -> None:
-        for handle in self._handles:
-            handle.remove()
 
 
 def _cuda_mark() -> Any:
@@ -99,7 +116,7 @@ def _cuda_mark() -> Any:
     return event
 
 
-class ModuleTimes:
+class ModuleTimes(_ModuleHooks):
     """The device time inside each module's forward, summed over every call, through forward hooks.
 
     Each hooked module (names up to ``depth`` dots deep) takes a mark on entry and one on return (by
@@ -117,11 +134,7 @@ class ModuleTimes:
         self._mark, self._elapsed, self._sync = mark, elapsed, sync
         self._open: list[tuple[str, Any]] = []  # entered, not yet returned: (name, mark)
         self._done: list[tuple[str, Any, Any]] = []  # returned, not yet collected
-        self._handles = []
-        for name, module in model.named_modules():
-            if name and name.count(".") < depth:
-                self._handles.append(module.register_forward_pre_hook(self._enter(name)))
-                self._handles.append(module.register_forward_hook(self._leave(name)))
+        self._hook(model, depth)
 
     def _enter(self, name: str) -> Callable[..., None]:
         def hook(_module: nn.Module, _args: object) -> None:
@@ -145,9 +158,6 @@ class ModuleTimes:
         self._done.clear()
         return self.totals
 
-    def close(self) -> None:
-        for handle in self._handles:
-            handle.remove()
 
 
 def time_table(totals: dict[str, float], calls: dict[str, int], wall: float) -> str:
