@@ -90,6 +90,9 @@ print(f"UPPER={per * r * r:.0f}")
 PY
 }
 
+# Every stage finds RUN's weights whole: joined here from the parts `train` sent back, when carried so
+unsplit "$RUN/model"; unsplit "$RUN"
+
 case "$stage" in
   tests)  # the offload tests on CUDA (pinned buffers, copy stream, Triton kernels on gathered chunks) + a
           # decode smoke run: a minute
@@ -99,7 +102,6 @@ case "$stage" in
   train)  # (a) the demo RAMba of bench/results/h200_train (ramba-demo-sm, <= 4K tokens, ~4 min), same commands
     if [ -f "$RUN/model/config.json" ] || [ -f "$RUN/config.json" ]; then
       echo "found $RUN"
-      unsplit "$RUN/model"; unsplit "$RUN"
     else
       RUNS=$WORK S1_TIME=${S1_TIME:-70} S2_TIME=${S2_TIME:-160} LENGTHS=4k DEPTHS=0.5 SAMPLES=8 RANDOM_LENGTHS= \
         timeout 570 bash bench/train/demo_one.sh "$DEMO"

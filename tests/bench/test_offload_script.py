@@ -88,6 +88,20 @@ def test_train_sends_the_weights_back_in_parts_that_join_again(tmp_path: Path) -
     assert (carried / "model" / "model.safetensors").read_bytes() == weights
 
 
+def test_every_stage_joins_carried_parts(tmp_path: Path) -> None:
+    """A model's later cells on another machine: the carried parts are joined before any stage reads them."""
+    model = tmp_path / "carried" / "model"
+    model.mkdir(parents=True)
+    weights = os.urandom(2_000_000)
+    for i, start in enumerate(range(0, len(weights), 900_000)):
+        (model / f"model.safetensors.part{i:02d}").write_bytes(weights[start:start + 900_000])
+    (model / "config.json").write_text("{}")
+    done, calls = _run(tmp_path, "64m", RUN=str(tmp_path / "carried"), FORCE="1", GPUS="1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (model / "model.safetensors").read_bytes() == weights
+    assert len(calls) == 1  # and the stage ran
+
+
 def test_result_names_have_no_commas(tmp_path: Path) -> None:
     """The device tool refuses to send back a file whose name has a comma (two came back only inside a tarball)."""
     done, _ = _run(tmp_path, "16m", SAMPLES="2", DEPTHS="0.1,0.9")
