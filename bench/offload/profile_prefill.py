@@ -159,7 +159,6 @@ class ModuleTimes(_ModuleHooks):
         return self.totals
 
 
-
 def time_table(totals: dict[str, float], calls: dict[str, int], wall: float) -> str:
     """Markdown rows, longest first: module, total seconds, share of ``wall`` seconds, calls."""
     rows = ["| module | seconds | share of the wall time | calls |", "|---|---|---|---|"]
