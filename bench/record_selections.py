@@ -33,18 +33,26 @@ import torch
 from torch import Tensor
 
 
-def repeat_rate(indices: Tensor, block: int = 4) -> float:
-    """Fraction of valid slots of ``indices`` ``(T, H, K)`` whose chunk an earlier slot of the same
-    ``block`` consecutive tokens (same head) already chose."""
+def _by_block(indices: Tensor, block: int) -> Tensor | None:
+    """``indices`` ``(T, H, K)`` as ``(T // block, H, block * K)``: each head's slots of ``block``
+    consecutive tokens side by side (a partial last block left out); None when no block is whole."""
     T, H, K = indices.shape
     n = T // block * block
     if n == 0:
+        return None
+    return indices[:n].reshape(n // block, block, H, K).permute(0, 2, 1, 3).reshape(n // block, H, block * K)
+
+
+def repeat_rate(indices: Tensor, block: int = 4) -> float:
+    """Fraction of valid slots of ``indices`` ``(T, H, K)`` whose chunk an earlier slot of the same
+    ``block`` consecutive tokens (same head) already chose."""
+    x = _by_block(indices, block)
+    if x is None:
         return 0.0
-    x = indices[:n].reshape(n // block, block, H, K).permute(0, 2, 1, 3).reshape(n // block, H, block * K)
     valid = x >= 0
     # slot j repeats when some slot i < j of its block holds the same chunk
     same = (x[..., :, None] == x[..., None, :]) & valid[..., :, None] & valid[..., None, :]
-    earlier = torch.ones(block * K, block * K, dtype=torch.bool).tril(-1)
+    earlier = torch.ones(x.shape[-1], x.shape[-1], dtype=torch.bool).tril(-1)
     repeats = (same & earlier).any(-1)
     return float(repeats.sum()) / max(1, int(valid.sum()))
 
@@ -57,11 +65,9 @@ STAT_BLOCKS = (4, 16, 64)
 def distinct_per_block(indices: Tensor, block: int) -> dict[str, float]:
     """Distinct valid chunks per ``block`` consecutive tokens of one head of ``indices`` ``(T, H, K)``
     (a partial last block is left out): ``{"mean": ..., "max": ...}``; both 0 when no block is whole."""
-    T, H, K = indices.shape
-    n = T // block * block
-    if n == 0:
+    x = _by_block(indices, block)
+    if x is None:
         return {"mean": 0.0, "max": 0}
-    x = indices[:n].reshape(n // block, block, H, K).permute(0, 2, 1, 3).reshape(n // block, H, block * K)
     x = x.sort(-1).values
     new = torch.ones_like(x, dtype=torch.bool)
     new[..., 1:] = x[..., 1:] != x[..., :-1]
@@ -69,11 +75,13 @@ def distinct_per_block(indices: Tensor, block: int) -> dict[str, float]:
     return {"mean": round(float(count.float().mean()), 2), "max": int(count.max())}
 
 
-def block_stats(tensors: dict[str, Tensor]) -> dict[str, dict[str, dict[str, float]]]:
-    """Per retrieval module (``indices.<module>`` entries): :func:`distinct_per_block` for each of
-    :data:`STAT_BLOCKS`, keyed by the block's token count."""
-    return {k.removeprefix("indices."): {str(b): distinct_per_block(v, b) for b in STAT_BLOCKS}
-            for k, v in tensors.items() if k.startswith("indices.")}
+def selection_stats(tensors: dict[str, Tensor]) -> tuple[dict[str, float], dict[str, dict[str, dict[str, float]]]]:
+    """Per retrieval module (``indices.<module>`` entries): its repeat rate (4-token blocks), and
+    :func:`distinct_per_block` for each of :data:`STAT_BLOCKS`, keyed by the block's token count."""
+    indices = {k.removeprefix("indices."): v for k, v in tensors.items() if k.startswith("indices.")}
+    rates = {m: round(repeat_rate(v), 4) for m, v in indices.items()}
+    distinct = {m: {str(b): distinct_per_block(v, b) for b in STAT_BLOCKS} for m, v in indices.items()}
+    return rates, distinct
 
 
 def print_stats(path: Path) -> int:
@@ -89,15 +97,14 @@ def print_stats(path: Path) -> int:
     if not any(k.startswith("indices.") for k in tensors):
         print(f"error: --stats {path}: no indices.<module> tensor (not a file of this script)", file=sys.stderr)
         return 2
-    describe(tensors)
+    describe(*selection_stats(tensors))
     return 0
 
 
-def describe(tensors: dict[str, Tensor]) -> None:
-    """Print each retrieval module's repeat rate and distinct chunks per block."""
-    for module, per_block in block_stats(tensors).items():
-        rate = repeat_rate(tensors[f"indices.{module}"])
-        cells = ", ".join(f"{b} tokens: {d['mean']} (max {d['max']})" for b, d in per_block.items())
+def describe(rates: dict[str, float], distinct: dict[str, dict[str, dict[str, float]]]) -> None:
+    """Print each retrieval module's repeat rate and distinct chunks per block (:func:`selection_stats`)."""
+    for module, rate in rates.items():
+        cells = ", ".join(f"{b} tokens: {d['mean']} (max {d['max']})" for b, d in distinct[module].items())
         print(f"{module}: repeat rate (4-token blocks) {rate:.4f}; distinct chunks per block: {cells}")
 
 
@@ -171,19 +178,17 @@ def main(argv: list[str] | None = None) -> int:
     ids, source = input_tokens(args, model.vocab_size)
     tensors = record(model, ids, args.segment_len, torch.bfloat16 if device.type == "cuda" else None)
     first = next(m for m in model.modules() if isinstance(m, Retrieval))
-    rates = {k.removeprefix("indices."): round(repeat_rate(v), 4) for k, v in tensors.items()
-             if k.startswith("indices.")}
+    rates, distinct = selection_stats(tensors)
     meta = {"run": str(args.run), "source": source, "length": str(ids.shape[1]),
             "chunk_size": str(first.chunk_size), "topk": str(first.topk), "repeat_rate": json.dumps(rates),
-            "distinct_per_block": json.dumps(block_stats(tensors))}
+            "distinct_per_block": json.dumps(distinct)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
     tmp.replace(out)
-    print(f"wrote {out}: {len(rates)} retrieval module(s), {ids.shape[1]:,} tokens ({source}); "
-          f"repeat rate per module (4-token blocks): {rates}")
-    describe(tensors)
+    print(f"wrote {out}: {len(rates)} retrieval module(s), {ids.shape[1]:,} tokens ({source})")
+    describe(rates, distinct)
     return 0
 
 

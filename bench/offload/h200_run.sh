@@ -90,7 +90,7 @@ print(f"UPPER={per * r * r:.0f}")
 PY
 }
 
-# Every stage finds RUN's weights whole: joined here from the parts `train` sent back, when carried so
+# Before any stage reads RUN's weights: join the parts `train` sends back, when a model was carried so
 unsplit "$RUN/model"; unsplit "$RUN"
 
 case "$stage" in

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
@@ -42,7 +43,7 @@ from hsa_core.model import HSALanguageModel
 PERIOD = 997
 
 
-class _ModuleHooks:
+class _ModuleHooks(ABC):
     """Forward pre-hooks and hooks (``_enter(name)``, ``_leave(name)``, which subclasses define) on every
     module of ``model`` whose name has fewer than ``depth`` dots; :meth:`close` removes them."""
 
@@ -55,11 +56,13 @@ class _ModuleHooks:
                 self._handles.append(module.register_forward_pre_hook(self._enter(name)))
                 self._handles.append(module.register_forward_hook(self._leave(name)))
 
+    @abstractmethod
     def _enter(self, name: str) -> Callable[..., None]:
-        raise NotImplementedError
+        """The forward pre-hook of module ``name``."""
 
+    @abstractmethod
     def _leave(self, name: str) -> Callable[..., None]:
-        raise NotImplementedError
+        """The forward hook of module ``name``."""
 
     def close(self) -> None:
         for handle in self._handles:
