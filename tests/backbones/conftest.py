@@ -27,7 +27,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 import torch.nn.functional as F
-from optional_deps import skip_unless_required
+
+from tests.optional_deps import skip_unless_required
 
 
 def _chunk_scan_via_minimal(ssd_minimal_discrete):  # type: ignore[no-untyped-def]

@@ -129,7 +129,7 @@ def _counting_window_kernel(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     kernel = sliding_window_kernel()
     if kernel is None:
-        from optional_deps import skip_unless_required
+        from tests.optional_deps import skip_unless_required
 
         skip_unless_required("fla is not installed")
     if not torch.cuda.is_available():

@@ -14,7 +14,8 @@ import torch
 from hsa_backbones._ssm import causal_conv
 from hsa_backbones.fast_paths import causal_conv_kernel, describe_paths, mamba_triton
 from hsa_backbones.mamba2 import Mamba2
-from optional_deps import skip_unless_required
+
+from tests.optional_deps import skip_unless_required
 
 pytestmark = [pytest.mark.triton]
 

@@ -14,10 +14,10 @@ from hsa_backbones.attention import build_attention, build_swa
 from hsa_backbones.fast_paths import describe_paths, mamba_triton
 from hsa_backbones.mamba import build_mamba
 from hsa_backbones.mamba2 import build_mamba2
-from optional_deps import skip_unless_required
 from torch import Tensor
 
 from hsa_core.testing import check_mixer
+from tests.optional_deps import skip_unless_required
 
 pytestmark = pytest.mark.gpu
 

@@ -13,9 +13,9 @@ import pytest
 from hsa_backbones import launch_tables as lt
 from hsa_backbones.fast_paths import causal_conv_kernel, mamba_triton
 from hsa_backbones.fla_adapters import import_fla_layers
-from optional_deps import skip_unless_required
 
 from hsa_core.errors import HSAError
+from tests.optional_deps import skip_unless_required
 
 pytestmark = [pytest.mark.triton]
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 from hsa_cli.bench import load_kernel_bench
-from optional_deps import skip_unless_required
+
+from tests.optional_deps import skip_unless_required
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results" / "h200"

@@ -13,10 +13,10 @@ import pytest
 import torch
 from hsa_backbones import launch_tables as lt
 from hsa_backbones.fast_paths import mamba_triton
-from optional_deps import skip_unless_required
 from triton.runtime import autotuner
 
 from hsa_core.layout import resolve
+from tests.optional_deps import skip_unless_required
 
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("record_launch_table", ROOT / "bench/model/record_launch_table.py")

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 import yaml
-from optional_deps import skip_unless_required
 
 from hsa_core.errors import SpecError
 from hsa_core.layout import apply_overrides, dump_spec, load_spec, resolve
 from hsa_core.plugins import PluginHost
+from tests.optional_deps import skip_unless_required
 
 PRESETS = Path(__file__).resolve().parents[2] / "hsa_core" / "presets"
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 import torch
-from optional_deps import skip_unless_required
 
 from hsa_core.model import HSALanguageModel
 from hsa_core.plugins import backbones
+from tests.optional_deps import skip_unless_required
 
 # Options that make each backbone tiny at d_model=64 (anything not set keeps its registered default).
 TINY_OPTIONS: dict[str, dict[str, Any]] = {

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from optional_deps import skip_unless_required
 
 from hsa_core.layout import load_spec
 from hsa_core.model import HSALanguageModel
 from hsa_core.plugins import backbones
+from tests.optional_deps import skip_unless_required
 
 pytestmark = pytest.mark.gpu
 PRESETS = Path(__file__).resolve().parents[2] / "hsa_core" / "presets"

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from optional_deps import skip_unless_required
 
 from hsa_core.layout import load_spec
 from hsa_core.model import HSALanguageModel
 from hsa_core.plugins import backbones
 from hsa_core.summary import describe
+from tests.optional_deps import skip_unless_required
 
 PRESETS = Path(__file__).resolve().parents[2] / "hsa_core" / "presets"
 

@@ -12,7 +12,8 @@ from hsa_app.data import PrepareOptions, open_data, prepare
 from hsa_app.data import sources as sources_mod
 from hsa_app.data.errors import DataError
 from hsa_app.data.prepare import choose_validation
-from optional_deps import skip_unless_required
+
+from tests.optional_deps import skip_unless_required
 
 
 def _texts(out: Path) -> list[str]:
