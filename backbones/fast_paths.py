@@ -43,6 +43,7 @@ from hsa_core.errors import HSAError
 from .autotune_memory import describe as describe_autotune_memory
 from .autotune_memory import set_up_autotuning
 from .launch_tables import describe_launch_table
+from .shadowing import import_pypi_kernels
 
 __all__ = ["MambaTriton", "causal_conv_kernel", "describe_paths", "forced_torch", "mamba_triton",
            "selective_scan_kernel", "sliding_window_kernel", "swa_forced_torch"]
@@ -162,6 +163,7 @@ def causal_conv_kernel() -> tuple[str, Callable] | None:
         except ImportError:
             pass  # installed without its compiled kernels (the CPU install): try the next
     if _installed("fla"):
+        import_pypi_kernels()  # fla imports transformers, which imports it
         try:
             fn = importlib.import_module("fla.modules.causal_conv1d").causal_conv1d
             if _cuda():

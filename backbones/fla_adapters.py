@@ -57,6 +57,7 @@ from hsa_core.errors import HSAError, require
 from hsa_core.interfaces import Mixer, MixerState
 
 from .autotune_memory import set_up_autotuning
+from .shadowing import import_pypi_kernels
 
 GLA_DEFAULTS: dict[str, Any] = {
     "mode": "chunk",
@@ -180,6 +181,7 @@ def import_fla_layers(what: str) -> ModuleType:
                     f"{what} runs fla's Triton kernels, which need CUDA or Triton's interpreter; fla was "
                     "already imported without it. Set TRITON_INTERPRET=1 before anything imports fla.")
             os.environ["TRITON_INTERPRET"] = "1"
+    import_pypi_kernels()  # fla imports transformers, which imports it
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fla warns about missing GPUs and RWKV's reference status
         layers = require("fla.layers", what=what, extra="fla")

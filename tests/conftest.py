@@ -7,39 +7,19 @@ collection start.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from hsa_backbones.shadowing import import_pypi_kernels
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
-def _import_the_installed_kernels_package() -> None:
-    """Import the PyPI package ``kernels`` (transformers >= 5.25 requires and imports it, and fla imports
-    transformers), if installed, before anything else asks for that name.
-
-    This repository's ``kernels/`` folder (installed as ``hsa_kernels``) would otherwise stand in for
-    it wherever the repository root is on ``sys.path``: pytest puts it there for the ``tests`` package,
-    and ``python -m pytest`` puts the working directory there. Installed use never sees the folder."""
-    if "kernels" in sys.modules:
-        return
-    root = Path(__file__).resolve().parents[1]
-    saved = sys.path[:]
-    sys.path[:] = [entry for entry in saved if Path(entry or os.getcwd()).resolve() != root]
-    try:
-        if importlib.util.find_spec("kernels") is not None:
-            importlib.import_module("kernels")
-    finally:
-        sys.path[:] = saved
-
-
-_import_the_installed_kernels_package()
+# fla (imported by tests directly too) imports transformers, which imports the PyPI package 'kernels':
+# pytest puts the checkout's root, and with it the folder kernels/, on sys.path
+import_pypi_kernels()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
