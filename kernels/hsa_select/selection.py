@@ -120,84 +120,6 @@ def _merge_tile(run, sv, ids, vis, KP: tl.constexpr, BLOCK_T: tl.constexpr):
 
 
 @triton.jit
-def _scan_tile(acc, run, min_hi, floor, nvis, n_min, tmask, t0, cc, c_base, scale, KP: tl.constexpr,
-               BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, GROUP: tl.constexpr, SKIP: tl.constexpr,
-               FLOORED: tl.constexpr):
-    """Merge one landmark tile's raw scores ``acc`` (BLOCK_T, BLOCK_C) fp32 (landmarks ``cc``, the first
-    ``t0``) into a row tile's running top-KP ``run`` (BLOCK_T, KP); returns ``(run, min_hi)``.
-
-    ``nvis`` (BLOCK_T,): the landmarks each row sees; ``n_min``: the fewest any row of the tile sees;
-    ``min_hi`` (BLOCK_T,): with SKIP, each row's smallest kept score image (at least its ``floor``)."""
-    if GROUP > 1:
-        # Screening: one key per group of GROUP chunks, its best score with the group's first chunk
-        # id. The groups that hold a token's top-k chunks are among its top-KP groups by this key
-        # (each higher-ranked group holds a chunk that outranks, so at most k - 1 groups can rank
-        # above one holding a top-k chunk); _hsa_rescore_kernel then ranks their chunks. The merge is
-        # BLOCK_C / GROUP keys wide instead of BLOCK_C.
-        # The work per score is kept to the group max: a tile every token sees whole (all but the
-        # last tiles of a long context) skips the visibility mask, and the scale multiplies the
-        # BLOCK_C / GROUP maxima, not every score. Exact: scale > 0 and rounding is monotone, so
-        # max(a) * scale == max(a * scale) bit for bit.
-        if t0 + BLOCK_C <= n_min:
-            raw = acc
-        else:
-            raw = tl.where(cc[None, :] < nvis[:, None], acc, float("-inf"))
-        s = tl.max(tl.reshape(raw, [BLOCK_T, BLOCK_C // GROUP, GROUP]), 2) * scale
-        ids = c_base + t0 + tl.arange(0, BLOCK_C // GROUP) * GROUP
-        vis = (s > float("-inf")) & tmask[:, None]  # rows past T saw nothing (unmasked tiles score them 0)
-    else:
-        s = acc * scale
-        vis = cc[None, :] < nvis[:, None]
-        ids = cc + c_base
-    sv = _sortable(s)
-    if SKIP:
-        # A key enters a row's top-KP only if it beats the row's smallest kept key (keys are unique:
-        # the id is in the low word), so a tile in which no row has such a key changes nothing and
-        # its merges are skipped. Exact; pays off once many chunks have been seen. The test needs
-        # only the 32-bit score images, not the 64-bit keys (built only for a tile that merges): the
-        # scan runs newest first, so every kept chunk (group) is newer than the tile's, and one of the
-        # tile's with a score equal to the smallest kept one loses the tie (the id breaks it). Only a
-        # strictly higher score can enter; periodic filler, which scores many chunks alike, skips
-        # every older copy of a chunk it keeps.
-        if tl.max(tl.max((vis & (sv > min_hi[:, None])).to(tl.int32), 1), 0) > 0:
-            run = _merge_tile(run, sv, ids, vis, KP, BLOCK_T)
-            min_hi = (tl.min(run, 1) >> 32).to(tl.int32)
-            if FLOORED:
-                min_hi = tl.maximum(min_hi, floor)
-    else:
-        run = _merge_tile(run, sv, ids, vis, KP, BLOCK_T)
-    return run, min_hi
-
-
-@triton.jit
-def _rows_of(FLOOR, b, h, t_first, T, HR, C, q_offset, shift, c_base, S: tl.constexpr, BLOCK_T: tl.constexpr,
-             FLOORED: tl.constexpr):
-    """A row tile of tokens ``t_first ..``: ``(offs_t, tmask, nvis, floor)``, where ``floor`` is each
-    row's score image below which no score can enter its final top-k (FLOORED: a window of a longer
-    memory, whose earlier windows already hold KP higher ones), else the empty image."""
-    offs_t = t_first + tl.arange(0, BLOCK_T)
-    tmask = offs_t < T
-    nvis = _visible_rows(offs_t, tmask, q_offset, shift, c_base, C, S)
-    floor = tl.full([BLOCK_T], -(2**31), tl.int32)
-    if FLOORED:
-        floor = tl.load(FLOOR + (b * T + offs_t.to(tl.int64)) * HR + h, mask=tmask, other=-(2**31))
-    return offs_t, tmask, nvis, floor
-
-
-@triton.jit
-def _finish_rows(run, b, h, offs_t, tmask, T, HR, pid_s, PART, IDX, WGT, SC, TOPK: tl.constexpr,
-                 KP: tl.constexpr, STICK: tl.constexpr, PARTIAL: tl.constexpr):
-    """A row tile's result: its slice's top-KP keys (PARTIAL: _merge_slices or the rescoring pass
-    finishes the selection), else its selection."""
-    if PARTIAL:
-        part = (((b * T + offs_t.to(tl.int64)) * HR + h) * tl.num_programs(2) + pid_s)[:, None] * KP \
-            + tl.arange(0, KP)[None, :]
-        tl.store(PART + part, run, mask=tmask[:, None])
-    else:
-        _store_selection(run, b, h, offs_t, tmask, T, HR, IDX, WGT, SC, TOPK, KP, STICK)
-
-
-@triton.jit
 def _hsa_select_kernel(
     QR, LM, IDX, WGT, SC, PART, FLOOR,
     T, C, HR, DR, q_offset, shift, split_len, c_base,
@@ -207,43 +129,36 @@ def _hsa_select_kernel(
     S: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
     STICK: tl.constexpr, PREC: tl.constexpr, SKIP: tl.constexpr, PARTIAL: tl.constexpr, GROUP: tl.constexpr,
-    Q_RESIDENT: tl.constexpr, FLOORED: tl.constexpr, ROW_TILES: tl.constexpr,
+    Q_RESIDENT: tl.constexpr, FLOORED: tl.constexpr,
 ):
-    """One program = ROW_TILES row tiles of BLOCK_T tokens each, of one (b, hr), over one slice of the
-    landmarks. With ROW_TILES = 2 (Q_RESIDENT only) each landmark tile is loaded once for both row
-    tiles, halving the landmark reads per score; each row tile keeps its own top-k and skip test, so
-    the result is the one of two programs of BLOCK_T tokens."""
     pid_t = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     pid_s = tl.program_id(2)  # which slice of split_len landmarks (one slice unless PARTIAL)
     b = bh // HR
     h = bh % HR
+    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     offs_c = tl.arange(0, BLOCK_C)
     offs_d = tl.arange(0, BLOCK_D)
-    offs_t, tmask, nvis, floor = _rows_of(FLOOR, b, h, pid_t * ROW_TILES * BLOCK_T, T, HR, C, q_offset, shift,
-                                          c_base, S, BLOCK_T, FLOORED)
+    tmask = offs_t < T
+    nvis = _visible_rows(offs_t, tmask, q_offset, shift, c_base, C, S)
     n_max = tl.max(nvis, 0)
-    # every token of the row tile sees landmark rows [0, n_min): a tile below it needs no visibility mask
+    # every token of the block sees landmark rows [0, n_min): a tile below it needs no visibility mask
     n_min = tl.min(tl.where(tmask, nvis, C), 0)
     q_base = QR + b * stride_qb + h * stride_qh + offs_t.to(tl.int64)[:, None] * stride_qt
     l_base = LM + b * stride_lb + h * stride_lh
     sentinel = tl.full([BLOCK_T, KP], -(2**31), tl.int64) << 32  # below any packed score
     run = sentinel
-    min_hi = floor  # with SKIP: each row's smallest kept score image (never below its floor)
-    if Q_RESIDENT:  # d_r fits one step: the query tile stays in registers for the whole scan
-        q_all = tl.load(q_base + offs_d[None, :], mask=tmask[:, None] & (offs_d < DR)[None, :], other=0.0)
-    if ROW_TILES == 2:  # the second row tile (its tokens follow the first's)
-        offs_t2, tmask2, nvis2, floor2 = _rows_of(FLOOR, b, h, (pid_t * 2 + 1) * BLOCK_T, T, HR, C, q_offset,
-                                                  shift, c_base, S, BLOCK_T, FLOORED)
-        n_max = tl.maximum(n_max, tl.max(nvis2, 0))
-        n_min2 = tl.min(tl.where(tmask2, nvis2, C), 0)
-        q_all2 = tl.load(QR + b * stride_qb + h * stride_qh + offs_t2.to(tl.int64)[:, None] * stride_qt
-                         + offs_d[None, :], mask=tmask2[:, None] & (offs_d < DR)[None, :], other=0.0)
-        run2 = sentinel
-        min_hi2 = floor2
+    min_hi = tl.full([BLOCK_T], -(2**31), tl.int32)  # with SKIP: each row's smallest kept score image
+    if FLOORED:
+        # Scores at or below each row's floor cannot enter its final top-k (a window of a longer memory:
+        # the windows scanned before already hold KP higher ones), so they never force a merge.
+        floor = tl.load(FLOOR + (b * T + offs_t.to(tl.int64)) * HR + h, mask=tmask, other=-(2**31))
+        min_hi = floor
     lo = pid_s * split_len  # this program's landmarks: [lo, hi)
     hi = tl.minimum(lo + split_len, n_max)
     last = lo + (hi - lo + BLOCK_C - 1) // BLOCK_C * BLOCK_C - BLOCK_C  # first landmark of the newest tile
+    if Q_RESIDENT:  # d_r fits one step: the query tile stays in registers for the whole scan
+        q_all = tl.load(q_base + offs_d[None, :], mask=tmask[:, None] & (offs_d < DR)[None, :], other=0.0)
     for c0 in range(lo, hi, BLOCK_C):
         # With SKIP the scan runs newest first: a model that favours recent chunks fills its top-k
         # early and skips more of the older tiles. The result is the same in any order (unique keys).
@@ -262,15 +177,51 @@ def _hsa_select_kernel(
                 lt = tl.load(l_base + cc.to(tl.int64)[:, None] * stride_lc + dd[None, :],
                              mask=(cc < C)[:, None] & dm[None, :], other=0.0)
                 acc = tl.dot(qt, tl.trans(lt), acc, input_precision=PREC)
-        run, min_hi = _scan_tile(acc, run, min_hi, floor, nvis, n_min, tmask, t0, cc, c_base, scale, KP, BLOCK_T,
-                                 BLOCK_C, GROUP, SKIP, FLOORED)
-        if ROW_TILES == 2:
-            acc2 = tl.dot(q_all2, tl.trans(lt), input_precision=PREC)
-            run2, min_hi2 = _scan_tile(acc2, run2, min_hi2, floor2, nvis2, n_min2, tmask2, t0, cc, c_base, scale,
-                                       KP, BLOCK_T, BLOCK_C, GROUP, SKIP, FLOORED)
-    _finish_rows(run, b, h, offs_t, tmask, T, HR, pid_s, PART, IDX, WGT, SC, TOPK, KP, STICK, PARTIAL)
-    if ROW_TILES == 2:
-        _finish_rows(run2, b, h, offs_t2, tmask2, T, HR, pid_s, PART, IDX, WGT, SC, TOPK, KP, STICK, PARTIAL)
+        if GROUP > 1:
+            # Screening: one key per group of GROUP chunks, its best score with the group's first chunk
+            # id. The groups that hold a token's top-k chunks are among its top-KP groups by this key
+            # (each higher-ranked group holds a chunk that outranks, so at most k - 1 groups can rank
+            # above one holding a top-k chunk); _hsa_rescore_kernel then ranks their chunks. The merge is
+            # BLOCK_C / GROUP keys wide instead of BLOCK_C.
+            # The work per score is kept to the group max: a tile every token sees whole (all but the
+            # last tiles of a long context) skips the visibility mask, and the scale multiplies the
+            # BLOCK_C / GROUP maxima, not every score. Exact: scale > 0 and rounding is monotone, so
+            # max(a) * scale == max(a * scale) bit for bit.
+            if t0 + BLOCK_C <= n_min:
+                raw = acc
+            else:
+                raw = tl.where(cc[None, :] < nvis[:, None], acc, float("-inf"))
+            s = tl.max(tl.reshape(raw, [BLOCK_T, BLOCK_C // GROUP, GROUP]), 2) * scale
+            ids = c_base + t0 + tl.arange(0, BLOCK_C // GROUP) * GROUP
+            vis = (s > float("-inf")) & tmask[:, None]  # rows past T saw nothing (unmasked tiles score them 0)
+        else:
+            s = acc * scale
+            vis = cc[None, :] < nvis[:, None]
+            ids = cc + c_base
+        sv = _sortable(s)
+        if SKIP:
+            # A key enters a row's top-KP only if it beats the row's smallest kept key (keys are unique:
+            # the id is in the low word), so a tile in which no row has such a key changes nothing and
+            # its merges are skipped. Exact; pays off once many chunks have been seen. The test needs
+            # only the 32-bit score images, not the 64-bit keys (built only for a tile that merges): the
+            # scan runs newest first, so every kept chunk (group) is newer than the tile's, and one of the
+            # tile's with a score equal to the smallest kept one loses the tie (the id breaks it). Only a
+            # strictly higher score can enter; periodic filler, which scores many chunks alike, skips
+            # every older copy of a chunk it keeps.
+            if tl.max(tl.max((vis & (sv > min_hi[:, None])).to(tl.int32), 1), 0) > 0:
+                run = _merge_tile(run, sv, ids, vis, KP, BLOCK_T)
+                min_hi = (tl.min(run, 1) >> 32).to(tl.int32)
+                if FLOORED:
+                    min_hi = tl.maximum(min_hi, floor)
+        else:
+            run = _merge_tile(run, sv, ids, vis, KP, BLOCK_T)
+    if PARTIAL:
+        # one slice's top-KP keys per token; _merge_slices finishes the selection
+        part = (((b * T + offs_t.to(tl.int64)) * HR + h) * tl.num_programs(2) + pid_s)[:, None] * KP \
+            + tl.arange(0, KP)[None, :]
+        tl.store(PART + part, run, mask=tmask[:, None])
+        return
+    _store_selection(run, b, h, offs_t, tmask, T, HR, IDX, WGT, SC, TOPK, KP, STICK)
 
 
 @triton.jit
@@ -349,10 +300,6 @@ class SelectLaunch:
     #: d_r up to this many elements is read in one step (block_d grows to it): the query tile then stays
     #: in registers for the whole scan instead of being reloaded with every landmark tile
     resident_d: int = 128
-    #: row tiles (of block_t tokens) per program, 1 or 2: with 2 each landmark tile is loaded once for
-    #: both, halving the landmark reads per score, while each keeps its own top-k and skip test (the
-    #: same selection). Only where the query tile is resident (d_r <= resident_d); else 1.
-    row_tiles: int = 1
 
     def __post_init__(self) -> None:
         if self.skip_merges is not None and not isinstance(self.skip_merges, bool):
@@ -363,8 +310,6 @@ class SelectLaunch:
             value = getattr(self, name)
             if value & (value - 1):
                 raise ValueError(f"SelectLaunch.{name} must be a power of two, got {value}")
-        if self.row_tiles not in (1, 2):
-            raise ValueError(f"SelectLaunch.row_tiles must be 1 or 2, got {self.row_tiles!r}")
 
     def splits_for(self, programs: int, tiles: int, processors: int) -> int:
         """Landmark slices for a launch of ``programs`` (token blocks x batch x heads) over ``tiles``
@@ -451,9 +396,7 @@ def _launch(q_r: Tensor, landmarks: Tensor, topk: int, chunk_size: int, q_offset
     # a tile must hold at least KP groups; over a single tile (training at 4K: 64 chunks) the screening
     # saves nothing and would add the rescoring launch
     group = min(launch.group, bc // kp) if tiles > 1 else 1
-    # two row tiles per program only where the query tile is resident and T fills more than one
-    rows = launch.row_tiles if bd >= dr and bt < T else 1
-    splits = launch.splits_for(triton.cdiv(T, bt * rows) * B * Hr, tiles, _processors(dev))
+    splits = launch.splits_for(triton.cdiv(T, bt) * B * Hr, tiles, _processors(dev))
     split_len = triton.cdiv(tiles, splits) * bc
     splits = triton.cdiv(C, split_len)  # no empty slice
     partial = splits > 1 or keys_only or group > 1
@@ -461,12 +404,12 @@ def _launch(q_r: Tensor, landmarks: Tensor, topk: int, chunk_size: int, q_offset
     prec = "ieee" if q_r.dtype == torch.float32 else "tf32"
     strides = (q_r.stride(0), q_r.stride(1), q_r.stride(2), landmarks.stride(0), landmarks.stride(1),
                landmarks.stride(2))
-    _hsa_select_kernel[(triton.cdiv(T, bt * rows), B * Hr, splits)](
+    _hsa_select_kernel[(triton.cdiv(T, bt), B * Hr, splits)](
         q_r, landmarks, idx, w, s, part, idx if floor is None else floor,
         T, C, Hr, dr, q_offset, shift, split_len, c_base, *strides, scale,
         S=chunk_size, TOPK=topk, KP=kp, BLOCK_T=bt, BLOCK_C=bc, BLOCK_D=bd, STICK=stick, PREC=prec,
         SKIP=floor is not None or launch.merges_skipped(c_base + C), PARTIAL=partial, GROUP=group,
-        Q_RESIDENT=bd >= dr, FLOORED=floor is not None, ROW_TILES=rows,
+        Q_RESIDENT=bd >= dr, FLOORED=floor is not None,
         num_warps=launch.warps, num_stages=launch.stages,
     )
     if group > 1:

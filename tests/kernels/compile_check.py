@@ -87,10 +87,10 @@ def _decode_case(dtype: str, G: int, D: int, S: int = 64, sink: bool = False):
 
 
 def _select_case(dtype: str, dr: int, topk: int, weighting: str, window: int | None = None,
-                 skip_merges: bool = False, T: int = 256, splits: int = 1, group: int = 16, row_tiles: int = 1):
+                 skip_merges: bool = False, T: int = 256, splits: int = 1, group: int = 16):
     """The fused selection at the production tile sizes (T, C >= the default tiles unless ``T`` is set;
     ``splits`` > 1: the landmark-slice variant that stores each slice's top-k; ``group`` > 1: the grouped
-    scan and its rescoring kernel, 1: per-chunk merges; ``row_tiles`` 2: two row tiles per program)."""
+    scan and its rescoring kernel, 1: per-chunk merges)."""
 
     def run() -> None:
         import torch
@@ -101,8 +101,7 @@ def _select_case(dtype: str, dr: int, topk: int, weighting: str, window: int | N
         q = torch.randn(B, T, Hr, dr).to(dt)
         lm = torch.randn(B, C, Hr, dr).to(dt)
         hsa_select_triton(q, lm, topk=topk, chunk_size=S, q_offset=4 * S, weighting=weighting, window=window,
-                          launch=SelectLaunch(skip_merges=skip_merges, splits=splits, group=group,
-                                                     row_tiles=row_tiles))
+                          launch=SelectLaunch(skip_merges=skip_merges, splits=splits, group=group))
 
     return run, {"_hsa_select_kernel", "_hsa_rescore_kernel"} if group > 1 else {"_hsa_select_kernel"}
 
@@ -165,9 +164,6 @@ CASES: dict[str, Callable[[], tuple[Callable[[], None], set[str]]]] = {
     "select-bf16-dr128-windows-floored": lambda: _select_windows_case("bfloat16", 128),
     "select-bf16-dr128-k8-per-chunk-skip": lambda: _select_case("bfloat16", 128, 8, "stick_breaking", skip_merges=True,
                                                                 group=1),
-    # two row tiles of 128 tokens per program sharing each landmark tile (a long prefill's scan)
-    "select-bf16-dr128-k8-two-row-tiles": lambda: _select_case("bfloat16", 128, 8, "softmax", skip_merges=True,
-                                                              row_tiles=2),
     # decode over many landmarks: slices scanned by separate programs (ramba-370m: one head of 1024)
     "select-bf16-dr1024-k8-decode-split": lambda: _select_case("bfloat16", 1024, 8, "stick_breaking", skip_merges=True,
                                                                T=1, splits=2),

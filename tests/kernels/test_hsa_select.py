@@ -201,41 +201,6 @@ def test_select_grouped_screening_equals_per_chunk_merges(scores: str) -> None:
             torch.testing.assert_close(w, ow, rtol=1e-6, atol=1e-6)
 
 
-ROW_TILE_CASES = [  # T, q_offset, window, periodic landmarks
-    pytest.param(40, 0, None, False, id="prefill-partial-second-tile"),  # tiles of 16: 16+16, then 8+0
-    pytest.param(32, 100, 24, True, id="window-ties"),
-    pytest.param(17, 200, None, False, id="second-tile-one-token"),
-]
-
-
-@pytest.mark.triton
-@pytest.mark.parametrize(("T", "q_offset", "window", "periodic"), ROW_TILE_CASES)
-def test_select_two_row_tiles_equal_one(T: int, q_offset: int, window: int | None, periodic: bool) -> None:
-    """Two row tiles per program sharing each landmark tile load: the same indices and weights as one row
-    tile per program, with the per-chunk and the grouped scan, skipped merges on and off, split
-    landmarks, a last program whose second tile is partly or wholly past T, and equal scores (periodic
-    grid-valued landmarks); without ties, also the fp64 twin's chunks."""
-    g = torch.Generator(device="cpu").manual_seed(41)
-    C = 90
-    q, lm = torch.randn(1, T, 2, 16, generator=g), torch.randn(1, C, 2, 16, generator=g)
-    if periodic:
-        q, lm = grid_randn(1, T, 2, 16, generator=g), grid_randn(1, 7, 2, 16, generator=g)[:, torch.arange(C) % 7]
-    q, lm = q.to(DEV), lm.to(DEV)
-    kw = dict(topk=4, chunk_size=2, q_offset=q_offset, weighting="stick_breaking", window=window)
-    for group, skip, splits in ((1, False, 1), (4, True, 1), (8, False, 2), (2, True, 3)):
-        one = sel_mod.SelectLaunch(block_t=16, block_c=32, block_d=16, warps=2, stages=1, skip_merges=skip,
-                                   group=group, splits=splits)
-        oidx, ow = hsa_select_triton(q, lm, **kw, launch=one)
-        idx, w = hsa_select_triton(q, lm, **kw, launch=dataclasses.replace(one, row_tiles=2))
-        assert torch.equal(idx, oidx), (group, skip, splits, (idx != oidx).nonzero()[:4])
-        torch.testing.assert_close(w, ow, rtol=0, atol=0)
-    if not periodic:
-        ridx, _ = hsa_select_naive(q.cpu().double(), lm.cpu().double(), **kw)
-        assert torch.equal(idx.cpu(), ridx)
-    with pytest.raises(ValueError, match=r"SelectLaunch\.row_tiles must be 1 or 2, got 4"):
-        sel_mod.SelectLaunch(row_tiles=4)
-
-
 def test_select_launch_group_is_a_power_of_two() -> None:
     with pytest.raises(ValueError, match=r"SelectLaunch\.group must be a power of two, got 12"):
         sel_mod.SelectLaunch(group=12)
