@@ -151,7 +151,7 @@ def _hsa_fwd_kernel(
 
 @triton.jit
 def _hsa_fwd_block_kernel(
-    Q, K, V, IDX, W, OUT, LSE, SHARED, UNIQ,
+    Q, K, V, IDX, W, OUT, LSE, SHARED,
     T, C, H, G, SHARE_MAX,
     stride_qb, stride_qt, stride_qh,
     stride_kb, stride_kt, stride_kh,
@@ -160,7 +160,7 @@ def _hsa_fwd_block_kernel(
     qk_scale,
     S: tl.constexpr, D: tl.constexpr, TOPK: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
-    SINK: tl.constexpr, STORE_LSE: tl.constexpr, PREC: tl.constexpr, ID_LIST: tl.constexpr = False,
+    SINK: tl.constexpr, STORE_LSE: tl.constexpr, PREC: tl.constexpr,
 ):
     """Forward of a block of BLOCK_T consecutive tokens x the G heads of one KV head whose tokens chose
     at most SHARE_MAX distinct chunks. Every program writes its verdict to SHARED (B*H, NB) int8; the
@@ -201,17 +201,8 @@ def _hsa_fwd_block_kernel(
     # the loop body keeps Triton from pipelining the tile loads across iterations).
     pos = tl.cumsum(first.to(tl.int32), 0) - 1
     uniq = tl.sum(tl.where(first[:, None] & (pos[:, None] == offs_e[None, :]), ids_f[:, None], 0), 0)
-    if ID_LIST:
-        # the list in global scratch, read back one id per iteration: a scalar load whose address
-        # depends on the loop index only (the pipeliner can issue the tile loads stages ahead)
-        ulist = UNIQ + (bh * tl.num_programs(0) + pid) * (BLOCK_T * BLOCK_K)
-        tl.store(ulist + offs_e, uniq)
-        tl.debug_barrier()
     for u in range(n_distinct):
-        if ID_LIST:
-            cid = tl.load(ulist + u)
-        else:
-            cid = tl.sum(tl.where(offs_e == u, uniq, 0), 0)
+        cid = tl.sum(tl.where(offs_e == u, uniq, 0), 0)
         rows = cid.to(tl.int64) * S + offs_s  # int64: contexts beyond 2^31 / (H*D) tokens
         kt = tl.load(k_base + rows[:, None] * stride_kt + offs_d[None, :], mask=kvmask, other=0.0)
         vt = tl.load(v_base + rows[:, None] * stride_vt + offs_d[None, :], mask=kvmask, other=0.0)
@@ -265,13 +256,11 @@ def hsa_attention_fwd(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, weights:
         nb = triton.cdiv(T, block_t)
         verdict = torch.empty((B * H, nb), device=q.device, dtype=torch.int8)  # every entry written
         skip_kw = dict(SKIP_SHARED=True, BLOCK_T=block_t)
-        id_list = torch.empty((B * H, nb, block_t * triton.next_power_of_2(K)), device=q.device,
-                              dtype=torch.int32) if launch.block_id_list else verdict
         _hsa_fwd_block_kernel[(nb, B * H)](
-            q, k, v, indices, weights, o, lse, verdict, id_list,
+            q, k, v, indices, weights, o, lse, verdict,
             T, C, H, G, launch.block_share_max, *strides, scale * LOG2E,
             BLOCK_K=triton.next_power_of_2(K), BLOCK_T=block_t, **tiles,
-            num_warps=launch.block_warps, num_stages=launch.block_stages, ID_LIST=launch.block_id_list,
+            num_warps=launch.block_warps, num_stages=launch.block_stages,
         )
     _hsa_fwd_kernel[(T, B * H)](
         q, k, v, indices, weights, o, lse, T, C, H, G, *strides, scale * LOG2E, verdict, nb, **tiles,

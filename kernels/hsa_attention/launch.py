@@ -47,15 +47,13 @@ class AttentionLaunch:
     block_share_max: int = 16
     block_warps: int = 4
     block_stages: int = 3
-    block_id_list: bool = False
     bwd_rows: int = 64
     bwd_warps: int | None = None
     bwd_stages: int = 2
     bwd_seg: int = 1024
 
     def __post_init__(self) -> None:
-        check_counts(self, optional=("fwd_warps", "bwd_warps"), minimum={"block_share_max": 0},
-                     skip=("block_id_list",))
+        check_counts(self, optional=("fwd_warps", "bwd_warps"), minimum={"block_share_max": 0})
 
 
 #: compute capability major*10 + minor -> settings measured there.
