@@ -473,10 +473,8 @@ def _sweep_forward(T: int, B: int, selection: str) -> list[dict[str, Any]]:
     grid += [{"fwd_warps": nw, "fwd_stages": ns} for nw in (1, 2, 4) for ns in (2, 3, 4)]
     grid += [{"schedule": "block", "block_rows": r, "block_share_max": m, "block_warps": nw, "block_stages": ns}
              for r, m, nw, ns in ((64, 8, 4, 3), (64, 24, 4, 3), (64, 16, 8, 3), (64, 16, 4, 2), (32, 8, 2, 3),
-                                  (128, 32, 8, 3),
-                                  # 16-token blocks: a trained model's 64-token blocks choose about 15 distinct
-                                  # chunks (the demo's passkey selections), so most blocks stay shared
-                                  (256, 16, 8, 2), (256, 24, 8, 2), (256, 16, 16, 2), (128, 16, 8, 3))]
+                                  (128, 32, 8, 3))]
+    # (16-token blocks, block_rows=256, lost by 55-60% on the demo's selections: bench/results/h200/README.md)
     return _sweep_rows(f"fwd {selection}", grid, fwd)
 
 

@@ -19,6 +19,8 @@ chunk memory offloaded.
 
     python3 bench/offload/profile_prefill.py runs/offload/ramba-sm/model 4194304
     python3 bench/offload/profile_prefill.py runs/offload/ramba-sm-shared/model 64m --segment 65536 --modules
+    python3 bench/offload/profile_prefill.py runs/offload/ramba-sm-shared/model 16m --segment 65536 \\
+        --period 31 --select-launch '{"long_warps": 8, "long_stages": 3}'
     HSA_OFFLOAD_LANDMARKS=host python3 bench/offload/profile_prefill.py runs/offload/ramba-sm/model 16m \\
         --segment 65536 --memory
 """
@@ -179,6 +181,19 @@ def peak_table(first: dict[str, int], last: dict[str, int], first_name: str = "f
     return "\n".join(rows)
 
 
+def spread(times: list[float], worst: int = 12) -> str:
+    """How uneven the segment times are: median, 90th percentile, the time above the median summed over
+    every segment (what the slow ones cost), and the ``worst`` slowest segments as ``index: ms``."""
+    if not times:
+        return "no segments timed"
+    ordered = sorted(times)
+    median, p90 = ordered[len(ordered) // 2], ordered[int(0.9 * (len(ordered) - 1))]
+    excess = sum(max(0.0, t - median) for t in times)
+    slowest = sorted(range(len(times)), key=lambda i: -times[i])[:worst]
+    return (f"segment times: median {median * 1e3:.1f} ms, 90th percentile {p90 * 1e3:.1f} ms, above the median "
+            f"{excess:.1f} s in all; slowest: " + ", ".join(f"{i}: {times[i] * 1e3:.0f}" for i in sorted(slowest)))
+
+
 def main(run: str, length: int, segment: int, memory: bool, depth: int, modules: bool = False,
          period: int = PERIOD) -> None:
     dev = torch.device("cuda")
@@ -216,6 +231,7 @@ def main(run: str, length: int, segment: int, memory: bool, depth: int, modules:
             if k < len(times):
                 print(f"segment {k} (context {k * segment:,}): {times[k] * 1e3:.1f} ms")
         print(f"total {sum(times):.1f} s for {len(times)} segments")
+        print(spread(times))
         if clocks is not None:
             clocks.close()
             print(f"\ndevice time inside each module over those {len(times)} segments (a module's time includes "
@@ -250,10 +266,20 @@ if __name__ == "__main__":
                         help=f"tokens of the repeated filler pattern (default {PERIOD}; passkey's filler: 31)")
     parser.add_argument("--modules", action="store_true",
                         help="with the time profile: device time per module over every timed segment")
+    parser.add_argument("--select-launch", metavar="JSON",
+                        help="SelectLaunch keyword arguments for every selection, e.g. '{\"warps\": 4}' "
+                             "(as bench/offload/with_select_launch.py; default: the measured table)")
     a = parser.parse_args()
     if a.modules and a.memory:
         parser.error("--modules goes with the time profile, not --memory")
     if a.period < 1:
         parser.error(f"--period must be >= 1 tokens, got {a.period}")
+    if a.select_launch is not None:
+        from with_select_launch import use_select_launch  # this script's folder is on sys.path
+
+        try:
+            print(f"selection launch: {use_select_launch(a.select_launch)}", flush=True)
+        except ValueError as e:
+            parser.error(f"--select-launch {a.select_launch!r}: {e}")
     (length,), (segment,) = parse_lengths(a.length), parse_lengths(a.segment)
     main(a.run, length, segment, a.memory, a.depth, a.modules, a.period)

@@ -17,16 +17,30 @@ from types import MappingProxyType
 import hsa_kernels.hsa_select.selection as selection
 
 
-def main() -> int:
+def use_select_launch(text: str) -> selection.SelectLaunch:
+    """Make the ``SelectLaunch`` keyword arguments in JSON ``text`` the table row of every architecture for
+    this process, and return the row.
+
+    Raises:
+        ValueError: bad JSON, an unknown field or a value ``SelectLaunch`` refuses (nothing replaced).
+    """
     try:
-        row = selection.SelectLaunch(**json.loads(os.environ.get("SELECT_LAUNCH", "{}")))
-    except (ValueError, TypeError) as e:  # bad JSON or a field SelectLaunch refuses
-        print(f"error: SELECT_LAUNCH={os.environ.get('SELECT_LAUNCH')!r}: {e}", file=sys.stderr)
-        return 2
+        row = selection.SelectLaunch(**json.loads(text))
+    except TypeError as e:  # an unknown field
+        raise ValueError(str(e)) from e
     # select_settings_for reads these module globals at each call, so every selection of this process
     # (the fused one and the windowed one of host landmarks) gets the row
     selection.MEASURED = MappingProxyType({90: row})
     selection.FALLBACK = row
+    return row
+
+
+def main() -> int:
+    try:
+        row = use_select_launch(os.environ.get("SELECT_LAUNCH", "{}"))
+    except ValueError as e:  # bad JSON (json.JSONDecodeError is a ValueError) or a field SelectLaunch refuses
+        print(f"error: SELECT_LAUNCH={os.environ.get('SELECT_LAUNCH')!r}: {e}", file=sys.stderr)
+        return 2
     print(f"selection launch: {row}", flush=True)
     from hsa_cli.app import main as hsa_main
 

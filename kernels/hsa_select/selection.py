@@ -281,6 +281,10 @@ class SelectLaunch:
     block_d: int = 64
     warps: int = 8
     stages: int = 3
+    #: warps and stages of a long scan (:meth:`warps_stages`): at least :data:`LONG_SCAN_FROM_LANDMARKS`
+    #: landmarks per program with the query tile resident; 4 warps leave room for two programs per SM
+    long_warps: int = 4
+    long_stages: int = 2
     #: skip a landmark tile's top-k merges when no token of the block has a score in it that beats its
     #: current top-k (exact; the tiles are then scanned newest first). ``None``: on from
     #: :data:`SKIP_MERGES_FROM_LANDMARKS` landmarks, where it was measured to win.
@@ -326,6 +330,15 @@ class SelectLaunch:
             return 1
         return max(1, min(-(-2 * processors // programs), tiles // MIN_SPLIT_TILES))
 
+    def warps_stages(self, num_landmarks: int, resident: bool) -> tuple[int, int]:
+        """``(num_warps, num_stages)`` of a launch whose programs each scan ``num_landmarks`` landmarks
+        (a prefill: all of them; a split decode: one slice), the query tile ``resident`` in registers
+        or not: the long-scan pair from :data:`LONG_SCAN_FROM_LANDMARKS` landmarks with a resident tile,
+        else ``warps`` and ``stages``."""
+        if resident and num_landmarks >= LONG_SCAN_FROM_LANDMARKS:
+            return self.long_warps, self.long_stages
+        return self.warps, self.stages
+
     def merges_skipped(self, num_landmarks: int) -> bool:
         """Whether the kernel skips merges over ``num_landmarks`` landmarks (resolves ``None``)."""
         if self.skip_merges is not None:
@@ -339,6 +352,17 @@ class SelectLaunch:
 #: 6.14 ms) and saves 47% on periodic ones (5.66 -> 3.01 ms), the passkey filler's case; at 64M it saves
 #: 40% and 62% (80.3 -> 48.2, 80.4 -> 30.7 ms). Below 4M, unmeasured with the grouped scan.
 SKIP_MERGES_FROM_LANDMARKS = 1 << 16
+
+
+#: A launch whose programs each scan at least this many landmarks (2**17: an 8M-token context at
+#: 64-token chunks) with the query tile resident runs at ``SelectLaunch.long_warps`` / ``long_stages``.
+#: Measured on the H200 with d_r = 128 (bench/results/h200_offload/README.md, "the 64M prefill
+#: profiled"): in the trained demo RAMba's 16M prefill the scan of the last 64K-token segments (259K
+#: landmarks) took 20.4 ms at 4 warps / 2 stages against 26.2 ms at 8 / 3 (rescoring 1.5 vs 2.2 ms), and
+#: its segments took 31-42 ms against 36-53 ms from 8M on (131K landmarks); on a synthetic segment at
+#: 64M (1M landmarks), 85.6 vs 109.3 ms (periodic scores) and 159.7 vs 179.0 ms (random). Shorter scans
+#: and a reloaded query tile (d_r > resident_d: ramba-370m's 1024) keep 8 / 3, the setting measured there.
+LONG_SCAN_FROM_LANDMARKS = 1 << 17
 
 
 #: The automatic split keeps at least this many landmark tiles in each slice (the merge of the slices'
@@ -404,13 +428,14 @@ def _launch(q_r: Tensor, landmarks: Tensor, topk: int, chunk_size: int, q_offset
     prec = "ieee" if q_r.dtype == torch.float32 else "tf32"
     strides = (q_r.stride(0), q_r.stride(1), q_r.stride(2), landmarks.stride(0), landmarks.stride(1),
                landmarks.stride(2))
+    warps, stages = launch.warps_stages(min(C, split_len), bd >= dr)  # the landmarks one program scans
     _hsa_select_kernel[(triton.cdiv(T, bt), B * Hr, splits)](
         q_r, landmarks, idx, w, s, part, idx if floor is None else floor,
         T, C, Hr, dr, q_offset, shift, split_len, c_base, *strides, scale,
         S=chunk_size, TOPK=topk, KP=kp, BLOCK_T=bt, BLOCK_C=bc, BLOCK_D=bd, STICK=stick, PREC=prec,
         SKIP=floor is not None or launch.merges_skipped(c_base + C), PARTIAL=partial, GROUP=group,
         Q_RESIDENT=bd >= dr, FLOORED=floor is not None,
-        num_warps=launch.warps, num_stages=launch.stages,
+        num_warps=warps, num_stages=stages,
     )
     if group > 1:
         # the scan left each slice's top-KP groups; the best KP over the slices go to the rescoring pass
@@ -423,7 +448,7 @@ def _launch(q_r: Tensor, landmarks: Tensor, topk: int, chunk_size: int, q_offset
             q_r, landmarks, groups, idx, w, s, keys,
             T, C, Hr, dr, q_offset, shift, c_base, *strides, scale,
             S=chunk_size, TOPK=topk, KP=kp, GROUP=group, BLOCK_T=rbt, BLOCK_D=rbd, STICK=stick,
-            PARTIAL=keys_only, num_warps=launch.warps,
+            PARTIAL=keys_only, num_warps=warps,
         )
         return keys if keys_only else (idx, w, s)
     if keys_only:
@@ -606,5 +631,5 @@ def hsa_select_windows_triton(q_r: Tensor, windows: Iterable[tuple[int, Tensor]]
     return idx, w
 
 
-__all__ = ["FALLBACK", "MEASURED", "SKIP_MERGES_FROM_LANDMARKS", "HSASelectFunction", "SelectLaunch",
-           "hsa_select_triton", "hsa_select_windows_triton", "select_settings_for"]
+__all__ = ["FALLBACK", "LONG_SCAN_FROM_LANDMARKS", "MEASURED", "SKIP_MERGES_FROM_LANDMARKS", "HSASelectFunction",
+           "SelectLaunch", "hsa_select_triton", "hsa_select_windows_triton", "select_settings_for"]

@@ -86,11 +86,20 @@ def _decode_case(dtype: str, G: int, D: int, S: int = 64, sink: bool = False):
     return run, {"_hsa_fwd_kernel"}
 
 
+def _launch(launch, long_scan: bool):
+    """``launch`` (a SelectLaunch), or with ``long_scan`` the same with its long-scan warps and stages for
+    every scan."""
+    import dataclasses
+
+    return dataclasses.replace(launch, warps=launch.long_warps, stages=launch.long_stages) if long_scan else launch
+
+
 def _select_case(dtype: str, dr: int, topk: int, weighting: str, window: int | None = None,
-                 skip_merges: bool = False, T: int = 256, splits: int = 1, group: int = 16):
+                 skip_merges: bool = False, T: int = 256, splits: int = 1, group: int = 16, long_scan: bool = False):
     """The fused selection at the production tile sizes (T, C >= the default tiles unless ``T`` is set;
     ``splits`` > 1: the landmark-slice variant that stores each slice's top-k; ``group`` > 1: the grouped
-    scan and its rescoring kernel, 1: per-chunk merges)."""
+    scan and its rescoring kernel, 1: per-chunk merges; ``long_scan``: the warps and stages of a long
+    scan, ``SelectLaunch.long_warps`` / ``long_stages``, which a small case would not reach)."""
 
     def run() -> None:
         import torch
@@ -101,7 +110,7 @@ def _select_case(dtype: str, dr: int, topk: int, weighting: str, window: int | N
         q = torch.randn(B, T, Hr, dr).to(dt)
         lm = torch.randn(B, C, Hr, dr).to(dt)
         hsa_select_triton(q, lm, topk=topk, chunk_size=S, q_offset=4 * S, weighting=weighting, window=window,
-                          launch=SelectLaunch(skip_merges=skip_merges, splits=splits, group=group))
+                          launch=_launch(SelectLaunch(skip_merges=skip_merges, splits=splits, group=group), long_scan))
 
     return run, {"_hsa_select_kernel", "_hsa_rescore_kernel"} if group > 1 else {"_hsa_select_kernel"}
 
@@ -164,6 +173,9 @@ CASES: dict[str, Callable[[], tuple[Callable[[], None], set[str]]]] = {
     "select-bf16-dr128-windows-floored": lambda: _select_windows_case("bfloat16", 128),
     "select-bf16-dr128-k8-per-chunk-skip": lambda: _select_case("bfloat16", 128, 8, "stick_breaking", skip_merges=True,
                                                                 group=1),
+    # a long prefill's scan (from LONG_SCAN_FROM_LANDMARKS landmarks per program, the query tile resident)
+    "select-bf16-dr128-k8-long-scan": lambda: _select_case("bfloat16", 128, 8, "softmax", skip_merges=True,
+                                                          long_scan=True),
     # decode over many landmarks: slices scanned by separate programs (ramba-370m: one head of 1024)
     "select-bf16-dr1024-k8-decode-split": lambda: _select_case("bfloat16", 1024, 8, "stick_breaking", skip_merges=True,
                                                                T=1, splits=2),

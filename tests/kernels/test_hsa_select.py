@@ -347,6 +347,20 @@ def test_select_skip_merges_automatic_from_the_measured_landmark_count() -> None
 
 
 @pytest.mark.triton
+def test_select_long_scans_take_the_long_scan_warps() -> None:
+    """4 warps / 2 stages from LONG_SCAN_FROM_LANDMARKS landmarks per program with the query tile resident
+    (measured there on the H200); shorter scans and a reloaded query tile keep warps / stages."""
+    auto = sel_mod.SelectLaunch()
+    n = sel_mod.LONG_SCAN_FROM_LANDMARKS
+    assert auto.warps_stages(n, resident=True) == (auto.long_warps, auto.long_stages) == (4, 2)
+    assert auto.warps_stages(n - 1, resident=True) == (auto.warps, auto.stages) == (8, 3)
+    assert auto.warps_stages(1 << 26, resident=False) == (8, 3)
+    own = sel_mod.SelectLaunch(warps=2, stages=1, long_warps=8, long_stages=4)
+    assert own.warps_stages(n, resident=True) == (8, 4) and own.warps_stages(16, resident=True) == (2, 1)
+    with pytest.raises(ValueError, match=r"SelectLaunch\.long_warps must be an int >= 1, got 0"):
+        sel_mod.SelectLaunch(long_warps=0)
+
+
 def test_select_gumbel_falls_back():
     q, lm = torch.randn(1, 40, 1, 16, device=DEV), torch.randn(1, 4, 1, 16, device=DEV)
     idx, w = hsa_select_triton(q, lm, topk=2, chunk_size=8, gumbel=True)
