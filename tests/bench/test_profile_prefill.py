@@ -133,3 +133,22 @@ def test_modules_goes_with_the_time_profile_only() -> None:
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 2
     assert "--modules goes with the time profile" in done.stderr
+
+
+def test_spread_shows_the_median_and_what_the_slow_segments_cost() -> None:
+    times = [0.04] * 9 + [0.04, 10.0]  # one slow first segment, as a process's first one is
+    line = profile_prefill.spread([times[-1], *times[:-1]], worst=2)
+    assert line.startswith("segment times: median 40.0 ms, 90th percentile 40.0 ms, above the median 10.0 s")
+    assert line.endswith("slowest: 0: 10000, 1: 40")
+    assert profile_prefill.spread([]) == "no segments timed"
+
+
+def test_a_bad_select_launch_is_refused() -> None:
+    import subprocess
+    import sys
+
+    script = ROOT / "bench" / "offload" / "profile_prefill.py"
+    done = subprocess.run([sys.executable, str(script), "run", "4k", "--select-launch", '{"warps": 0}'],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 2
+    assert "--select-launch" in done.stderr and "SelectLaunch.warps must be an int >= 1, got 0" in done.stderr
