@@ -142,11 +142,13 @@ case "$stage" in
       --memory | tee "$OUT/memory_$length.txt"
     ;;
   profile)  # where a long offloaded prefill spends its time: per-segment wall times along a LENGTH-token
-            # prefill (default 64M) of the trained RUN, the device time per module over the whole prefill,
-            # then torch.profiler over its last two segments
+            # prefill (default 64M) of the trained RUN, the device time per module over the whole prefill
+            # (MODULES=0: without those hooks, which slow the prefill they time), then torch.profiler over
+            # its last two segments
     length=${LENGTH:-64m}
+    modules=(--modules); [ "${MODULES:-1}" = 0 ] && modules=()
     timeout "$LIMIT" python3 bench/offload/profile_prefill.py "$RUN/model" "$length" --segment "$SEGMENT" \
-      --modules --period "${PERIOD:-31}" | tee "$OUT/profile_$length.txt"
+      "${modules[@]}" --period "${PERIOD:-31}" | tee "$OUT/profile_$length.txt"
     ;;
   decode)  # (d) ramba-370m, random weights, batch 1: ms/token at 4K, 1M, 64M (offloaded; on the GPU up to 1M)
     timeout "$LIMIT" python3 bench/offload/decode_latency.py --spec ramba-370m --contexts "${CONTEXTS:-4k,1m,64m}" \

@@ -139,3 +139,18 @@ def test_bar_runs_every_cell_of_the_bars_for_one_model(tmp_path: Path) -> None:
     assert [samples[n] for n in ("4k,64k,1m", "16m", "64m")] == ["4", "4", "4"]  # per depth, one process
     assert all(str(tmp_path / "run") in c for c in calls)  # every cell from the one model
     assert (tmp_path / "out" / "passkey_64m_d0.1-0.5-0.9_s100_g0.json").is_file()
+
+
+def test_profile_runs_with_or_without_the_module_hooks(tmp_path: Path) -> None:
+    """``profile`` times per module by default; MODULES=0 drops those hooks (they slow what they time)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text('#!/usr/bin/env bash\necho "$*" >> "$CALLS"\n')  # records, runs nothing
+    (bin_dir / "python3").chmod(0o755)
+    path = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+    for modules, want in (("1", True), ("0", False)):
+        done, calls = _run(tmp_path, "profile", PATH=path, GPUS="1", MODULES=modules)
+        assert done.returncode == 0, done.stdout + done.stderr
+        (call,) = [c for c in calls if "profile_prefill.py" in c]
+        assert call.split()[:3] == ["bench/offload/profile_prefill.py", "model/model", "64m"]
+        assert ("--modules" in call.split()) is want and _opt(call, "--period") == "31"
