@@ -86,14 +86,6 @@ def _decode_case(dtype: str, G: int, D: int, S: int = 64, sink: bool = False):
     return run, {"_hsa_fwd_kernel"}
 
 
-def _launch(launch, long_scan: bool):
-    """``launch`` (a SelectLaunch), or with ``long_scan`` the same with its long-scan warps and stages for
-    every scan."""
-    import dataclasses
-
-    return dataclasses.replace(launch, warps=launch.long_warps, stages=launch.long_stages) if long_scan else launch
-
-
 def _select_case(dtype: str, dr: int, topk: int, weighting: str, window: int | None = None,
                  skip_merges: bool = False, T: int = 256, splits: int = 1, group: int = 16, long_scan: bool = False):
     """The fused selection at the production tile sizes (T, C >= the default tiles unless ``T`` is set;
@@ -102,6 +94,8 @@ def _select_case(dtype: str, dr: int, topk: int, weighting: str, window: int | N
     scan, ``SelectLaunch.long_warps`` / ``long_stages``, which a small case would not reach)."""
 
     def run() -> None:
+        import dataclasses
+
         import torch
         from hsa_kernels.hsa_select import SelectLaunch, hsa_select_triton
 
@@ -109,8 +103,11 @@ def _select_case(dtype: str, dr: int, topk: int, weighting: str, window: int | N
         B, Hr, C, S = 2, 2, 160, 64
         q = torch.randn(B, T, Hr, dr).to(dt)
         lm = torch.randn(B, C, Hr, dr).to(dt)
+        launch = SelectLaunch(skip_merges=skip_merges, splits=splits, group=group)
+        if long_scan:  # every scan at the long-scan pair
+            launch = dataclasses.replace(launch, warps=launch.long_warps, stages=launch.long_stages)
         hsa_select_triton(q, lm, topk=topk, chunk_size=S, q_offset=4 * S, weighting=weighting, window=window,
-                          launch=_launch(SelectLaunch(skip_merges=skip_merges, splits=splits, group=group), long_scan))
+                          launch=launch)
 
     return run, {"_hsa_select_kernel", "_hsa_rescore_kernel"} if group > 1 else {"_hsa_select_kernel"}
 
