@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from ._common import EXIT_USAGE, PLUGIN_OPTION, check_writable, console, fail, guarded, load_plugins
+from ._common import EXIT_USAGE, PLUGIN_OPTION, check_writable, console, fail, fast_pinned_memory, guarded, load_plugins
 
 
 @guarded
@@ -54,6 +54,7 @@ def eval_task(
     from ._data import data_errors
     from ._progress import PrefillDisplay
 
+    fast_pinned_memory()
     load_plugins(plugin)
     if task == "ppl":
         with data_errors():

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from ._common import EXIT_USAGE, check_writable, fail, guarded
+from ._common import EXIT_USAGE, check_writable, fail, fast_pinned_memory, guarded
 from ._data import data_guarded
 
 if TYPE_CHECKING:
@@ -54,6 +54,7 @@ def generate(
                                            "(GPU peak, host memory, prefill and decode tokens/s) to this file."),
 ) -> None:
     """Generate text from a trained model; the prompt starts a document (an EOS is put before it)."""
+    fast_pinned_memory()
     import torch
     from hsa_app.data.errors import DataError
     from hsa_app.data.tokenizer import ByteTokenizer, load_tokenizer

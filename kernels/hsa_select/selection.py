@@ -183,38 +183,53 @@ def _hsa_select_kernel(
             # (each higher-ranked group holds a chunk that outranks, so at most k - 1 groups can rank
             # above one holding a top-k chunk); _hsa_rescore_kernel then ranks their chunks. The merge is
             # BLOCK_C / GROUP keys wide instead of BLOCK_C.
-            # The work per score is kept to the group max: a tile every token sees whole (all but the
-            # last tiles of a long context) skips the visibility mask, and the scale multiplies the
-            # BLOCK_C / GROUP maxima, not every score. Exact: scale > 0 and rounding is monotone, so
-            # max(a) * scale == max(a * scale) bit for bit.
+            # The work per score is kept to a max: a tile every token sees whole (all but the last tiles
+            # of a long context) skips the visibility mask, and the scale multiplies maxima, not every
+            # score. Exact: scale > 0 and rounding is monotone, so max(a) * scale == max(a * scale) bit
+            # for bit.
             if t0 + BLOCK_C <= n_min:
                 raw = acc
             else:
                 raw = tl.where(cc[None, :] < nvis[:, None], acc, float("-inf"))
-            s = tl.max(tl.reshape(raw, [BLOCK_T, BLOCK_C // GROUP, GROUP]), 2) * scale
             ids = c_base + t0 + tl.arange(0, BLOCK_C // GROUP) * GROUP
-            vis = (s > float("-inf")) & tmask[:, None]  # rows past T saw nothing (unmasked tiles score them 0)
+            if SKIP:
+                # The skip test (below) on each row's best score in the tile: a group beats the row's
+                # smallest kept key exactly when the row's maximum does, and a row's maximum stays in
+                # the registers of the threads that hold the row, while the group maxima are a layout
+                # change. Rows past T and rows that see none of the tile cannot merge.
+                best = tl.max(raw, 1) * scale
+                hit = tmask & (best > float("-inf")) & (_sortable(best) > min_hi)
+                if tl.max(hit.to(tl.int32), 0) > 0:
+                    s = tl.max(tl.reshape(raw, [BLOCK_T, BLOCK_C // GROUP, GROUP]), 2) * scale
+                    vis = (s > float("-inf")) & tmask[:, None]
+                    run = _merge_tile(run, _sortable(s), ids, vis, KP, BLOCK_T)
+                    min_hi = (tl.min(run, 1) >> 32).to(tl.int32)
+                    if FLOORED:
+                        min_hi = tl.maximum(min_hi, floor)
+            else:
+                s = tl.max(tl.reshape(raw, [BLOCK_T, BLOCK_C // GROUP, GROUP]), 2) * scale
+                vis = (s > float("-inf")) & tmask[:, None]  # rows past T saw nothing (unmasked tiles score them 0)
+                run = _merge_tile(run, _sortable(s), ids, vis, KP, BLOCK_T)
         else:
             s = acc * scale
             vis = cc[None, :] < nvis[:, None]
-            ids = cc + c_base
-        sv = _sortable(s)
-        if SKIP:
-            # A key enters a row's top-KP only if it beats the row's smallest kept key (keys are unique:
-            # the id is in the low word), so a tile in which no row has such a key changes nothing and
-            # its merges are skipped. Exact; pays off once many chunks have been seen. The test needs
-            # only the 32-bit score images, not the 64-bit keys (built only for a tile that merges): the
-            # scan runs newest first, so every kept chunk (group) is newer than the tile's, and one of the
-            # tile's with a score equal to the smallest kept one loses the tie (the id breaks it). Only a
-            # strictly higher score can enter; periodic filler, which scores many chunks alike, skips
-            # every older copy of a chunk it keeps.
-            if tl.max(tl.max((vis & (sv > min_hi[:, None])).to(tl.int32), 1), 0) > 0:
-                run = _merge_tile(run, sv, ids, vis, KP, BLOCK_T)
-                min_hi = (tl.min(run, 1) >> 32).to(tl.int32)
-                if FLOORED:
-                    min_hi = tl.maximum(min_hi, floor)
-        else:
-            run = _merge_tile(run, sv, ids, vis, KP, BLOCK_T)
+            sv = _sortable(s)
+            if SKIP:
+                # A key enters a row's top-KP only if it beats the row's smallest kept key (keys are
+                # unique: the id is in the low word), so a tile in which no row has such a key changes
+                # nothing and its merges are skipped. Exact; pays off once many chunks have been seen.
+                # The test needs only the 32-bit score images, not the 64-bit keys (built only for a
+                # tile that merges): the scan runs newest first, so every kept chunk (group) is newer
+                # than the tile's, and one of the tile's with a score equal to the smallest kept one
+                # loses the tie (the id breaks it). Only a strictly higher score can enter; periodic
+                # filler, which scores many chunks alike, skips every older copy of a chunk it keeps.
+                if tl.max(tl.max((vis & (sv > min_hi[:, None])).to(tl.int32), 1), 0) > 0:
+                    run = _merge_tile(run, sv, cc + c_base, vis, KP, BLOCK_T)
+                    min_hi = (tl.min(run, 1) >> 32).to(tl.int32)
+                    if FLOORED:
+                        min_hi = tl.maximum(min_hi, floor)
+            else:
+                run = _merge_tile(run, sv, cc + c_base, vis, KP, BLOCK_T)
     if PARTIAL:
         # one slice's top-KP keys per token; _merge_slices finishes the selection
         part = (((b * T + offs_t.to(tl.int64)) * HR + h) * tl.num_programs(2) + pid_s)[:, None] * KP \
