@@ -32,7 +32,7 @@ MAX_MESSAGE = 1000
 
 #: torch's pinned host allocator options for the offloaded chunk memory: page-lock ordinary memory with
 #: cudaHostRegister on 16 threads instead of cudaHostAlloc. On an H200 machine 8 GiB took 0.83 s instead
-#: of 4.07 s, and a first 64M-token prefill 80.7 s instead of 95.0 s (bench/results/h200_offload/README.md).
+#: of 4.07 s; a 64M-token context pins 32 GiB (bench/results/h200_offload/README.md).
 PINNED_HOST_OPTIONS = "pinned_use_cuda_host_register:True,pinned_num_register_threads:16"
 #: The environment variables that configure torch's allocators (the CUDA-specific one and the newer one).
 ALLOCATOR_VARIABLES = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
