@@ -30,30 +30,6 @@ EXIT_INTERRUPTED = 130  # Ctrl-C
 MAX_MESSAGE = 1000
 
 
-#: torch's pinned host allocator options for the offloaded chunk memory: page-lock ordinary memory with
-#: cudaHostRegister on 16 threads instead of cudaHostAlloc. On an H200 machine 8 GiB took 0.83 s instead
-#: of 4.07 s; a 64M-token context pins 32 GiB (bench/results/h200_offload/README.md).
-PINNED_HOST_OPTIONS = "pinned_use_cuda_host_register:True,pinned_num_register_threads:16"
-#: The environment variables that configure torch's allocators (the CUDA-specific one and the newer one).
-ALLOCATOR_VARIABLES = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
-
-
-def fast_pinned_memory() -> bool:
-    """Give this process :data:`PINNED_HOST_OPTIONS` unless the user configured torch's allocator.
-
-    For the commands that may offload a chunk memory (``hsa eval``, ``hsa generate``): a 64M-token
-    context pins 32 GiB of host memory. torch reads the variable when CUDA starts, so this must run
-    before; it changes nothing once CUDA has started, or when either of :data:`ALLOCATOR_VARIABLES` is
-    set (the user's choice stands). Returns whether it set the variable.
-    """
-    import torch
-
-    if any(name in os.environ for name in ALLOCATOR_VARIABLES) or torch.cuda.is_initialized():
-        return False
-    os.environ["PYTORCH_CUDA_ALLOC_CONF"] = PINNED_HOST_OPTIONS
-    return True
-
-
 def console() -> Console:
     """A rich console on stdout (tables). Errors go to stderr as plain lines (:func:`fail`).
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from ._common import EXIT_USAGE, PLUGIN_OPTION, check_writable, console, fail, fast_pinned_memory, guarded, load_plugins
+from ._common import EXIT_USAGE, PLUGIN_OPTION, check_writable, console, fail, guarded, load_plugins
 
 
 @guarded
@@ -47,6 +47,7 @@ def eval_task(
 ) -> None:
     """Evaluate a trained model on a task over a depth x length grid, or its perplexity by position (ppl)."""
     from hsa_app.evaluation import format_length, interval_note, parse_depths, parse_lengths, rich_table, run_eval
+    from hsa_app.runtime.pinned import fast_pinned_memory
     from hsa_app.tasks import parse_task_options
 
     from hsa_core.generation import footprint_line
@@ -54,7 +55,7 @@ def eval_task(
     from ._data import data_errors
     from ._progress import PrefillDisplay
 
-    fast_pinned_memory()
+    fast_pinned_memory()  # before anything starts CUDA
     load_plugins(plugin)
     if task == "ppl":
         with data_errors():

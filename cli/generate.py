@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from ._common import EXIT_USAGE, check_writable, fail, fast_pinned_memory, guarded
+from ._common import EXIT_USAGE, check_writable, fail, guarded
 from ._data import data_guarded
 
 if TYPE_CHECKING:
@@ -54,11 +54,11 @@ def generate(
                                            "(GPU peak, host memory, prefill and decode tokens/s) to this file."),
 ) -> None:
     """Generate text from a trained model; the prompt starts a document (an EOS is put before it)."""
-    fast_pinned_memory()
     import torch
     from hsa_app.data.errors import DataError
     from hsa_app.data.tokenizer import ByteTokenizer, load_tokenizer
     from hsa_app.runtime.checkpoint import model_dir_of
+    from hsa_app.runtime.pinned import fast_pinned_memory
     from hsa_app.training.text_data import find_run_tokenizer
     from rich.console import Console
 
@@ -69,6 +69,7 @@ def generate(
     from ._progress import PromptDisplay
     from ._prompts import read_prompts, read_utf8
 
+    fast_pinned_memory()  # before anything starts CUDA
     if sum(x is not None for x in (prompt, prompt_file, prompts)) != 1:
         fail("give exactly one of --prompt, --prompt-file and --prompts", EXIT_USAGE)
     if prompts is None and (out is not None or force):

@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 from hsa_app.evaluation.report import parse_lengths
+from hsa_app.runtime.pinned import fast_pinned_memory
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
@@ -283,4 +284,5 @@ if __name__ == "__main__":
         except ValueError as e:
             parser.error(f"--select-launch {a.select_launch!r}: {e}")
     (length,), (segment,) = parse_lengths(a.length), parse_lengths(a.segment)
+    fast_pinned_memory()  # as hsa eval: the offloaded K/V reserve is pinned in the first segment
     main(a.run, length, segment, a.memory, a.depth, a.modules, a.period)
