@@ -169,7 +169,7 @@ def _hsa_select_kernel(
     sentinel = tl.full([BLOCK_T, KP], -(2**31), tl.int64) << 32  # below any packed score
     run = sentinel
     min_hi = tl.full([BLOCK_T], -(2**31), tl.int32)  # with SKIP: each row's smallest kept score image
-    floor = min_hi
+    floor = min_hi  # read only when FLOORED (every helper call passes it)
     if FLOORED:
         # Scores at or below each row's floor cannot enter its final top-k (a window of a longer memory:
         # the windows scanned before already hold KP higher ones), so they never force a merge.
@@ -458,13 +458,14 @@ def _launch(q_r: Tensor, landmarks: Tensor, topk: int, chunk_size: int, q_offset
     prec = "ieee" if q_r.dtype == torch.float32 else "tf32"
     strides = (q_r.stride(0), q_r.stride(1), q_r.stride(2), landmarks.stride(0), landmarks.stride(1),
                landmarks.stride(2))
-    warps, stages = launch.warps_stages(min(C, split_len), bd >= dr)  # the landmarks one program scans
+    resident = bd >= dr  # d_r in one step: the query tile stays in registers for the whole scan
+    warps, stages = launch.warps_stages(min(C, split_len), resident)  # the landmarks one program scans
     _hsa_select_kernel[(triton.cdiv(T, bt), B * Hr, splits)](
         q_r, landmarks, idx, w, s, part, idx if floor is None else floor,
         T, C, Hr, dr, q_offset, shift, split_len, c_base, *strides, scale,
         S=chunk_size, TOPK=topk, KP=kp, BLOCK_T=bt, BLOCK_C=bc, BLOCK_D=bd, STICK=stick, PREC=prec,
         SKIP=floor is not None or launch.merges_skipped(c_base + C), PARTIAL=partial, GROUP=group,
-        Q_RESIDENT=bd >= dr, FLOORED=floor is not None,
+        Q_RESIDENT=resident, FLOORED=floor is not None,
         num_warps=warps, num_stages=stages,
     )
     if group > 1:

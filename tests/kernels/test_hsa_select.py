@@ -346,7 +346,6 @@ def test_select_skip_merges_automatic_from_the_measured_landmark_count() -> None
     assert sel_mod.SelectLaunch(skip_merges=True).merges_skipped(1) is True
 
 
-@pytest.mark.triton
 def test_select_long_scans_take_the_long_scan_warps() -> None:
     """4 warps / 2 stages from LONG_SCAN_FROM_LANDMARKS landmarks per program with the query tile resident
     (measured there on the H200); shorter scans and a reloaded query tile keep warps / stages."""
@@ -361,6 +360,7 @@ def test_select_long_scans_take_the_long_scan_warps() -> None:
         sel_mod.SelectLaunch(long_warps=0)
 
 
+@pytest.mark.triton
 def test_select_gumbel_falls_back():
     q, lm = torch.randn(1, 40, 1, 16, device=DEV), torch.randn(1, 4, 1, 16, device=DEV)
     idx, w = hsa_select_triton(q, lm, topk=2, chunk_size=8, gumbel=True)
