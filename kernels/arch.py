@@ -24,12 +24,6 @@ def row_for(device: torch.device, measured: Mapping[int, Row], fallback: Row) ->
     return measured.get(major * 10 + minor, fallback)
 
 
-def processors(device: torch.device) -> int:
-    """Streaming multiprocessors of a CUDA device, which sizes persistent grids (the interpreter: a few,
-    so that the CPU tests split work across programs)."""
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-
-
 def check_counts(row: Any, *, optional: tuple[str, ...] = (), minimum: Mapping[str, int] | None = None,
                  skip: tuple[str, ...] = ()) -> None:
     """Every field of the dataclass ``row`` (but ``skip``) is an int >= 1 (``minimum`` overrides the bound
@@ -49,4 +43,4 @@ def check_counts(row: Any, *, optional: tuple[str, ...] = (), minimum: Mapping[s
             raise ValueError(f"{type(row).__name__}.{field.name} must be an int >= {low}, got {value!r}")
 
 
-__all__ = ["check_counts", "processors", "row_for"]
+__all__ = ["check_counts", "row_for"]

@@ -17,13 +17,10 @@ Schedules (``schedule=``; measured on the H200, ``bench/results/h200/README.md``
               was deleted (``bench/results/h200/README.md``).
     "block"   `_hsa_fwd_block_kernel` first: one program = a block of BLOCK_T consecutive tokens; when
               they chose at most ``block_share_max`` distinct chunks, each distinct K/V tile is loaded
-              once for all the block's rows; the other blocks are appended to a list (an integer atomic
-              count, then the entries), and `_hsa_fwd_list_kernel`, a persistent grid of
-              ``list_per_sm`` programs per SM, does the listed blocks token by token (the query-outer
-              body in one flat loop over (token, slot)). 1.3-1.5x "query" when neighbouring tokens
-              share chunks (one selection per 64-token block), 3-20% slower when they do not (run7;
-              measured with the earlier second launch, a program per token that returned at once when
-              its block was done: 0.09 ms at 64K even with nothing left).
+              once for all the block's rows, and the block's verdict (int8) is written; then
+              `_hsa_fwd_kernel` with SKIP_SHARED skips the blocks done there and does the rest token by
+              token. 1.3-1.5x "query" when neighbouring tokens share chunks (one selection per 64-token
+              block), 3-20% slower when they do not (run7).
 An automatic choice made on the device ("auto": a sampling kernel, then the block kernel writing "not
 shared" verdicts below a threshold) made the forward 9-45% slower than "query" at 16K-64K (up to 2.2x at
 4K) on uniform and on recorded selections, and was deleted (commit 3f0466d holds it); see
@@ -37,7 +34,6 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..arch import processors
 from .launch import AttentionLaunch, block_g, dot_precision, dot_tile, settings_for, warps_for
 
 LOG2E = 1.4426950408889634
@@ -101,27 +97,6 @@ def _block_distinct(IDX, b, h, t0, T, H, C, TOPK: tl.constexpr, BLOCK_T: tl.cons
 
 
 @triton.jit
-def _slot_attend(q, k_base, v_base, IDX, W, slot, C, stride_kt, stride_vt, offs_s, offs_d, smask, dmask, live,
-                 qk_scale, S: tl.constexpr, BLOCK_S: tl.constexpr, SINK: tl.constexpr, PREC: tl.constexpr):
-    """One selection slot of one token: the rows of ``q`` (BLOCK_G, BLOCK_D) over the chunk that
-    IDX[slot] names, weighted by W[slot].
-
-    Returns the weighted output (BLOCK_G, BLOCK_D) fp32 and the LSE (BLOCK_G,) in log2 units. An empty slot
-    (or ``live`` False) contributes 0: its tile loads are masked, not branched around, so that the slot
-    loop stays a straight line that the pipeliner can overlap, and they issue no memory traffic.
-    """
-    cid = tl.load(IDX + slot, mask=live, other=-1)
-    valid = (cid >= 0) & (cid < C)
-    w = tl.where(valid, tl.load(W + slot, mask=valid, other=0.0).to(tl.float32), 0.0)
-    rows = cid.to(tl.int64) * S + offs_s  # int64: contexts beyond 2^31 / (H*D) tokens
-    kvmask = (smask[:, None] & dmask[None, :]) & valid
-    kt = tl.load(k_base + rows[:, None] * stride_kt + offs_d[None, :], mask=kvmask, other=0.0)
-    vt = tl.load(v_base + rows[:, None] * stride_vt + offs_d[None, :], mask=kvmask, other=0.0)
-    o, m, den = _chunk_attend(q, kt, vt, smask, qk_scale, S, BLOCK_S, SINK, PREC)
-    return o * (w / den)[:, None], m + tl.log2(den)
-
-
-@triton.jit
 def _hsa_fwd_kernel(
     Q, K, V, IDX, W, OUT, LSE,
     T, C, H, G,
@@ -129,17 +104,26 @@ def _hsa_fwd_kernel(
     stride_kb, stride_kt, stride_kh,
     stride_vb, stride_vt, stride_vh,
     stride_ob, stride_ot, stride_oh,
-    qk_scale,
+    qk_scale, SHARED, NB,
     S: tl.constexpr, D: tl.constexpr, TOPK: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
     SINK: tl.constexpr, STORE_LSE: tl.constexpr, PREC: tl.constexpr,
+    SKIP_SHARED: tl.constexpr = False, BLOCK_T: tl.constexpr = 1,
 ):
-    """Query-outer forward: one program = one token x the G heads of one KV head."""
+    """Query-outer forward: one program = one token x the G heads of one KV head.
+
+    SKIP_SHARED (schedule "block"): return at once when SHARED (B*H, NB) int8, written by
+    `_hsa_fwd_block_kernel` just before, flags the token's block of BLOCK_T tokens as done there.
+    """
     t = tl.program_id(0).to(tl.int64)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // H
     h = bh % H
+    if SKIP_SHARED:  # noqa: SIM102 (a constexpr branch, compiled out when False)
+        if tl.load(SHARED + bh * NB + t // BLOCK_T) != 0:
+            return
     offs_g, offs_s, offs_d, gmask, smask, dmask = _tile_offsets(G, S, D, BLOCK_G, BLOCK_S, BLOCK_D)
+
     q_ptrs = Q + b * stride_qb + t * stride_qt + (h * G + offs_g)[:, None] * stride_qh + offs_d[None, :]
     q = tl.load(q_ptrs, mask=gmask[:, None] & dmask[None, :], other=0.0)
     k_base = K + b * stride_kb + h * stride_kh
@@ -147,74 +131,27 @@ def _hsa_fwd_kernel(
     slot = ((b * T + t) * H + h) * TOPK  # flat (b, t, h, 0) in idx / w
     acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
     for j in range(TOPK):
-        o, lse = _slot_attend(q, k_base, v_base, IDX, W, slot + j, C, stride_kt, stride_vt, offs_s, offs_d,
-                              smask, dmask, True, qk_scale, S, BLOCK_S, SINK, PREC)
-        acc += o
+        cid = tl.load(IDX + slot + j)
+        valid = (cid >= 0) & (cid < C)
+        w = tl.load(W + slot + j).to(tl.float32)
+        w = tl.where(valid, w, 0.0)
+        rows = cid.to(tl.int64) * S + offs_s  # int64: contexts beyond 2^31 / (H*D) tokens
+        # Masked (not branched) so the loop stays a straight line that the pipeliner can overlap;
+        # an empty slot issues no memory traffic and contributes w = 0.
+        kvmask = (smask[:, None] & dmask[None, :]) & valid
+        kt = tl.load(k_base + rows[:, None] * stride_kt + offs_d[None, :], mask=kvmask, other=0.0)
+        vt = tl.load(v_base + rows[:, None] * stride_vt + offs_d[None, :], mask=kvmask, other=0.0)
+        o, m, den = _chunk_attend(q, kt, vt, smask, qk_scale, S, BLOCK_S, SINK, PREC)
+        acc += o * (w / den)[:, None]
         if STORE_LSE:
-            tl.store(LSE + (slot + j) * G + offs_g, lse, mask=gmask)
+            tl.store(LSE + (slot + j) * G + offs_g, m + tl.log2(den), mask=gmask)
     o_ptrs = OUT + b * stride_ob + t * stride_ot + (h * G + offs_g)[:, None] * stride_oh + offs_d[None, :]
     tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=gmask[:, None] & dmask[None, :])
 
 
 @triton.jit
-def _hsa_fwd_list_kernel(
-    Q, K, V, IDX, W, OUT, LSE, TODO,
-    T, C, H, G, NB,
-    stride_qb, stride_qt, stride_qh,
-    stride_kb, stride_kt, stride_kh,
-    stride_vb, stride_vt, stride_vh,
-    stride_ob, stride_ot, stride_oh,
-    qk_scale,
-    S: tl.constexpr, D: tl.constexpr, TOPK: tl.constexpr, BLOCK_T: tl.constexpr,
-    BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
-    SINK: tl.constexpr, STORE_LSE: tl.constexpr, PREC: tl.constexpr,
-):
-    """Persistent query-outer forward of the token blocks that `_hsa_fwd_block_kernel` listed in TODO.
-
-    A fixed grid of programs splits the n = TODO[0] listed blocks (entries ``bh * NB + block``) into
-    contiguous runs; each program does its run token by token (the G heads of one KV head at a time),
-    slot by slot, in one flat loop over (token, slot), so that the next token's tile loads are in flight
-    while this token finishes. With nothing listed every program returns at once (the launch costs
-    microseconds, where a program per token cost 0.09 ms at 64K just to start and return).
-    """
-    pid = tl.program_id(0).to(tl.int64)
-    n = tl.load(TODO).to(tl.int64)
-    nprog = tl.num_programs(0)
-    lo = pid * n // nprog
-    hi = (pid + 1) * n // nprog
-    offs_g, offs_s, offs_d, gmask, smask, dmask = _tile_offsets(G, S, D, BLOCK_G, BLOCK_S, BLOCK_D)
-    qmask = gmask[:, None] & dmask[None, :]
-    q = tl.zeros([BLOCK_G, BLOCK_D], dtype=Q.dtype.element_ty)
-    acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
-    for it in range(lo * (BLOCK_T * TOPK), hi * (BLOCK_T * TOPK)):
-        j = it % TOPK
-        tok = it // TOPK  # the listed blocks' tokens, one after the other
-        entry = tl.load(TODO + 1 + tok // BLOCK_T).to(tl.int64)
-        bh = entry // NB
-        t = (entry % NB) * BLOCK_T + tok % BLOCK_T
-        b = bh // H
-        h = bh % H
-        live = t < T  # the last block may run past T
-        # A new token: its query rows (a load masked off issues no traffic) and a fresh accumulator.
-        fresh = j == 0
-        q_new = tl.load(Q + b * stride_qb + t * stride_qt + (h * G + offs_g)[:, None] * stride_qh + offs_d[None, :],
-                        mask=qmask & (fresh & live), other=0.0)
-        q = tl.where(fresh, q_new, q)
-        acc = tl.where(fresh, 0.0, acc)
-        slot = ((b * T + t) * H + h) * TOPK + j
-        o, lse = _slot_attend(q, K + b * stride_kb + h * stride_kh, V + b * stride_vb + h * stride_vh, IDX, W, slot,
-                              C, stride_kt, stride_vt, offs_s, offs_d, smask, dmask, live, qk_scale, S, BLOCK_S,
-                              SINK, PREC)
-        acc += o
-        if STORE_LSE:
-            tl.store(LSE + slot * G + offs_g, lse, mask=gmask & live)
-        o_ptrs = OUT + b * stride_ob + t * stride_ot + (h * G + offs_g)[:, None] * stride_oh + offs_d[None, :]
-        tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=qmask & ((j == TOPK - 1) & live))
-
-
-@triton.jit
 def _hsa_fwd_block_kernel(
-    Q, K, V, IDX, W, OUT, LSE, TODO,
+    Q, K, V, IDX, W, OUT, LSE, SHARED,
     T, C, H, G, SHARE_MAX,
     stride_qb, stride_qt, stride_qh,
     stride_kb, stride_kt, stride_kh,
@@ -226,9 +163,9 @@ def _hsa_fwd_block_kernel(
     SINK: tl.constexpr, STORE_LSE: tl.constexpr, PREC: tl.constexpr,
 ):
     """Forward of a block of BLOCK_T consecutive tokens x the G heads of one KV head whose tokens chose
-    at most SHARE_MAX distinct chunks. A block with more appends its number ``bh * NB + block`` to the
-    list TODO (int32: TODO[0] the count, TODO[1:] the entries, in any order) and returns;
-    `_hsa_fwd_list_kernel`, launched next, does the listed blocks token by token.
+    at most SHARE_MAX distinct chunks. Every program writes its verdict to SHARED (B*H, NB) int8; the
+    other blocks return at once and `_hsa_fwd_kernel` with SKIP_SHARED, launched next, does them token
+    by token.
 
     Each distinct K/V tile is loaded once and run against all BLOCK_T*BLOCK_G rows, each row weighted by
     its token's total weight on that chunk (0 when the token did not choose it): U tile loads instead of
@@ -241,11 +178,10 @@ def _hsa_fwd_block_kernel(
     b = bh // H
     h = bh % H
     t0 = pid * BLOCK_T
+    verdict = SHARED + bh * tl.num_programs(0) + pid
     slots, ids, valid, ids_f, first, n_distinct = _block_distinct(IDX, b, h, t0, T, H, C, TOPK, BLOCK_T, BLOCK_K)
+    tl.store(verdict, (n_distinct <= SHARE_MAX).to(tl.int8))
     if n_distinct > SHARE_MAX:
-        # Relaxed: the list is read by the next launch. Its order varies run to run; no token's result does.
-        pos = tl.atomic_add(TODO, 1, sem="relaxed")
-        tl.store(TODO + 1 + pos, (bh * tl.num_programs(0) + pid).to(tl.int32))
         return
     offs_k = tl.arange(0, BLOCK_K)
     offs_e = tl.arange(0, BLOCK_T * BLOCK_K)
@@ -315,24 +251,21 @@ def hsa_attention_fwd(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, weights:
                  SINK=sink, STORE_LSE=store_lse, PREC=dot_precision(q.dtype))
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2))
-    fwd_warps = warps_for(launch.fwd_warps, bg * triton.next_power_of_2(max(S, D)), forward=True)
-    if schedule == "query":
-        _hsa_fwd_kernel[(T, B * H)](
-            q, k, v, indices, weights, o, lse, T, C, H, G, *strides, scale * LOG2E, **tiles,
-            num_warps=fwd_warps, num_stages=launch.fwd_stages,
+    verdict, nb, skip_kw = o, 0, {}  # the query-outer kernel's VERDICT / NB are unused without a block launch
+    if schedule == "block":
+        nb = triton.cdiv(T, block_t)
+        verdict = torch.empty((B * H, nb), device=q.device, dtype=torch.int8)  # every entry written
+        skip_kw = dict(SKIP_SHARED=True, BLOCK_T=block_t)
+        _hsa_fwd_block_kernel[(nb, B * H)](
+            q, k, v, indices, weights, o, lse, verdict,
+            T, C, H, G, launch.block_share_max, *strides, scale * LOG2E,
+            BLOCK_K=triton.next_power_of_2(K), BLOCK_T=block_t, **tiles,
+            num_warps=launch.block_warps, num_stages=launch.block_stages,
         )
-        return o, (lse if store_lse else None)
-    nb = triton.cdiv(T, block_t)
-    todo = torch.zeros(1 + B * H * nb, device=q.device, dtype=torch.int32)  # count, then the listed blocks
-    _hsa_fwd_block_kernel[(nb, B * H)](
-        q, k, v, indices, weights, o, lse, todo,
-        T, C, H, G, launch.block_share_max, *strides, scale * LOG2E,
-        BLOCK_K=triton.next_power_of_2(K), BLOCK_T=block_t, **tiles,
-        num_warps=launch.block_warps, num_stages=launch.block_stages,
-    )
-    _hsa_fwd_list_kernel[(min(B * H * nb, launch.list_per_sm * processors(q.device)),)](
-        q, k, v, indices, weights, o, lse, todo, T, C, H, G, nb, *strides, scale * LOG2E, BLOCK_T=block_t,
-        **tiles, num_warps=fwd_warps, num_stages=launch.fwd_stages,
+    _hsa_fwd_kernel[(T, B * H)](
+        q, k, v, indices, weights, o, lse, T, C, H, G, *strides, scale * LOG2E, verdict, nb, **tiles,
+        num_warps=warps_for(launch.fwd_warps, bg * triton.next_power_of_2(max(S, D)), forward=True),
+        num_stages=launch.fwd_stages, **skip_kw,
     )
     return o, (lse if store_lse else None)
 

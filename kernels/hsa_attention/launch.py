@@ -34,8 +34,6 @@ class AttentionLaunch:
         block_share_max: a block whose tokens chose at most this many distinct chunks is done by the
             token-block kernel; the others token by token.
         block_warps, block_stages: launch settings of the token-block kernel.
-        list_per_sm: programs per streaming multiprocessor of the persistent query-outer kernel that does
-            the blocks the token-block kernel left (it takes ``fwd_warps`` and ``fwd_stages``).
         bwd_rows: rows (pairs x padded heads) of one fused-backward program.
         bwd_warps: warps of the fused backward; None = by tile size (4 up to 4096 elements, else 8).
         bwd_stages: stages of the fused backward.
@@ -49,7 +47,6 @@ class AttentionLaunch:
     block_share_max: int = 16
     block_warps: int = 4
     block_stages: int = 3
-    list_per_sm: int = 4
     bwd_rows: int = 64
     bwd_warps: int | None = None
     bwd_stages: int = 2

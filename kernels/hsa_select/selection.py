@@ -41,7 +41,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..arch import check_counts, processors, row_for
+from ..arch import check_counts, row_for
 from .naive import fusion_weights, hsa_select_naive
 
 
@@ -417,6 +417,11 @@ def select_settings_for(device: torch.device) -> SelectLaunch:
 _BWD_TOKENS = 8192
 
 
+def _processors(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (the interpreter: a few, so that tests split)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
 def _launch(q_r: Tensor, landmarks: Tensor, topk: int, chunk_size: int, q_offset: int, stick: bool, scale: float,
             window: int | None, launch: SelectLaunch, c_base: int = 0, keys_only: bool = False,
             floor: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor] | Tensor:
@@ -445,7 +450,7 @@ def _launch(q_r: Tensor, landmarks: Tensor, topk: int, chunk_size: int, q_offset
     # a tile must hold at least KP groups; over a single tile (training at 4K: 64 chunks) the screening
     # saves nothing and would add the rescoring launch
     group = min(launch.group, bc // kp) if tiles > 1 else 1
-    splits = launch.splits_for(triton.cdiv(T, bt) * B * Hr, tiles, processors(dev))
+    splits = launch.splits_for(triton.cdiv(T, bt) * B * Hr, tiles, _processors(dev))
     split_len = triton.cdiv(tiles, splits) * bc
     splits = triton.cdiv(C, split_len)  # no empty slice
     partial = splits > 1 or keys_only or group > 1

@@ -37,7 +37,7 @@ ARCH = 90
 # module only for the names).
 
 _IDX = {"_index_keys_kernel", "_index_bounds_kernel", "_index_segments_kernel"}
-_FWD_ALL = {"_hsa_fwd_kernel", "_hsa_fwd_block_kernel", "_hsa_fwd_list_kernel"}
+_FWD_ALL = {"_hsa_fwd_kernel", "_hsa_fwd_block_kernel"}
 _BWD_ALL = {"_hsa_bwd_fused_kernel", "_hsa_bwd_kv_reduce_kernel", "_hsa_bwd_dq_reduce_kernel"}
 
 
@@ -145,11 +145,8 @@ def _gather_case(dtype: str, row_shape: tuple[int, ...]):
 #: The cases that also compile the backward's "fused_atomic" mode (``_hsa_bwd_fused_kernel`` ATOMIC_DQ=True).
 ATOMIC_DQ_CASES = ("attn-bf16-G16-D64", "attn-bf16-G1-D128", "attn-bf16-G3-D64-sink")
 #: The PTX of the atomic-dQ backward (ATOMIC_DQ) holds exactly this global atomic: the fp32 relaxed add of 4
-#: contiguous elements per instruction; every other kernel but the token-block forward holds none.
+#: contiguous elements per instruction; every other kernel holds none (deterministic).
 ATOMIC_PTX = ["atom.global.gpu.relaxed.add.v4.f32"]
-#: The token-block forward's one atomic: the integer count of the blocks it leaves to the list kernel
-#: (which blocks are listed depends on the selection only, so the output stays deterministic).
-LIST_PTX = ["atom.global.gpu.relaxed.add.u32"]
 
 CASES: dict[str, Callable[[], tuple[Callable[[], None], set[str]]]] = {
     # attention: bf16 / fp32, G = 1, 3, 16, D = 64, 128 (and a non-power-of-two D: BLOCK_D != D)
