@@ -57,14 +57,14 @@ DEFAULT_SHAPES = ",".join(f"{t}x{b}" for t, b in SHAPES)
 DEFAULT_OUT = "bench/results/h200"
 DEFAULT_PUBLISHED = "third_party/hsa_pub/hsa_triton.py"
 #: The forward schedule the "ours" column runs (``hsa_attention_triton``'s default).
-DEFAULT_SCHEDULE = "query"
+DEFAULT_SCHEDULE = "block"
 #: Extra columns of this project's kernel, by the key ``--variants`` takes -> (column label, keyword
 #: arguments of ``hsa_attention_triton``).
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "block": ("token-block fwd", {"schedule": "block"}),
+    "query": ("query-outer fwd", {"schedule": "query"}),
     "atomic_dq": ("fused bwd, atomic dQ", {"atomic_dq": True}),
 }
-DEFAULT_VARIANTS = "block"
+DEFAULT_VARIANTS = "query"
 
 
 # ------------------------------------------------------------------------------------------ options
@@ -98,7 +98,7 @@ def parse_shapes(spec: str) -> list[tuple[int, int]]:
 
 
 def parse_variants(spec: str | None) -> set[str]:
-    """``"query,block"`` -> ``{"query", "block"}``; empty or None -> no extra columns.
+    """``"query,atomic_dq"`` -> ``{"query", "atomic_dq"}``; empty or None -> no extra columns.
 
     Raises:
         ValueError: an unknown name (the message lists the known ones).
@@ -114,7 +114,7 @@ def attention_variants(keep: Collection[str]) -> list[tuple[str, dict[str, Any]]
     """The extra runs of this project's kernel, in :data:`VARIANTS` order: ``(column label, keyword
     arguments of hsa_attention_triton)`` for each key in ``keep``. Columns read ``ours (<label>)``.
 
-    ``block``: the token-block forward (the default is query-outer);
+    ``query``: the query-outer forward (the default is the token-block forward);
     ``atomic_dq``: the fused backward adding dQ with fp32 atomics (its saving shows in the fwd+bwd
     memory column).
     """

@@ -78,7 +78,7 @@ def kernels(
                              help="Folder for results.json/.md/.png (sweep.json with --sweep); created."),
     published: Path = typer.Option(Path("third_party/hsa_pub/hsa_triton.py"), "--published", metavar="PATH",
                                    help="The published HSA Triton kernel file; absent -> its columns read '-'."),
-    variants: str = typer.Option("block", "--variants",
+    variants: str = typer.Option("query", "--variants",
                                  help="Extra columns of ours: block (the token-block forward; the default is "
                                  "query-outer), atomic_dq (the atomic-dQ backward); '' for none."),
     no_correctness: bool = typer.Option(False, "--no-correctness", help="Skip the bf16-vs-fp32 error check."),

@@ -1,6 +1,6 @@
 """Autograd function and entry point of the Triton HSA attention.
 
-``hsa_attention_triton(q, k, v, indices, weights, *, chunk_size, scale=None, sink=False, schedule="query",
+``hsa_attention_triton(q, k, v, indices, weights, *, chunk_size, scale=None, sink=False, schedule="block",
 atomic_dq=False, launch=None)`` has the semantics of :func:`hsa_core.ops.hsa_attention` (``naive.py``
 is the reference); the forward is ``forward.py``, the backward ``backward.py``.
 """
@@ -49,16 +49,16 @@ class HSAAttentionFunction(torch.autograd.Function):
 
 
 def hsa_attention_triton(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, weights: Tensor, *,
-                         chunk_size: int, scale: float | None = None, sink: bool = False, schedule: str = "query",
+                         chunk_size: int, scale: float | None = None, sink: bool = False, schedule: str = "block",
                          atomic_dq: bool = False, launch: AttentionLaunch | None = None) -> Tensor:
     """Triton HSA attention; same contract as :func:`hsa_core.ops.hsa_attention`.
 
     Args:
         q: ``(B, T, HQ, D)``; k, v: ``(B, C*S, H, D)``; indices: ``(B, T, H, K)`` (-1 = empty slot,
             ids >= C are treated as empty too); weights: ``(B, T, H, K)``.
-        schedule: the forward, ``"query"`` (one program per token) or ``"block"`` (blocks of tokens that
-            share chunks load each tile once: 1.3-1.5x when neighbouring tokens share chunks;
-            ``forward.py``).
+        schedule: the forward, ``"block"`` (blocks of consecutive tokens that chose few distinct chunks
+            load each tile once, the other blocks go token by token) or ``"query"`` (one program per
+            token); ``forward.py`` gives their measurements.
         atomic_dq: the backward adds dQ with fp32 atomics (less memory, dQ not bitwise deterministic;
             ``backward.py``).
         launch: launch settings (default: the table row of q's device, ``launch.py``).

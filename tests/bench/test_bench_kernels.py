@@ -31,7 +31,7 @@ def _row(name: str, fwd: float | None, fwdbwd: float | None = None, **extra) -> 
 
 def _results(*, with_competitors: bool = True, correctness: bool = True) -> dict:
     """A hand-made results dict: one shape (T=4096, B=4), ours + one variant, optional competitors."""
-    rows = [_row("ours", 1.0, 4.0), _row("ours (token-block fwd)", 1.25, 4.5)]
+    rows = [_row("ours", 1.0, 4.0), _row("ours (query-outer fwd)", 1.25, 4.5)]
     if with_competitors:
         rows += [_row("published HSA", 2.0, 20.0), _row("fla NSA selected", 1.5, None)]
     rows += [_row("SDPA flash", 8.0, 30.0, dense=True), _row("SDPA cuDNN", 6.0, 24.0, dense=True)]
@@ -70,17 +70,17 @@ def test_parse_shapes_errors_name_the_item(spec: str, needle: str) -> None:
 
 
 def test_parse_variants() -> None:
-    assert benchmark.parse_variants("block,atomic_dq") == {"block", "atomic_dq"}
-    assert benchmark.parse_variants(" BLOCK ") == {"block"}
+    assert benchmark.parse_variants("query,atomic_dq") == {"query", "atomic_dq"}
+    assert benchmark.parse_variants(" QUERY ") == {"query"}
     assert benchmark.parse_variants("") == set() and benchmark.parse_variants(None) == set()
-    assert benchmark.parse_variants(benchmark.DEFAULT_VARIANTS) == {"block"}
-    # the deleted schedules are unknown now ("query" is the default column, not a variant)
-    with pytest.raises(ValueError, match=r"unknown variant.*chunk, query, tma.*known: block, atomic_dq"):
-        benchmark.parse_variants("query,tma,chunk")
+    assert benchmark.parse_variants(benchmark.DEFAULT_VARIANTS) == {"query"}
+    # the deleted schedules are unknown ("block" is the default column now, not a variant)
+    with pytest.raises(ValueError, match=r"unknown variant.*block, chunk, tma.*known: query, atomic_dq"):
+        benchmark.parse_variants("block,tma,chunk")
 
 
 def test_attention_variants_are_keyword_arguments_of_the_entry_point() -> None:
-    assert benchmark.attention_variants({"block"}) == [("token-block fwd", {"schedule": "block"})]
+    assert benchmark.attention_variants({"query"}) == [("query-outer fwd", {"schedule": "query"})]
     assert benchmark.attention_variants({"atomic_dq"}) == [("fused bwd, atomic dQ", {"atomic_dq": True})]
     assert benchmark.attention_variants(set()) == []
     import inspect
@@ -93,7 +93,7 @@ def test_attention_variants_are_keyword_arguments_of_the_entry_point() -> None:
 
 
 def test_variant_names_from_results() -> None:
-    assert benchmark.variant_names(_results()) == ["ours (token-block fwd)"]
+    assert benchmark.variant_names(_results()) == ["ours (query-outer fwd)"]
     assert benchmark.variant_names({"shapes": []}) == []
 
 
@@ -103,7 +103,7 @@ def test_markdown_tables_from_a_hand_made_results_dict() -> None:
     lines = md.splitlines()
     assert lines[0] == "# HSA kernels on Test GPU (2026-01-01 00:00 UTC)"
     assert "command: `hsa bench kernels`" in md
-    header = ("| T (batch) | ours (default: auto fwd) | ours (token-block fwd) | published HSA | fla NSA selected |"
+    header = ("| T (batch) | ours (default: auto fwd) | ours (query-outer fwd) | published HSA | fla NSA selected |"
               " SDPA flash | SDPA cuDNN | ours vs published | ours vs NSA |")
     assert header in lines
     assert lines[lines.index(header) + 1] == "|---|---|---|---|---|---|---|---|---|"
@@ -162,13 +162,13 @@ def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> dict:
 def test_run_benchmark_writes_the_same_files(fake_gpu: dict, tmp_path: Path) -> None:
     out = tmp_path / "h200"
     res = benchmark.run_benchmark([(4096, 4), (8192, 1)], out, published=tmp_path / "absent.py",
-                                  variants=["block"], command="cmd")
+                                  variants=["query"], command="cmd")
     assert [c[:2] for c in fake_gpu["shapes"]] == [(4096, 4), (8192, 1)]
-    assert all(c[2] is None and c[3] is None and c[4] == {"block"} and c[5] == "uniform" for c in fake_gpu["shapes"])
+    assert all(c[2] is None and c[3] is None and c[4] == {"query"} and c[5] == "uniform" for c in fake_gpu["shapes"])
     assert list(res) == ["device", "date", "command", "torch", "triton", "python", "published_kernel", "fla_nsa",
                          "shapes", "schedule", "selection", "correctness"]
     assert res["published_kernel"] is False and res["fla_nsa"] is False and res["command"] == "cmd"
-    assert res["schedule"] == "query"
+    assert res["schedule"] == "block"
     assert json.loads((out / "results.json").read_text()) == res
     assert (out / "results.md").read_text() == benchmark.markdown(res)
     try:
