@@ -15,10 +15,10 @@ Schedules (``schedule=``; measured on the H200, ``bench/results/h200/README.md``
               1.15 vs 1.08 on another); on the demo RAMba's passkey selections "block" wins (0.81 vs
               0.88-0.98 ms). Several tokens per program, one after the other, was never faster and
               was deleted (``bench/results/h200/README.md``).
-    "block"   (default) `_hsa_fwd_share_kernel` first: one small program per block of BLOCK_T consecutive
-              tokens writes whether they chose at most ``block_share_max`` distinct chunks; then
-              `_hsa_fwd_block_kernel` does those blocks (each distinct K/V tile loaded once for all
-              the block's rows); then `_hsa_fwd_kernel` with SKIP_SHARED does the other blocks token by
+    "block"   (default) `_hsa_fwd_block_kernel` first: one program = a block of BLOCK_T consecutive tokens; when
+              they chose at most ``block_share_max`` distinct chunks, each distinct K/V tile is loaded
+              once for all the block's rows, and the block's verdict (int8) is written; then
+              `_hsa_fwd_kernel` with SKIP_SHARED skips the blocks done there and does the rest token by
               token. 1.3-1.5x "query" when neighbouring tokens share chunks (one selection per 64-token
               block), 3-20% slower when they do not (run7).
 An automatic choice made on the device ("auto": a sampling kernel, then the block kernel writing "not
@@ -150,24 +150,9 @@ def _hsa_fwd_kernel(
 
 
 @triton.jit
-def _hsa_fwd_share_kernel(IDX, SHARED, T, C, H, SHARE_MAX,
-                          TOPK: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr):
-    """The verdict of one block of BLOCK_T consecutive tokens x one KV head: SHARED (B*H, NB) int8 is 1
-    when its tokens chose at most SHARE_MAX distinct chunks (`_hsa_fwd_block_kernel` does the block),
-    else 0 (`_hsa_fwd_kernel` with SKIP_SHARED does its tokens). A one-warp program without shared memory,
-    so that many run on each SM: inside the token-block kernel, whose K/V tile buffers leave room for a
-    few programs per SM, the same count cost 0.07 ms at 64K on selections that share nothing.
-    """
-    pid = tl.program_id(0).to(tl.int64)
-    bh = tl.program_id(1).to(tl.int64)
-    n_distinct = _block_distinct(IDX, bh // H, bh % H, pid * BLOCK_T, T, H, C, TOPK, BLOCK_T, BLOCK_K)[5]
-    tl.store(SHARED + bh * tl.num_programs(0) + pid, (n_distinct <= SHARE_MAX).to(tl.int8))
-
-
-@triton.jit
 def _hsa_fwd_block_kernel(
     Q, K, V, IDX, W, OUT, LSE, SHARED,
-    T, C, H, G,
+    T, C, H, G, SHARE_MAX,
     stride_qb, stride_qt, stride_qh,
     stride_kb, stride_kt, stride_kh,
     stride_vb, stride_vt, stride_vh,
@@ -178,9 +163,9 @@ def _hsa_fwd_block_kernel(
     SINK: tl.constexpr, STORE_LSE: tl.constexpr, PREC: tl.constexpr,
 ):
     """Forward of a block of BLOCK_T consecutive tokens x the G heads of one KV head whose tokens chose
-    few distinct chunks: the blocks that `_hsa_fwd_share_kernel` marked in SHARED (B*H, NB) int8; the
-    other programs return at once and `_hsa_fwd_kernel` with SKIP_SHARED, launched next, does those
-    blocks token by token.
+    at most SHARE_MAX distinct chunks. Every program writes its verdict to SHARED (B*H, NB) int8; the
+    other blocks return at once and `_hsa_fwd_kernel` with SKIP_SHARED, launched next, does them token
+    by token.
 
     Each distinct K/V tile is loaded once and run against all BLOCK_T*BLOCK_G rows, each row weighted by
     its token's total weight on that chunk (0 when the token did not choose it): U tile loads instead of
@@ -193,9 +178,11 @@ def _hsa_fwd_block_kernel(
     b = bh // H
     h = bh % H
     t0 = pid * BLOCK_T
-    if tl.load(SHARED + bh * tl.num_programs(0) + pid) == 0:
-        return
+    verdict = SHARED + bh * tl.num_programs(0) + pid
     slots, ids, valid, ids_f, first, n_distinct = _block_distinct(IDX, b, h, t0, T, H, C, TOPK, BLOCK_T, BLOCK_K)
+    tl.store(verdict, (n_distinct <= SHARE_MAX).to(tl.int8))
+    if n_distinct > SHARE_MAX:
+        return
     offs_k = tl.arange(0, BLOCK_K)
     offs_e = tl.arange(0, BLOCK_T * BLOCK_K)
     offs_g, offs_s, offs_d, gmask, smask, dmask = _tile_offsets(G, S, D, BLOCK_G, BLOCK_S, BLOCK_D)
@@ -210,6 +197,9 @@ def _hsa_fwd_block_kernel(
     q = tl.load(Q + b * stride_qb + (t0 + r_tok)[:, None] * stride_qt + (h * G + r_g)[:, None] * stride_qh
                 + offs_d[None, :], mask=rmask[:, None] & dmask[None, :], other=0.0)
     acc = tl.zeros([BLOCK_T * BLOCK_G, BLOCK_D], dtype=tl.float32)
+    # Each slot's LSE, gathered over the loop and stored once at the end: one contiguous (BLOCK_T, K, G)
+    # store instead of a masked scatter per chunk.
+    lse_all = tl.zeros([BLOCK_T, BLOCK_K, BLOCK_G], dtype=tl.float32)
     # The distinct chunks packed in first-use order, so that the loop below has no branch (a branch in
     # the loop body keeps Triton from pipelining the tile loads across iterations).
     pos = tl.cumsum(first.to(tl.int32), 0) - 1
@@ -225,10 +215,10 @@ def _hsa_fwd_block_kernel(
         w_row = tl.reshape(tl.broadcast_to(w_tok[:, None], [BLOCK_T, BLOCK_G]), [BLOCK_T * BLOCK_G])
         acc += o * (w_row / den)[:, None]
         if STORE_LSE:
-            lse = tl.reshape(m + tl.log2(den), [BLOCK_T, 1, BLOCK_G])
-            lse_ptr = LSE + ((slots[:, None] + offs_k[None, :]) * G)[:, :, None] + offs_g[None, None, :]
-            tl.store(lse_ptr, tl.broadcast_to(lse, [BLOCK_T, BLOCK_K, BLOCK_G]),
-                     mask=match[:, :, None] & gmask[None, None, :])
+            lse_all = tl.where(match[:, :, None], tl.reshape(m + tl.log2(den), [BLOCK_T, 1, BLOCK_G]), lse_all)
+    if STORE_LSE:
+        lse_ptr = LSE + ((slots[:, None] + offs_k[None, :]) * G)[:, :, None] + offs_g[None, None, :]
+        tl.store(lse_ptr, lse_all, mask=valid[:, :, None] & gmask[None, None, :])
     o_ptrs = (OUT + b * stride_ob + (t0 + r_tok)[:, None] * stride_ot + (h * G + r_g)[:, None] * stride_oh
               + offs_d[None, :])
     tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=rmask[:, None] & dmask[None, :])
@@ -269,11 +259,9 @@ def hsa_attention_fwd(q: Tensor, k: Tensor, v: Tensor, indices: Tensor, weights:
         nb = triton.cdiv(T, block_t)
         verdict = torch.empty((B * H, nb), device=q.device, dtype=torch.int8)  # every entry written
         skip_kw = dict(SKIP_SHARED=True, BLOCK_T=block_t)
-        _hsa_fwd_share_kernel[(nb, B * H)](indices, verdict, T, C, H, launch.block_share_max, TOPK=K,
-                                           BLOCK_K=triton.next_power_of_2(K), BLOCK_T=block_t, num_warps=1)
         _hsa_fwd_block_kernel[(nb, B * H)](
             q, k, v, indices, weights, o, lse, verdict,
-            T, C, H, G, *strides, scale * LOG2E,
+            T, C, H, G, launch.block_share_max, *strides, scale * LOG2E,
             BLOCK_K=triton.next_power_of_2(K), BLOCK_T=block_t, **tiles,
             num_warps=launch.block_warps, num_stages=launch.block_stages,
         )

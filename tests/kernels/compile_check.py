@@ -37,7 +37,7 @@ ARCH = 90
 # module only for the names).
 
 _IDX = {"_index_keys_kernel", "_index_bounds_kernel", "_index_segments_kernel"}
-_FWD_ALL = {"_hsa_fwd_kernel", "_hsa_fwd_share_kernel", "_hsa_fwd_block_kernel"}
+_FWD_ALL = {"_hsa_fwd_kernel", "_hsa_fwd_block_kernel"}
 _BWD_ALL = {"_hsa_bwd_fused_kernel", "_hsa_bwd_kv_reduce_kernel", "_hsa_bwd_dq_reduce_kernel"}
 
 
